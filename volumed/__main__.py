@@ -1,0 +1,5 @@
+import sys
+
+from volumed.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""Sector cipher: encrypt or decrypt a batch of consecutive sectors in place.
+
+This is the contract shared by the native core (``volumed._native``, built from native/) and the
+pure-Python reference (``volumed.cipher.reference``). Both produce byte-identical output.
+
+XtsCipher(key, sector_size=4096)
+    key: 64-byte bytearray (AES-256-XTS, two 256-bit halves; equal halves are refused). The
+    constructor copies the key into memory it owns and overwrites the caller's bytearray with zeros.
+    encrypt(buf, first_sector, out=None) / decrypt(buf, first_sector, out=None)
+        buf: any contiguous buffer (bytes-like; writable when out is None), length a multiple of
+        sector_size. Sector i of buf is sector number ``first_sector + i`` of the segment. The tweak
+        is LUKS2 aes-xts-plain64: ``first_sector*(sector_size//512) + i*(sector_size//512)`` as a
+        64-bit little-endian integer zero-padded to 16 bytes. Result written to out (same length)
+        or in place.
+    close(): wipe the key. Any later call raises ValueError.
+
+GcmCipher(key, aad_prefix, sector_size=4096)
+    key: 32-byte bytearray (AES-256-GCM), wiped as above. aad_prefix: bytes bound into every
+    sector's additional data (the volume format puts the volume UUID there).
+    AAD of sector n = aad_prefix || n as 8-byte big-endian.
+    encrypt(buf, first_sector, nonces, tags_out, out=None)
+        nonces: n*12 bytes, one 96-bit nonce per sector (the caller guarantees uniqueness);
+        tags_out: writable n*16 bytes receiving the tags.
+    decrypt(buf, first_sector, nonces, tags, out=None) -> list[int]
+        Returns the indices (relative to buf) of sectors that failed to verify; those sectors'
+        output is zero-filled, never unauthenticated plaintext. Sectors that verify are decrypted.
+    close(): wipe the key.
+
+``implementation()`` names the active implementation ("native (OpenSSL x.y)" or "reference").
+Set VOLUMED_REQUIRE_NATIVE=1 to make a missing or broken native extension an error;
+VOLUMED_CIPHER=reference forces the reference (for tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from volumed.cipher import reference
+
+SECTOR_SIZE = 4096
+XTS_KEY_BYTES = 64
+GCM_KEY_BYTES = 32
+GCM_NONCE_BYTES = 12
+GCM_TAG_BYTES = 16
+
+
+def _load_native():
+    try:
+        from volumed import _native  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, exc
+    if not hasattr(_native, "XtsCipher"):
+        return None, ImportError("volumed._native has no XtsCipher (stub build)")
+    return _native, None
+
+
+def _select():
+    forced = os.environ.get("VOLUMED_CIPHER", "").lower()
+    if forced == "reference":
+        return reference, "reference"
+    native, err = _load_native()
+    if native is not None:
+        return native, f"native ({native.openssl_version()})"
+    if os.environ.get("VOLUMED_REQUIRE_NATIVE") == "1" or forced == "native":
+        raise ImportError(f"native sector cipher required but unavailable: {err}")
+    warnings.warn(
+        f"volumed: native sector cipher unavailable ({err}); using the slower pure-Python reference",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return reference, "reference"
+
+
+_impl, _impl_name = _select()
+XtsCipher = _impl.XtsCipher
+GcmCipher = _impl.GcmCipher
+
+
+def implementation() -> str:
+    """Which sector cipher is active: "native (OpenSSL ...)" or "reference"."""
+    return _impl_name

@@ -1,0 +1,55 @@
+"""Domain errors shared by every layer.
+
+Every error volumed raises on purpose derives from VolumedError. Each carries an exit code for the
+CLI and, where AWS defines one, the AWS error code. The CLI prints ``str(err)`` as one line; the
+FUSE boundary (volumed.mount) is the only place that turns these into errno values.
+"""
+
+from __future__ import annotations
+
+
+class VolumedError(Exception):
+    """Base class. ``code`` is an AWS error code or a volumed code; ``exit_code`` is for the CLI."""
+
+    exit_code = 1
+    code = "VolumedError"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class UsageError(VolumedError):
+    """Bad input from the user: wrong argument, malformed file, value out of range."""
+
+    exit_code = 2
+    code = "ValidationException"
+
+
+class FormatError(VolumedError):
+    """A backing file is not a volumed volume, is damaged, or is of a newer version."""
+
+    exit_code = 3
+    code = "FormatError"
+
+
+class IntegrityError(VolumedError):
+    """Authenticated data failed to verify (GCM sector tag, header MAC)."""
+
+    exit_code = 4
+    code = "IntegrityError"
+
+
+class KeyAccessError(VolumedError):
+    """The key service refused or could not provide the volume's key (carries the AWS code)."""
+
+    exit_code = 5
+    code = "AccessDeniedException"
+
+
+class StateError(VolumedError):
+    """The operation does not fit the object's state (mounted volume, terminal volume, ...)."""
+
+    exit_code = 6
+    code = "InvalidStateException"
