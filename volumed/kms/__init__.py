@@ -1,0 +1,49 @@
+"""The key service: ``connect(spec)`` gives a boto3-compatible KMS client.
+
+    spec = a keystore directory  -> the embedded service (volumed.kms.service.EmbeddedKMS)
+    spec = "aws"                 -> boto3.client("kms"), configured the usual boto3 way
+    spec = "https://..."         -> boto3.client("kms", endpoint_url=spec)
+
+Callers: the CLI (volumed.cli.common.kms_client), the volume format, the mount daemon, tests and
+users' own code.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+ENV_SPEC = "VOLUMED_KMS"
+SYSTEM_KEYSTORE = "/var/lib/volumed"
+
+_stores: dict = {}
+_stores_lock = threading.Lock()
+
+
+def default_spec() -> str:
+    """$VOLUMED_KMS, else /var/lib/volumed as root, else $XDG_DATA_HOME/volumed or
+    ~/.local/share/volumed."""
+    spec = os.environ.get(ENV_SPEC)
+    if spec:
+        return spec
+    if os.geteuid() == 0:
+        return SYSTEM_KEYSTORE
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "volumed")
+
+
+def connect(spec: str | None = None, principal: str | None = None, via_service: str | None = None,
+            clock=None):
+    """A KMS client for ``spec`` (default ``default_spec()``). For the embedded service,
+    ``principal`` defaults to the keystore's user for the current login; ``clock`` (a
+    volumed.clock.Clock) drives rotation and deletion windows. For AWS, principal and via_service
+    come from the boto3 credentials and are ignored here."""
+    spec = spec or default_spec()
+    if spec == "aws" or spec.startswith(("https://", "http://")):
+        import boto3
+
+        return boto3.client("kms", endpoint_url=None if spec == "aws" else spec)
+    from volumed.kms.keystore import Keystore
+    from volumed.kms.service import EmbeddedKMS
+
+    return EmbeddedKMS(Keystore(spec), principal=principal, via_service=via_service, clock=clock)

@@ -1,64 +1,376 @@
-"""CloudTrail-format audit log of the embedded key service (interface stub; issue 3 fills it in).
+"""CloudTrail-format, tamper-evident audit log of the embedded key service.
 
 The log lives in the keystore's SQLite database so that a record is appended in the same
 transaction as the change it describes. The service calls, for every KMS call, allowed or denied:
 
-    ensure_schema(conn)                      once per connection (idempotent)
+    ensure_schema(conn)                      once per connection (idempotent; needs no key)
+    configure(conn, signing_key_path)        once per keystore open (creates the 0600 Ed25519 key)
     record_call(conn, *, clock, account_id, region, event_name, principal, via_service,
                 request_parameters, response_elements, error_code, error_message,
                 key_arn, read_only, source_ip="127.0.0.1", user_agent="volumed")
 
-inside an open write transaction (BEGIN IMMEDIATE). If record_call raises, the call fails: the log
-is never silently incomplete. request_parameters/response_elements must never hold plaintext,
-ciphertext or key material; record_call drops any member named like one as a second guard.
+``record_call`` runs inside the caller's open write transaction (BEGIN IMMEDIATE) and never
+commits. If it raises, the call fails: the log is never silently incomplete. Members named like
+plaintext, ciphertext, key material or grant tokens, and any bytes value, are dropped before a
+record is built, whatever the caller passes.
+
+Tamper evidence (modelled on CloudTrail log file integrity validation; docs/AUDIT.md):
+
+- records are chained: ``hash = SHA-256(prev_hash || record text)``, the first ``prev_hash`` all
+  zeros;
+- on a fixed schedule (every ``seal_every`` records, and at the first append once the oldest
+  unsealed record is ``seal_interval`` seconds old by the injected clock) the unsealed records are
+  sealed by a digest: it lists their hashes, carries the previous digest's hash and signature, and
+  is signed with Ed25519 by the keystore's audit signing key;
+- ``verify`` checks all of it and names the seq numbers at fault; ``latest_anchor`` gives the hash
+  of the newest digest, which a user keeps elsewhere and passes back to ``verify`` to catch a
+  truncated tail.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import datetime as _dt
+import difflib
+import hashlib
 import json
+import os
+import re
+import sqlite3
 import uuid
+from typing import Any, Iterable
 
-_FORBIDDEN = {"plaintext", "ciphertextblob", "ciphertextforrecipient", "sourceciphertextblob"}
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from volumed.errors import VolumedError
+
+EVENT_VERSION = "1.08"
+GENESIS = "0" * 64
+DEFAULT_SEAL_EVERY = 100
+DEFAULT_SEAL_INTERVAL = 3600.0
+SIGNING_KEY_FILE = "audit-signing.key"  # suggested name inside the keystore directory
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL,
+    prev_hash TEXT, hash TEXT, appended REAL);
+CREATE TABLE IF NOT EXISTS audit_digest (
+    dseq INTEGER PRIMARY KEY, body TEXT NOT NULL, signature TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_config (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# Request/response members that must never reach the log (compared lower-cased, without "_").
+_FORBIDDEN_WORDS = ("plaintext", "ciphertext", "keymaterial", "privatekey", "secret", "password",
+                    "passphrase", "importtoken", "granttoken", "wrappingkey", "sharedsecret")
+# Maps whose members are data (context pairs, tags), not parameter names: no renaming inside.
+_DATA_MAPS = {"encryptioncontext", "sourceencryptioncontext", "destinationencryptioncontext",
+              "encryptioncontextsubset", "encryptioncontextequals"}
 
 
-def ensure_schema(conn) -> None:
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL)"
-    )
+class AuditError(VolumedError):
+    """The audit log cannot be written or sealed (the call that wanted the record fails)."""
+
+    code = "KMSInternalException"
 
 
-def _scrub(obj):
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the audit tables if missing (idempotent, no key needed). Adds the chain columns to a
+    log created by the early interface stub. Caller: the keystore, once per connection."""
+    for stmt in _SCHEMA.split(";"):  # not executescript: it would COMMIT an open transaction
+        if stmt.strip():
+            conn.execute(stmt)
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(audit)").fetchall()}
+    for col, typ in (("prev_hash", "TEXT"), ("hash", "TEXT"), ("appended", "REAL")):
+        if col not in cols:
+            conn.execute(f"ALTER TABLE audit ADD COLUMN {col} {typ}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing key and configuration
+
+
+def create_signing_key(path: str) -> None:
+    """Create a new Ed25519 signing key at ``path`` (PEM, mode 0600); refuse to overwrite one."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_KEY_CACHE: dict[str, tuple[int, Ed25519PrivateKey]] = {}
+
+
+def load_signing_key(path: str) -> Ed25519PrivateKey:
+    """The Ed25519 private key in ``path`` (cached by modification time). Raises AuditError."""
+    try:
+        mtime = os.stat(path).st_mtime_ns
+        hit = _KEY_CACHE.get(path)
+        if hit and hit[0] == mtime:
+            return hit[1]
+        with open(path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"cannot read the audit signing key {path}: {exc}; the audit log cannot be "
+                         "sealed (restore the key file, or see docs/AUDIT.md)") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise AuditError(f"audit signing key {path} is not an Ed25519 key")
+    _KEY_CACHE[path] = (mtime, key)
+    return key
+
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def fingerprint(public_key: Ed25519PublicKey) -> str:
+    """SHA-256 of the raw public key, hex: how digests name the key that signed them."""
+    return hashlib.sha256(_raw_public(public_key)).hexdigest()
+
+
+def configure(conn: sqlite3.Connection, signing_key_path: str, *,
+              seal_every: int = DEFAULT_SEAL_EVERY,
+              seal_interval: float = DEFAULT_SEAL_INTERVAL) -> str:
+    """Turn on sealing: create the signing key file if missing (0600) and record its path, its
+    public key and the schedule in the database. Returns the key's fingerprint.
+
+    Caller: the keystore when it opens (``<keystore dir>/audit-signing.key``). Writes two rows; in
+    autocommit mode they commit at once, inside a transaction they commit with it."""
+    if seal_every < 1 or seal_interval <= 0:
+        raise ValueError("seal_every must be >= 1 and seal_interval > 0")
+    signing_key_path = os.path.abspath(signing_key_path)
+    if not os.path.exists(signing_key_path):
+        try:
+            create_signing_key(signing_key_path)
+        except FileExistsError:
+            pass  # another process created it first
+    pub = load_signing_key(signing_key_path).public_key()
+    rows = {"signing_key_path": signing_key_path, "public_key": _raw_public(pub).hex(),
+            "seal_every": str(int(seal_every)), "seal_interval": repr(float(seal_interval))}
+    have = dict(conn.execute("SELECT name, value FROM audit_config").fetchall())
+    if any(have.get(k) != v for k, v in rows.items()):
+        conn.executemany("INSERT OR REPLACE INTO audit_config (name, value) VALUES (?, ?)",
+                         list(rows.items()))
+    return fingerprint(pub)
+
+
+def _config(conn: sqlite3.Connection) -> dict | None:
+    cfg = dict(conn.execute("SELECT name, value FROM audit_config").fetchall())
+    if "signing_key_path" not in cfg:
+        return None
+    return {"signing_key_path": cfg["signing_key_path"], "public_key": cfg.get("public_key"),
+            "seal_every": int(cfg.get("seal_every", DEFAULT_SEAL_EVERY)),
+            "seal_interval": float(cfg.get("seal_interval", DEFAULT_SEAL_INTERVAL))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building records
+
+
+def _forbidden(name: str) -> bool:
+    n = name.lower().replace("_", "")
+    return any(w in n for w in _FORBIDDEN_WORDS)
+
+
+def _camel(name: str) -> str:
+    return name[:1].lower() + name[1:] if name[:1].isupper() and not name.isupper() else name
+
+
+def scrub(obj: Any, *, data_map: bool = False) -> Any:
+    """A copy of request/response parameters fit for the log: secret-named members and bytes
+    values dropped, parameter names in CloudTrail's lowerCamelCase (names inside encryption
+    context maps are data and kept as they are)."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return None
     if isinstance(obj, dict):
-        return {k: _scrub(v) for k, v in obj.items() if k.lower() not in _FORBIDDEN}
-    if isinstance(obj, list):
-        return [_scrub(v) for v in obj]
+        out = {}
+        for k, v in obj.items():
+            k = str(k)
+            if isinstance(v, (bytes, bytearray, memoryview)):
+                continue
+            if data_map:
+                out[k] = scrub(v, data_map=False) if isinstance(v, (dict, list)) else v
+                continue
+            if _forbidden(k):
+                continue
+            name = _camel(k)
+            out[name] = scrub(v, data_map=name.lower() in _DATA_MAPS)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [scrub(v) for v in obj if not isinstance(v, (bytes, bytearray, memoryview))]
+    if isinstance(obj, _dt.datetime):
+        return _iso(obj)
     return obj
+
+
+def _iso(t: _dt.datetime) -> str:
+    return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _principal_id(prefix: str, arn: str) -> str:
+    digest = base64.b32encode(hashlib.sha256(arn.encode()).digest()).decode()
+    return prefix + digest[:17]
+
+
+def user_identity(principal: str, via_service: str | None) -> dict:
+    """CloudTrail's userIdentity for a caller ARN: Root, IAMUser, AssumedRole (with its session
+    issuer), or AWSService; ``invokedBy`` names the service a call came through."""
+    m = re.match(r"^arn:(aws[a-z-]*):(iam|sts)::(\d{12}):(.+)$", principal or "")
+    if not m:
+        ident: dict = {"type": "AWSService" if (principal or "").endswith("amazonaws.com") else "Unknown",
+                       "arn": principal}
+    else:
+        part, service, account, resource = m.groups()
+        if service == "iam" and resource == "root":
+            ident = {"type": "Root", "principalId": account, "arn": principal, "accountId": account}
+        elif service == "sts" and resource.startswith("assumed-role/"):
+            _, role, session = resource.split("/", 2)
+            role_arn = f"arn:{part}:iam::{account}:role/{role}"
+            role_id = _principal_id("AROA", role_arn)
+            ident = {"type": "AssumedRole", "principalId": f"{role_id}:{session}", "arn": principal,
+                     "accountId": account,
+                     "sessionContext": {"sessionIssuer": {"type": "Role", "principalId": role_id,
+                                                          "arn": role_arn, "accountId": account,
+                                                          "userName": role}}}
+        elif resource.startswith("role/"):
+            ident = {"type": "AssumedRole", "principalId": _principal_id("AROA", principal),
+                     "arn": principal, "accountId": account}
+        else:
+            ident = {"type": "IAMUser", "principalId": _principal_id("AIDA", principal),
+                     "arn": principal, "accountId": account, "userName": resource.rsplit("/", 1)[-1]}
+    if via_service:
+        ident["invokedBy"] = service_host(via_service)
+    return ident
+
+
+def service_host(via_service: str) -> str:
+    """The service as CloudTrail names the caller: rds.us-east-1.amazonaws.com -> rds.amazonaws.com."""
+    m = re.match(r"^([a-z0-9-]+)\.[a-z]{2}(?:-[a-z]+)+-\d\.amazonaws\.com$", via_service)
+    return f"{m.group(1)}.amazonaws.com" if m else via_service
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(prev_hash: str, record_text: str) -> str:
+    """SHA-256 over the previous record's hash (32 bytes) and this record's stored text."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + record_text.encode()).hexdigest()
 
 
 def record_call(conn, *, clock, account_id, region, event_name, principal, via_service,
                 request_parameters, response_elements, error_code, error_message, key_arn,
                 read_only, source_ip="127.0.0.1", user_agent="volumed") -> dict:
+    """Append one CloudTrail-shaped record for a KMS call, allowed or denied, and seal on schedule.
+
+    Runs inside the caller's write transaction and does not commit. Raises (sqlite3.Error or
+    AuditError) if the record cannot be written or sealed; the caller then fails the call. Returns
+    the record as stored. Caller: the key service, once per operation."""
+    via_host = service_host(via_service) if via_service else None
     record = {
-        "eventVersion": "1.08",
-        "userIdentity": {"type": "IAMUser", "arn": principal, "accountId": account_id},
-        "eventTime": clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "eventVersion": EVENT_VERSION,
+        "userIdentity": user_identity(principal, via_service),
+        "eventTime": _iso(clock.now()),
         "eventSource": "kms.amazonaws.com",
         "eventName": event_name,
         "awsRegion": region,
-        "sourceIPAddress": via_service or source_ip,
-        "userAgent": user_agent,
-        "requestParameters": _scrub(request_parameters),
-        "responseElements": _scrub(response_elements),
+        "sourceIPAddress": via_host or source_ip,
+        "userAgent": via_host or user_agent,
+        "requestParameters": scrub(request_parameters) if request_parameters is not None else None,
+        "responseElements": scrub(response_elements) if response_elements is not None else None,
         "requestID": str(uuid.uuid4()),
         "eventID": str(uuid.uuid4()),
         "readOnly": bool(read_only),
         "eventType": "AwsApiCall",
+        "managementEvent": True,
         "recipientAccountId": account_id,
+        "eventCategory": "Management",
     }
     if key_arn:
         record["resources"] = [{"accountId": account_id, "type": "AWS::KMS::Key", "ARN": key_arn}]
     if error_code:
         record["errorCode"] = error_code
         record["errorMessage"] = error_message or ""
-    conn.execute("INSERT INTO audit (record) VALUES (?)", (json.dumps(record, sort_keys=True),))
+    text = _canonical(record)
+    last = conn.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    prev = last[0] if last and last[0] else GENESIS
+    cur = conn.execute("INSERT INTO audit (record, prev_hash, hash, appended) VALUES (?, ?, ?, ?)",
+                       (text, prev, chain_hash(prev, text), clock.time()))
+    if cur.rowcount != 1:
+        raise AuditError("the audit record was not written; the call was not performed")
+    cfg = _config(conn)
+    if cfg is not None:
+        _seal_if_due(conn, cfg, clock)
     return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Sealing
+
+
+def _last_digest(conn) -> tuple[int, dict, str, str] | None:
+    row = conn.execute("SELECT dseq, body, signature, hash FROM audit_digest "
+                       "ORDER BY dseq DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    return row[0], json.loads(row[1]), row[2], row[3]
+
+
+def _seal_if_due(conn, cfg: dict, clock) -> None:
+    last = _last_digest(conn)
+    sealed_to = last[1]["lastSeq"] if last else 0
+    count, oldest = conn.execute("SELECT COUNT(*), MIN(appended) FROM audit WHERE seq > ?",
+                                 (sealed_to,)).fetchone()
+    if count >= cfg["seal_every"] or (oldest is not None
+                                      and clock.time() - oldest >= cfg["seal_interval"]):
+        _seal(conn, cfg, clock, last)
+
+
+def seal(conn: sqlite3.Connection, clock) -> dict | None:
+    """Seal every unsealed record now with a signed digest (returns the digest body, or None when
+    nothing is unsealed). Needs ``configure``. Callers: tools that want a fresh anchor."""
+    cfg = _config(conn)
+    if cfg is None:
+        raise AuditError("audit sealing is not configured (no signing key); see docs/AUDIT.md")
+    return _seal(conn, cfg, clock, _last_digest(conn))
+
+
+def _seal(conn, cfg: dict, clock, last) -> dict | None:
+    sealed_to = last[1]["lastSeq"] if last else 0
+    rows = conn.execute("SELECT seq, hash FROM audit WHERE seq > ? ORDER BY seq",
+                        (sealed_to,)).fetchall()
+    if not rows:
+        return None
+    key = load_signing_key(cfg["signing_key_path"])
+    body = {
+        "digestVersion": 1,
+        "digestSeq": (last[0] + 1) if last else 1,
+        "firstSeq": rows[0][0],
+        "lastSeq": rows[-1][0],
+        "recordHashes": [r[1] for r in rows],
+        "lastHash": rows[-1][1],
+        "created": _iso(clock.now()),
+        "previousDigestHash": last[3] if last else GENESIS,
+        "previousDigestSignature": last[2] if last else "",
+        "publicKeyFingerprint": fingerprint(key.public_key()),
+    }
+    text = _canonical(body)
+    signature = key.sign(text.encode()).hex()
+    digest_hash = hashlib.sha256(text.encode()).hexdigest()
+    conn.execute("INSERT INTO audit_digest (dseq, body, signature, hash) VALUES (?, ?, ?, ?)",
+                 (body["digestSeq"], text, signature, digest_hash))
+    return body
+
+
+def latest_anchor(conn: sqlite3.Connection) -> str | None:
+    """The hash of the newest digest: what a user keeps elsewhere to pass to ``verify(anchor=)``.
+    None before the first seal. Records appended since are not covered until the next seal."""
+    last = _last_digest(conn)
+    return last[3] if last else None

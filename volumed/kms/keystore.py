@@ -1,0 +1,205 @@
+"""The keystore directory: SQLite database (WAL) + root key, opened by many processes at once.
+
+Layout of ``<dir>`` (0700):
+    keystore.db (+ -wal, -shm)   keys, wrapped key material, aliases, grants, audit log, meta
+    root.key                     32 random bytes, 0600 (absent when a passphrase derives the root)
+    .lock                        flock taken only while a keystore is first initialised
+
+Concurrency: every call of the service is one ``BEGIN IMMEDIATE`` transaction (``Keystore.run``):
+writers queue on SQLite's lock with a busy timeout, and a call that still meets SQLITE_BUSY is
+rolled back and run again, so "database is locked" never reaches a caller. A committed change is
+visible to the next transaction of any process. ``meta.change_counter`` goes up on every
+committed change; ``Keystore.change_counter`` reads it without a write lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import secrets
+import sqlite3
+import threading
+import time
+
+from volumed.kms import audit, rootkey
+
+DB_FILE = "keystore.db"
+SCHEMA_VERSION = "1"
+BUSY_TIMEOUT_S = 10.0
+MAX_ATTEMPTS = 200
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY, arn TEXT NOT NULL, created REAL NOT NULL,
+    description TEXT NOT NULL, key_usage TEXT NOT NULL, key_spec TEXT NOT NULL,
+    key_manager TEXT NOT NULL, origin TEXT NOT NULL, state TEXT NOT NULL,
+    deletion_date REAL, pending_window INTEGER, policy TEXT NOT NULL,
+    rotation_enabled INTEGER NOT NULL DEFAULT 0, rotation_period INTEGER,
+    rotation_anchor REAL, on_demand_count INTEGER NOT NULL DEFAULT 0,
+    current_version INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS materials (
+    key_id TEXT NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL,
+    rotation_type TEXT, material_id TEXT NOT NULL, wrapped BLOB NOT NULL,
+    PRIMARY KEY (key_id, version));
+CREATE TABLE IF NOT EXISTS aliases (
+    name TEXT PRIMARY KEY, key_id TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS grants (
+    grant_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, name TEXT, created REAL NOT NULL,
+    grantee TEXT NOT NULL, retiring TEXT, operations TEXT NOT NULL, constraints TEXT,
+    issuing_account TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS grants_key ON grants (key_id);
+CREATE TABLE IF NOT EXISTS grant_tokens (token TEXT PRIMARY KEY, grant_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deleted_keys (key_id TEXT PRIMARY KEY, arn TEXT NOT NULL, deleted REAL NOT NULL);
+"""
+
+
+class Busy(Exception):
+    """Internal: SQLite stayed busy; the transaction is retried."""
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    msg = str(exc).lower()
+    return "locked" in msg or "busy" in msg
+
+
+class Keystore:
+    """An open keystore directory. Thread-safe (one connection, one lock); one per client family
+    (``with_identity`` clients share it)."""
+
+    def __init__(self, directory: str):
+        self.directory = os.path.abspath(directory)
+        self._lock = threading.RLock()
+        self._ensure_initialised()
+        self.conn = self._open()
+        audit.ensure_schema(self.conn)
+        meta = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
+        self.account_id = meta["account_id"]
+        self.region = meta["region"]
+        self.root = self._load_root(meta)
+
+    # -- opening -------------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(os.path.join(self.directory, DB_FILE), timeout=BUSY_TIMEOUT_S,
+                               isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA secure_delete = ON")  # destroyed key material leaves no free-page copies
+        return conn
+
+    def _ensure_initialised(self) -> None:
+        """Create the directory, database and root key once; safe when several processes race."""
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        except PermissionError:
+            raise rootkey.KeystoreError(f"cannot create keystore {self.directory}: permission "
+                                        f"denied; choose another with --kms or VOLUMED_KMS") from None
+        if not os.access(self.directory, os.R_OK | os.W_OK | os.X_OK):
+            raise rootkey.KeystoreError(f"keystore {self.directory} is not readable and writable "
+                                        f"by you; choose another with --kms or VOLUMED_KMS")
+        lockfd = os.open(os.path.join(self.directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lockfd, fcntl.LOCK_EX)
+            conn = self._open()
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.executescript(_SCHEMA)
+                audit.ensure_schema(conn)
+                have = conn.execute("SELECT v FROM meta WHERE k = 'account_id'").fetchone()
+                if have is None:
+                    self._initialise(conn)
+            finally:
+                conn.close()
+        finally:
+            os.close(lockfd)
+
+    def _initialise(self, conn: sqlite3.Connection) -> None:
+        passphrase = os.environ.get(rootkey.PASSPHRASE_ENV)
+        meta = {"account_id": "".join(str(random.SystemRandom().randrange(10)) for _ in range(12)),
+                "region": os.environ.get("VOLUMED_REGION", "us-east-1"),
+                "schema_version": SCHEMA_VERSION, "change_counter": "0"}
+        if passphrase:
+            salt = secrets.token_bytes(16)
+            root = rootkey.derive_passphrase_key(passphrase, salt)
+            meta.update(root_source="passphrase", scrypt_salt=salt.hex())
+        else:
+            if not os.path.exists(os.path.join(self.directory, rootkey.ROOT_KEY_FILE)):
+                rootkey.create_file_key(self.directory)
+            root = rootkey.read_file_key(self.directory)
+            meta["root_source"] = "file"
+        meta["root_check"] = rootkey.check_value(root)
+        rootkey.wipe(root)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
+        conn.execute("COMMIT")
+
+    def _load_root(self, meta: dict) -> bytearray:
+        if meta["root_source"] == "passphrase":
+            passphrase = os.environ.get(rootkey.PASSPHRASE_ENV)
+            if not passphrase:
+                raise rootkey.KeystoreError(f"keystore {self.directory} is protected by a "
+                                            f"passphrase; set {rootkey.PASSPHRASE_ENV}")
+            root = rootkey.derive_passphrase_key(passphrase, bytes.fromhex(meta["scrypt_salt"]))
+        else:
+            root = rootkey.read_file_key(self.directory)
+        rootkey.verify(root, meta["root_check"], self.directory)
+        return root
+
+    # -- transactions --------------------------------------------------------------------------
+    def run(self, fn):
+        """Run ``fn(conn)`` in one BEGIN IMMEDIATE transaction and commit; on any exception roll
+        back and re-raise. SQLITE_BUSY anywhere restarts the whole transaction (``fn`` must have no
+        effects outside the database). Returns fn's result."""
+        with self._lock:
+            for attempt in range(MAX_ATTEMPTS):
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if _is_busy(exc):
+                        time.sleep(min(0.05, 0.001 * (attempt + 1)) * random.random())
+                        continue
+                    raise
+                try:
+                    result = fn(self.conn)
+                    self.conn.execute("COMMIT")
+                    return result
+                except sqlite3.OperationalError as exc:
+                    self._rollback()
+                    if _is_busy(exc):
+                        continue
+                    raise
+                except BaseException:
+                    self._rollback()
+                    raise
+            raise rootkey.KeystoreError(f"keystore {self.directory} stayed locked by other "
+                                        f"processes for too long; try again")
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    @staticmethod
+    def bump(conn: sqlite3.Connection) -> None:
+        """Record a change (inside run()); watchers see the counter move."""
+        conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'change_counter'")
+
+    def change_counter(self) -> int:
+        """The committed change counter, read without taking the write lock."""
+        with self._lock:
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    row = self.conn.execute("SELECT v FROM meta WHERE k = 'change_counter'").fetchone()
+                    return int(row[0])
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    time.sleep(0.005)
+            raise rootkey.KeystoreError(f"keystore {self.directory} stayed locked; try again")
+
+    def close(self) -> None:
+        """Close the connection and overwrite the root key in memory."""
+        with self._lock:
+            rootkey.wipe(self.root)
+            self.conn.close()

@@ -1,0 +1,159 @@
+"""Key lifecycle operations: CreateKey, DescribeKey, ListKeys, EnableKey, DisableKey,
+ScheduleKeyDeletion, CancelKeyDeletion, UpdateKeyDescription, Get/PutKeyPolicy, ListKeyPolicies.
+
+Each function takes the CallContext of an open transaction and the validated parameters and
+returns the response body (without ResponseMetadata). Called only by volumed.kms.service.
+"""
+
+from __future__ import annotations
+
+import json
+
+from volumed.kms import keys, managed
+from volumed.kms.callctx import CallContext, to_datetime
+from volumed.kms.paging import page
+
+MIN_WINDOW, MAX_WINDOW, DEFAULT_WINDOW = 7, 30, 30
+
+
+def create_key(ctx: CallContext, p: dict) -> dict:
+    """A customer managed symmetric key, Enabled, with the given or the default key policy."""
+    ctx.authorize("kms:CreateKey", None, key_policy=p.get("Policy"))
+    for name, allowed in (("KeyUsage", "ENCRYPT_DECRYPT"), ("KeySpec", "SYMMETRIC_DEFAULT"),
+                          ("CustomerMasterKeySpec", "SYMMETRIC_DEFAULT"), ("Origin", "AWS_KMS")):
+        if p.get(name, allowed) != allowed:
+            raise ctx.error("UnsupportedOperationException",
+                            f"{name} {p[name]} is not supported by the embedded key service "
+                            f"(only {allowed})")
+    for name in ("CustomKeyStoreId", "XksKeyId"):
+        if name in p:
+            raise ctx.error("UnsupportedOperationException", f"{name} is not supported by the embedded key service")
+    if p.get("MultiRegion"):
+        raise ctx.error("UnsupportedOperationException", "multi-Region keys are not supported by the embedded key service")
+    policy = p.get("Policy")
+    if policy is not None:
+        check_policy_document(ctx, policy)
+    else:
+        policy = managed.default_key_policy(ctx.account)
+    key = keys.insert_key(ctx, description=p.get("Description", ""), policy=policy, key_manager="CUSTOMER")
+    ctx.key_arns.append(key["Arn"])
+    return {"KeyMetadata": keys.metadata(ctx, key)}
+
+
+def check_policy_document(ctx: CallContext, text: str) -> None:
+    """MalformedPolicyDocumentException unless ``text`` is a JSON policy with a Statement list."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ctx.error("MalformedPolicyDocumentException", f"The policy is not valid JSON: {exc}") from None
+    stmts = doc.get("Statement") if isinstance(doc, dict) else None
+    if isinstance(stmts, dict):
+        stmts = [stmts]
+    if not isinstance(stmts, list) or not stmts or not all(isinstance(s, dict) for s in stmts):
+        raise ctx.error("MalformedPolicyDocumentException", "The policy must contain a Statement")
+    for s in stmts:
+        if s.get("Effect") not in ("Allow", "Deny"):
+            raise ctx.error("MalformedPolicyDocumentException", "Every statement needs Effect Allow or Deny")
+
+
+def describe_key(ctx: CallContext, p: dict) -> dict:
+    key = keys.resolve(ctx, p["KeyId"])
+    ctx.authorize("kms:DescribeKey", key)
+    return {"KeyMetadata": keys.metadata(ctx, key)}
+
+
+def list_keys(ctx: CallContext, p: dict) -> dict:
+    ctx.authorize("kms:ListKeys", None)
+    rows = ctx.conn.execute("SELECT key_id, arn FROM keys ORDER BY created, key_id").fetchall()
+    return page(ctx, [{"KeyId": r["key_id"], "KeyArn": r["arn"]} for r in rows], "Keys")
+
+
+def _set_state(ctx: CallContext, key: dict, state: str, **cols) -> None:
+    sets = ", ".join(["state = ?"] + [f"{c} = ?" for c in cols])
+    ctx.conn.execute(f"UPDATE keys SET {sets} WHERE key_id = ?", (state, *cols.values(), key["key_id"]))
+    ctx.change()
+
+
+def enable_key(ctx: CallContext, p: dict) -> dict:
+    """Enabled again; a rotation that fell due while disabled happens now."""
+    key = keys.resolve(ctx, p["KeyId"])
+    ctx.authorize("kms:EnableKey", key)
+    keys.require_not_pending(ctx, key)
+    _set_state(ctx, key, "Enabled")
+    keys.rotate_if_overdue(ctx, keys.get(ctx, key["key_id"]))
+    return {}
+
+
+def disable_key(ctx: CallContext, p: dict) -> dict:
+    key = keys.resolve(ctx, p["KeyId"])
+    ctx.authorize("kms:DisableKey", key)
+    keys.require_not_pending(ctx, key)
+    _set_state(ctx, key, "Disabled")
+    return {}
+
+
+def schedule_key_deletion(ctx: CallContext, p: dict) -> dict:
+    """PendingDeletion for 7-30 days (default 30); the key is destroyed when the window ends."""
+    key = keys.resolve(ctx, p["KeyId"])
+    ctx.authorize("kms:ScheduleKeyDeletion", key)
+    window = p.get("PendingWindowInDays", DEFAULT_WINDOW)
+    if not MIN_WINDOW <= window <= MAX_WINDOW:
+        raise ctx.error("ValidationException",
+                        f"1 validation error detected: Value '{window}' at 'pendingWindowInDays' failed "
+                        f"to satisfy constraint: Member must have value between {MIN_WINDOW} and {MAX_WINDOW}")
+    keys.require_not_pending(ctx, key)
+    deletion = ctx.now() + window * keys.DAY
+    _set_state(ctx, key, "PendingDeletion", deletion_date=deletion, pending_window=window)
+    return {"KeyId": key["arn"], "DeletionDate": to_datetime(deletion), "KeyState": "PendingDeletion",
+            "PendingWindowInDays": window}
+
+
+def cancel_key_deletion(ctx: CallContext, p: dict) -> dict:
+    """Back from PendingDeletion to Disabled (as AWS: not Enabled)."""
+    key = keys.resolve(ctx, p["KeyId"])
+    ctx.authorize("kms:CancelKeyDeletion", key)
+    if key["state"] != "PendingDeletion":
+        raise ctx.error("KMSInvalidStateException", f"{key['arn']} is not pending deletion.")
+    _set_state(ctx, key, "Disabled", deletion_date=None, pending_window=None)
+    return {"KeyId": key["arn"]}
+
+
+def update_key_description(ctx: CallContext, p: dict) -> dict:
+    key = keys.resolve(ctx, p["KeyId"])
+    ctx.authorize("kms:UpdateKeyDescription", key)
+    keys.require_not_pending(ctx, key)
+    ctx.conn.execute("UPDATE keys SET description = ? WHERE key_id = ?", (p["Description"], key["key_id"]))
+    ctx.change()
+    return {}
+
+
+def _policy_name(ctx: CallContext, p: dict) -> None:
+    name = p.get("PolicyName", "default")
+    if name != "default":
+        raise ctx.error("ValidationException", f"Policy name '{name}' is not valid; the only key "
+                                               f"policy name is 'default'")
+
+
+def get_key_policy(ctx: CallContext, p: dict) -> dict:
+    key = keys.resolve(ctx, p["KeyId"])
+    ctx.authorize("kms:GetKeyPolicy", key)
+    _policy_name(ctx, p)
+    return {"Policy": key["policy"], "PolicyName": "default"}
+
+
+def put_key_policy(ctx: CallContext, p: dict) -> dict:
+    """Store the policy text as given (allowed in every key state)."""
+    key = keys.resolve(ctx, p["KeyId"])
+    ctx.authorize("kms:PutKeyPolicy", key, key_policy=p["Policy"],
+                  bypass_lockout_check=bool(p.get("BypassPolicyLockoutSafetyCheck")))
+    _policy_name(ctx, p)
+    check_policy_document(ctx, p["Policy"])
+    ctx.conn.execute("UPDATE keys SET policy = ? WHERE key_id = ?", (p["Policy"], key["key_id"]))
+    ctx.change()
+    return {}
+
+
+def list_key_policies(ctx: CallContext, p: dict) -> dict:
+    key = keys.resolve(ctx, p["KeyId"])
+    ctx.authorize("kms:ListKeyPolicies", key)
+    return page(ctx, ["default"], "PolicyNames")

@@ -1,0 +1,50 @@
+"""Principal ARNs the embedded key service uses for the people and hosts of a keystore.
+
+Callers: volumed.kms.service (the client's default principal), the CLI (``--principal`` defaults and
+grants to the host), the mount daemon (which calls as the host principal), tests.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+
+
+def user_arn(account: str, login: str) -> str:
+    """The IAM user ARN of ``login`` in ``account``."""
+    return f"arn:aws:iam::{account}:user/{login}"
+
+
+def host_arn(account: str, hostname: str) -> str:
+    """The assumed-role session ARN a host serving mounts calls as (role ``volumed-host``)."""
+    return f"arn:aws:sts::{account}:assumed-role/volumed-host/{hostname}"
+
+
+def root_arn(account: str) -> str:
+    """The account principal named in default key policies."""
+    return f"arn:aws:iam::{account}:root"
+
+
+def rds_via(region: str) -> str:
+    """The kms:ViaService value of calls RDS makes on a user's behalf."""
+    return f"rds.{region}.amazonaws.com"
+
+
+def current_login() -> str:
+    """The login name of this process (falls back to the uid when there is none)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry, no LOGNAME: a container uid
+        import os
+
+        return f"uid{os.getuid()}"
+
+
+def default_user_principal(client) -> str:
+    """The keystore's user ARN for the current login (the CLI's and the tests' default caller)."""
+    return user_arn(client.account_id(), current_login())
+
+
+def default_host_principal(client) -> str:
+    """The host principal of this machine on the client's keystore."""
+    return host_arn(client.account_id(), socket.gethostname())
