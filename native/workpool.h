@@ -1,0 +1,42 @@
+/* A small process-wide pool of worker threads that help the calling thread with one batch.
+ *
+ * A batch of n items (sectors) is cut into chunks; the calling thread and up to threads-1 workers
+ * claim chunks until none are left, so a worker that wakes late (or never, on a busy machine) only
+ * means the caller does more of the work itself. Each participant calls enter() once to get its
+ * private state (the sector core hands out a per-thread cipher context there), run() per chunk,
+ * and leave() once. Called by sector_cipher.c with the GIL released; nothing here touches Python.
+ *
+ * Workers are created on first use, block all signals (Python handles signals on its main thread),
+ * sleep on a condition variable when idle, and are forgotten in a forked child (the child starts
+ * new ones when it needs them). */
+#ifndef VOLUMED_WORKPOOL_H
+#define VOLUMED_WORKPOOL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+typedef struct wp_batch {
+    /* Set by the caller. */
+    size_t n;      /* items */
+    size_t chunk;  /* items per claim, >= 1 */
+    void *arg;
+    void *(*enter)(void *arg);                                    /* NULL return = failure */
+    int (*run)(void *arg, void *state, size_t begin, size_t end); /* 0 = success */
+    void (*leave)(void *arg, void *state);
+    /* Internal. */
+    atomic_size_t next;
+    atomic_int failed;
+    int wanted, joined, finished;
+    struct wp_batch *qnext;
+    pthread_cond_t done;
+} wp_batch;
+
+/* Run the batch on the calling thread plus up to threads-1 pool workers; returns when every chunk
+ * is done. Returns 0, or -1 if any enter() or run() failed (the other chunks still ran). */
+int wp_run(wp_batch *b, int threads);
+
+/* Number of worker threads started so far (for tests and the benchmark). */
+int wp_workers(void);
+
+#endif
