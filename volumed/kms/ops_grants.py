@@ -18,9 +18,6 @@ def _constraints(ctx: CallContext, p: dict) -> dict | None:
     c = p.get("Constraints")
     if not c:
         return None
-    if "EncryptionContextSubset" in c and "EncryptionContextEquals" in c:
-        raise ctx.error("ValidationException", "A grant can have only one encryption context constraint: "
-                                               "EncryptionContextSubset or EncryptionContextEquals")
     return {k: dict(v) for k, v in c.items()}
 
 
