@@ -1,0 +1,144 @@
+"""Volume commands: create, info, export --luks, resize.
+
+Each prints one clear line and exits non-zero on bad input, leaving nothing on disk. The user's
+principal calls KMS through RDS (ViaService rds.<region>.amazonaws.com), as RDS does for a user.
+"""
+
+from __future__ import annotations
+
+import os
+
+from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
+from volumed.errors import UsageError
+
+
+def _region() -> str:
+    for var in ("VOLUMED_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return "us-east-1"
+
+
+def _rds_via() -> str:
+    try:
+        from volumed.kms.principals import rds_via
+    except ImportError:  # pragma: no cover - principals module not present
+        return f"rds.{_region()}.amazonaws.com"
+    return rds_via(_region())
+
+
+def _user_kms(args):
+    return kms_client(args, via_service=_rds_via())
+
+
+def _human(n: int) -> str:
+    for unit, m in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= m and n % m == 0:
+            return f"{n // m} {unit}"
+    return f"{n} bytes"
+
+
+def _summary(path: str, h) -> str:
+    lines = [
+        f"volume:      {path}",
+        f"format:      {h.format} ({'AES-256-XTS, LUKS2-compatible' if h.cipher == 'xts' else 'AES-256-GCM, authenticated'})",
+        f"uuid:        {h.uuid}",
+        f"size:        {_human(h.size)} ({h.size} bytes, {h.sectors} sectors of {h.sector_size})",
+        f"db id:       {h.db_id}",
+        f"ebs id:      {h.ebs_id}",
+        f"kms key:     {h.key_arn}",
+        f"context:     " + ", ".join(f"{k}={v}" for k, v in sorted(h.context.items())),
+        f"created:     {h.created}",
+        f"seqid:       {h.seqid}",
+    ]
+    if h.cipher == "gcm":
+        lines.append(f"nonces:      reserved to {h.nonce_reserved}, flushed to {h.nonce_flushed}, "
+                     f"{len(h.doubtful)} doubtful range(s)")
+    return "\n".join(lines)
+
+
+def cmd_create(args) -> int:
+    from volumed.volume import Volume, parse_size
+
+    size = parse_size(args.size)
+    h = Volume.create(args.volume, size=size, kms=_user_kms(args), key_id=args.key,
+                      cipher=args.cipher, db_id=args.db_id, ebs_id=args.ebs_id)
+    if args.json:
+        print_json(h.to_dict())
+    else:
+        print(_summary(args.volume, h))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from volumed.volume import Volume
+
+    h = Volume.read_header(args.volume)
+    if args.json:
+        print_json(h.to_dict())
+    else:
+        print(_summary(args.volume, h))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from volumed.volume import Volume
+    from volumed.volume.export import export_luks
+
+    if not args.luks:
+        raise UsageError("export needs --luks (the only export format)")
+    h = Volume.read_header(args.volume)
+    if h.cipher != "xts":
+        raise UsageError(f"{args.volume} is a GCM volume; only XTS volumes export to LUKS2")
+    if os.path.lexists(args.out):
+        raise UsageError(f"{args.out} already exists: choose a new output path")
+    with Volume.open(args.volume, kms=_user_kms(args)) as vol:
+        export_luks(vol, args.out)
+    print(f"exported {args.volume} to {args.out} (standalone LUKS2, {_human(h.size)})")
+    return 0
+
+
+def cmd_resize(args) -> int:
+    from volumed.volume import Volume, parse_size
+
+    size = parse_size(args.size)
+    h = Volume.read_header(args.volume)
+    if size < h.size:
+        raise UsageError(f"cannot shrink {args.volume} from {h.size} to {size} bytes: volumes only grow")
+    with Volume.open(args.volume, kms=_user_kms(args)) as vol:
+        vol.resize(size)
+    print(f"resized {args.volume} to {_human(size)} ({size} bytes)")
+    return 0
+
+
+def register(sub) -> None:
+    """Add create, info, export and resize to the ``volumed`` command."""
+    p = sub.add_parser("create", help="create an encrypted volume file (sparse)")
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("--size", required=True, metavar="SIZE", help="bytes, or with K/M/G/T (e.g. 1G)")
+    p.add_argument("--cipher", choices=["xts", "gcm"], default="xts",
+                   help="xts (LUKS2-compatible, default) or gcm (authenticated)")
+    p.add_argument("--key", default="alias/aws/rds", metavar="KEY", help="KMS key id, ARN or alias")
+    p.add_argument("--db-id", metavar="DB", default=None, help="db-... (generated when not given)")
+    p.add_argument("--ebs-id", metavar="VOL", default=None, help="vol-... (generated when not given)")
+    add_kms_options(p)
+    add_json_option(p)
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("info", help="print a volume's header (no key needed)")
+    p.add_argument("volume", metavar="VOLUME")
+    add_json_option(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="write a standalone LUKS2 image of an XTS volume")
+    p.add_argument("--luks", action="store_true", required=True, help="export as LUKS2 (required)")
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("out", metavar="OUT")
+    add_kms_options(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("resize", help="grow a volume (shrinking is refused)")
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("size", metavar="SIZE")
+    add_kms_options(p)
+    p.set_defaults(func=cmd_resize)

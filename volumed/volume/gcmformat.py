@@ -1,0 +1,180 @@
+"""On-disk format of GCM volumes (see docs/FORMAT.md for the byte tables).
+
+Header: two 16 KiB copies at 0 and HDR_SIZE. Copy k holds the versions whose seqid % 2 == k, so
+every header update overwrites the older copy and the newer one stays intact. A copy is a 128-byte
+binary prefix (magic, version, json length, seqid, SHA-256 checksum of the whole copy) and a JSON
+text. Data area from DATA_OFFSET: groups of GROUP_SECTORS sectors, each one metadata page followed
+by the sectors' slot-0 data pages and then their slot-1 data pages.
+
+Metadata page: GROUP_SECTORS entries of two slots, each slot = 12-byte nonce (4 zero bytes + 64-bit
+big-endian counter) + 16-byte tag; counter 0 = empty slot; tag of all zeros = the sector was
+written with zeros (no data stored). The last 32 bytes are HMAC-SHA256(metadata key,
+"VGMP" || group number (u64 BE) || the first 4064 bytes). Callers: volumed.volume.gcmstore, device.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import struct
+
+import numpy as np
+
+from volumed.errors import FormatError
+from volumed.volume.header import HeaderCopy as Copy, VolumeHeader, require
+
+MAGIC = b"VOLUMEDG"
+VERSION = 1
+HDR_SIZE = 16384
+DATA_OFFSET = 2 * HDR_SIZE
+PAGE = 4096
+GROUP_SECTORS = 72
+SLOT_BYTES = 28
+ENTRIES_BYTES = GROUP_SECTORS * 2 * SLOT_BYTES   # 4032
+MAC_OFF = PAGE - 32
+GROUP_BYTES = PAGE * (1 + 2 * GROUP_SECTORS)
+_PREFIX = struct.Struct(">8sHHIQQ")                # magic, version, copy, json_len, seqid, hdr_size
+_CSUM_OFF = 32
+_JSON_OFF = 128
+SLOT_DTYPE = np.dtype([("pad", ">u4"), ("ctr", ">u8"), ("tag", ">u8", (2,))])
+
+
+def groups_for(size: int) -> int:
+    """Number of metadata groups for a volume of ``size`` bytes."""
+    sectors = size // PAGE
+    return (sectors + GROUP_SECTORS - 1) // GROUP_SECTORS
+
+
+def file_size_for(size: int) -> int:
+    """Backing file size of a GCM volume of ``size`` bytes."""
+    return DATA_OFFSET + groups_for(size) * GROUP_BYTES
+
+
+def meta_offset(group: int) -> int:
+    return DATA_OFFSET + group * GROUP_BYTES
+
+
+def slot_offset(group: int, slot: int, index: int) -> int:
+    """Backing offset of the data page of sector ``group*GROUP_SECTORS+index`` in ``slot``."""
+    return DATA_OFFSET + group * GROUP_BYTES + PAGE * (1 + slot * GROUP_SECTORS + index)
+
+
+def seal_meta(meta_key, group: int, page: bytearray) -> None:
+    """Write the page MAC into the last 32 bytes of ``page`` (4096-byte bytearray)."""
+    page[ENTRIES_BYTES:MAC_OFF] = bytes(MAC_OFF - ENTRIES_BYTES)
+    page[MAC_OFF:] = hmac.new(meta_key, b"VGMP" + group.to_bytes(8, "big") + bytes(page[:MAC_OFF]),
+                              hashlib.sha256).digest()
+
+
+def meta_ok(meta_key, group: int, page) -> bool:
+    """True if the metadata page's MAC verifies (an all-zero page never does)."""
+    want = hmac.new(meta_key, b"VGMP" + group.to_bytes(8, "big") + bytes(page[:MAC_OFF]),
+                    hashlib.sha256).digest()
+    return hmac.compare_digest(want, bytes(page[MAC_OFF:]))
+
+
+def slots(page) -> np.ndarray:
+    """Structured (GROUP_SECTORS, 2) view of a metadata page's slots (fields ctr, tag)."""
+    return np.frombuffer(page, dtype=SLOT_DTYPE, count=GROUP_SECTORS * 2).reshape(GROUP_SECTORS, 2)
+
+
+def nonce_bytes(counters: np.ndarray) -> bytes:
+    """12-byte nonces (4 zero bytes + u64 BE counter) for an array of counters."""
+    out = np.zeros(len(counters), dtype=[("pad", ">u4"), ("ctr", ">u8")])
+    out["ctr"] = counters
+    return out.tobytes()
+
+
+# ---- header ---------------------------------------------------------------------------------
+
+def _json_obj(h: VolumeHeader) -> dict:
+    return {
+        "format": h.format, "format_version": h.format_version, "uuid": h.uuid, "cipher": h.cipher,
+        "size": h.size, "sector_size": h.sector_size, "data_offset": h.data_offset,
+        "key_arn": h.key_arn, "wrapped_key": base64.b64encode(h.wrapped_key).decode(),
+        "context": h.context, "db_id": h.db_id, "ebs_id": h.ebs_id, "created": h.created,
+        "nonce_reserved": h.nonce_reserved, "nonce_flushed": h.nonce_flushed,
+        "doubtful": [list(r) for r in h.doubtful], "mac": base64.b64encode(h.mac).decode(),
+    }
+
+
+def encode_copy(h: VolumeHeader) -> tuple[int, bytes]:
+    """(offset, bytes) of the header copy that holds ``h.seqid`` (copy seqid % 2)."""
+    which = h.seqid % 2
+    text = json.dumps(_json_obj(h), sort_keys=True, separators=(",", ":")).encode()
+    if len(text) > HDR_SIZE - _JSON_OFF:
+        raise FormatError("GCM header JSON does not fit in its 16 KiB copy")
+    buf = bytearray(HDR_SIZE)
+    _PREFIX.pack_into(buf, 0, MAGIC, VERSION, which, len(text), h.seqid, HDR_SIZE)
+    buf[_JSON_OFF:_JSON_OFF + len(text)] = text
+    buf[_CSUM_OFF:_CSUM_OFF + 32] = hashlib.sha256(bytes(buf)).digest()
+    return which * HDR_SIZE, bytes(buf)
+
+
+def _parse_copy(read, which: int) -> Copy:
+    c = Copy(which * HDR_SIZE)
+    raw = read(which * HDR_SIZE, HDR_SIZE)
+    if len(raw) < HDR_SIZE:
+        c.error = "truncated"
+        return c
+    magic, version, copy_idx, jlen, seqid, hdr_size = _PREFIX.unpack_from(raw, 0)
+    if magic != MAGIC:
+        c.error = "bad magic"
+        return c
+    if version > VERSION:
+        raise FormatError(f"volume format version {version} is newer than this volumed supports "
+                          f"({VERSION}); upgrade volumed")
+    if version != VERSION or hdr_size != HDR_SIZE or copy_idx != which or jlen > HDR_SIZE - _JSON_OFF:
+        c.error = "inconsistent header fields"
+        return c
+    zeroed = bytearray(raw)
+    csum = bytes(zeroed[_CSUM_OFF:_CSUM_OFF + 32])
+    zeroed[_CSUM_OFF:_CSUM_OFF + 32] = bytes(32)
+    if hashlib.sha256(bytes(zeroed)).digest() != csum:
+        c.error = "checksum mismatch"
+        return c
+    try:
+        c.json = json.loads(bytes(raw[_JSON_OFF:_JSON_OFF + jlen]).decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        c.error = "unreadable JSON"
+        return c
+    if not isinstance(c.json, dict) or seqid % 2 != which:
+        c.error = "inconsistent header fields"
+        return c
+    c.ok, c.error, c.seqid = True, "", seqid
+    return c
+
+
+def _header_from_json(j: dict, seqid: int) -> VolumeHeader:
+    try:
+        h = VolumeHeader(
+            uuid=str(j["uuid"]), cipher=str(j["cipher"]), size=int(j["size"]),
+            sector_size=int(j["sector_size"]), data_offset=int(j["data_offset"]),
+            key_arn=str(j["key_arn"]), wrapped_key=base64.b64decode(j["wrapped_key"], validate=True),
+            context={str(k): str(v) for k, v in dict(j["context"]).items()},
+            db_id=str(j["db_id"]), ebs_id=str(j["ebs_id"]), created=str(j.get("created", "")),
+            mac=base64.b64decode(j["mac"], validate=True), seqid=seqid, format=str(j["format"]),
+            format_version=int(j["format_version"]), nonce_reserved=int(j["nonce_reserved"]),
+            nonce_flushed=int(j["nonce_flushed"]),
+            doubtful=[(int(a), int(b)) for a, b in list(j["doubtful"])[:4096]])
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise FormatError(f"GCM volume header is malformed ({type(exc).__name__})")
+    require(h.format == "volumed-gcm" and h.cipher == "gcm", "GCM header names another format")
+    require(h.sector_size == PAGE, f"unsupported sector size {h.sector_size}")
+    require(h.data_offset == DATA_OFFSET, "bad data offset")
+    require(0 <= h.size < 1 << 60 and h.size % PAGE == 0, "volume size is not a whole number of sectors")
+    require(0 <= h.nonce_flushed <= h.nonce_reserved < 1 << 64, "inconsistent nonce counters")
+    return h
+
+
+def decode(read) -> tuple[VolumeHeader, list[Copy]]:
+    """Parse both copies; the valid one with the highest seqid wins. FormatError if none is valid."""
+    copies = [_parse_copy(read, 0), _parse_copy(read, 1)]
+    valid = [c for c in copies if c.ok]
+    if not valid:
+        raise FormatError("GCM volume header: both copies are damaged "
+                          f"(first: {copies[0].error}; second: {copies[1].error})")
+    best = max(valid, key=lambda c: c.seqid)
+    return _header_from_json(best.json, best.seqid), copies

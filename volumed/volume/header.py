@@ -1,0 +1,133 @@
+"""The volume header as one Python object, and its MAC.
+
+VolumeHeader is format-neutral: volumed.volume.luks2 (XTS) and volumed.volume.gcmformat (GCM) turn
+it into bytes and back. ``mac_fields()`` is the canonical set of fields the header MAC covers: every
+field that matters (format, cipher, sector size, data offset, size, ids, key ARN, wrapped key,
+context, and for GCM the nonce reservation and the doubtful-nonce ranges). Only the copy sequence
+id and the MAC itself are outside it.
+
+The MAC key is HKDF-SHA256(data key, salt = volume UUID bytes, info = "volumed header mac v1");
+the MAC is HMAC-SHA256(mac key, canonical JSON of mac_fields()). Callers: device (verify on open,
+seal on every header update), create.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import uuid as _uuid
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from volumed.errors import FormatError, IntegrityError
+
+SECTOR_SIZE = 4096
+CONTEXT_DB = "aws:rds:db-id"
+CONTEXT_EBS = "aws:ebs:id"
+MAC_INFO = b"volumed header mac v1"
+GCM_META_INFO = b"volumed gcm metadata mac v1"
+
+
+@dataclasses.dataclass
+class VolumeHeader:
+    """Everything a volume's header says. ``wrapped_key`` is the KMS ciphertext blob, never a key."""
+
+    uuid: str
+    cipher: str               # "xts" or "gcm"
+    size: int                 # bytes visible to users, a multiple of sector_size
+    sector_size: int
+    data_offset: int          # where the data area starts in the backing file
+    key_arn: str
+    wrapped_key: bytes
+    context: dict
+    db_id: str
+    ebs_id: str
+    created: str = ""
+    mac: bytes = b""
+    seqid: int = 0
+    format: str = ""          # "luks2" or "volumed-gcm"
+    format_version: int = 1
+    # GCM only: nonce counters (see docs/FORMAT.md "Nonces").
+    nonce_reserved: int = 0
+    nonce_flushed: int = 0
+    doubtful: list = dataclasses.field(default_factory=list)
+
+    @property
+    def sectors(self) -> int:
+        return self.size // self.sector_size
+
+    def mac_fields(self) -> dict:
+        """The canonical dict the header MAC covers."""
+        d = {
+            "format": self.format, "format_version": self.format_version, "uuid": self.uuid,
+            "cipher": self.cipher, "size": self.size, "sector_size": self.sector_size,
+            "data_offset": self.data_offset, "key_arn": self.key_arn,
+            "wrapped_key": self.wrapped_key.hex(), "context": self.context,
+            "db_id": self.db_id, "ebs_id": self.ebs_id, "created": self.created,
+        }
+        if self.cipher == "gcm":
+            d.update(nonce_reserved=self.nonce_reserved, nonce_flushed=self.nonce_flushed,
+                     doubtful=[list(r) for r in self.doubtful])
+        return d
+
+    def to_dict(self) -> dict:
+        """JSON-friendly summary for ``volumed info --json`` (wrapped key base64, no secrets)."""
+        import base64
+
+        d = self.mac_fields()
+        d["wrapped_key"] = base64.b64encode(self.wrapped_key).decode()
+        d["mac"] = base64.b64encode(self.mac).decode()
+        d["seqid"] = self.seqid
+        d["sectors"] = self.sectors
+        return d
+
+    def check_context(self) -> None:
+        """The context must name this header's own db id and EBS id (else IntegrityError)."""
+        if self.context.get(CONTEXT_DB) != self.db_id or self.context.get(CONTEXT_EBS) != self.ebs_id:
+            raise IntegrityError(
+                f"volume header context {self.context} does not match its db id {self.db_id} "
+                f"and EBS id {self.ebs_id}: the header was altered; restore it from a backup")
+
+
+def derive_key(data_key, volume_uuid: str, info: bytes) -> bytearray:
+    """HKDF-SHA256 subkey (32 bytes) of the data key, bound to the volume UUID and ``info``."""
+    hk = HKDF(algorithm=hashes.SHA256(), length=32, salt=_uuid.UUID(volume_uuid).bytes, info=info)
+    return bytearray(hk.derive(bytes(data_key)))
+
+
+def _canonical(fields: dict) -> bytes:
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def compute_mac(mac_key, header: VolumeHeader) -> bytes:
+    """HMAC-SHA256 of the header's MAC'd fields."""
+    return hmac.new(bytes(mac_key), _canonical(header.mac_fields()), hashlib.sha256).digest()
+
+
+def verify_mac(mac_key, header: VolumeHeader, path: str = "") -> None:
+    """Raise IntegrityError unless the header MAC verifies (names which check failed)."""
+    if not hmac.compare_digest(compute_mac(mac_key, header), header.mac):
+        raise IntegrityError(
+            f"volume header of {path or 'the volume'} fails its MAC: a field (cipher, sector size, "
+            "offsets, size, ids, key, context or nonce state) was altered; do not use this header")
+    header.check_context()
+
+
+class HeaderCopy:
+    """One parsed on-disk header copy: ``ok`` with ``seqid`` and ``json``, or an ``error`` string."""
+
+    def __init__(self, offset: int):
+        self.offset = offset
+        self.ok = False
+        self.error = "missing"
+        self.seqid = -1
+        self.json: dict | None = None
+
+
+def require(cond: bool, what: str) -> None:
+    """Parser helper: raise FormatError(what) unless cond."""
+    if not cond:
+        raise FormatError(what)

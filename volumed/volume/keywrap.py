@@ -1,0 +1,76 @@
+"""Envelope encryption of the volume's data key through a boto3-style KMS client.
+
+``new_wrapped_key(kms, key_id, nbytes, context)`` asks for a fresh data key with
+GenerateDataKeyWithoutPlaintext and returns (ciphertext blob, key ARN).
+``unwrap(kms, header, grant_tokens)`` calls Decrypt with KeyId = the header's key ARN, the header's
+encryption context and the grant tokens, and returns the key as a bytearray the caller must hand
+to a cipher (which wipes it) or overwrite. KMS refusals become KeyAccessError carrying the AWS
+code and naming what was wrong (key, context, access). Callers: volumed.volume.device.
+"""
+
+from __future__ import annotations
+
+from volumed.errors import KeyAccessError
+
+_HINTS = {
+    "AccessDeniedException": "the caller has no permission or grant for this key",
+    "DisabledException": "the KMS key is disabled",
+    "KMSInvalidStateException": "the KMS key is not usable (pending deletion or import)",
+    "NotFoundException": "the KMS key does not exist",
+    "InvalidCiphertextException": "the wrapped key or encryption context does not match (wrong key or context)",
+    "IncorrectKeyException": "the wrapped key was made under a different KMS key",
+    "InvalidGrantTokenException": "the grant token is invalid",
+    "KeyUnavailableException": "the key service cannot reach the key right now; retry",
+}
+
+
+def _client_error(exc: Exception) -> tuple[str, str] | None:
+    resp = getattr(exc, "response", None)
+    if isinstance(resp, dict) and "Error" in resp:
+        err = resp["Error"]
+        return str(err.get("Code", "")), str(err.get("Message", ""))
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code, str(exc)
+    return None
+
+
+def _refusal(action: str, key: str, exc: Exception) -> KeyAccessError:
+    code, msg = _client_error(exc)  # type: ignore[misc]
+    hint = _HINTS.get(code, msg or "refused")
+    return KeyAccessError(f"{action} with KMS key {key} failed: {code}: {hint}"
+                          + (f" ({msg})" if msg and msg != hint else ""), code=code or None)
+
+
+def new_wrapped_key(kms, key_id: str, nbytes: int, context: dict) -> tuple[bytes, str]:
+    """(CiphertextBlob, key ARN) of a fresh ``nbytes`` data key bound to ``context``."""
+    try:
+        resp = kms.generate_data_key_without_plaintext(
+            KeyId=key_id, NumberOfBytes=nbytes, EncryptionContext=context)
+    except Exception as exc:
+        if _client_error(exc) is None:
+            raise
+        raise _refusal("GenerateDataKeyWithoutPlaintext", key_id, exc) from None
+    return bytes(resp["CiphertextBlob"]), str(resp["KeyId"])
+
+
+def unwrap(kms, key_arn: str, wrapped: bytes, context: dict, grant_tokens=None,
+           expect_len: int | None = None) -> bytearray:
+    """The plaintext data key as a bytearray (Decrypt with KeyId, context and grant tokens)."""
+    kw = {"CiphertextBlob": wrapped, "KeyId": key_arn, "EncryptionContext": context}
+    if grant_tokens:
+        kw["GrantTokens"] = list(grant_tokens)
+    try:
+        resp = kms.decrypt(**kw)
+    except Exception as exc:
+        if _client_error(exc) is None:
+            raise
+        raise _refusal("Decrypt of the volume key", key_arn, exc) from None
+    plain = resp.get("Plaintext")
+    key = bytearray(plain)
+    del plain, resp
+    if expect_len is not None and len(key) != expect_len:
+        key[:] = bytes(len(key))
+        raise KeyAccessError(f"the key service returned a {len(key)}-byte key, expected {expect_len}",
+                             code="InvalidCiphertextException")
+    return key
