@@ -1,0 +1,56 @@
+"""Typed API of the native sector cipher extension ``volumed._native`` (built from native/).
+
+The contract is volumed.cipher's docstring; this stub adds the types and the extension's extras
+(thread control, known-answer helpers). Buffers are anything exporting the buffer protocol as
+contiguous bytes: bytearray, memoryview, numpy arrays; bytes where the argument is only read.
+"""
+
+from typing import Final
+
+from typing_extensions import Buffer
+
+PARALLEL_MIN_BYTES: Final[int]  # batches at least this large are split across threads
+MAX_SECTOR_SIZE: Final[int]
+
+class XtsCipher:
+    """AES-256-XTS, LUKS2 aes-xts-plain64 tweak (sector n -> n * sector_size/512, little-endian)."""
+
+    sector_size: Final[int]
+    closed: bool
+    def __init__(self, key: Buffer, sector_size: int = 4096) -> None:
+        """key: 64 bytes, halves must differ (ValueError); copied into locked memory and the
+        caller's writable buffer overwritten with zeros. sector_size: a multiple of 512."""
+    def encrypt(self, buf: Buffer, first_sector: int, out: Buffer | None = None) -> None: ...
+    def decrypt(self, buf: Buffer, first_sector: int, out: Buffer | None = None) -> None: ...
+    def close(self) -> None:
+        """Wipe the key; later calls raise ValueError. Batches running in other threads finish."""
+    def __enter__(self) -> "XtsCipher": ...
+    def __exit__(self, *exc: object) -> None: ...
+
+class GcmCipher:
+    """AES-256-GCM per sector: 12-byte nonce and 16-byte tag each, AAD aad_prefix || be64(n)."""
+
+    sector_size: Final[int]
+    closed: bool
+    def __init__(self, key: Buffer, aad_prefix: Buffer, sector_size: int = 4096) -> None: ...
+    def encrypt(self, buf: Buffer, first_sector: int, nonces: Buffer, tags_out: Buffer,
+                out: Buffer | None = None) -> None: ...
+    def decrypt(self, buf: Buffer, first_sector: int, nonces: Buffer, tags: Buffer,
+                out: Buffer | None = None) -> list[int]:
+        """Indices (relative to buf) of sectors that failed to verify; those are zero-filled."""
+    def close(self) -> None: ...
+    def __enter__(self) -> "GcmCipher": ...
+    def __exit__(self, *exc: object) -> None: ...
+
+def openssl_version() -> str:
+    """The libcrypto in use, e.g. "OpenSSL 3.0.22"."""
+def set_threads(n: int) -> None:
+    """Threads (caller plus pool workers) for one large batch, 1..64; default: usable CPUs."""
+def get_threads() -> int: ...
+def pool_workers() -> int:
+    """Worker threads started so far."""
+
+# Known-answer helpers (fresh context per call, caller's key: tests only, never volume data).
+def kat_xts(key: Buffer, tweak: Buffer, data: Buffer, encrypt: bool) -> bytes: ...
+def kat_gcm_seal(key: Buffer, nonce: Buffer, aad: Buffer, data: Buffer) -> tuple[bytes, bytes]: ...
+def kat_gcm_open(key: Buffer, nonce: Buffer, aad: Buffer, data: Buffer, tag: Buffer) -> bytes | None: ...
