@@ -241,7 +241,8 @@ class Volume:
             else:
                 meta_key = derive_key(key, h.uuid, GCM_META_INFO)
                 cipher = GcmCipher(key, aad_prefix(h.uuid))
-                store = GcmStore(backing, h, cipher, meta_key, mac_key, path)  # repairs on start
+                store = GcmStore(backing, h, cipher, meta_key, mac_key, path,  # repairs on start
+                                 copy_damaged=not all(c.ok for c in copies))
                 vol = cls(path, h, backing, store, cipher, mac_key, extras, owns)
             return vol
         except BaseException:

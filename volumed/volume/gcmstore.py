@@ -66,7 +66,8 @@ class GcmStore:
     lock_unit = G
     flush_is_barrier = True
 
-    def __init__(self, backing, header, cipher, meta_key: bytearray, mac_key: bytearray, path: str = ""):
+    def __init__(self, backing, header, cipher, meta_key: bytearray, mac_key: bytearray, path: str = "",
+                 copy_damaged: bool = False):
         self.backing = backing
         self.header = header
         self.cipher = cipher
@@ -79,7 +80,7 @@ class GcmStore:
         self._hdr_lock = threading.Lock()
         self._doubtful = [tuple(r) for r in header.doubtful]
         self._next = 0
-        self._start_session()
+        self._start_session(copy_damaged)
 
     # ---- header and nonce reservation ------------------------------------------------------
 
@@ -96,12 +97,22 @@ class GcmStore:
             if sync_after:
                 self.backing.fdatasync()
 
-    def _start_session(self) -> None:
+    def _start_session(self, copy_damaged: bool) -> None:
+        """Begin a session: counters of an unclean previous session become doubtful; a fresh range
+        is reserved (durably) before any is used. Writing the header here also repairs a damaged
+        copy. If a copy was damaged it may have been the newest, whose reservation can exceed the
+        surviving copy's by at most one chunk (plus one group): skip that far."""
         h = self.header
+        if copy_damaged:
+            h.nonce_reserved = min(h.nonce_reserved + RESERVE_CHUNK + G, NONCE_LIMIT)
         if h.nonce_flushed < h.nonce_reserved:  # the last session did not close cleanly
             self._add_doubtful(h.nonce_flushed, h.nonce_reserved)
         h.nonce_flushed = h.nonce_reserved
         self._next = h.nonce_reserved + 1
+        if self._next > NONCE_LIMIT:  # exhausted: readable, never written again under this key
+            self.backing.fdatasync()
+            self._write_header(sync_after=True)
+            return
         self._reserve(self._next)
 
     def _add_doubtful(self, lo: int, hi: int) -> None:
@@ -118,11 +129,11 @@ class GcmStore:
 
     def _reserve(self, need_upto: int) -> None:
         h = self.header
-        new = max(h.nonce_reserved + RESERVE_CHUNK, need_upto)
         if need_upto > NONCE_LIMIT:
+            log.error("GCM volume %s has used its nonce space; refusing writes", self.path)
             raise StateError(f"volume {self.path} has used its nonce space under this key; it is "
                              "read-only now: copy its data to a new volume")
-        new = min(new, NONCE_LIMIT)
+        new = min(max(h.nonce_reserved + RESERVE_CHUNK, need_upto), NONCE_LIMIT)
         self.backing.fdatasync()
         h.nonce_reserved = new
         self._write_header(sync_after=True)
