@@ -1,0 +1,444 @@
+"""`volumed kms <command>`: the key service by hand (embedded keystore or AWS KMS).
+
+Every command maps to one KMS operation through ``volumed.kms.connect`` (``--kms``/VOLUMED_KMS).
+Output is human-readable by default and the AWS response shape with ``--json``. An AWS error
+becomes one line naming its code and what to do (``KmsCommandError``); nothing is written when a
+call fails (encrypt/decrypt write --out only after success, atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+
+from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
+from volumed.errors import UsageError, VolumedError
+
+# AWS error code -> what the user can do about it
+_HINTS = {
+    "NotFoundException": "list keys with 'volumed kms list-keys' and aliases with 'volumed kms list-aliases'",
+    "DisabledException": "enable the key with 'volumed kms enable-key KEY'",
+    "KMSInvalidStateException": "a key pending deletion can only be described or brought back with "
+                                "'volumed kms cancel-key-deletion KEY'",
+    "InvalidCiphertextException": "the input is not a ciphertext of this key service, was altered, or "
+                                  "--context differs from the one it was encrypted with",
+    "IncorrectKeyException": "the ciphertext was encrypted under another key; omit --key",
+    "AccessDeniedException": "AWS managed keys (alias/aws/*) cannot be managed by users; otherwise ask "
+                             "the key's administrator for a key policy statement or a grant",
+    "AlreadyExistsException": "choose another alias name, or move the alias with update-alias",
+    "NotAuthorizedException": "alias names starting alias/aws/ are reserved; choose another",
+    "InvalidAliasNameException": "use alias/ followed by letters, digits, '/', '_' or '-'",
+    "InvalidGrantTokenException": "list grants with 'volumed kms list-grants KEY'",
+    "InvalidGrantIdException": "list grants with 'volumed kms list-grants KEY'",
+    "MalformedPolicyDocumentException": "fix the policy file (JSON with a Statement list)",
+    "LimitExceededException": "",
+    "UnsupportedOperationException": "",
+    "ValidationException": "",
+}
+
+
+class KmsCommandError(VolumedError):
+    """A key-service call failed; str() is the one line the CLI prints."""
+
+    def __init__(self, code: str, message: str):
+        hint = _HINTS.get(code, "")
+        text = f"{code}: {message}" if message else code
+        if hint:
+            text = f"{text}; {hint}"
+        super().__init__(text, code=code)
+        self.exit_code = {"AccessDeniedException": 5, "ValidationException": 2}.get(code, 1)
+
+
+def _call(client, method: str, **params) -> dict:
+    """Run one KMS call; ClientError/ParamValidationError -> KmsCommandError. ResponseMetadata is
+    dropped."""
+    from botocore.exceptions import ClientError, ParamValidationError
+
+    try:
+        response = getattr(client, method)(**params)
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        raise KmsCommandError(err.get("Code", "Error"), err.get("Message", "")) from None
+    except ParamValidationError as exc:
+        raise KmsCommandError("ValidationException", " ".join(str(exc).split())) from None
+    response.pop("ResponseMetadata", None)
+    return response
+
+
+# -- output --------------------------------------------------------------------------------------
+def _fmt(value) -> str:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_fmt(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return "-" if value is None or value == "" else str(value)
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    """Print rows as aligned columns (header, field)."""
+    cells = [[h for h, _ in columns]] + [[_fmt(r.get(f)) for _, f in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    if not rows:
+        print("(none)")
+
+
+def _fields(obj: dict, names: list[str] | None = None) -> None:
+    """Print one object as 'Name: value' lines."""
+    names = names or list(obj)
+    width = max(len(n) for n in names)
+    for n in names:
+        if n in obj:
+            print(f"{n.ljust(width)}  {_fmt(obj[n])}")
+
+
+def _emit(args, response: dict, human) -> int:
+    if args.json:
+        print_json(response)
+    else:
+        human(response)
+    return 0
+
+
+def _all_pages(client, method: str, member: str, **params) -> dict:
+    items, marker = [], None
+    while True:
+        page = _call(client, method, **params, **({"Marker": marker} if marker else {}))
+        items += page[member]
+        if not page.get("Truncated"):
+            return {member: items, "Truncated": False}
+        marker = page["NextMarker"]
+
+
+def _context(pairs: list[str] | None) -> dict:
+    """--context k=v (repeatable) -> dict; UsageError naming a malformed pair."""
+    out = {}
+    for pair in pairs or ():
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise UsageError(f"--context {pair!r} is not KEY=VALUE; e.g. --context aws:ebs:id=vol-123")
+        out[k] = v
+    return out
+
+
+# -- commands ------------------------------------------------------------------------------------
+_KEY_FIELDS = ["KeyId", "Arn", "KeyState", "Description", "KeyManager", "KeySpec", "KeyUsage",
+               "CreationDate", "DeletionDate", "PendingDeletionWindowInDays", "CurrentKeyMaterialId",
+               "AWSAccountId"]
+
+
+def _create_key(args):
+    params = {"Description": args.description} if args.description else {}
+    if args.policy:
+        params["Policy"] = _read_text(args.policy)
+    r = _call(kms_client(args), "create_key", **params)
+    return _emit(args, r, lambda r: _fields(r["KeyMetadata"], _KEY_FIELDS))
+
+
+def _describe_key(args):
+    r = _call(kms_client(args), "describe_key", KeyId=args.key)
+    return _emit(args, r, lambda r: _fields(r["KeyMetadata"], _KEY_FIELDS))
+
+
+def _list_keys(args):
+    client = kms_client(args)
+    r = _all_pages(client, "list_keys", "Keys")
+    if args.json:
+        return _emit(args, r, None)
+    rows = []
+    aliases = {}
+    for a in _all_pages(client, "list_aliases", "Aliases")["Aliases"]:
+        aliases.setdefault(a.get("TargetKeyId"), []).append(a["AliasName"])
+    for k in r["Keys"]:
+        md = _call(client, "describe_key", KeyId=k["KeyId"])["KeyMetadata"]
+        md["Aliases"] = aliases.get(k["KeyId"], [])
+        rows.append(md)
+    _table(rows, [("KEY ID", "KeyId"), ("STATE", "KeyState"), ("MANAGER", "KeyManager"),
+                  ("ALIASES", "Aliases"), ("DESCRIPTION", "Description")])
+    return 0
+
+
+def _create_alias(args):
+    r = _call(kms_client(args), "create_alias", AliasName=args.alias, TargetKeyId=args.key)
+    return _emit(args, r, lambda r: print(f"{args.alias} -> {args.key}"))
+
+
+def _delete_alias(args):
+    r = _call(kms_client(args), "delete_alias", AliasName=args.alias)
+    return _emit(args, r, lambda r: print(f"deleted {args.alias}"))
+
+
+def _list_aliases(args):
+    params = {"KeyId": args.key} if args.key else {}
+    r = _all_pages(kms_client(args), "list_aliases", "Aliases", **params)
+    return _emit(args, r, lambda r: _table(r["Aliases"], [("ALIAS", "AliasName"), ("KEY ID", "TargetKeyId"),
+                                                           ("CREATED", "CreationDate")]))
+
+
+def _simple(method: str, done: str):
+    def run(args):
+        client = kms_client(args)
+        r = _call(client, method, KeyId=args.key)
+        return _emit(args, r, lambda r: print(done.format(key=args.key)))
+    return run
+
+
+def _schedule_deletion(args):
+    r = _call(kms_client(args), "schedule_key_deletion", KeyId=args.key, PendingWindowInDays=args.days)
+    return _emit(args, r, lambda r: print(f"{r['KeyId']} is pending deletion; it and everything encrypted "
+                                          f"under it is destroyed on {_fmt(r['DeletionDate'])} unless you run "
+                                          f"'volumed kms cancel-key-deletion {args.key}'"))
+
+
+def _cancel_deletion(args):
+    r = _call(kms_client(args), "cancel_key_deletion", KeyId=args.key)
+    return _emit(args, r, lambda r: print(f"{r['KeyId']} is no longer pending deletion; it is Disabled: "
+                                          f"enable it with 'volumed kms enable-key {args.key}'"))
+
+
+def _enable_rotation(args):
+    params = {"RotationPeriodInDays": args.period_days} if args.period_days else {}
+    r = _call(kms_client(args), "enable_key_rotation", KeyId=args.key, **params)
+    return _emit(args, r, lambda r: print(f"automatic rotation enabled for {args.key}"))
+
+
+def _rotation_status(args):
+    r = _call(kms_client(args), "get_key_rotation_status", KeyId=args.key)
+    return _emit(args, r, lambda r: _fields(r, ["KeyId", "KeyRotationEnabled", "RotationPeriodInDays",
+                                                "NextRotationDate"]))
+
+
+def _rotate(args):
+    r = _call(kms_client(args), "rotate_key_on_demand", KeyId=args.key)
+    return _emit(args, r, lambda r: print(f"rotated {args.key}: new key material is current; older "
+                                          f"ciphertexts still decrypt"))
+
+
+def _list_rotations(args):
+    params = {"IncludeKeyMaterial": "ALL_KEY_MATERIAL"} if args.all else {}
+    r = _all_pages(kms_client(args), "list_key_rotations", "Rotations", KeyId=args.key, **params)
+    return _emit(args, r, lambda r: _table(r["Rotations"], [("ROTATED", "RotationDate"), ("TYPE", "RotationType"),
+                                                            ("STATE", "KeyMaterialState"),
+                                                            ("KEY MATERIAL", "KeyMaterialId")]))
+
+
+def _read_input(path: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_text(path: str) -> str:
+    try:
+        return _read_input(path).decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+
+
+def _write_output(path: str, data: bytes) -> None:
+    """Write all of ``data`` or nothing (temporary file + rename)."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    tmp = f"{path}.volumed-tmp-{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _encrypt(args):
+    data = _read_input(args.infile)
+    if not 1 <= len(data) <= 4096:
+        raise UsageError(f"{args.infile} has {len(data)} bytes; KMS Encrypt takes 1 to 4096 bytes "
+                         f"(encrypt larger data under a data key from generate-data-key)")
+    r = _call(kms_client(args), "encrypt", KeyId=args.key, Plaintext=data, EncryptionContext=_context(args.context))
+    _write_output(args.outfile, r["CiphertextBlob"])
+    if args.json:
+        print_json({k: v for k, v in r.items() if k != "CiphertextBlob" or args.outfile == "-"})
+    elif args.outfile != "-":
+        print(f"encrypted {len(data)} bytes under {r['KeyId']} -> {args.outfile}", file=sys.stderr)
+    return 0
+
+
+def _decrypt(args):
+    data = _read_input(args.infile)
+    if not data:
+        raise UsageError(f"{args.infile} is empty; it is not a ciphertext")
+    params = {"CiphertextBlob": data, "EncryptionContext": _context(args.context)}
+    if args.key:
+        params["KeyId"] = args.key
+    r = _call(kms_client(args), "decrypt", **params)
+    plaintext = bytearray(r.pop("Plaintext"))
+    try:
+        _write_output(args.outfile, bytes(plaintext))
+    finally:
+        for i in range(len(plaintext)):
+            plaintext[i] = 0
+    if args.json:
+        print_json(r)
+    elif args.outfile != "-":
+        print(f"decrypted under {r['KeyId']} -> {args.outfile}", file=sys.stderr)
+    return 0
+
+
+def _create_grant(args):
+    params = {"KeyId": args.key, "GranteePrincipal": args.grantee,
+              "Operations": [o for op in args.operations for o in op.split(",") if o]}
+    if args.retiring_principal:
+        params["RetiringPrincipal"] = args.retiring_principal
+    if args.name:
+        params["Name"] = args.name
+    constraints = {}
+    if args.context_subset:
+        constraints["EncryptionContextSubset"] = _context(args.context_subset)
+    if args.context_equals:
+        constraints["EncryptionContextEquals"] = _context(args.context_equals)
+    if constraints:
+        params["Constraints"] = constraints
+    r = _call(kms_client(args), "create_grant", **params)
+    return _emit(args, r, lambda r: _fields(r, ["GrantId", "GrantToken"]))
+
+
+_GRANT_COLUMNS = [("GRANT ID", "GrantId"), ("GRANTEE", "GranteePrincipal"), ("OPERATIONS", "Operations"),
+                  ("RETIRING", "RetiringPrincipal"), ("CONSTRAINTS", "Constraints"), ("NAME", "Name")]
+
+
+def _list_grants(args):
+    r = _all_pages(kms_client(args), "list_grants", "Grants", KeyId=args.key)
+    return _emit(args, r, lambda r: _table(r["Grants"], _GRANT_COLUMNS))
+
+
+def _list_retirable(args):
+    r = _all_pages(kms_client(args), "list_retirable_grants", "Grants", RetiringPrincipal=args.principal_arn)
+    return _emit(args, r, lambda r: _table(r["Grants"], [("KEY", "KeyId")] + _GRANT_COLUMNS))
+
+
+def _retire_grant(args):
+    if args.token:
+        params = {"GrantToken": args.token}
+    elif args.key and args.grant_id:
+        params = {"KeyId": args.key, "GrantId": args.grant_id}
+    else:
+        raise UsageError("retire-grant needs --token TOKEN, or KEY and GRANT_ID")
+    r = _call(kms_client(args), "retire_grant", **params)
+    return _emit(args, r, lambda r: print("grant retired"))
+
+
+def _revoke_grant(args):
+    r = _call(kms_client(args), "revoke_grant", KeyId=args.key, GrantId=args.grant_id)
+    return _emit(args, r, lambda r: print(f"grant {args.grant_id} revoked"))
+
+
+def _put_policy(args):
+    params = {"KeyId": args.key, "PolicyName": "default", "Policy": _read_text(args.file)}
+    if args.bypass_policy_lockout_safety_check:
+        params["BypassPolicyLockoutSafetyCheck"] = True
+    r = _call(kms_client(args), "put_key_policy", **params)
+    return _emit(args, r, lambda r: print(f"key policy of {args.key} replaced"))
+
+
+def _get_policy(args):
+    r = _call(kms_client(args), "get_key_policy", KeyId=args.key, PolicyName="default")
+    return _emit(args, r, lambda r: print(r["Policy"]))
+
+
+# -- registration --------------------------------------------------------------------------------
+def _cmd(sub, name: str, func, help: str, *, key: bool = True, key_help: str = "key id, key ARN, alias name or alias ARN"):
+    p = sub.add_parser(name, help=help, description=help)
+    if key:
+        p.add_argument("key", metavar="KEY", help=key_help)
+    add_kms_options(p)
+    add_json_option(p)
+    p.set_defaults(func=func)
+    return p
+
+
+def register(subparsers) -> None:
+    """Add ``volumed kms`` and its subcommands (called by volumed.cli.build_parser)."""
+    top = subparsers.add_parser("kms", help="manage keys of the key service (embedded keystore or AWS KMS)",
+                                description="Key service commands. The service is --kms SPEC or $VOLUMED_KMS: "
+                                            "a keystore directory, 'aws', or an https endpoint.")
+    sub = top.add_subparsers(dest="kms_command", metavar="COMMAND")
+    top.set_defaults(func=lambda args: (top.print_help(sys.stderr), 2)[1])
+
+    p = _cmd(sub, "create-key", _create_key, "create a customer managed symmetric key", key=False)
+    p.add_argument("--description", default="")
+    p.add_argument("--policy", metavar="FILE", help="key policy JSON (default: AWS's default key policy)")
+    _cmd(sub, "list-keys", _list_keys, "list keys with their state and aliases", key=False)
+    _cmd(sub, "describe-key", _describe_key, "show a key's metadata")
+    p = _cmd(sub, "create-alias", _create_alias, "create an alias for a key", key=False)
+    p.add_argument("alias", metavar="ALIAS", help="alias/<name>")
+    p.add_argument("key", metavar="KEY", help="key id or key ARN")
+    p = _cmd(sub, "delete-alias", _delete_alias, "delete an alias (not its key)", key=False)
+    p.add_argument("alias", metavar="ALIAS")
+    p = _cmd(sub, "list-aliases", _list_aliases, "list aliases", key=False)
+    p.add_argument("--key", default=None, help="only aliases of this key")
+    _cmd(sub, "enable-key", _simple("enable_key", "{key} is enabled"), "enable a key")
+    _cmd(sub, "disable-key", _simple("disable_key", "{key} is disabled: it can no longer encrypt or decrypt"),
+         "disable a key (reversible with enable-key)")
+    p = _cmd(sub, "schedule-key-deletion", _schedule_deletion, "schedule a key's destruction after 7-30 days")
+    p.add_argument("--days", type=int, default=30, help="pending window, 7-30 days (default 30)")
+    _cmd(sub, "cancel-key-deletion", _cancel_deletion, "cancel a scheduled deletion (the key becomes Disabled)")
+    p = _cmd(sub, "enable-key-rotation", _enable_rotation, "turn on automatic rotation")
+    p.add_argument("--period-days", type=int, default=None, help="90-2560 days (default 365)")
+    _cmd(sub, "disable-key-rotation", _simple("disable_key_rotation", "automatic rotation disabled for {key}"),
+         "turn off automatic rotation")
+    _cmd(sub, "get-key-rotation-status", _rotation_status, "show rotation state, period and next date")
+    _cmd(sub, "rotate-key", _rotate, "rotate the key material now (on-demand rotation)")
+    p = _cmd(sub, "list-key-rotations", _list_rotations, "list completed rotations")
+    p.add_argument("--all", action="store_true", help="include the original key material")
+
+    p = _cmd(sub, "encrypt", _encrypt, "encrypt a file of up to 4096 bytes")
+    p.add_argument("--in", dest="infile", required=True, metavar="FILE", help="plaintext file ('-' for stdin)")
+    p.add_argument("--out", dest="outfile", required=True, metavar="FILE", help="ciphertext file ('-' for stdout)")
+    p.add_argument("--context", action="append", metavar="KEY=VALUE", help="encryption context pair (repeatable)")
+    p = _cmd(sub, "decrypt", _decrypt, "decrypt a ciphertext file", key=False)
+    p.add_argument("--in", dest="infile", required=True, metavar="FILE", help="ciphertext file ('-' for stdin)")
+    p.add_argument("--out", dest="outfile", required=True, metavar="FILE", help="plaintext file ('-' for stdout)")
+    p.add_argument("--context", action="append", metavar="KEY=VALUE", help="the encryption context it was encrypted with")
+    p.add_argument("--key", default=None, help="require this key (IncorrectKeyException otherwise)")
+
+    p = _cmd(sub, "create-grant", _create_grant, "allow a principal to use a key")
+    p.add_argument("--grantee", required=True, metavar="ARN")
+    p.add_argument("--operations", required=True, action="append", metavar="OP[,OP...]",
+                   help="e.g. Decrypt,Encrypt,GenerateDataKey,DescribeKey,RetireGrant")
+    p.add_argument("--retiring-principal", metavar="ARN")
+    p.add_argument("--name", help="makes the call idempotent")
+    p.add_argument("--context-subset", action="append", metavar="KEY=VALUE",
+                   help="constraint: the request's context must include these pairs")
+    p.add_argument("--context-equals", action="append", metavar="KEY=VALUE",
+                   help="constraint: the request's context must be exactly these pairs")
+    _cmd(sub, "list-grants", _list_grants, "list a key's grants")
+    p = _cmd(sub, "list-retirable-grants", _list_retirable, "list grants a principal may retire", key=False)
+    p.add_argument("principal_arn", metavar="PRINCIPAL_ARN")
+    p = _cmd(sub, "retire-grant", _retire_grant, "retire a grant (by token, or KEY GRANT_ID)", key=False)
+    p.add_argument("key", metavar="KEY", nargs="?")
+    p.add_argument("grant_id", metavar="GRANT_ID", nargs="?")
+    p.add_argument("--token", metavar="GRANT_TOKEN")
+    p = _cmd(sub, "revoke-grant", _revoke_grant, "revoke a grant")
+    p.add_argument("grant_id", metavar="GRANT_ID")
+    p = _cmd(sub, "put-key-policy", _put_policy, "replace a key's policy with the JSON in FILE")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--bypass-policy-lockout-safety-check", action="store_true")
+    _cmd(sub, "get-key-policy", _get_policy, "print a key's policy")
