@@ -17,7 +17,8 @@ def test_layout_and_modes(kms, keystore):
     assert stat.S_IMODE(os.stat(keystore).st_mode) == 0o700
     root = os.path.join(keystore, "root.key")
     assert stat.S_IMODE(os.stat(root).st_mode) == 0o600 and os.path.getsize(root) == 32
-    assert os.path.exists(os.path.join(keystore, "keystore.db"))
+    for name in ("keystore.db", "keystore.db-wal"):
+        assert stat.S_IMODE(os.stat(os.path.join(keystore, name)).st_mode) == 0o600
 
 
 def test_second_client_sees_same_keystore(kms, keystore, clock):

@@ -47,7 +47,7 @@ class KmsCommandError(VolumedError):
         hint = _HINTS.get(code, "")
         text = f"{code}: {message}" if message else code
         if hint:
-            text = f"{text}; {hint}"
+            text = f"{text.rstrip('.')}; {hint}"
         super().__init__(text, code=code)
         self.exit_code = {"AccessDeniedException": 5, "ValidationException": 2}.get(code, 1)
 

@@ -104,6 +104,10 @@ class Keystore:
             fcntl.flock(lockfd, fcntl.LOCK_EX)
             conn = self._open()
             try:
+                try:
+                    os.chmod(os.path.join(self.directory, DB_FILE), 0o600)  # -wal/-shm inherit it
+                except PermissionError:  # another user's keystore opened with shared access
+                    pass
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.executescript(_SCHEMA)
                 audit.ensure_schema(conn)
