@@ -605,6 +605,14 @@ static PyObject *mod_pool_workers(PyObject *m, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(wp_workers());
 }
 
+static PyObject *mod_pool_stats(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    wp_stats_t st;
+    wp_stats(&st);
+    return Py_BuildValue("{sKsKsKsK}", "invited", st.invited, "solo", st.solo, "helped_chunks",
+                         st.helped_chunks, "invited_chunks", st.invited_chunks);
+}
+
 static PyObject *mod_kat_xts(PyObject *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"key", "tweak", "data", "encrypt", NULL};
@@ -701,6 +709,8 @@ static PyMethodDef module_methods[] = {
      "set_threads(n): threads (the caller plus pool workers) used for one large batch."},
     {"get_threads", mod_get_threads, METH_NOARGS, "Threads used for one large batch."},
     {"pool_workers", mod_pool_workers, METH_NOARGS, "Pool worker threads started so far."},
+    {"pool_stats", mod_pool_stats, METH_NOARGS,
+     "Counters: batches with helpers invited, batches run solo, chunks run by helpers, chunks."},
     {"kat_xts", (PyCFunction)(void (*)(void))mod_kat_xts, METH_VARARGS | METH_KEYWORDS,
      "kat_xts(key, tweak, data, encrypt) -> bytes: one XTS data unit (known-answer tests only)."},
     {"kat_gcm_seal", (PyCFunction)(void (*)(void))mod_kat_gcm_seal, METH_VARARGS | METH_KEYWORDS,

@@ -7,8 +7,17 @@
  * and leave() once. Called by sector_cipher.c with the GIL released; nothing here touches Python.
  *
  * Workers are created on first use, block all signals (Python handles signals on its main thread),
- * sleep on a condition variable when idle, and are forgotten in a forked child (the child starts
- * new ones when it needs them). */
+ * spin briefly (SPIN_NS) before sleeping on a condition variable when idle, so back-to-back batches
+ * do not pay a futex wake-up each, and are forgotten in a forked child (the child starts new ones
+ * when it needs them). The caller likewise spins briefly before sleeping while helpers finish.
+ *
+ * On a machine whose other cores are busy with other processes a helper may get no CPU until the
+ * caller is done (its wake-up and spinning then only cost the caller), or be preempted holding a
+ * chunk that the caller must wait for, or share the caller's core. wp_run watches for that (a batch
+ * less than 1.25x faster than the caller's own CPU time per chunk predicts for running it alone,
+ * two batches in a row) and then runs the next SOLO_BATCHES
+ * eligible batches on the calling thread alone before trying helpers again, so asking for two
+ * threads never costs much more than one. */
 #ifndef VOLUMED_WORKPOOL_H
 #define VOLUMED_WORKPOOL_H
 
@@ -27,7 +36,9 @@ typedef struct wp_batch {
     /* Internal. */
     atomic_size_t next;
     atomic_int failed;
-    int wanted, joined, finished;
+    int wanted;               /* helpers still invited (pool mutex) */
+    atomic_int joined, finished;
+    atomic_size_t helped;     /* chunks run by helpers */
     struct wp_batch *qnext;
     pthread_cond_t done;
 } wp_batch;
@@ -38,5 +49,12 @@ int wp_run(wp_batch *b, int threads);
 
 /* Number of worker threads started so far (for tests and the benchmark). */
 int wp_workers(void);
+
+/* Counters since start (for the benchmark): batches run with helpers invited, batches run solo
+ * because helpers had not been helping, chunks run by helpers, chunks in invited batches. */
+typedef struct {
+    unsigned long long invited, solo, helped_chunks, invited_chunks;
+} wp_stats_t;
+void wp_stats(wp_stats_t *out);
 
 #endif
