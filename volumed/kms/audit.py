@@ -20,8 +20,9 @@ Tamper evidence (modelled on CloudTrail log file integrity validation; docs/AUDI
   zeros;
 - on a fixed schedule (every ``seal_every`` records, and at the first append once the oldest
   unsealed record is ``seal_interval`` seconds old by the injected clock) the unsealed records are
-  sealed by a digest: it lists their hashes, carries the previous digest's hash and signature, and
-  is signed with Ed25519 by the keystore's audit signing key;
+  sealed by a digest: it lists the SHA-256 of each record's text and the chain hash of the last,
+  carries the previous digest's hash and signature, and is signed with Ed25519 by the keystore's
+  audit signing key;
 - ``verify`` checks all of it and names the seq numbers at fault; ``latest_anchor`` gives the hash
   of the newest digest, which a user keeps elsewhere and passes back to ``verify`` to catch a
   truncated tail.
@@ -30,18 +31,15 @@ Tamper evidence (modelled on CloudTrail log file integrity validation; docs/AUDI
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as _dt
-import difflib
 import hashlib
 import json
 import os
 import re
 import sqlite3
 import uuid
-from typing import Any, Iterable
+from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -260,6 +258,12 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def content_hash(record_text: str) -> str:
+    """SHA-256 of a record's stored text alone: what digests list, so that a record edited and
+    re-chained, or moved, is still found by its content."""
+    return hashlib.sha256(record_text.encode()).hexdigest()
+
+
 def chain_hash(prev_hash: str, record_text: str) -> str:
     """SHA-256 over the previous record's hash (32 bytes) and this record's stored text."""
     return hashlib.sha256(bytes.fromhex(prev_hash) + record_text.encode()).hexdigest()
@@ -344,7 +348,7 @@ def seal(conn: sqlite3.Connection, clock) -> dict | None:
 
 def _seal(conn, cfg: dict, clock, last) -> dict | None:
     sealed_to = last[1]["lastSeq"] if last else 0
-    rows = conn.execute("SELECT seq, hash FROM audit WHERE seq > ? ORDER BY seq",
+    rows = conn.execute("SELECT seq, hash, record FROM audit WHERE seq > ? ORDER BY seq",
                         (sealed_to,)).fetchall()
     if not rows:
         return None
@@ -354,7 +358,7 @@ def _seal(conn, cfg: dict, clock, last) -> dict | None:
         "digestSeq": (last[0] + 1) if last else 1,
         "firstSeq": rows[0][0],
         "lastSeq": rows[-1][0],
-        "recordHashes": [r[1] for r in rows],
+        "recordHashes": [content_hash(r[2]) for r in rows],
         "lastHash": rows[-1][1],
         "created": _iso(clock.now()),
         "previousDigestHash": last[3] if last else GENESIS,
@@ -374,3 +378,11 @@ def latest_anchor(conn: sqlite3.Connection) -> str | None:
     None before the first seal. Records appended since are not covered until the next seal."""
     last = _last_digest(conn)
     return last[3] if last else None
+
+
+# The reading side lives in its own modules; re-exported so callers need only ``audit``.
+from volumed.kms.audit_query import format_record, format_records, query  # noqa: E402
+from volumed.kms.audit_verify import Finding, VerifyReport, verify  # noqa: E402
+
+__all__ = ["AuditError", "Finding", "VerifyReport", "configure", "ensure_schema", "format_record",
+           "format_records", "latest_anchor", "query", "record_call", "scrub", "seal", "verify"]

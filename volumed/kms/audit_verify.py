@@ -1,0 +1,329 @@
+"""Verification of the audit log's hash chain and signed digests (``volumed kms audit verify``).
+
+One concern: read the log and its digests and say whether anything was edited, removed, inserted
+or reordered, and where. Read-only. Callers: ``volumed.kms.audit.verify`` (re-exported), the CLI.
+
+Method:
+1. Each digest: its stored hash matches its body, its Ed25519 signature verifies under the given
+   public key, it names the previous digest's hash and signature, and its range continues the
+   previous one. A forged or altered digest fails here.
+2. The sealed records: the content hashes the digests list, in order, are aligned (difflib) with
+   the content hashes of the records as they are now, so a record edited and re-chained, or moved,
+   is still told apart from its neighbours. Unmatched sealed hashes are deleted, edited or moved
+   records; unmatched present records are inserted ones; each is named by seq.
+3. The whole chain: each record's ``prev_hash`` is the previous record's hash, and each record's
+   text matches its hash; breaks not already explained are reported, which covers the unsealed tail.
+4. The schedule: an unsealed tail longer than the schedule allows means digests were removed.
+5. The anchor, if given, must be the hash of a digest present: otherwise the log was truncated (or
+   its digests replaced) after the user took the anchor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from volumed.kms import audit as _audit
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One problem: ``kind`` is edited, deleted, inserted, reordered, chain, digest, schedule,
+    anchor or key; ``seq``/``digest`` say where (None when not applicable)."""
+
+    kind: str
+    message: str
+    seq: int | None = None
+    digest: int | None = None
+    moved_to: int | None = None  # for "reordered": where the sealed record is now
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """The outcome of ``verify``. ``ok`` is True when there are no problems; ``warnings`` are
+    limits of what could be checked (no public key, unsealed records)."""
+
+    records: int = 0
+    digests: int = 0
+    sealed_through: int = 0
+    unsealed: int = 0
+    anchor: str | None = None
+    anchor_found: bool | None = None
+    latest_anchor: str | None = None
+    problems: list[Finding] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, kind: str, message: str, *, seq: int | None = None, digest: int | None = None,
+            moved_to: int | None = None):
+        self.problems.append(Finding(kind, message, seq, digest, moved_to))
+
+    def seqs(self, kind: str | None = None) -> set[int]:
+        """The seq numbers named by problems (of one kind, if given)."""
+        return {s for p in self.problems if kind is None or p.kind == kind
+                for s in (p.seq, p.moved_to) if s is not None}
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "records": self.records, "digests": self.digests,
+                "sealedThrough": self.sealed_through, "unsealed": self.unsealed,
+                "anchor": self.anchor, "anchorFound": self.anchor_found,
+                "latestAnchor": self.latest_anchor,
+                "problems": [dataclasses.asdict(p) for p in self.problems],
+                "warnings": list(self.warnings)}
+
+    def format(self) -> str:
+        """Human-readable summary, one problem per line."""
+        n = len(self.problems)
+        head = "audit log OK" if self.ok else f"audit log FAILED verification ({n} problem{'s' * (n != 1)})"
+        lines = [f"{head}: {self.records} records, {self.digests} digests, sealed through seq "
+                 f"{self.sealed_through}, {self.unsealed} unsealed"]
+        if self.anchor is not None:
+            lines.append(f"anchor {self.anchor[:16]}...: {'found' if self.anchor_found else 'NOT FOUND'}")
+        lines += [f"  {p.kind}: {p.message}" for p in self.problems]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        if self.latest_anchor and self.ok:
+            lines.append(f"latest anchor (keep it elsewhere): {self.latest_anchor}")
+        return "\n".join(lines)
+
+
+def load_public_keys(public_key: Any) -> list[Ed25519PublicKey]:
+    """Public keys from: an Ed25519 public or private key, 32 raw bytes, a hex string of them, a
+    PEM file path (private or public), or a list of these."""
+    if public_key is None:
+        return []
+    if isinstance(public_key, (list, tuple)):
+        return [k for item in public_key for k in load_public_keys(item)]
+    if isinstance(public_key, Ed25519PublicKey):
+        return [public_key]
+    if isinstance(public_key, Ed25519PrivateKey):
+        return [public_key.public_key()]
+    if isinstance(public_key, (bytes, bytearray)) and len(public_key) == 32:
+        return [Ed25519PublicKey.from_public_bytes(bytes(public_key))]
+    if isinstance(public_key, str) and len(public_key) == 64 and all(c in "0123456789abcdef" for c in public_key):
+        return [Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))]
+    if isinstance(public_key, (str, os.PathLike)):
+        with open(public_key, "rb") as f:
+            data = f.read()
+        if b"PRIVATE KEY" in data:
+            key = serialization.load_pem_private_key(data, password=None)
+            return [key.public_key()]  # type: ignore[union-attr]
+        return [serialization.load_pem_public_key(data)]  # type: ignore[list-item]
+    raise TypeError(f"cannot use {type(public_key).__name__} as an audit public key")
+
+
+def _default_keys(conn, report: VerifyReport) -> list[Ed25519PublicKey]:
+    cfg = _audit._config(conn)
+    if cfg is None:
+        return []
+    try:
+        return [_audit.load_signing_key(cfg["signing_key_path"]).public_key()]
+    except _audit.AuditError:
+        if cfg.get("public_key"):
+            report.warnings.append("signing key file unreadable: digests checked against the public "
+                                   "key recorded in the database, which its writer could replace; "
+                                   "pass --public-key for an independent check")
+            return load_public_keys(cfg["public_key"])
+    return []
+
+
+def verify(conn, anchor: str | None = None, public_key: Any = None) -> "VerifyReport":
+    """Check the audit log in ``conn`` (see module doc) and return a VerifyReport naming every
+    problem by seq (records) or digest number. ``public_key`` defaults to the configured signing
+    key's; ``anchor`` is a digest hash the user kept (from ``latest_anchor``)."""
+    report = VerifyReport(anchor=anchor)
+    rows = conn.execute("SELECT seq, record, prev_hash, hash, appended FROM audit ORDER BY seq").fetchall()
+    digests = conn.execute("SELECT dseq, body, signature, hash FROM audit_digest ORDER BY dseq").fetchall()
+    report.records, report.digests = len(rows), len(digests)
+    keys = load_public_keys(public_key) if public_key is not None else _default_keys(conn, report)
+    if not keys and digests:
+        report.warnings.append("no public key: digest signatures were not checked")
+
+    expected, digest_hashes, last_hashes = _check_digests(digests, keys, report)
+    report.latest_anchor = digest_hashes[-1] if digest_hashes else None
+    sealed_through = max(expected) if expected else 0
+    report.sealed_through = sealed_through
+
+    ident = {}
+    for seq, text, prev, h, _ in rows:
+        ident[seq] = _audit.content_hash(text)
+        if not (h and prev and _safe_hash(prev, text) == h):
+            report.add("edited", f"record {seq}: its content does not match its hash (edited)", seq=seq)
+    _check_sealed(rows, ident, expected, report)
+    _check_sealed_chain(rows, last_hashes, report)
+    _check_chain(rows, report)
+    _check_schedule(conn, rows, sealed_through, report)
+
+    if anchor is not None:
+        report.anchor_found = anchor in digest_hashes
+        if not report.anchor_found:
+            report.add("anchor", f"anchor {anchor} is not the hash of any digest: the log was truncated "
+                                 "or its digests were replaced after the anchor was taken")
+    return report
+
+
+def _safe_hash(prev: str, text: str) -> str | None:
+    try:
+        return _audit.chain_hash(prev, text)
+    except ValueError:
+        return None
+
+
+def _check_digests(digests, keys, report: VerifyReport):
+    """Check each digest; return {sealed seq: (content hash, digest number)}, the digests'
+    recomputed hashes in order, and (first, last, chain hash of last, digest) per digest."""
+    by_fp = {_audit.fingerprint(k): k for k in keys}
+    expected: dict[int, tuple[str, int]] = {}
+    hashes: list[str] = []
+    last_hashes: list[tuple[int, int, str | None, int]] = []
+    prev = None  # (dseq, body, signature, hash)
+    for dseq, text, signature, stored_hash in digests:
+        h = hashlib.sha256(text.encode()).hexdigest()
+        hashes.append(h)
+        try:
+            body = json.loads(text)
+            first, last, listed = int(body["firstSeq"]), int(body["lastSeq"]), list(body["recordHashes"])
+        except (ValueError, KeyError, TypeError):
+            report.add("digest", f"digest {dseq} is unreadable (altered)", digest=dseq)
+            prev = None
+            continue
+        if h != stored_hash:
+            report.add("digest", f"digest {dseq}: its stored hash does not match its contents (altered)",
+                       digest=dseq)
+        if keys:
+            key = by_fp.get(body.get("publicKeyFingerprint"))
+            if key is None:
+                report.add("key", f"digest {dseq} is signed by an unknown key "
+                                  f"{str(body.get('publicKeyFingerprint'))[:16]}... (forged, or the key was "
+                                  "replaced)", digest=dseq)
+            else:
+                try:
+                    key.verify(bytes.fromhex(signature), text.encode())
+                except (InvalidSignature, ValueError):
+                    report.add("digest", f"digest {dseq} (records {first}..{last}): signature is invalid "
+                                         "(forged or altered)", digest=dseq)
+        if body.get("digestSeq") != dseq:
+            report.add("digest", f"digest {dseq} claims to be digest {body.get('digestSeq')} (moved)",
+                       digest=dseq)
+        if prev is None and dseq == digests[0][0]:
+            if body.get("previousDigestHash") != _audit.GENESIS:
+                report.add("digest", f"digest {dseq} follows a digest that is missing (digests before "
+                                     f"{dseq} removed)", digest=dseq)
+        elif prev is not None:
+            pd, pbody, psig, ph = prev
+            if dseq != pd + 1:
+                report.add("digest", f"digests {pd + 1}..{dseq - 1} are missing (removed)", digest=dseq)
+            if body.get("previousDigestHash") != ph or body.get("previousDigestSignature") != psig:
+                report.add("digest", f"digest {dseq} does not chain to digest {pd} (digest chain broken)",
+                           digest=dseq)
+            if first != pbody["lastSeq"] + 1:
+                report.add("digest", f"digest {dseq} starts at record {first}, not {pbody['lastSeq'] + 1} "
+                                     "(digest range broken)", digest=dseq)
+        if len(listed) != last - first + 1:
+            report.add("digest", f"digest {dseq}: its record list does not match its range (altered)",
+                       digest=dseq)
+        for i, rh in enumerate(listed):
+            expected[first + i] = (rh, dseq)
+        last_hashes.append((first, last, body.get("lastHash"), dseq))
+        prev = (dseq, body, signature, h)
+    return expected, hashes, last_hashes
+
+
+def _check_sealed(rows, ident: dict[int, str], expected: dict[int, tuple[str, int]],
+                  report: VerifyReport) -> None:
+    """Align the sealed hashes with the records present and name each difference by seq."""
+    if not expected:
+        return
+    exp_seqs = sorted(expected)
+    exp_hashes = [expected[s][0] for s in exp_seqs]
+    act_seqs = [r[0] for r in rows]
+    act_hashes = [ident[s] for s in act_seqs]
+    where_now = {h: s for s, h in zip(act_seqs, act_hashes)}
+    sealed_set = set(exp_hashes)
+    already = report.seqs()
+    matcher = difflib.SequenceMatcher(None, exp_hashes, act_hashes, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        for k in range(i1, i2):
+            seq, (h, dseq) = exp_seqs[k], expected[exp_seqs[k]]
+            if h in where_now:
+                report.add("reordered", f"record sealed as {seq} (digest {dseq}) is now at {where_now[h]} "
+                                        "(reordered)", seq=seq, digest=dseq, moved_to=where_now[h])
+            elif seq in already:
+                continue  # its edit is already reported
+            elif seq in ident and ident[seq] not in sealed_set:
+                report.add("edited", f"record {seq} differs from the record sealed in digest {dseq} "
+                                     "(edited and re-hashed, or replaced)", seq=seq, digest=dseq)
+                already.add(seq)
+            else:
+                report.add("deleted", f"record {seq} (sealed in digest {dseq}) is missing (deleted)",
+                           seq=seq, digest=dseq)
+        for k in range(j1, j2):
+            seq, h = act_seqs[k], act_hashes[k]
+            if h in sealed_set or seq in already or seq not in expected:
+                continue  # moved (reported above), edited (reported), or outside the sealed ranges
+                # (the unsealed tail, or a range whose digest is missing, which is reported)
+            report.add("inserted", f"record {seq} is not in any digest (inserted)", seq=seq)
+            already.add(seq)
+
+
+def _check_sealed_chain(rows, last_hashes, report: VerifyReport) -> None:
+    """The chain hash of each digest's last record must be the one sealed (binds the chain, so the
+    unsealed tail hangs off a sealed hash), unless a finding at or before it already explains it
+    (a change re-chains everything after it)."""
+    stored = {r[0]: r[3] for r in rows}
+    named = report.seqs()
+    for first, last, last_hash, dseq in last_hashes:
+        if last in stored and stored[last] != last_hash and not any(s <= last for s in named):
+            report.add("chain", f"records {first}..{last} were re-chained: record {last}'s hash is not the "
+                                f"one sealed in digest {dseq}", seq=last, digest=dseq)
+
+
+def _check_chain(rows, report: VerifyReport) -> None:
+    """Report breaks of the prev_hash links that no other finding explains."""
+    named = report.seqs()
+    prev_seq, prev_hash = None, _audit.GENESIS
+    for seq, _text, prev, h, _ in rows:
+        if prev != prev_hash:
+            explained = seq in named or (prev_seq is not None and prev_seq in named) or any(
+                s in named for s in range((prev_seq or 0) + 1, seq))
+            if not explained:
+                gap = (f"; records {(prev_seq or 0) + 1}..{seq - 1} are missing"
+                       if seq > (prev_seq or 0) + 1 else "")
+                first = "the start of the log" if prev_seq is None else f"record {prev_seq}"
+                report.add("chain", f"record {seq} does not chain to {first}: records removed, inserted "
+                                    f"or reordered here{gap}", seq=seq)
+        prev_seq, prev_hash = seq, h
+
+
+def _check_schedule(conn, rows, sealed_through: int, report: VerifyReport) -> None:
+    tail = [r for r in rows if r[0] > sealed_through]
+    report.unsealed = len(tail)
+    cfg = _audit._config(conn)
+    if not tail:
+        return
+    if cfg is None:
+        report.warnings.append(f"sealing is not configured: {len(tail)} records are protected by the "
+                               "hash chain only")
+        return
+    times = [r[4] for r in tail if r[4] is not None]
+    overdue = len(tail) >= cfg["seal_every"] or (times and max(times) - min(times) >= cfg["seal_interval"])
+    if overdue:
+        report.add("schedule", f"records {tail[0][0]}..{tail[-1][0]} should have been sealed by the "
+                               f"schedule (every {cfg['seal_every']} records or "
+                               f"{cfg['seal_interval']:g} s) but no digest covers them (digests removed)",
+                   seq=tail[0][0])
+    else:
+        report.warnings.append(f"records {tail[0][0]}..{tail[-1][0]} are not sealed yet: only the hash "
+                               "chain protects them until the next digest")
