@@ -1,0 +1,15 @@
+"""The mount: an encrypted volume served as one file over FUSE, cut off when its key is revoked.
+
+Modules, one concern each:
+  paths      where the daemon keeps its run-time files (/run/volumed) and persisted state
+  errno_map  the one place domain errors become errno values (the FUSE boundary)
+  latch      the mount's access state (available, kms-unreachable, revoked, terminal) and its record
+  fs         the pyfuse3 Operations: one regular file, named after the EBS id
+  keyservice key-service clients for the user and the host, and how an error is classified
+  attach     the EBS attach flow: DescribeKey + CreateGrant as the user, RetireGrant as the host
+  monitor    the key-access monitor (a trio task)
+  control    the root-only unix-socket control channel (line-delimited JSON)
+  hardening  keep keys out of core dumps and swap
+  daemon     the daemon's lifecycle: open, serve, monitor, unmount, clean up
+  client     what the CLI uses: start a daemon and wait until ready, unmount, status
+"""

@@ -1,0 +1,254 @@
+"""What the CLI does for mounts: attach and start a daemon, unmount, list status, clean up stale
+mounts. Callers: volumed.cli.mount_cmd, the mount helper, tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from volumed.clock import SYSTEM_CLOCK, FakeClock
+from volumed.errors import StateError, UsageError, VolumedError
+from volumed.mount import attach, control, keyservice, paths
+from volumed.mount.latch import TERMINAL, VolumeRecord
+
+READY_TIMEOUT = 60.0
+UNMOUNT_TIMEOUT = 30.0
+
+
+def clean_stale_mountpoint(mountpoint: str) -> None:
+    """Make ``mountpoint`` usable: a FUSE mount whose daemon died ("Transport endpoint is not
+    connected") is lazily unmounted; a live mount is refused."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            subprocess.run(["fusermount3", "-uz", mountpoint], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            os.stat(mountpoint)
+        elif exc.errno == errno.ENOENT:
+            raise UsageError(f"mount point {mountpoint} does not exist; create the directory first") from None
+        else:
+            raise
+    if not os.path.isdir(mountpoint):
+        raise UsageError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise StateError(f"{mountpoint} is already a mount point; unmount it first")
+
+
+def check_record(header_uuid: str, volume: str, *, now: float, window: float) -> VolumeRecord:
+    """Refuse a volume whose persisted state is terminal or whose recovery window has passed
+    (recording it terminal). Returns the record otherwise."""
+    path = paths.volume_state_path(header_uuid)
+    rec = VolumeRecord.load(path)
+    if rec.state != TERMINAL and rec.expired(now, window):
+        rec.state, rec.reason = TERMINAL, f"recovery window passed ({rec.reason})"
+        rec.save(path)
+    if rec.state == TERMINAL:
+        raise StateError(
+            f"{volume} is {TERMINAL}: {rec.reason}; its data cannot be recovered from this volume, "
+            f"restore from a backup (snapshot) instead")
+    return rec
+
+
+def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
+          via_service: str | None, foreground: bool = False, allow_faults: bool = False,
+          recovery_window: float, grace: float, interval: float | None,
+          fake_time: float | None = None, recording_journal: str | None = None,
+          out=sys.stdout) -> int:
+    """``volumed mount``: check the record, attach (grant to the host), start the daemon, wait
+    until it serves, print the file's path. Raises VolumedError with one line on failure."""
+    from volumed.kms.principals import rds_via
+    from volumed.mount.daemon import MountConfig
+    from volumed.volume.device import Volume
+
+    if (fake_time is not None or recording_journal) and not allow_faults:
+        raise UsageError("test options need --allow-faults")
+    if not os.path.exists(volume):
+        raise UsageError(f"volume {volume} does not exist")
+    header = Volume.read_header(volume)
+    uuid, key_arn = header.uuid, header.key_arn
+    clock = FakeClock(fake_time) if fake_time is not None else SYSTEM_CLOCK
+    check_record(uuid, volume, now=clock.time(), window=recovery_window)
+    clean_stale_mountpoint(mountpoint)
+    clean_stale_runtime()
+    region, _ = keyservice.arn_parts(key_arn)
+    user = keyservice.connect(kms_spec, principal=principal, via_service=via_service or rds_via(region))
+    try:
+        grant = attach.create_grant(user, key_arn=key_arn, context=dict(header.context),
+                                    volume_uuid=uuid, volume_name=volume)
+    except VolumedError as exc:
+        if exc.code == "NotFoundException" and VolumeRecord.load(paths.volume_state_path(uuid)).revoked_at:
+            VolumeRecord(TERMINAL, VolumeRecord.load(paths.volume_state_path(uuid)).revoked_at,
+                         "key deleted", key_arn).save(paths.volume_state_path(uuid))
+        raise
+    cfg = MountConfig(volume=os.path.realpath(volume), mountpoint=paths.real_mountpoint(mountpoint),
+                      kms=str(kms_spec), grant=grant.to_json(), allow_faults=allow_faults,
+                      recovery_window=recovery_window, grace=grace, interval=interval,
+                      fake_time=fake_time, recording_journal=recording_journal)
+    if foreground:
+        return _foreground(cfg, out)
+    return _background(cfg, out)
+
+
+def _foreground(cfg, out) -> int:
+    from volumed.mount import daemon
+
+    daemon._setup_logging()
+    result = {}
+
+    def ready(res):
+        result.update(res)
+        if res.get("ok"):
+            print(res["file"], file=out, flush=True)
+
+    daemon.serve(cfg, ready)
+    if not result.get("ok"):
+        raise VolumedError(result.get("error", "mount failed"))
+    return 0
+
+
+def _background(cfg, out) -> int:
+    import dataclasses
+
+    mid = paths.mount_id(cfg.mountpoint)
+    log = open(paths.log_path(mid), "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "volumed.mount.daemon"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                            close_fds=True)
+    log.close()
+    proc.stdin.write(json.dumps(dataclasses.asdict(cfg)).encode() + b"\n")
+    proc.stdin.close()
+    line = _read_line(proc, READY_TIMEOUT)
+    proc.stdout.close()
+    if not line:
+        proc.kill() if proc.poll() is None else None
+        raise VolumedError(f"the mount daemon exited before the mount was ready; see {paths.log_path(mid)}")
+    res = json.loads(line)
+    if not res.get("ok"):
+        proc.wait(timeout=30)
+        err = VolumedError(res.get("error", "mount failed"))
+        err.exit_code = int(res.get("exit_code", 1))
+        raise err
+    print(res["file"], file=out, flush=True)
+    return 0
+
+
+def _read_line(proc, timeout: float) -> bytes:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not sel.select(left):
+            return b""
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def mounts() -> list[dict]:
+    """Run records of every mount on this host (stale ones removed)."""
+    clean_stale_runtime()
+    out = []
+    for rec in sorted(paths.run_dir().glob("*.json")):
+        try:
+            out.append(dict(json.loads(rec.read_text()), id=rec.stem))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def clean_stale_runtime() -> None:
+    """Remove run-time files of daemons that died, and lazily unmount their dead mount points."""
+    for rec in paths.run_dir().glob("*.json"):
+        try:
+            data = json.loads(rec.read_text())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(int(data.get("pid", 0))):
+            continue
+        mp = data.get("mountpoint")
+        if mp:
+            try:
+                os.stat(mp)
+            except OSError as exc:
+                if exc.errno == errno.ENOTCONN:
+                    subprocess.run(["fusermount3", "-uz", mp], check=False,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        paths.socket_path(rec.stem).unlink(missing_ok=True)
+        rec.unlink(missing_ok=True)
+
+
+def status_all() -> list[dict]:
+    """The status of every mount on this host (``volumed status``)."""
+    result = []
+    for rec in mounts():
+        try:
+            reply = control.request(paths.socket_path(rec["id"]), {"op": "status"})
+            result.append(reply["status"])
+        except (OSError, ValueError, KeyError) as exc:
+            result.append({"mountpoint": rec.get("mountpoint"), "volume": rec.get("volume"),
+                           "file": rec.get("file"), "pid": rec.get("pid"),
+                           "state": "daemon-not-answering", "reason": str(exc)})
+    return result
+
+
+def send(mountpoint: str, msg: dict) -> dict:
+    """Send a control request to the daemon serving ``mountpoint``."""
+    mid = paths.mount_id(mountpoint)
+    sock = paths.socket_path(mid)
+    if not paths.record_path(mid).exists():
+        raise UsageError(f"{mountpoint} is not a volumed mount on this host (see volumed status)")
+    reply = control.request(sock, msg)
+    if not reply.get("ok"):
+        raise VolumedError(reply.get("error", "control request failed"))
+    return reply
+
+
+def unmount(mountpoint: str, *, timeout: float = UNMOUNT_TIMEOUT) -> None:
+    """``volumed unmount``: ask the daemon to flush, retire the grant, wipe the key and exit; wait
+    for it. A mount whose daemon died is cleaned up instead."""
+    mid = paths.mount_id(mountpoint)
+    rec_path = paths.record_path(mid)
+    try:
+        pid = int(json.loads(rec_path.read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        pid = None
+    if pid is None or not _pid_alive(pid):
+        clean_stale_runtime()
+        try:
+            os.stat(mountpoint)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                subprocess.run(["fusermount3", "-uz", mountpoint], check=False)
+                return
+        raise UsageError(f"{mountpoint} is not a volumed mount on this host (see volumed status)")
+    try:
+        control.request(paths.socket_path(mid), {"op": "unmount"})
+    except OSError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise StateError(f"the daemon (pid {pid}) did not exit within {timeout:.0f}s; "
+                             f"see {paths.log_path(mid)}")
+        time.sleep(0.05)

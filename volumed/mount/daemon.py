@@ -1,0 +1,337 @@
+"""The mount daemon: open the volume as the host, serve it over FUSE, watch the key, clean up.
+
+Lifecycle (``serve``):
+  1. harden the process (no core dumps, not dumpable, memory locked);
+  2. take the volume's lock (one daemon per volume) and unwrap the data key as the host principal
+     with the grant token (Volume.open);
+  3. mount (pyfuse3.init) and run, on one trio loop: the FUSE request tasks, the key-access monitor,
+     the control channel and a signal watcher; report readiness (``ready``) once all are up;
+  4. when the file system is unmounted (``volumed unmount``, ``fusermount3 -u``, SIGTERM/SIGINT):
+     flush, retire the grant, wipe the key, unmount, remove the run-time files.
+
+Run as ``python -m volumed.mount.daemon``: the configuration (a MountConfig as JSON, holding the grant
+token) arrives on stdin, the readiness line leaves on stdout (one JSON object), the log goes to
+stderr. Callers: volumed.mount.client (background mounts) and ``volumed mount --foreground``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import pyfuse3
+import trio
+
+from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock
+from volumed.errors import StateError, VolumedError
+from volumed.mount import attach, control, keyservice, paths
+from volumed.mount.fs import FILE_INODE, VolumeFS
+from volumed.mount.hardening import harden_process
+from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
+from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
+from volumed.volume.device import Volume
+
+log = logging.getLogger("volumed.mount")
+
+
+@dataclasses.dataclass
+class MountConfig:
+    """Everything a daemon needs; serialised to JSON between the CLI and the daemon."""
+
+    volume: str
+    mountpoint: str
+    kms: str
+    grant: dict
+    allow_faults: bool = False
+    recovery_window: float = DEFAULT_RECOVERY_WINDOW
+    grace: float = DEFAULT_GRACE
+    interval: float | None = None
+    fake_time: float | None = None
+    recording_journal: str | None = None
+    threads: int = 4
+
+
+class LiveClock(Clock):
+    """The daemon's clock: the system clock until a test injects a fake one (set-clock)."""
+
+    def __init__(self, base: Clock):
+        self.base = base
+
+    def time(self) -> float:
+        return self.base.time()
+
+    def set(self, t: float) -> None:
+        if isinstance(self.base, FakeClock):
+            self.base.set(t)
+        else:
+            self.base = FakeClock(t)
+
+    def advance(self, seconds: float) -> None:
+        self.set(self.base.time() + seconds)
+
+
+class Daemon:
+    """One mount being served. Built by ``serve``; its methods run on the trio loop."""
+
+    def __init__(self, cfg: MountConfig, volume, header, host_client, grant, clock: LiveClock):
+        self.cfg = cfg
+        self.volume = volume
+        self.header = header
+        self.host_client = host_client
+        self.grant = grant
+        self.clock = clock
+        self.mid = paths.mount_id(cfg.mountpoint)
+        self.uuid = header.uuid
+        self.context = dict(header.context)
+        self.name = header.ebs_id
+        self.size = header.size
+        # cfg paths are real paths already: the daemon must never stat its own mount point
+        # (a request to itself from the loop thread would deadlock).
+        self.file = os.path.join(cfg.mountpoint, self.name)
+        self.latch = AccessLatch(clock, paths.volume_state_path(self.uuid), grant.key_arn)
+        self.fs = VolumeFS(volume, name=self.name, size=self.size, latch=self.latch,
+                           threads=cfg.threads)
+        self.monitor = KeyMonitor(
+            check=self._check, counter=keyservice.change_counter(host_client), latch=self.latch,
+            clock=clock, interval=cfg.interval, grace=cfg.grace, window=cfg.recovery_window)
+        self.started = time.time()
+        self._nursery = None
+
+    def _check(self) -> None:
+        """The real authorization check (runs in a worker thread; raises on failure)."""
+        self.host_client.generate_data_key_without_plaintext(
+            KeyId=self.grant.key_arn, EncryptionContext=self.context, KeySpec="AES_256",
+            GrantTokens=[self.grant.token])
+
+    def _on_revoked(self) -> None:
+        """Latch closed (trio thread; new requests already fail): wipe the key, then invalidate the
+        kernel's cached pages, in worker threads (wipe_key waits for requests in flight)."""
+        if self._nursery is None:
+            self.volume.wipe_key()
+            return
+        self._nursery.start_soon(self._revoke_actions)
+
+    async def _revoke_actions(self) -> None:
+        await trio.to_thread.run_sync(self.volume.wipe_key)
+        log.info("data key wiped")
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, FILE_INODE, False)
+        except OSError as exc:
+            log.warning("could not invalidate the kernel's cached pages: %s", exc)
+
+    def status(self) -> dict:
+        """The status record of this mount (control op "status", ``volumed status``)."""
+        latch = self.latch
+
+        def iso(t):
+            return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+        return {
+            "mountpoint": self.cfg.mountpoint,
+            "volume": self.cfg.volume,
+            "volume_uuid": self.uuid,
+            "file": self.file,
+            "key_arn": self.grant.key_arn,
+            "encryption_context": self.context,
+            "grant_id": self.grant.grant_id,
+            "host_principal": self.grant.host_principal,
+            "state": latch.state,
+            "state_since": iso(latch.since),
+            "reason": latch.reason,
+            "kms_unreachable_since": iso(latch.unreachable_since),
+            "revoked_at": iso(latch.revoked_at),
+            "last_successful_check": iso(latch.last_ok),
+            "checks": self.monitor.checks,
+            "bytes_read": self.fs.counters.bytes_read,
+            "bytes_written": self.fs.counters.bytes_written,
+            "pid": os.getpid(),
+            "kms": self.cfg.kms,
+            "clock": self.clock.time(),
+        }
+
+    async def handle(self, msg: dict) -> dict:
+        """Answer one control-channel request (see volumed.mount.control)."""
+        op = msg.get("op")
+        if op == "status":
+            return {"ok": True, "status": self.status()}
+        if op == "unmount":
+            log.info("unmount requested over the control channel")
+            pyfuse3.terminate()
+            return {"ok": True}
+        if op == "check":
+            self.monitor.request_check()
+            return {"ok": True}
+        if op == "set-clock":
+            if not self.cfg.allow_faults:
+                return {"ok": False, "error": "set-clock needs a daemon started with --allow-faults"}
+            if "time" in msg:
+                self.clock.set(float(msg["time"]))
+            if "advance" in msg:
+                self.clock.advance(float(msg["advance"]))
+            self.monitor.request_check() if msg.get("check") else None
+            return {"ok": True, "time": self.clock.time()}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+            async for sig in sigs:
+                log.info("signal %d: unmounting", sig)
+                pyfuse3.terminate()
+
+    async def run(self, ready) -> None:
+        """Serve until unmounted. ``ready()`` is called once the mount answers requests."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.latch.on_close(self._on_revoked)
+            await nursery.start(control.serve, paths.socket_path(self.mid), self.handle)
+            nursery.start_soon(self.monitor.run)
+            nursery.start_soon(self._signals)
+            nursery.start_soon(_call_soon, ready)
+            await pyfuse3.main(min_tasks=2, max_tasks=64)
+            nursery.cancel_scope.cancel()
+
+    def shutdown(self) -> None:
+        """After the FUSE loop ended: flush (if still allowed), retire the grant, wipe the key."""
+        if self.latch.serving:
+            try:
+                self.volume.flush()
+            except Exception as exc:
+                log.error("final flush failed: %s", keyservice.error_message(exc))
+        why = attach.retire_grant(self.host_client, self.grant)
+        log.info("grant %s %s", self.grant.grant_id, "retired" if why is None else f"not retired: {why}")
+        try:
+            self.volume.wipe_key()
+        finally:
+            self.volume.close()
+
+
+async def _call_soon(fn) -> None:
+    await trio.sleep(0)
+    fn()
+
+
+def _lock_volume(uuid: str):
+    fd = os.open(paths.volume_lock_path(uuid), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateError(f"volume {uuid} is already mounted on this host (volumed status shows where)")
+    return fd
+
+
+def _open_backing(cfg: MountConfig):
+    if not cfg.recording_journal:
+        return None
+    if not cfg.allow_faults:
+        raise VolumedError("--test-recording-journal needs --allow-faults")
+    from volumed.volume.backing import RecordingBackingFile
+
+    return RecordingBackingFile(cfg.volume, cfg.recording_journal)
+
+
+def serve(cfg: MountConfig, ready) -> None:
+    """Open, mount and serve ``cfg.volume`` at ``cfg.mountpoint`` until unmounted.
+
+    ``ready(result: dict)`` is called exactly once: {"ok": True, "file": path} when the mount serves,
+    or {"ok": False, "error": one line, "exit_code": n} when it could not start.
+    """
+    harden_process()
+    clock = LiveClock(FakeClock(cfg.fake_time) if cfg.fake_time is not None else SYSTEM_CLOCK)
+    grant = attach.Grant.from_json(cfg.grant)
+    lock_fd = None
+    mounted = False
+    daemon = None
+    mid = paths.mount_id(cfg.mountpoint)
+    try:
+        header = Volume.read_header(cfg.volume)
+        lock_fd = _lock_volume(header.uuid)
+        host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock)
+        try:
+            volume = Volume.open(cfg.volume, kms=host_client, grant_tokens=[grant.token],
+                                 backing=_open_backing(cfg))
+        except Exception as exc:
+            attach.retire_grant(host_client, grant)
+            if keyservice.error_code(exc) is None:
+                raise
+            raise VolumedError(f"cannot open {cfg.volume} as the host: {keyservice.error_message(exc)}",
+                               code=keyservice.error_code(exc)) from None
+        daemon = Daemon(cfg, volume, header, host_client, grant, clock)
+        daemon.latch.mark_ok()
+        daemon.latch.clear_record()
+        opts = {"fsname=volumed", "subtype=volumed", "allow_other", "default_permissions"}
+        pyfuse3.init(daemon.fs, cfg.mountpoint, opts)
+        mounted = True
+        paths.record_path(mid).write_text(json.dumps({
+            "pid": os.getpid(), "mountpoint": cfg.mountpoint, "volume": cfg.volume,
+            "file": daemon.file}))
+        log.info("serving %s at %s (key %s, grant %s)", cfg.volume, daemon.file,
+                 grant.key_arn, grant.grant_id)
+    except VolumedError as exc:
+        _abort(daemon, mounted, lock_fd)
+        ready({"ok": False, "error": str(exc), "exit_code": exc.exit_code})
+        return
+    except Exception as exc:
+        log.exception("mount failed")
+        _abort(daemon, mounted, lock_fd)
+        ready({"ok": False, "error": f"mount failed: {keyservice.error_message(exc)}", "exit_code": 1})
+        return
+    try:
+        trio.run(daemon.run, lambda: ready({"ok": True, "file": daemon.file}))
+    finally:
+        try:
+            daemon.shutdown()
+        finally:
+            pyfuse3.close(unmount=True)
+            for p in (paths.socket_path(mid), paths.record_path(mid)):
+                p.unlink(missing_ok=True)
+            os.close(lock_fd)
+            log.info("unmounted %s", cfg.mountpoint)
+
+
+def _abort(daemon, mounted, lock_fd) -> None:
+    if daemon is not None:
+        try:
+            daemon.volume.wipe_key()
+            daemon.volume.close()
+        except Exception:
+            log.exception("while aborting")
+    if mounted:
+        pyfuse3.close(unmount=True)
+    if lock_fd is not None:
+        os.close(lock_fd)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s volumed-mount[%(process)d] %(levelname)s %(message)s")
+
+
+def main() -> int:
+    """Entry point of ``python -m volumed.mount.daemon`` (started by volumed.mount.client)."""
+    _setup_logging()
+    cfg = MountConfig(**json.loads(sys.stdin.readline()))
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    out = os.fdopen(os.dup(1), "w")
+    result = {}
+
+    def ready(res: dict) -> None:
+        result.update(res)
+        out.write(json.dumps(res) + "\n")
+        out.flush()
+        out.close()
+        os.dup2(devnull, 1)
+
+    serve(cfg, ready)
+    return 0 if result.get("ok") else int(result.get("exit_code", 1))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""pyfuse3 Operations presenting a volume as one regular file.
+
+The mount point is a directory holding exactly one regular file, named after the volume's EBS id and
+sized as the volume: the decrypted view. Every handler checks the access latch first, so once the
+key is revoked every request fails with EIO (volumed.mount.errno_map does the mapping).
+
+Concurrency (see docs/MOUNT.md): pyfuse3 runs several request tasks on one trio loop. Requests
+larger than ``INLINE_BYTES`` run Volume calls in worker threads behind a CapacityLimiter, so reads
+and writes of different requests proceed in parallel; the Volume is thread-safe and orders
+overlapping requests itself. Without the writeback cache every write(2) reaches the daemon before it
+returns, and fsync/fdatasync calls Volume.flush(), the durability point: a write is acknowledged only
+when an fsync that follows it returns success.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+
+import pyfuse3
+import trio
+
+from volumed.mount.errno_map import fuse_errors
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+FILE_INODE = ROOT_INODE + 1
+INLINE_BYTES = 4096
+ATTR_TIMEOUT = 60.0
+
+
+class IOCounters:
+    """Bytes read and written through the mount (reported by status)."""
+
+    def __init__(self):
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+
+class VolumeFS(pyfuse3.Operations):
+    """The FUSE file system of one mounted volume.
+
+    volume: an open volumed.volume.device.Volume (read/write/flush, thread-safe).
+    name: the file's name (the volume's EBS id); size: the volume size in bytes.
+    latch: volumed.mount.latch.AccessLatch, checked before every request.
+    """
+
+    enable_writeback_cache = False
+    supports_dot_lookup = True
+
+    def __init__(self, volume, *, name: str, size: int, latch, threads: int = 4):
+        super().__init__()
+        self.volume = volume
+        self.name = name.encode()
+        self.size = size
+        self.latch = latch
+        self.counters = IOCounters()
+        self.limiter = trio.CapacityLimiter(threads)
+        self._mtime_ns = time.time_ns()
+
+    async def _run(self, nbytes: int, fn, *args):
+        """Run a Volume call: inline when small, else in a worker thread behind the limiter."""
+        self.latch.check_serving()
+        if nbytes <= INLINE_BYTES:
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode
+        a.generation = 0
+        a.entry_timeout = ATTR_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_uid = 0
+        a.st_gid = 0
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._mtime_ns
+        a.st_blksize = 4096
+        if inode == ROOT_INODE:
+            a.st_mode = stat.S_IFDIR | 0o700
+            a.st_nlink = 2
+            a.st_size = 0
+        elif inode == FILE_INODE:
+            a.st_mode = stat.S_IFREG | 0o600
+            a.st_nlink = 1
+            a.st_size = self.size
+            a.st_blocks = self.size // 512
+        else:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return a
+
+    @fuse_errors
+    async def getattr(self, inode, ctx=None):
+        self.latch.check_serving()
+        return self._attrs(inode)
+
+    @fuse_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        self.latch.check_serving()
+        if parent_inode == ROOT_INODE and name == self.name:
+            return self._attrs(FILE_INODE)
+        if name in (b".", b".."):
+            return self._attrs(ROOT_INODE)
+        raise pyfuse3.FUSEError(errno.ENOENT)
+
+    @fuse_errors
+    async def opendir(self, inode, ctx):
+        if inode != ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @fuse_errors
+    async def readdir(self, fh, start_id, token):
+        self.latch.check_serving()
+        if start_id < 1:
+            pyfuse3.readdir_reply(token, self.name, self._attrs(FILE_INODE), 1)
+
+    async def releasedir(self, fh):
+        pass
+
+    @fuse_errors
+    async def open(self, inode, flags, ctx):
+        self.latch.check_serving()
+        if inode != FILE_INODE:
+            raise pyfuse3.FUSEError(errno.EISDIR if inode == ROOT_INODE else errno.ENOENT)
+        if flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return pyfuse3.FileInfo(fh=inode, direct_io=False, keep_cache=True)
+
+    @fuse_errors
+    async def read(self, fh, off, size):
+        if off >= self.size:
+            self.latch.check_serving()
+            return b""
+        size = min(size, self.size - off)
+        data = await self._run(size, self.volume.read, off, size)
+        self.counters.bytes_read += len(data)
+        return data
+
+    @fuse_errors
+    async def write(self, fh, off, buf):
+        if off + len(buf) > self.size:
+            raise pyfuse3.FUSEError(errno.ENOSPC)
+        await self._run(len(buf), self.volume.write, off, bytes(buf))
+        self.counters.bytes_written += len(buf)
+        return len(buf)
+
+    @fuse_errors
+    async def fsync(self, fh, datasync):
+        """The durability point: returns only when every earlier write is on stable storage."""
+        await self._run(INLINE_BYTES + 1, self.volume.flush)
+        self.latch.check_serving()
+
+    @fuse_errors
+    async def flush(self, fh):
+        self.latch.check_serving()
+
+    async def release(self, fh):
+        pass
+
+    @fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        """Only a truncate to the volume's own size is accepted (a volume's size is fixed here)."""
+        self.latch.check_serving()
+        if inode != FILE_INODE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        others = (fields.update_mode or fields.update_uid or fields.update_gid
+                  or fields.update_atime or fields.update_mtime)
+        if others or (fields.update_size and attr.st_size != self.size):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return self._attrs(inode)
+
+    @fuse_errors
+    async def statfs(self, ctx):
+        self.latch.check_serving()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = self.size // 4096
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = 2
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s

@@ -1,0 +1,31 @@
+"""Keep the daemon's keys out of core dumps, ptrace and swap.
+
+Caller: volumed.mount.daemon, before the data key is unwrapped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import resource
+
+log = logging.getLogger("volumed.mount")
+
+PR_SET_DUMPABLE = 4
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+
+def harden_process() -> dict:
+    """Not dumpable (no core, no ptrace by non-root, /proc/pid/mem closed), core limit 0, and all
+    memory locked as it is faulted in (so key memory never reaches swap). Returns what took effect;
+    a step that fails is logged, not fatal (mlockall needs CAP_IPC_LOCK or a large enough limit)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    done = {}
+    done["dumpable"] = libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    done["core_limit"] = 0
+    rc = libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)
+    done["mlockall"] = rc == 0
+    if rc != 0:
+        log.warning("mlockall failed (errno %d): key memory may be swapped", ctypes.get_errno())
+    return done

@@ -1,0 +1,164 @@
+"""The mount's access state, the latch that stops serving, and its persisted record.
+
+States (names follow RDS):
+  available                                       key usable; serving
+  kms-unreachable                                 the key service does not answer; still serving
+                                                  (``since`` says from when) until the grace period
+  inaccessible-encryption-credentials-recoverable access revoked; nothing is served; a later mount
+                                                  within the recovery window re-checks and recovers
+  inaccessible-encryption-credentials             terminal: the key is deleted or the recovery window
+                                                  passed; only a restore from a backup brings data back
+
+Once one of the two inaccessible states is entered the latch is closed for the life of the daemon:
+``check_serving()`` raises KeyAccessError, which the FUSE boundary turns into EIO.
+
+The record (volumed.mount.paths.volume_state_path) persists the revocation time so it survives a
+reboot; ``VolumeRecord`` reads and writes it atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from volumed.errors import KeyAccessError
+
+AVAILABLE = "available"
+KMS_UNREACHABLE = "kms-unreachable"
+RECOVERABLE = "inaccessible-encryption-credentials-recoverable"
+TERMINAL = "inaccessible-encryption-credentials"
+INACCESSIBLE = (RECOVERABLE, TERMINAL)
+
+DEFAULT_RECOVERY_WINDOW = 7 * 86400.0
+
+log = logging.getLogger("volumed.mount")
+
+
+@dataclass
+class VolumeRecord:
+    """What survives a reboot about a volume's key access: state, when access was lost and why."""
+
+    state: str = AVAILABLE
+    revoked_at: float | None = None
+    reason: str = ""
+    key_arn: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> "VolumeRecord":
+        """The record at ``path``, or a fresh (available) one when there is none."""
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        return cls(**{k: data[k] for k in ("state", "revoked_at", "reason", "key_arn") if k in data})
+
+    def save(self, path: Path) -> None:
+        """Write atomically and durably (temp file, fsync, rename, fsync of the directory)."""
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(asdict(self), sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def expired(self, now: float, window: float) -> bool:
+        """True when access was lost more than ``window`` seconds before ``now``."""
+        return self.revoked_at is not None and now - self.revoked_at > window
+
+
+@dataclass
+class AccessLatch:
+    """The live state of one mount. Thread-safe; read by FUSE handlers, written by the monitor.
+
+    ``on_close`` callbacks run once, synchronously, in the thread that closes the latch (the
+    daemon registers wiping the key there); the kernel-cache invalidation is the daemon's job.
+    """
+
+    clock: object
+    record_path: Path | None = None
+    key_arn: str = ""
+    state: str = AVAILABLE
+    since: float = 0.0
+    reason: str = ""
+    last_ok: float | None = None
+    unreachable_since: float | None = None
+    revoked_at: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _on_close: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        self.since = self.clock.time()
+
+    @property
+    def serving(self) -> bool:
+        return self.state not in INACCESSIBLE
+
+    def check_serving(self) -> None:
+        """Raise KeyAccessError unless the mount may still serve. Called before every FUSE op."""
+        if self.state in INACCESSIBLE:
+            raise KeyAccessError(f"volume is {self.state}: {self.reason}")
+
+    def on_close(self, fn) -> None:
+        self._on_close.append(fn)
+
+    def mark_ok(self) -> None:
+        """A key check succeeded: back to available (unless the latch is closed)."""
+        with self._lock:
+            self.last_ok = self.clock.time()
+            if self.state == KMS_UNREACHABLE:
+                self._set(AVAILABLE, "key service reachable again")
+            self.unreachable_since = None
+
+    def mark_unreachable(self, why: str) -> None:
+        """A check failed transiently: enter kms-unreachable (once), remembering since when."""
+        with self._lock:
+            if self.state == AVAILABLE:
+                self.unreachable_since = self.clock.time()
+                self._set(KMS_UNREACHABLE, why)
+
+    def close(self, state: str, reason: str) -> bool:
+        """Enter an inaccessible state. Returns True if this call closed a serving latch.
+
+        Recoverable after terminal is ignored; terminal after recoverable upgrades (keeping the
+        original revocation time). The record is persisted before returning.
+        """
+        assert state in INACCESSIBLE
+        with self._lock:
+            if self.state == TERMINAL or self.state == state:
+                return False
+            was_serving = self.serving
+            if self.revoked_at is None:
+                self.revoked_at = self.clock.time()
+            self._set(state, reason)
+            self._persist()
+        if was_serving:
+            for fn in self._on_close:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("while closing the latch")
+        return was_serving
+
+    def _set(self, state: str, reason: str) -> None:
+        self.state, self.reason, self.since = state, reason, self.clock.time()
+        log.warning("state -> %s (%s)", state, reason)
+
+    def _persist(self) -> None:
+        if self.record_path is not None:
+            VolumeRecord(self.state, self.revoked_at, self.reason, self.key_arn).save(self.record_path)
+
+    def clear_record(self) -> None:
+        """Access verified at mount: record the volume as available again."""
+        if self.record_path is not None:
+            VolumeRecord(AVAILABLE, None, "", self.key_arn).save(self.record_path)
