@@ -58,6 +58,7 @@ class VerifyReport:
     anchor: str | None = None
     anchor_found: bool | None = None
     latest_anchor: str | None = None
+    public_key: str | None = None  # hex of the (first) key digests were checked against
     problems: list[Finding] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
@@ -78,7 +79,7 @@ class VerifyReport:
         return {"ok": self.ok, "records": self.records, "digests": self.digests,
                 "sealedThrough": self.sealed_through, "unsealed": self.unsealed,
                 "anchor": self.anchor, "anchorFound": self.anchor_found,
-                "latestAnchor": self.latest_anchor,
+                "latestAnchor": self.latest_anchor, "publicKey": self.public_key,
                 "problems": [dataclasses.asdict(p) for p in self.problems],
                 "warnings": list(self.warnings)}
 
@@ -94,6 +95,8 @@ class VerifyReport:
         lines += [f"  warning: {w}" for w in self.warnings]
         if self.latest_anchor and self.ok:
             lines.append(f"latest anchor (keep it elsewhere): {self.latest_anchor}")
+        if self.public_key:
+            lines.append(f"signing public key (for --public-key): {self.public_key}")
         return "\n".join(lines)
 
 
@@ -148,6 +151,8 @@ def verify(conn, anchor: str | None = None, public_key: Any = None) -> "VerifyRe
     keys = load_public_keys(public_key) if public_key is not None else _default_keys(conn, report)
     if not keys and digests:
         report.warnings.append("no public key: digest signatures were not checked")
+    if keys:
+        report.public_key = _audit._raw_public(keys[0]).hex()
 
     expected, digest_hashes, last_hashes = _check_digests(digests, keys, report)
     report.latest_anchor = digest_hashes[-1] if digest_hashes else None
