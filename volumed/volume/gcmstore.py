@@ -40,6 +40,7 @@ G = F.GROUP_SECTORS
 RESERVE_CHUNK = 1 << 20          # counters reserved per header update (4 GiB of sector writes)
 NONCE_LIMIT = (1 << 63) - 1      # last counter ever used under one key; see docs/FORMAT.md
 MAX_DOUBTFUL = 64
+META_CACHE_PAGES = 4096          # verified metadata pages kept in memory (16 MiB, 1.1 GiB of data)
 AAD_TAG = b"volumed-gcm-v1"
 
 
@@ -80,6 +81,8 @@ class GcmStore:
         self._hdr_lock = threading.Lock()
         self._doubtful = [tuple(r) for r in header.doubtful]
         self._next = 0
+        self._cache: dict[int, bytearray] = {}
+        self._cache_lock = threading.Lock()
         self._start_session(copy_damaged)
 
     # ---- header and nonce reservation ------------------------------------------------------
@@ -156,11 +159,20 @@ class GcmStore:
     # ---- metadata --------------------------------------------------------------------------
 
     def _meta(self, g: int) -> bytearray:
+        """The verified metadata page of group g (caller holds the group's lock). Pages are cached
+        as last written by this process: all metadata writes go through here."""
+        page = self._cache.get(g)
+        if page is not None:
+            return page
         page = self.backing.pread(F.meta_offset(g), PAGE)
         if not F.meta_ok(self.meta_key, g, page):
             log.error("GCM metadata of sectors %d-%d of %s fails its MAC", g * G, g * G + G - 1, self.path)
             raise IntegrityError(f"metadata of sectors {g * G}-{g * G + G - 1} of {self.path} fails "
                                  "authentication: the volume was altered on disk")
+        with self._cache_lock:
+            if len(self._cache) >= META_CACHE_PAGES:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[g] = page
         return page
 
     def _decrypt_slot(self, g: int, i: int, k: int, entry, out: memoryview) -> bool:
@@ -230,47 +242,91 @@ class GcmStore:
         """Store whole sectors (``data`` None = n sectors of zeros). All-zero sectors store no data."""
         n = len(data) // PAGE if data is not None else n
         for rel, g, i0, cnt in self._chunks(first, n):
-            s = first + rel
-            page = self._meta(g)
-            sub = F.slots(page)[i0:i0 + cnt]
-            ar = np.arange(cnt)
-            ctr = sub["ctr"]
-            prim = (ctr[:, 1] > ctr[:, 0]).astype(np.intp)
-            pc = ctr[ar, prim]
-            dirty = self.dirty[s:s + cnt]
-            cur = prim.copy()
-            check = ~dirty & (pc != 0) & self._is_doubtful(pc)
-            for j in np.flatnonzero(check):
-                scratch = memoryview(bytearray(PAGE))
-                if not self._decrypt_slot(g, i0 + j, int(prim[j]), sub[j], scratch):
-                    cur[j] = 1 - prim[j]
-            target = np.where(dirty, prim, 1 - cur)
-            if data is None:
-                chunk = None
-                zeros = np.ones(cnt, dtype=bool)
-            else:
-                chunk = data[rel * PAGE:(rel + cnt) * PAGE]
-                zeros = zero_sectors(chunk, PAGE)
-            counters = self._alloc(cnt)
-            tags = bytearray(cnt * 16)
-            buf = bytearray(cnt * PAGE) if not zeros.all() else None
-            tmv = memoryview(tags)
-            for a, b in runs(~zeros):
-                self.cipher.encrypt(chunk[a * PAGE:b * PAGE], s + a, F.nonce_bytes(counters[a:b]),
-                                    tmv[a * 16:b * 16], out=memoryview(buf)[a * PAGE:b * PAGE])
-            tag_arr = np.frombuffer(tags, dtype=">u8").reshape(cnt, 2)
-            sub["ctr"][ar, target] = counters
-            sub["tag"][ar, target] = tag_arr
-            F.seal_meta(self.meta_key, g, page)
-            for k in (0, 1):
-                for a, b in runs(~zeros & (target == k)):
-                    self.backing.pwrite(F.slot_offset(g, k, i0 + a), memoryview(buf)[a * PAGE:b * PAGE])
-                for a, b in runs(zeros & (target == k)):
-                    self.backing.punch_hole(F.slot_offset(g, k, i0 + a), (b - a) * PAGE)
-            self.backing.pwrite(F.meta_offset(g), page)
-            self.dirty[s:s + cnt] = True
-            if zeros.any():
-                self._zeroed.append(s + np.flatnonzero(zeros))
+            try:
+                self._write_group(first + rel, g, i0, cnt,
+                                  None if data is None else data[rel * PAGE:(rel + cnt) * PAGE])
+            except BaseException:
+                self._cache.pop(g, None)  # the cached page may be ahead of the disk
+                raise
+
+    def _write_one(self, s: int, g: int, i: int, chunk) -> None:
+        """_write_group for one sector, in scalar code (the 4 KiB random-write case)."""
+        page = self._meta(g)
+        e = i * 2 * F.SLOT_BYTES
+        c0 = int.from_bytes(page[e + 4:e + 12], "big")
+        c1 = int.from_bytes(page[e + 32:e + 40], "big")
+        prim = 1 if c1 > c0 else 0
+        if self.dirty[s]:
+            target = prim
+        else:
+            cur = prim
+            pc = c1 if prim else c0
+            if pc and self._is_doubtful(np.array([pc], dtype=np.uint64))[0]:
+                entry = F.slots(page)[i]
+                if not self._decrypt_slot(g, i, prim, entry, memoryview(bytearray(PAGE))):
+                    cur = 1 - prim
+            target = 1 - cur
+        zero = chunk is None or not np.frombuffer(chunk, dtype=np.uint64).any()
+        nonce = F.nonce_bytes(self._alloc(1))
+        if zero:
+            tag = bytes(16)
+        else:
+            buf, tag = bytearray(PAGE), bytearray(16)
+            self.cipher.encrypt(chunk, s, nonce, tag, out=buf)
+        o = e + target * F.SLOT_BYTES
+        page[o:o + 12] = nonce
+        page[o + 12:o + 28] = tag
+        F.seal_meta(self.meta_key, g, page)
+        if zero:
+            self.backing.punch_hole(F.slot_offset(g, target, i), PAGE)
+            self._zeroed.append(np.array([s], dtype=np.int64))
+        else:
+            self.backing.pwrite(F.slot_offset(g, target, i), buf)
+        self.backing.pwrite(F.meta_offset(g), page)
+        self.dirty[s] = True
+
+    def _write_group(self, s: int, g: int, i0: int, cnt: int, chunk) -> None:
+        """write_sectors for sectors s..s+cnt-1, all in group g starting at index i0."""
+        if cnt == 1:
+            return self._write_one(s, g, i0, chunk)
+        page = self._meta(g)
+        sub = F.slots(page)[i0:i0 + cnt]
+        ar = np.arange(cnt)
+        ctr = sub["ctr"]
+        prim = (ctr[:, 1] > ctr[:, 0]).astype(np.intp)
+        pc = ctr[ar, prim]
+        dirty = self.dirty[s:s + cnt]
+        cur = prim.copy()
+        check = ~dirty & (pc != 0) & self._is_doubtful(pc)
+        for j in np.flatnonzero(check):
+            scratch = memoryview(bytearray(PAGE))
+            if not self._decrypt_slot(g, i0 + j, int(prim[j]), sub[j], scratch):
+                cur[j] = 1 - prim[j]
+        target = np.where(dirty, prim, 1 - cur)
+        if chunk is None:
+            zeros = np.ones(cnt, dtype=bool)
+        else:
+            zeros = zero_sectors(chunk, PAGE)
+        counters = self._alloc(cnt)
+        tags = bytearray(cnt * 16)
+        buf = bytearray(cnt * PAGE) if not zeros.all() else None
+        tmv = memoryview(tags)
+        for a, b in runs(~zeros):
+            self.cipher.encrypt(chunk[a * PAGE:b * PAGE], s + a, F.nonce_bytes(counters[a:b]),
+                                tmv[a * 16:b * 16], out=memoryview(buf)[a * PAGE:b * PAGE])
+        tag_arr = np.frombuffer(tags, dtype=">u8").reshape(cnt, 2)
+        sub["ctr"][ar, target] = counters
+        sub["tag"][ar, target] = tag_arr
+        F.seal_meta(self.meta_key, g, page)
+        for k in (0, 1):
+            for a, b in runs(~zeros & (target == k)):
+                self.backing.pwrite(F.slot_offset(g, k, i0 + a), memoryview(buf)[a * PAGE:b * PAGE])
+            for a, b in runs(zeros & (target == k)):
+                self.backing.punch_hole(F.slot_offset(g, k, i0 + a), (b - a) * PAGE)
+        self.backing.pwrite(F.meta_offset(g), page)
+        self.dirty[s:s + cnt] = True
+        if zeros.any():
+            self._zeroed.append(s + np.flatnonzero(zeros))
 
     def discard_sectors(self, first: int, n: int) -> None:
         """Sectors [first, first+n) read as zeros; their space is returned at the next flush."""

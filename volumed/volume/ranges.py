@@ -62,7 +62,14 @@ class RangeLock:
 
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """(start, stop) of every maximal run of True in the 1-D boolean ``mask``."""
-    if mask.size == 0:
+    n = mask.size
+    if n == 0:
+        return []
+    if n == 1:
+        return [(0, 1)] if mask[0] else []
+    if mask.all():
+        return [(0, n)]
+    if not mask.any():
         return []
     m = np.concatenate(([False], mask.astype(bool, copy=False), [False]))
     edges = np.flatnonzero(m[1:] != m[:-1])
