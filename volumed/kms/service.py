@@ -75,18 +75,17 @@ def _blob_bytes(value) -> bytes:
 
 
 def _camel(obj):
-    """Request/response members in CloudTrail's lowerCamel form, times as ISO strings."""
+    """Request/response members in CloudTrail's lowerCamel form, times as ISO strings; blob
+    members (plaintext, ciphertext) left out entirely."""
     import datetime as dt
 
     if isinstance(obj, dict):
         return {(k[0].lower() + k[1:] if k else k): _camel(v) for k, v in obj.items()
-                if k not in ("ResponseMetadata",)}
+                if k != "ResponseMetadata" and not isinstance(v, (bytes, bytearray))}
     if isinstance(obj, list):
         return [_camel(v) for v in obj]
     if isinstance(obj, dt.datetime):
         return obj.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if isinstance(obj, (bytes, bytearray)):
-        return None
     return obj
 
 
@@ -187,6 +186,8 @@ class EmbeddedKMS:
         request = _camel(ctx.params)
         if op in _CRYPTO_OPS:
             request.setdefault("encryptionAlgorithm", "SYMMETRIC_DEFAULT")
+            if ctx.key_arns:  # Decrypt names its key in the blob; CloudTrail records it as keyId
+                request.setdefault("keyId", ctx.key_arns[0])
         audit.record_call(
             ctx.conn, clock=self._clock, account_id=ctx.account, region=ctx.region, event_name=op,
             principal=ctx.principal, via_service=ctx.via_service, request_parameters=request,
