@@ -277,3 +277,13 @@ def test_replaced_signing_key_is_reported(log, tmp_path):
     report = audit.verify(conn)
     assert {p.digest for p in report.problems if p.kind == "key"} == {1, 2}
     assert audit.verify(conn, public_key=[str(other), log[2]]).ok
+
+
+def test_removed_unsealed_records_show_as_a_numbering_gap_once_the_log_goes_on(log):
+    conn, clock, _ = log
+    conn.execute("DELETE FROM audit WHERE seq >= 12")  # cut the unsealed tail...
+    assert audit.verify(conn).ok  # (alone, that is the documented limit)
+    call(conn, clock, 14)  # ...then the service appends again: numbers are never reused
+    report = audit.verify(conn)
+    assert problems(report) == [("deleted", 12)]
+    assert "records 12..13 are missing" in report.problems[0].message

@@ -296,19 +296,20 @@ def _check_sealed_chain(rows, last_hashes, report: VerifyReport) -> None:
 
 
 def _check_chain(rows, report: VerifyReport) -> None:
-    """Report breaks of the prev_hash links that no other finding explains."""
+    """Report breaks of the prev_hash links, and gaps in the numbering (seq numbers are never
+    reused, so a gap means removed records), that no other finding explains."""
     named = report.seqs()
-    prev_seq, prev_hash = None, _audit.GENESIS
+    prev_seq, prev_hash = 0, _audit.GENESIS
     for seq, _text, prev, h, _ in rows:
-        if prev != prev_hash:
-            explained = seq in named or (prev_seq is not None and prev_seq in named) or any(
-                s in named for s in range((prev_seq or 0) + 1, seq))
-            if not explained:
-                gap = (f"; records {(prev_seq or 0) + 1}..{seq - 1} are missing"
-                       if seq > (prev_seq or 0) + 1 else "")
-                first = "the start of the log" if prev_seq is None else f"record {prev_seq}"
-                report.add("chain", f"record {seq} does not chain to {first}: records removed, inserted "
-                                    f"or reordered here{gap}", seq=seq)
+        explained = seq in named or prev_seq in named or any(s in named for s in range(prev_seq + 1, seq))
+        gap = f"records {prev_seq + 1}..{seq - 1} are missing" if seq > prev_seq + 1 else ""
+        if not explained and prev != prev_hash:
+            first = "the start of the log" if prev_seq == 0 else f"record {prev_seq}"
+            report.add("chain", f"record {seq} does not chain to {first}: records removed, inserted "
+                                f"or reordered here{'; ' + gap if gap else ''}", seq=seq)
+        elif not explained and gap:
+            report.add("deleted", f"{gap} (removed, and the chain re-linked over the gap)",
+                       seq=prev_seq + 1)
         prev_seq, prev_hash = seq, h
 
 

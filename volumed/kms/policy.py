@@ -21,6 +21,7 @@ Evaluation, as AWS KMS does it (docs/POLICY.md has the details and the choices m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from typing import Any, Iterable
@@ -120,16 +121,25 @@ def parse_policy(text_or_dict: str | bytes | dict | Policy, *, kind: str = "key"
     if kind not in ("key", "identity"):
         raise ValueError(f"kind must be 'key' or 'identity', not {kind!r}")
     if isinstance(text_or_dict, (str, bytes)):
-        raw = text_or_dict.encode() if isinstance(text_or_dict, str) else text_or_dict
-        if len(raw) > MAX_POLICY_BYTES:
-            raise MalformedPolicyDocument(
-                f"policy is {len(raw)} bytes; the limit is {MAX_POLICY_BYTES}")
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedPolicyDocument(f"policy is not valid JSON: {exc}") from None
-    else:
-        doc = text_or_dict
+        return _parse_text(text_or_dict, kind)
+    return _parse_document(text_or_dict, kind)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(text: str | bytes, kind: str) -> Policy:
+    """Parse policy text; cached, as the key service evaluates the same stored policies on every
+    call (a Policy is immutable apart from ``document``, which callers must not change)."""
+    raw = text.encode() if isinstance(text, str) else text
+    if len(raw) > MAX_POLICY_BYTES:
+        raise MalformedPolicyDocument(f"policy is {len(raw)} bytes; the limit is {MAX_POLICY_BYTES}")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedPolicyDocument(f"policy is not valid JSON: {exc}") from None
+    return _parse_document(doc, kind)
+
+
+def _parse_document(doc: Any, kind: str) -> Policy:
     if not isinstance(doc, dict):
         raise MalformedPolicyDocument("policy must be a JSON object")
     for name in doc:
