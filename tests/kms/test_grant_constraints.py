@@ -174,3 +174,21 @@ def test_as_strict_implies_no_context_escapes_the_parent(p_sub, p_eq, c_sub, c_e
         witnesses = probes + [{**(c_eq or c_sub or {}), "c": "9"}]
         assert any(G.grant_allows(child, "Decrypt", c) and not G.grant_allows(parent, "Decrypt", c)
                    for c in witnesses)
+
+
+def test_grantee_matching_and_the_allowing_grant():
+    host = "arn:aws:sts::111122223333:assumed-role/volumed-host/node1"
+    role = "arn:aws:iam::111122223333:role/volumed-host"
+    assert G.grantee_matches(host, host)
+    assert G.grantee_matches(role, host)
+    assert G.grantee_matches("arn:aws:iam::111122223333:role/svc/volumed-host", host)
+    assert not G.grantee_matches("arn:aws:iam::444455556666:role/volumed-host", host)
+    assert not G.grantee_matches("arn:aws:iam::111122223333:user/alice", host)
+    gs = [grant(["Decrypt"], subset={"aws:ebs:id": "vol-2"}, GranteePrincipal=role),
+          grant(["Decrypt"], subset=VOL, GranteePrincipal=host, GrantId="g2"),
+          grant(["Encrypt"], GranteePrincipal="arn:aws:iam::111122223333:user/alice")]
+    assert G.allowing_grant(gs, host, "Decrypt", CTX)["GrantId"] == "g2"
+    assert G.allowing_grant(gs, host, "Decrypt", {"aws:ebs:id": "vol-2"}) is gs[0]
+    assert G.allowing_grant(gs, host, "Decrypt", {"aws:ebs:id": "vol-3"}) is None
+    assert G.allowing_grant(gs, host, "Encrypt", VOL) is None
+    assert G.allowing_grant([], host, "Decrypt", VOL) is None

@@ -16,7 +16,8 @@ Rules (AWS KMS GrantConstraints):
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import re
+from typing import Any, Iterable, Mapping
 
 from volumed.errors import UsageError
 
@@ -149,3 +150,26 @@ def is_as_strict(parent_grant: Mapping, new_grant: Mapping) -> bool:
     # Parent Subset only; child Subset only (or none): the child's smallest context must carry
     # the parent's pairs.
     return bool(c_sub) and _includes(c_sub, p_sub)
+
+
+def grantee_matches(grantee_principal: str, caller_arn: str) -> bool:
+    """Whether a grant's GranteePrincipal covers the caller: the same ARN, or the caller is an
+    assumed-role session of the grantee role (``arn:aws:sts::A:assumed-role/R/S`` for
+    ``arn:aws:iam::A:role/[path/]R``)."""
+    if grantee_principal == caller_arn:
+        return True
+    m = re.match(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/", caller_arn)
+    r = re.match(r"^arn:(aws[a-z-]*):iam::(\d{12}):role/(?:.*/)?([^/]+)$", grantee_principal)
+    return bool(m and r and m.groups() == r.groups())
+
+
+def allowing_grant(grants: Iterable[Mapping], caller_arn: str, operation: str,
+                   encryption_context: Mapping[str, str] | None) -> Mapping | None:
+    """The first of a key's ``grants`` that lets ``caller_arn`` perform ``operation`` with this
+    context, or None. Caller: the key service's ``_authorize`` after ``policy.evaluate`` gives an
+    implicit (never an explicit) deny; for CreateGrant it must also check ``is_as_strict``."""
+    for g in grants:
+        if grantee_matches(g.get("GranteePrincipal", ""), caller_arn) and grant_allows(
+                g, operation, encryption_context):
+            return g
+    return None
