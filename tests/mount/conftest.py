@@ -223,3 +223,33 @@ def mounter():
         if pid:
             subprocess.run(VOLUMED + ["unmount", str(mp)], env=env.env, cwd=ROOT, capture_output=True, timeout=30)
         teardown_mount(mp, pid)
+
+
+def direct_read(path, offset: int, length: int) -> bytes:
+    """Read with O_DIRECT (bypassing the page cache) into an aligned buffer."""
+    import mmap
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        buf = mmap.mmap(-1, length)
+        n = os.preadv(fd, [buf], offset)
+        return bytes(buf[:n])
+    finally:
+        os.close(fd)
+
+
+def kill_daemon(m: Mount) -> None:
+    """SIGKILL the daemon serving ``m`` and wait until it is gone."""
+    pid = m.pid()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(")")[-1].split()[0] == "Z":
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"daemon {pid} did not die")

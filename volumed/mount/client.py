@@ -21,17 +21,41 @@ READY_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 30.0
 
 
-def clean_stale_mountpoint(mountpoint: str) -> None:
-    """Make ``mountpoint`` usable: a FUSE mount whose daemon died ("Transport endpoint is not
-    connected") is lazily unmounted; a live mount is refused."""
+def _lazy_unmount(mountpoint: str) -> None:
+    subprocess.run(["fusermount3", "-uz", mountpoint], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _is_dead_mount(mountpoint: str) -> bool:
+    """True when ``mountpoint`` answers "Transport endpoint is not connected" (its daemon died)."""
     try:
         os.stat(mountpoint)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            subprocess.run(["fusermount3", "-uz", mountpoint], check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            os.stat(mountpoint)
-        elif exc.errno == errno.ENOENT:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def volumed_mounts() -> set[str]:
+    """Mount points of fuse.volumed file systems in this mount namespace (from mountinfo, without
+    touching the mount points themselves)."""
+    found = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] == "fuse.volumed":
+                found.add(left.split(" ")[4].replace("\\040", " "))
+    return found
+
+
+def clean_stale_mountpoint(mountpoint: str) -> None:
+    """Make ``mountpoint`` usable: a FUSE mount whose daemon died ("Transport endpoint is not
+    connected") is lazily unmounted; a live mount is refused."""
+    if _is_dead_mount(mountpoint):
+        _lazy_unmount(mountpoint)
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
             raise UsageError(f"mount point {mountpoint} does not exist; create the directory first") from None
         else:
             raise
@@ -75,8 +99,8 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
     uuid, key_arn = header.uuid, header.key_arn
     clock = FakeClock(fake_time) if fake_time is not None else SYSTEM_CLOCK
     check_record(uuid, volume, now=clock.time(), window=recovery_window)
-    clean_stale_mountpoint(mountpoint)
     clean_stale_runtime()
+    clean_stale_mountpoint(mountpoint)
     region, _ = keyservice.arn_parts(key_arn)
     user = keyservice.connect(kms_spec, principal=principal, via_service=via_service or rds_via(region))
     try:
@@ -158,11 +182,15 @@ def _read_line(proc, timeout: float) -> bytes:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """True while process ``pid`` exists and is not a zombie (a killed daemon's leader thread can
+    linger as a zombie while its other threads exit)."""
+    if pid <= 0:
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def mounts() -> list[dict]:
@@ -187,13 +215,8 @@ def clean_stale_runtime() -> None:
         if _pid_alive(int(data.get("pid", 0))):
             continue
         mp = data.get("mountpoint")
-        if mp:
-            try:
-                os.stat(mp)
-            except OSError as exc:
-                if exc.errno == errno.ENOTCONN:
-                    subprocess.run(["fusermount3", "-uz", mp], check=False,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if mp and mp in volumed_mounts():
+            _lazy_unmount(mp)  # its daemon is gone: whatever the kernel still holds is dead
         paths.socket_path(rec.stem).unlink(missing_ok=True)
         rec.unlink(missing_ok=True)
 
@@ -235,12 +258,9 @@ def unmount(mountpoint: str, *, timeout: float = UNMOUNT_TIMEOUT) -> None:
         pid = None
     if pid is None or not _pid_alive(pid):
         clean_stale_runtime()
-        try:
-            os.stat(mountpoint)
-        except OSError as exc:
-            if exc.errno == errno.ENOTCONN:
-                subprocess.run(["fusermount3", "-uz", mountpoint], check=False)
-                return
+        if _is_dead_mount(mountpoint):
+            _lazy_unmount(mountpoint)
+            return
         raise UsageError(f"{mountpoint} is not a volumed mount on this host (see volumed status)")
     try:
         control.request(paths.socket_path(mid), {"op": "unmount"})
