@@ -154,3 +154,13 @@ def test_dry_run_changes_nothing(kms, key):
         kms.create_grant(KeyId=key, GranteePrincipal="arn:aws:iam::111122223333:user/x",
                          Operations=["Decrypt"], DryRun=True)
     assert kms.list_grants(KeyId=key)["Grants"] == []
+
+
+def test_boto3_paginators(kms):
+    ids = {kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(5)}
+    pages = list(kms.get_paginator("list_keys").paginate(PaginationConfig={"PageSize": 2}))
+    assert len(pages) == 3
+    assert {k["KeyId"] for p in pages for k in p["Keys"]} == ids
+    full = kms.get_paginator("list_keys").paginate().build_full_result()
+    assert {k["KeyId"] for k in full["Keys"]} == ids
+    assert kms.can_paginate("list_grants") and not kms.can_paginate("encrypt")

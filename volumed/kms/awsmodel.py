@@ -30,6 +30,12 @@ def service_model():
 
 
 @functools.lru_cache(maxsize=1)
+def paginator_model():
+    """botocore's KMS pagination config (which List* calls page, by which tokens)."""
+    return botocore.session.get_session().get_paginator_model("kms")
+
+
+@functools.lru_cache(maxsize=1)
 def exceptions() -> BaseClientExceptions:
     """``client.exceptions`` for the embedded client: botocore's own factory output for the KMS
     model plus the unmodelled codes, so ``except client.exceptions.X`` works as with boto3."""

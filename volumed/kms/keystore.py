@@ -85,7 +85,7 @@ class Keystore:
                                isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA synchronous = FULL")  # a key, once created, survives power loss
         conn.execute("PRAGMA secure_delete = ON")  # destroyed key material leaves no free-page copies
         return conn
 

@@ -143,7 +143,18 @@ class EmbeddedKMS:
         self._store.close()
 
     def can_paginate(self, method: str) -> bool:
-        return False
+        """As boto3: whether ``get_paginator(method)`` exists."""
+        return method in OPERATIONS and awsmodel.operation_name(method) in awsmodel.paginator_model()._paginator_config
+
+    def get_paginator(self, method: str):
+        """boto3's paginator for a List* method (botocore's own Paginator over this client)."""
+        from botocore.paginate import Paginator
+
+        if not self.can_paginate(method):
+            raise ValueError(f"Operation cannot be paginated: {method}")
+        op = awsmodel.operation_name(method)
+        return Paginator(getattr(self, method), awsmodel.paginator_model().get_paginator(op),
+                         awsmodel.service_model().operation_model(op))
 
     # -- the call path -------------------------------------------------------------------------
     def _context(self, conn, operation: str, params: dict) -> CallContext:
