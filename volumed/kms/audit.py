@@ -255,7 +255,8 @@ def service_host(via_service: str) -> str:
 
 
 def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The stored text: compact, sorted JSON; odd value types (Decimal, UUID) as strings."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def content_hash(record_text: str) -> str:
