@@ -88,3 +88,17 @@ def test_change_in_one_process_seen_by_next_call_in_another(tmp_path):
     assert result.get(timeout=60) == "DisabledException"
     p.join(30)
     c.close()
+
+
+def test_threads_share_one_client(kms, key):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i):
+        blob = kms.encrypt(KeyId=key, Plaintext=str(i).encode())["CiphertextBlob"]
+        kms.change_counter()
+        kms.create_grant(KeyId=key, GranteePrincipal=GRANTEE, Operations=["Decrypt"])
+        return kms.decrypt(CiphertextBlob=blob)["Plaintext"] == str(i).encode()
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(work, range(64)))
+    assert len(kms.list_grants(KeyId=key, Limit=100)["Grants"]) == 64

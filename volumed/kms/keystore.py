@@ -65,12 +65,12 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class Keystore:
-    """An open keystore directory. Thread-safe (one connection, one lock); one per client family
-    (``with_identity`` clients share it)."""
+    """An open keystore directory. Thread-safe: ``lock`` (re-entrant) guards the one connection;
+    one per client family (``with_identity`` clients share it)."""
 
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         self._ensure_initialised()
         self.conn = self._open()
         audit.ensure_schema(self.conn)
@@ -156,7 +156,7 @@ class Keystore:
         """Run ``fn(conn)`` in one BEGIN IMMEDIATE transaction and commit; on any exception roll
         back and re-raise. SQLITE_BUSY anywhere restarts the whole transaction (``fn`` must have no
         effects outside the database). Returns fn's result."""
-        with self._lock:
+        with self.lock:
             for attempt in range(MAX_ATTEMPTS):
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")
@@ -191,7 +191,7 @@ class Keystore:
 
     def change_counter(self) -> int:
         """The committed change counter, read without taking the write lock."""
-        with self._lock:
+        with self.lock:
             for _ in range(MAX_ATTEMPTS):
                 try:
                     row = self.conn.execute("SELECT v FROM meta WHERE k = 'change_counter'").fetchone()
@@ -204,6 +204,6 @@ class Keystore:
 
     def close(self) -> None:
         """Close the connection and overwrite the root key in memory."""
-        with self._lock:
+        with self.lock:
             rootkey.wipe(self.root)
             self.conn.close()

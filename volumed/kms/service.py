@@ -121,14 +121,15 @@ class EmbeddedKMS:
         """Extension: a number that goes up whenever anything in the keystore changes (any
         process). Cheap and not audited; the mount's key monitor polls it. A deletion window that
         has ended is applied here too, so watchers see a key's destruction without other calls."""
-        if keys.deletion_due(self._store.conn, self._clock.time()):
-            def sweep(conn):
-                ctx = self._context(conn, "ChangeCounter", {})
-                keys.apply_time_effects(ctx)
-                if ctx.changed:
-                    Keystore.bump(conn)
-            self._store.run(sweep)
-        return self._store.change_counter()
+        def sweep(conn):
+            ctx = self._context(conn, "ChangeCounter", {})
+            keys.apply_time_effects(ctx)
+            if ctx.changed:
+                Keystore.bump(conn)
+        with self._store.lock:
+            if keys.deletion_due(self._store.conn, self._clock.time()):
+                self._store.run(sweep)
+            return self._store.change_counter()
 
     def with_identity(self, principal=_UNSET, via_service=_UNSET) -> "EmbeddedKMS":
         """Extension: a client on the same keystore calling as another principal and/or through
