@@ -49,6 +49,13 @@ def test_create_info_resize_export(tmp_path):
     r = run(tmp_path, "export", "--luks", "g.img", "g.luks")
     one_line_error(r, 2)
     assert not (tmp_path / "g.luks").exists()
+    assert run(tmp_path, "create", "small.img", "--size", "4M").returncode == 0
+    r = run(tmp_path, "export", "--luks", "small.img", "small.luks")
+    assert r.returncode == 0, r.stderr
+    assert os.path.getsize(tmp_path / "small.luks") == os.path.getsize(tmp_path / "small.img")
+    subprocess.run(["cryptsetup", "luksDump", str(tmp_path / "small.luks")], check=True, capture_output=True)
+    r = run(tmp_path, "export", "--luks", "small.img", "small.luks")
+    one_line_error(r, 2)
 
 
 def test_bad_input_leaves_nothing(tmp_path):

@@ -14,6 +14,8 @@ from volumed.errors import FormatError
 from volumed.volume import gcmformat, luks2
 from volumed.volume.device import load_header
 
+pytestmark = pytest.mark.timeout(120)
+
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 
