@@ -401,6 +401,7 @@ static int gcm_init(CipherObject *self, PyObject *args, PyObject *kw)
     }
     if (check_sector_size(ss, 0) != 0)
         goto done;
+    PyMem_Free(self->aad_prefix); /* __init__ called again after a failed first call */
     self->aad_prefix = PyMem_Malloc(prefix.len ? (size_t)prefix.len : 1);
     if (self->aad_prefix == NULL) {
         PyErr_NoMemory();
@@ -582,16 +583,18 @@ static PyObject *mod_openssl_version(PyObject *m, PyObject *Py_UNUSED(ignored))
     return PyUnicode_FromFormat("OpenSSL %s", OpenSSL_version(OPENSSL_VERSION_STRING));
 }
 
-static PyObject *mod_set_threads(PyObject *m, PyObject *arg)
+static PyObject *mod_set_threads(PyObject *m, PyObject *args, PyObject *kw)
 {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred())
+    static char *kwlist[] = {"n", "adaptive", NULL};
+    int n, adaptive = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|p:set_threads", kwlist, &n, &adaptive))
         return NULL;
     if (n < 1 || n > MAX_THREADS) {
-        PyErr_Format(PyExc_ValueError, "threads must be in 1..%d, got %ld", MAX_THREADS, n);
+        PyErr_Format(PyExc_ValueError, "threads must be in 1..%d, got %d", MAX_THREADS, n);
         return NULL;
     }
-    n_threads = (int)n;
+    n_threads = n;
+    wp_set_adaptive(adaptive);
     Py_RETURN_NONE;
 }
 
@@ -705,8 +708,9 @@ static PyObject *mod_kat_gcm_open(PyObject *m, PyObject *args, PyObject *kw)
 static PyMethodDef module_methods[] = {
     {"openssl_version", mod_openssl_version, METH_NOARGS,
      "The libcrypto this module runs on, e.g. 'OpenSSL 3.0.22'."},
-    {"set_threads", mod_set_threads, METH_O,
-     "set_threads(n): threads (the caller plus pool workers) used for one large batch."},
+    {"set_threads", (PyCFunction)(void (*)(void))mod_set_threads, METH_VARARGS | METH_KEYWORDS,
+     "set_threads(n, adaptive=True): threads (the caller plus pool workers) for one large batch; "
+     "adaptive=False keeps inviting helpers even when they do not speed batches up."},
     {"get_threads", mod_get_threads, METH_NOARGS, "Threads used for one large batch."},
     {"pool_workers", mod_pool_workers, METH_NOARGS, "Pool worker threads started so far."},
     {"pool_stats", mod_pool_stats, METH_NOARGS,

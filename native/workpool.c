@@ -18,6 +18,7 @@ static int nworkers;
 static int atfork_installed;
 static atomic_int queued; /* mirrors queue_head != NULL, for lock-free polling */
 static atomic_int solo_left, strikes;
+static atomic_int adaptive = 1;
 static atomic_ullong st_invited, st_solo, st_helped, st_chunks;
 
 static uint64_t now_ns(void)
@@ -122,8 +123,10 @@ static void *worker_main(void *unused)
 
         participate(b, 1);
 
+        /* Count and signal under the lock: the caller, once it sees the count, takes the lock
+         * before it lets b (on its stack) go, so the worker is done with b by then. */
+        pthread_mutex_lock(&pool_mu);
         atomic_fetch_add(&b->finished, 1);
-        pthread_mutex_lock(&pool_mu); /* the caller checks `finished` under the lock before waiting */
         pthread_cond_signal(&b->done);
         pthread_mutex_unlock(&pool_mu);
     }
@@ -208,7 +211,7 @@ int wp_run(wp_batch *b, int threads)
     if ((size_t)helpers > chunks - 1)
         helpers = chunks > 0 ? (int)(chunks - 1) : 0;
 
-    if (helpers > 0 && atomic_load(&solo_left) > 0) {
+    if (helpers > 0 && atomic_load(&adaptive) && atomic_load(&solo_left) > 0) {
         atomic_fetch_sub(&solo_left, 1);
         atomic_fetch_add(&st_solo, 1);
         helpers = 0;
@@ -248,7 +251,7 @@ int wp_run(wp_batch *b, int threads)
         }
         pthread_mutex_unlock(&pool_mu); /* from here on `joined` is final */
         spin_until(helpers_done, b);
-        pthread_mutex_lock(&pool_mu);
+        pthread_mutex_lock(&pool_mu); /* always: see worker_main */
         while (atomic_load(&b->finished) < atomic_load(&b->joined))
             pthread_cond_wait(&b->done, &pool_mu);
         pthread_mutex_unlock(&pool_mu);
@@ -256,6 +259,13 @@ int wp_run(wp_batch *b, int threads)
         judge_helpers(chunks, chunks - atomic_load(&b->helped), own_cpu, now_ns() - w0);
     }
     return atomic_load(&b->failed) ? -1 : 0;
+}
+
+void wp_set_adaptive(int on)
+{
+    atomic_store(&adaptive, on != 0);
+    atomic_store(&solo_left, 0);
+    atomic_store(&strikes, 0);
 }
 
 int wp_workers(void)

@@ -47,6 +47,10 @@ typedef struct wp_batch {
  * is done. Returns 0, or -1 if any enter() or run() failed (the other chunks still ran). */
 int wp_run(wp_batch *b, int threads);
 
+/* Turn the solo rule on or off (on by default) and forget its history, so the next eligible batch
+ * invites helpers. Tests turn it off to exercise the helpers whatever the machine's load. */
+void wp_set_adaptive(int on);
+
 /* Number of worker threads started so far (for tests and the benchmark). */
 int wp_workers(void);
 

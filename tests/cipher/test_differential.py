@@ -140,7 +140,7 @@ def test_native_thread_counts_agree(native):
     try:
         results = []
         for threads in (1, 2, 3, 8):
-            native.set_threads(threads)
+            native.set_threads(threads, adaptive=False)
             buf = bytearray(POOL)
             c.encrypt(buf, 12345)
             results.append(bytes(buf))

@@ -44,8 +44,11 @@ class GcmCipher:
 
 def openssl_version() -> str:
     """The libcrypto in use, e.g. "OpenSSL 3.0.22"."""
-def set_threads(n: int) -> None:
-    """Threads (caller plus pool workers) for one large batch, 1..64; default: usable CPUs."""
+def set_threads(n: int, adaptive: bool = True) -> None:
+    """Threads (caller plus pool workers) for one large batch, 1..64; default: usable CPUs.
+    adaptive=False keeps inviting helpers even when they do not speed batches up (tests)."""
+def pool_stats() -> dict[str, int]:
+    """Batches with helpers invited, batches run solo, chunks run by helpers, chunks invited."""
 def get_threads() -> int: ...
 def pool_workers() -> int:
     """Worker threads started so far."""
