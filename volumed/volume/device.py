@@ -74,6 +74,20 @@ def load_header(backing, path: str = ""):
     return h, extras, copies
 
 
+def _open_backing(path, readonly: bool = False) -> BackingFile:
+    """BackingFile for an existing volume; OS errors become one-line VolumedErrors."""
+    if os.path.isdir(path):
+        raise FormatError(f"{path} is a directory, not a volume")
+    try:
+        return BackingFile(path, readonly=readonly)
+    except FileNotFoundError:
+        raise UsageError(f"volume {path} does not exist") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path} is a directory, not a volume") from None
+    except OSError as exc:
+        raise VolumedError(f"cannot open volume {path}: {exc.strerror}") from None
+
+
 def parse_size(text: str) -> int:
     """Parse a size like 1G, 512M, 64K, 1T or plain bytes (binary units). UsageError if malformed."""
     t = str(text).strip().upper().removesuffix("IB").removesuffix("B")
@@ -169,6 +183,8 @@ class Volume:
             os.link(tmp, path)  # never replaces an existing file
         except FileExistsError:
             raise UsageError(f"{path} already exists: choose a new path (volumed never overwrites a file)") from None
+        except OSError as exc:
+            raise VolumedError(f"cannot create volume {path}: {exc.strerror}") from None
         finally:
             _wipe(key, mac_key, meta_key)
             if backing is not None:
@@ -180,12 +196,7 @@ class Volume:
     @staticmethod
     def read_header(path) -> VolumeHeader:
         """The header of the volume at ``path`` (no key needed; nothing verified but checksums)."""
-        try:
-            backing = BackingFile(path, readonly=True)
-        except FileNotFoundError:
-            raise UsageError(f"volume {path} does not exist") from None
-        except IsADirectoryError:
-            raise FormatError(f"{path} is a directory, not a volume") from None
+        backing = _open_backing(path, readonly=True)
         try:
             return load_header(backing, os.fspath(path))[0]
         finally:
@@ -212,10 +223,7 @@ class Volume:
         path = os.fspath(path)
         owns = backing is None
         if owns:
-            try:
-                backing = BackingFile(path)
-            except FileNotFoundError:
-                raise UsageError(f"volume {path} does not exist") from None
+            backing = _open_backing(path)
         try:
             h, extras, copies = load_header(backing, path)
             return cls._from_key(path, backing, h, extras, copies, get_key(h), owns)

@@ -75,7 +75,8 @@ class GcmStore:
         self.meta_key = meta_key
         self.mac_key = mac_key
         self.path = path
-        self.dirty = np.zeros(header.sectors, dtype=bool)
+        # Sectors written since the last flush, per group (only groups touched since then).
+        self._dirty: dict[int, np.ndarray] = {}
         self._zeroed: list[np.ndarray] = []
         self._ctr_lock = threading.Lock()
         self._hdr_lock = threading.Lock()
@@ -249,6 +250,13 @@ class GcmStore:
                 self._cache.pop(g, None)  # the cached page may be ahead of the disk
                 raise
 
+    def _dirty_of(self, g: int) -> np.ndarray:
+        """The written-since-flush flags of group g (the caller holds the group's lock)."""
+        d = self._dirty.get(g)
+        if d is None:
+            d = self._dirty[g] = np.zeros(G, dtype=bool)
+        return d
+
     def _write_one(self, s: int, g: int, i: int, chunk) -> None:
         """_write_group for one sector, in scalar code (the 4 KiB random-write case)."""
         page = self._meta(g)
@@ -256,7 +264,8 @@ class GcmStore:
         c0 = int.from_bytes(page[e + 4:e + 12], "big")
         c1 = int.from_bytes(page[e + 32:e + 40], "big")
         prim = 1 if c1 > c0 else 0
-        if self.dirty[s]:
+        d = self._dirty_of(g)
+        if d[i]:
             target = prim
         else:
             cur = prim
@@ -283,7 +292,7 @@ class GcmStore:
         else:
             self.backing.pwrite(F.slot_offset(g, target, i), buf)
         self.backing.pwrite(F.meta_offset(g), page)
-        self.dirty[s] = True
+        d[i] = True
 
     def _write_group(self, s: int, g: int, i0: int, cnt: int, chunk) -> None:
         """write_sectors for sectors s..s+cnt-1, all in group g starting at index i0."""
@@ -295,7 +304,8 @@ class GcmStore:
         ctr = sub["ctr"]
         prim = (ctr[:, 1] > ctr[:, 0]).astype(np.intp)
         pc = ctr[ar, prim]
-        dirty = self.dirty[s:s + cnt]
+        d = self._dirty_of(g)
+        dirty = d[i0:i0 + cnt].copy()
         cur = prim.copy()
         check = ~dirty & (pc != 0) & self._is_doubtful(pc)
         for j in np.flatnonzero(check):
@@ -324,7 +334,7 @@ class GcmStore:
             for a, b in runs(zeros & (target == k)):
                 self.backing.punch_hole(F.slot_offset(g, k, i0 + a), (b - a) * PAGE)
         self.backing.pwrite(F.meta_offset(g), page)
-        self.dirty[s:s + cnt] = True
+        d[i0:i0 + cnt] = True
         if zeros.any():
             self._zeroed.append(s + np.flatnonzero(zeros))
 
@@ -335,7 +345,7 @@ class GcmStore:
     def flush(self) -> None:
         """Durability point; the caller holds the device barrier."""
         self.backing.fdatasync()
-        self.dirty[:] = False
+        self._dirty.clear()
         self._punch_stale()
         last = self._next - 1
         if last > self.header.nonce_flushed:
@@ -371,7 +381,6 @@ class GcmStore:
         """Prepare metadata for a larger size (the device updates size and header afterwards)."""
         old_groups = F.groups_for(self.header.size)
         init_groups(self.backing, self.meta_key, old_groups, F.groups_for(new_size))
-        self.dirty = np.concatenate([self.dirty, np.zeros(new_size // PAGE - len(self.dirty), dtype=bool)])
 
     def file_size_for(self, size: int) -> int:
         return F.file_size_for(size)
