@@ -134,3 +134,25 @@ def test_every_mutation_moves_the_change_counter(kms, key):
     kms.describe_key(KeyId=key)
     kms.encrypt(KeyId=key, Plaintext=b"x")
     assert kms.change_counter() == seen[-1]
+
+
+@pytest.mark.parametrize("ops,constraints", [
+    (["Decrypt", "Decrypt"], None),
+    ([], None),
+    (["Decrypt"], {"EncryptionContextSubset": {"a": "1", "A": "2"}}),
+])
+def test_bad_grant_requests_change_nothing(kms, key, ops, constraints):
+    kw = {"Constraints": constraints} if constraints else {}
+    with pytest.raises(ClientError) as ei:
+        kms.create_grant(KeyId=key, GranteePrincipal=HOST, Operations=ops, **kw)
+    assert code_of(ei) == "ValidationException"
+    assert kms.list_grants(KeyId=key)["Grants"] == []
+
+
+def test_both_constraints_stored_empty_ones_dropped(kms, key):
+    both = {"EncryptionContextSubset": {"a": "1"}, "EncryptionContextEquals": {"a": "1", "b": "2"}}
+    kms.create_grant(KeyId=key, GranteePrincipal=HOST, Operations=["Decrypt"], Constraints=both)
+    kms.create_grant(KeyId=key, GranteePrincipal=HOST, Operations=["Encrypt"],
+                     Constraints={"EncryptionContextSubset": {}})
+    stored = [g.get("Constraints") for g in kms.list_grants(KeyId=key)["Grants"]]
+    assert stored == [both, None]

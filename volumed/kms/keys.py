@@ -94,7 +94,7 @@ def insert_key(ctx: CallContext, *, description: str, policy: str, key_manager: 
 
 def create_managed(ctx: CallContext, alias: str) -> dict:
     """Create the AWS managed key behind ``alias`` (first reference), yearly rotation on."""
-    key = insert_key(ctx, description=managed.MANAGED_ALIASES[alias][1],
+    key = insert_key(ctx, description=managed.MANAGED_ALIASES[alias],
                      policy=managed.managed_key_policy(alias, ctx.account, ctx.region),
                      key_manager="AWS", rotation_enabled=True,
                      rotation_period=managed.MANAGED_ROTATION_DAYS)

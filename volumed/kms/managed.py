@@ -1,75 +1,49 @@
-"""AWS managed keys (``alias/aws/rds``, ``alias/aws/ebs``) and the default key policies.
+"""AWS managed keys (``alias/aws/rds``) and the policies keys are created with.
 
-Callers: volumed.kms.keys (lazy creation when an AWS managed alias is first referenced),
-volumed.kms.ops_keys (CreateKey without Policy), the authorization placeholder in
-volumed.kms.service (which actions a user may call directly on an AWS managed key).
+The policy documents themselves are volumed.kms.policy's (``default_key_policy``,
+``aws_managed_rds_policy``); this module says which aliases are AWS managed, how such a key is
+described and rotated, and serialises the policies for storage. Callers: volumed.kms.keys (lazy
+creation when an AWS managed alias is first referenced), volumed.kms.ops_keys (CreateKey without
+Policy), the authorization placeholder in volumed.kms.service.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from fnmatch import fnmatchcase
 
-from volumed.kms.principals import root_arn
+from volumed.kms import policy
 
-# alias name -> (service prefix of kms:ViaService, description AWS gives the key)
+# alias name -> description AWS gives the key
 MANAGED_ALIASES = {
-    "alias/aws/rds": ("rds", "Default key that protects my RDS database volumes when no other key is defined"),
-    "alias/aws/ebs": ("ec2", "Default key that protects my EBS volumes when no other key is defined"),
+    "alias/aws/rds": "Default key that protects my RDS database volumes when no other key is defined",
 }
 MANAGED_ROTATION_DAYS = 365
 
-# Actions the AWS managed key policy allows (the first statement only through the service).
-MANAGED_USE_ACTIONS = ("kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
-                       "kms:CreateGrant", "kms:ListGrants", "kms:DescribeKey")
-MANAGED_DIRECT_ACTIONS = ("kms:Describe*", "kms:Get*", "kms:List*", "kms:RevokeGrant")
-
 
 def default_key_policy(account: str) -> str:
-    """AWS's default key policy: the account (and so IAM policies) may do everything."""
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Id": "key-default-1",
-        "Statement": [{
-            "Sid": "Enable IAM User Permissions",
-            "Effect": "Allow",
-            "Principal": {"AWS": root_arn(account)},
-            "Action": "kms:*",
-            "Resource": "*",
-        }],
-    }, indent=2)
+    """AWS's default key policy as stored text: the account (and so IAM policies) may do kms:*."""
+    return json.dumps(policy.default_key_policy(account), indent=2)
 
 
 def managed_key_policy(alias: str, account: str, region: str) -> str:
-    """The policy AWS attaches to an AWS managed key: use only through the service by principals
-    of the account; Describe/Get/List and RevokeGrant directly."""
-    service = MANAGED_ALIASES[alias][0]
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Id": f"auto-{service}-2",
-        "Statement": [
-            {
-                "Sid": "Allow access through the service for all principals in the account that are authorized to use it",
-                "Effect": "Allow",
-                "Principal": {"AWS": "*"},
-                "Action": list(MANAGED_USE_ACTIONS),
-                "Resource": "*",
-                "Condition": {"StringEquals": {"kms:CallerAccount": account,
-                                               "kms:ViaService": f"{service}.{region}.amazonaws.com"}},
-            },
-            {
-                "Sid": "Allow direct access to key metadata to the account",
-                "Effect": "Allow",
-                "Principal": {"AWS": root_arn(account)},
-                "Action": list(MANAGED_DIRECT_ACTIONS),
-                "Resource": "*",
-            },
-        ],
-    }, indent=2)
+    """The policy AWS attaches to the AWS managed key behind ``alias``, as stored text."""
+    assert alias in MANAGED_ALIASES, alias
+    return json.dumps(policy.aws_managed_rds_policy(account, region), indent=2)
+
+
+@functools.lru_cache(maxsize=1)
+def _managed_actions() -> tuple[str, ...]:
+    doc = policy.aws_managed_rds_policy("000000000000", "us-east-1")
+    actions: list[str] = []
+    for st in doc["Statement"]:
+        acts = st["Action"]
+        actions += [acts] if isinstance(acts, str) else acts
+    return tuple(actions)
 
 
 def allowed_on_managed_key(action: str) -> bool:
-    """Whether the AWS managed key policy allows ``action`` at all (ignoring its conditions)."""
-    from fnmatch import fnmatchcase
-
-    return any(fnmatchcase(action, pat) for pat in MANAGED_USE_ACTIONS + MANAGED_DIRECT_ACTIONS) \
-        or action == "kms:RetireGrant"
+    """Whether the AWS managed key policy allows ``action`` to anyone at all (its conditions
+    aside), or it is RetireGrant (decided by the grant's retiring principal, not the policy)."""
+    return action == "kms:RetireGrant" or any(fnmatchcase(action, pat) for pat in _managed_actions())

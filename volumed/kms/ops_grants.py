@@ -7,18 +7,20 @@ from __future__ import annotations
 import json
 import re
 
-from volumed.kms import grantstore, keys
+from volumed.errors import UsageError
+from volumed.kms import grants, grantstore, keys
 from volumed.kms.callctx import CallContext
 from volumed.kms.paging import page
 
 _GRANT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _constraints(ctx: CallContext, p: dict) -> dict | None:
-    c = p.get("Constraints")
-    if not c:
-        return None
-    return {k: dict(v) for k, v in c.items()}
+def _checked(ctx: CallContext, check, value):
+    """Run one of volumed.kms.grants' validators; its UsageError becomes ValidationException."""
+    try:
+        return check(value)
+    except UsageError as exc:
+        raise ctx.error("ValidationException", str(exc)) from None
 
 
 def create_grant(ctx: CallContext, p: dict) -> dict:
@@ -28,12 +30,8 @@ def create_grant(ctx: CallContext, p: dict) -> dict:
     for name in ("GranteeServicePrincipal", "RetiringServicePrincipal"):
         if name in p:
             raise ctx.error("UnsupportedOperationException", f"{name} is not supported by the embedded key service")
-    if not p["Operations"]:
-        raise ctx.error("ValidationException", "1 validation error detected: Value '[]' at 'operations' "
-                                               "failed to satisfy constraint: Member must have length greater "
-                                               "than or equal to 1")
-    constraints = _constraints(ctx, p)
-    operations = list(dict.fromkeys(p["Operations"]))
+    operations = _checked(ctx, grants.validate_operations, p["Operations"])
+    constraints = _checked(ctx, grants.validate_constraints, p.get("Constraints"))
     request = {"GranteePrincipal": p["GranteePrincipal"], "RetiringPrincipal": p.get("RetiringPrincipal"),
                "Operations": operations, "Constraints": constraints, "Name": p.get("Name")}
     ctx.authorize("kms:CreateGrant", key, grant_request=request)

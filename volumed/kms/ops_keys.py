@@ -7,9 +7,7 @@ returns the response body (without ResponseMetadata). Called only by volumed.kms
 
 from __future__ import annotations
 
-import json
-
-from volumed.kms import keys, managed
+from volumed.kms import keys, managed, policy
 from volumed.kms.callctx import CallContext, to_datetime
 from volumed.kms.paging import page
 
@@ -41,19 +39,12 @@ def create_key(ctx: CallContext, p: dict) -> dict:
 
 
 def check_policy_document(ctx: CallContext, text: str) -> None:
-    """MalformedPolicyDocumentException unless ``text`` is a JSON policy with a Statement list."""
+    """MalformedPolicyDocumentException (with volumed.kms.policy's pointed message) unless
+    ``text`` is a key policy the policy language accepts. The text is stored as given."""
     try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise ctx.error("MalformedPolicyDocumentException", f"The policy is not valid JSON: {exc}") from None
-    stmts = doc.get("Statement") if isinstance(doc, dict) else None
-    if isinstance(stmts, dict):
-        stmts = [stmts]
-    if not isinstance(stmts, list) or not stmts or not all(isinstance(s, dict) for s in stmts):
-        raise ctx.error("MalformedPolicyDocumentException", "The policy must contain a Statement")
-    for s in stmts:
-        if s.get("Effect") not in ("Allow", "Deny"):
-            raise ctx.error("MalformedPolicyDocumentException", "Every statement needs Effect Allow or Deny")
+        policy.parse_policy(text, kind="key")
+    except policy.MalformedPolicyDocument as exc:
+        raise ctx.error("MalformedPolicyDocumentException", str(exc)) from None
 
 
 def describe_key(ctx: CallContext, p: dict) -> dict:
