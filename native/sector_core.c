@@ -51,6 +51,7 @@ void sc_key_wipe(sc_key *k)
     for (size_t i = 0; i < k->nall; i++) {
         EVP_CIPHER_CTX_free(k->all[i]->enc); /* cleanses the key schedule */
         EVP_CIPHER_CTX_free(k->all[i]->dec);
+        free(k->all[i]->scratch); /* cleansed after every use */
         free(k->all[i]);
     }
     free(k->all);
@@ -175,24 +176,36 @@ int sc_gcm_open(sc_key *k, sc_ctx *c, const unsigned char *in, unsigned char *ou
     EVP_CIPHER_CTX *ctx = keyed(k, c, 0);
     if (ctx == NULL)
         goto fail;
+    if (c->scratch_len < sector_size) {
+        unsigned char *s = malloc(sector_size);
+        if (s == NULL)
+            goto fail;
+        free(c->scratch);
+        c->scratch = s;
+        c->scratch_len = sector_size;
+    }
     int outl, finl;
     unsigned char tag[SC_GCM_TAG];
     for (size_t i = begin; i < end; i++) {
         size_t off = i * sector_size;
         memcpy(tag, tags + SC_GCM_TAG * i, SC_GCM_TAG);
         if (!gcm_start(ctx, nonces + SC_GCM_NONCE * i, aad, prefix_len, first_sector + i) ||
-            !EVP_CipherUpdate(ctx, out + off, &outl, in + off, (int)sector_size) ||
+            !EVP_CipherUpdate(ctx, c->scratch, &outl, in + off, (int)sector_size) ||
             !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, SC_GCM_TAG, tag))
             goto fail;
-        if (EVP_CipherFinal_ex(ctx, out + off + outl, &finl) <= 0) {
-            /* Tag mismatch: never hand out unauthenticated plaintext. */
+        if (EVP_CipherFinal_ex(ctx, c->scratch + outl, &finl) > 0) {
+            memcpy(out + off, c->scratch, sector_size);
+        } else { /* tag mismatch: never hand out unauthenticated plaintext */
             memset(out + off, 0, sector_size);
             failed[i] = 1;
             ERR_clear_error();
         }
     }
+    OPENSSL_cleanse(c->scratch, sector_size);
     return 0;
 fail:
+    if (c->scratch != NULL)
+        OPENSSL_cleanse(c->scratch, c->scratch_len);
     ERR_clear_error();
     return -1;
 }

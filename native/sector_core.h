@@ -27,6 +27,8 @@ typedef enum { SC_XTS = 1, SC_GCM = 2 } sc_mode;
 
 typedef struct sc_ctx {
     EVP_CIPHER_CTX *enc, *dec; /* created on first use, keyed once */
+    unsigned char *scratch;    /* GCM open: one sector, decrypted here until its tag verifies */
+    size_t scratch_len;
     struct sc_ctx *next_free;
 } sc_ctx;
 
@@ -68,8 +70,10 @@ int sc_gcm_seal(sc_key *k, sc_ctx *c, const unsigned char *in, unsigned char *ou
                 size_t end);
 
 /* GCM open over sectors [begin, end): failed[i] is set to 1 for a sector whose tag does not verify,
- * and that sector's output is zero-filled. Returns 0 or -1 (an OpenSSL error other than a tag
- * mismatch). */
+ * and that sector's output is zero-filled. Each sector is decrypted into the context's scratch
+ * sector and copied to out only once its tag verified, so out never holds unauthenticated
+ * plaintext, not even for a moment; the scratch is cleansed before returning. Returns 0 or -1 (an
+ * OpenSSL error other than a tag mismatch, or no memory for the scratch sector). */
 int sc_gcm_open(sc_key *k, sc_ctx *c, const unsigned char *in, unsigned char *out,
                 size_t sector_size, uint64_t first_sector, const unsigned char *nonces,
                 const unsigned char *tags, unsigned char *aad, size_t prefix_len,
