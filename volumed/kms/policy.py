@@ -392,10 +392,15 @@ def account_of(arn: str) -> str | None:
 # Matching
 
 
+@functools.lru_cache(maxsize=1024)
+def _glob_rx(pattern: str, ignore_case: bool) -> re.Pattern:
+    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(rx, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+
+
 def _glob(pattern: str, text: str, *, ignore_case: bool = False) -> bool:
     """IAM wildcard match: ``*`` any run of characters, ``?`` one character, nothing else special."""
-    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(rx, text, re.DOTALL | (re.IGNORECASE if ignore_case else 0)) is not None
+    return _glob_rx(pattern, ignore_case).fullmatch(text) is not None
 
 
 def _compare(kind: str, actual: str, wanted: str) -> bool:
