@@ -31,7 +31,7 @@ import numpy as np
 from volumed.errors import IntegrityError, StateError
 from volumed.volume import gcmformat as F
 from volumed.volume.header import compute_mac
-from volumed.volume.ranges import runs, zero_sectors
+from volumed.volume.ranges import runs, scratch, zero_sectors
 
 log = logging.getLogger("volumed.volume")
 
@@ -309,8 +309,8 @@ class GcmStore:
         cur = prim.copy()
         check = ~dirty & (pc != 0) & self._is_doubtful(pc)
         for j in np.flatnonzero(check):
-            scratch = memoryview(bytearray(PAGE))
-            if not self._decrypt_slot(g, i0 + j, int(prim[j]), sub[j], scratch):
+            probe = memoryview(bytearray(PAGE))
+            if not self._decrypt_slot(g, i0 + j, int(prim[j]), sub[j], probe):
                 cur[j] = 1 - prim[j]
         target = np.where(dirty, prim, 1 - cur)
         if chunk is None:
@@ -319,18 +319,18 @@ class GcmStore:
             zeros = zero_sectors(chunk, PAGE)
         counters = self._alloc(cnt)
         tags = bytearray(cnt * 16)
-        buf = bytearray(cnt * PAGE) if not zeros.all() else None
+        buf = scratch(cnt * PAGE) if not zeros.all() else None
         tmv = memoryview(tags)
         for a, b in runs(~zeros):
             self.cipher.encrypt(chunk[a * PAGE:b * PAGE], s + a, F.nonce_bytes(counters[a:b]),
-                                tmv[a * 16:b * 16], out=memoryview(buf)[a * PAGE:b * PAGE])
+                                tmv[a * 16:b * 16], out=buf[a * PAGE:b * PAGE])
         tag_arr = np.frombuffer(tags, dtype=">u8").reshape(cnt, 2)
         sub["ctr"][ar, target] = counters
         sub["tag"][ar, target] = tag_arr
         F.seal_meta(self.meta_key, g, page)
         for k in (0, 1):
             for a, b in runs(~zeros & (target == k)):
-                self.backing.pwrite(F.slot_offset(g, k, i0 + a), memoryview(buf)[a * PAGE:b * PAGE])
+                self.backing.pwrite(F.slot_offset(g, k, i0 + a), buf[a * PAGE:b * PAGE])
             for a, b in runs(zeros & (target == k)):
                 self.backing.punch_hole(F.slot_offset(g, k, i0 + a), (b - a) * PAGE)
         self.backing.pwrite(F.meta_offset(g), page)

@@ -76,6 +76,18 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
 
 
+_scratch = threading.local()
+
+
+def scratch(nbytes: int) -> memoryview:
+    """A per-thread reusable buffer of ``nbytes`` (contents undefined). Valid until the same
+    thread asks again: for ciphertext that is written out before the call returns."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < nbytes:
+        buf = _scratch.buf = bytearray(max(nbytes, 1 << 16))
+    return memoryview(buf)[:nbytes]
+
+
 def zero_sectors(buf, sector_size: int) -> np.ndarray:
     """Boolean array: which sector-sized rows of ``buf`` (length a multiple of sector_size) are all zero."""
     a = np.frombuffer(buf, dtype=np.uint64)

@@ -8,7 +8,7 @@ Callers: volumed.volume.device, under its range locks (this class has no locking
 
 from __future__ import annotations
 
-from volumed.volume.ranges import runs, zero_sectors
+from volumed.volume.ranges import runs, scratch, zero_sectors
 
 
 class XtsStore:
@@ -36,17 +36,16 @@ class XtsStore:
         """Encrypt and store whole sectors; all-zero sectors become holes."""
         ss = self.ss
         zeros = zero_sectors(data, ss)
+        buf = scratch(len(data))
         if not zeros.any():
-            buf = bytearray(len(data))
             self.cipher.encrypt(data, first, out=buf)
             self.backing.pwrite(self.base + first * ss, buf)
             return
         for a, b in runs(zeros):
             self.backing.punch_hole(self.base + (first + a) * ss, (b - a) * ss)
         for a, b in runs(~zeros):
-            buf = bytearray((b - a) * ss)
-            self.cipher.encrypt(data[a * ss:b * ss], first + a, out=buf)
-            self.backing.pwrite(self.base + (first + a) * ss, buf)
+            self.cipher.encrypt(data[a * ss:b * ss], first + a, out=buf[a * ss:b * ss])
+            self.backing.pwrite(self.base + (first + a) * ss, buf[a * ss:b * ss])
 
     def discard_sectors(self, first: int, n: int) -> None:
         """Make sectors [first, first+n) holes (read as zeros)."""
