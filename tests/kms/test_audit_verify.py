@@ -287,3 +287,13 @@ def test_removed_unsealed_records_show_as_a_numbering_gap_once_the_log_goes_on(l
     report = audit.verify(conn)
     assert problems(report) == [("deleted", 12)]
     assert "records 12..13 are missing" in report.problems[0].message
+
+
+def test_a_removed_range_is_one_line(log):
+    conn, _, _ = log
+    conn.execute("DELETE FROM audit WHERE seq BETWEEN 2 AND 9")
+    report = audit.verify(conn)
+    assert report.seqs("deleted") == set(range(2, 10))
+    text = report.format()
+    assert "deleted: records 2..9 (8 records), the first: record 2 (sealed in digest 1)" in text
+    assert len([line for line in text.splitlines() if "deleted" in line]) == 1

@@ -91,13 +91,33 @@ class VerifyReport:
                  f"{self.sealed_through}, {self.unsealed} unsealed"]
         if self.anchor is not None:
             lines.append(f"anchor {self.anchor[:16]}...: {'found' if self.anchor_found else 'NOT FOUND'}")
-        lines += [f"  {p.kind}: {p.message}" for p in self.problems]
+        lines += [f"  {line}" for line in _grouped(self.problems)]
         lines += [f"  warning: {w}" for w in self.warnings]
         if self.latest_anchor and self.ok:
             lines.append(f"latest anchor (keep it elsewhere): {self.latest_anchor}")
         if self.public_key:
             lines.append(f"signing public key (for --public-key): {self.public_key}")
         return "\n".join(lines)
+
+
+def _grouped(problems: list[Finding]) -> list[str]:
+    """One line per problem, except that a run of three or more same-kind problems on consecutive
+    records (a whole range deleted, say) becomes one line with the range and the first message."""
+    out: list[str] = []
+    i = 0
+    while i < len(problems):
+        j = i
+        while (j + 1 < len(problems) and problems[j + 1].kind == problems[i].kind
+               and problems[j].seq is not None and problems[j + 1].seq == problems[j].seq + 1):
+            j += 1
+        p = problems[i]
+        if j - i >= 2:
+            out.append(f"{p.kind}: records {p.seq}..{problems[j].seq} ({j - i + 1} records), "
+                       f"the first: {p.message}")
+        else:
+            out += [f"{q.kind}: {q.message}" for q in problems[i:j + 1]]
+        i = j + 1
+    return out
 
 
 def load_public_keys(public_key: Any) -> list[Ed25519PublicKey]:
