@@ -1,0 +1,129 @@
+"""Daemon lifecycle and the control channel: status, unmount by fusermount3, root-only control,
+hardening, mount refusals, the mount helper."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tests.mount.conftest import ROOT
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
+
+MiB = 1 << 20
+
+
+def test_status_lists_every_mount_with_its_details(kms_env, make_volume, mounter):
+    a = mounter(kms_env, make_volume(kms_env, size=16 * MiB))
+    b = mounter(kms_env, make_volume(kms_env, size=16 * MiB))
+    with open(a.file, "r+b") as f:
+        f.write(b"x" * 10000)
+        f.flush()
+        os.fsync(f.fileno())
+    out = json.loads(kms_env.run("status", "--json").stdout)
+    by_file = {m["file"]: m for m in out}
+    assert set(by_file) == {a.file, b.file}
+    sa = by_file[a.file]
+    for key in ("volume", "key_arn", "encryption_context", "grant_id", "state",
+                "last_successful_check", "bytes_read", "bytes_written"):
+        assert sa[key] not in (None, ""), key
+    assert sa["state"] == "available" and sa["bytes_written"] == 10000
+    assert set(sa["encryption_context"]) == {"aws:rds:db-id", "aws:ebs:id"}
+    text = kms_env.run("status").stdout
+    assert a.file in text and "available" in text
+
+
+def test_fusermount_unmount_ends_the_daemon_and_retires_the_grant(kms_env, make_volume, mounter):
+    from tests.mount.conftest import kms_client
+
+    m = mounter(kms_env, make_volume(kms_env, size=16 * MiB))
+    st = m.status()
+    pid = m.pid()
+    subprocess.run(["fusermount3", "-u", str(m.mountpoint)], check=True, timeout=30)
+    os.waitid  # noqa: B018  (the daemon is not our child: poll /proc instead)
+    for _ in range(200):
+        if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z":
+            break
+        import time
+        time.sleep(0.05)
+    else:
+        pytest.fail("daemon did not exit after fusermount3 -u")
+    grants = kms_client(kms_env).list_grants(KeyId=st["key_arn"])["Grants"]
+    assert st["grant_id"] not in {g["GrantId"] for g in grants}
+    assert json.loads(kms_env.run("status", "--json").stdout) == []
+
+
+def test_control_channel_is_root_only_and_daemon_is_hardened(kms_env, make_volume, mounter):
+    m = mounter(kms_env, make_volume(kms_env, size=16 * MiB))
+    from volumed.mount import paths
+
+    with kms_env.in_process():
+        sock = paths.socket_path(paths.mount_id(m.mountpoint))
+        run = paths.run_dir()
+    assert stat.S_IMODE(os.stat(run).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    pid = m.pid()
+    with open(f"/proc/{pid}/limits") as f:
+        core = [line for line in f if line.startswith("Max core file size")][0]
+    assert core.split()[4] == "0"
+    # Not dumpable: /proc/<pid>/environ etc. are owned by root:root and ptrace is refused to others.
+    assert os.stat(f"/proc/{pid}/mem").st_uid == 0
+    status = open(f"/proc/{pid}/status").read()
+    assert "VmLck" in status
+    # Loosen the file permissions (and reach the socket through a link outside the 0700 test
+    # directories): the SO_PEERCRED check still refuses a non-root peer.
+    os.chmod(sock, 0o666)
+    link = f"/tmp/volumed-test-{os.getpid()}.sock"
+    os.link(sock, link)
+    try:
+        code = ("import os, socket; os.setgid(65534); os.setuid(65534); "
+                "s = socket.socket(socket.AF_UNIX); s.connect(%r); "
+                "print(s.recv(4096).decode())" % link)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        assert "root only" in out.stdout, out
+    finally:
+        os.unlink(link)
+        os.chmod(sock, 0o600)
+    assert m.status()["state"] == "available"
+
+
+def test_mount_refusals_are_one_line(kms_env, make_volume, mounter, tmp_path):
+    vol = make_volume(kms_env, size=16 * MiB)
+    p = kms_env.run("mount", vol, tmp_path / "missing", check=False)
+    assert p.returncode == 2 and "does not exist" in p.stderr and len(p.stderr.splitlines()) == 1
+    p = kms_env.run("mount", tmp_path / "nope.img", tmp_path, check=False)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1
+    m = mounter(kms_env, vol)
+    other = tmp_path / "other"
+    other.mkdir()
+    p = kms_env.run("mount", vol, other, check=False)
+    assert p.returncode == 6 and "already mounted" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert not os.path.ismount(other)
+    assert m.status()["state"] == "available"
+    p = kms_env.run("unmount", other, check=False)
+    assert p.returncode == 2 and "not a volumed mount" in p.stderr
+
+
+def test_mount_helper_for_mount_t_fuse_volumed(kms_env, make_volume, tmp_path):
+    """`mount -t fuse.volumed VOLUME MOUNTPOINT -o kms=...` through /sbin/mount.fuse.volumed."""
+    vol = make_volume(kms_env, size=16 * MiB)
+    mp = tmp_path / "helper"
+    mp.mkdir()
+    helper = "/sbin/mount.fuse.volumed"
+    installed = not os.path.lexists(helper)
+    if installed:
+        os.symlink(ROOT / "scripts" / "mount.fuse.volumed", helper)
+    env = dict(kms_env.env)
+    try:
+        p = subprocess.run(["mount", "-t", "fuse.volumed", "-o", f"kms={kms_env.kms},recovery-window=3",
+                            str(vol), str(mp)], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert len(os.listdir(mp)) == 1
+        kms_env.run("unmount", mp)
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+        if installed:
+            os.unlink(helper)
