@@ -190,3 +190,15 @@ def test_created_header_names_ids_and_context(tmp_path, kms):
     assert h.key_arn.startswith("arn:aws:kms:") and h.sector_size == 4096
     r = Volume.read_header(tmp_path / "v")
     assert (r.uuid, r.size, r.cipher, r.wrapped_key) == (h.uuid, 1 << 20, "gcm", h.wrapped_key)
+
+
+def test_a_volume_opens_once_at_a_time(make_volume, kms):
+    from volumed.errors import StateError
+
+    path = make_volume("gcm", size=1 << 20)
+    vol = Volume.open(path, kms=kms)
+    with pytest.raises(StateError, match="already open"):
+        Volume.open(path, kms=kms)
+    assert Volume.read_header(path).size == 1 << 20  # reading the header needs no lock
+    vol.close()
+    Volume.open(path, kms=kms).close()

@@ -229,3 +229,23 @@ def test_gcm_resize_grows_and_keeps_data(written, kms):
     with Volume.open(path, kms=kms) as vol:
         assert vol.size == 8 << 20
         assert vol.read((8 << 20) - SS, SS) == b"e" * SS
+
+
+@pytest.mark.parametrize("field,value", [("size", 8 << 20), ("nonce_reserved", 5), ("doubtful", [[0, 1 << 40]]),
+                                         ("db_id", "db-ABCDEFGHIJKLMNOPQRSTUVWXYZ")])
+def test_altered_gcm_header_fails_its_mac(written, kms, field, value):
+    """An attacker rewrites a header copy consistently (checksum fixed): the MAC refuses it."""
+    path, _ = written
+    os.truncate(path, F.file_size_for(8 << 20))
+    b = BackingFile(path)
+    h, _ = F.decode(lambda o, n: bytes(b.pread(o, n)))
+    setattr(h, field, value)
+    if field == "nonce_reserved":
+        h.nonce_flushed = 5
+    for seq in (h.seqid + 1, h.seqid + 2):
+        h.seqid = seq
+        off, data = F.encode_copy(h)
+        b.pwrite(off, data)
+    b.close()
+    with pytest.raises(IntegrityError, match="MAC"):
+        Volume.open(path, kms=kms)

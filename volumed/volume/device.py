@@ -24,7 +24,7 @@ import threading
 import uuid as _uuid
 
 from volumed.cipher import GcmCipher, XtsCipher
-from volumed.errors import FormatError, KeyAccessError, UsageError, VolumedError
+from volumed.errors import FormatError, KeyAccessError, StateError, UsageError, VolumedError
 from volumed.volume import gcmformat, luks2
 from volumed.volume.backing import BackingFile
 from volumed.volume.gcmstore import GcmStore, aad_prefix, init_groups
@@ -86,6 +86,18 @@ def _open_backing(path, readonly: bool = False) -> BackingFile:
         raise FormatError(f"{path} is a directory, not a volume") from None
     except OSError as exc:
         raise VolumedError(f"cannot open volume {path}: {exc.strerror}") from None
+
+
+def _lock_exclusive(backing, path: str) -> None:
+    """One open Volume per backing file (flock, released when the process dies). Two writers
+    would reserve the same GCM nonces and undo each other's header updates."""
+    import fcntl
+
+    try:
+        fcntl.flock(backing.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StateError(f"volume {path} is already open (mounted or in use by another volumed "
+                         "process); unmount or close it first") from None
 
 
 def parse_size(text: str) -> int:
@@ -225,6 +237,7 @@ class Volume:
         if owns:
             backing = _open_backing(path)
         try:
+            _lock_exclusive(backing, path)
             h, extras, copies = load_header(backing, path)
             return cls._from_key(path, backing, h, extras, copies, get_key(h), owns)
         except BaseException:
