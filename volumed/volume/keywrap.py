@@ -35,6 +35,26 @@ def _client_error(exc: Exception) -> tuple[str, str] | None:
     return None
 
 
+def _unreachable(exc: Exception) -> bool:
+    """A botocore transport/credential failure (no AWS error code): the service was not reached."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return False
+    return isinstance(exc, BotoCoreError)
+
+
+def _check(action: str, key: str, exc: Exception) -> KeyAccessError:
+    """The KeyAccessError for a failed KMS call, or re-raise what is not a KMS answer."""
+    if _client_error(exc) is not None:
+        return _refusal(action, key, exc)
+    if _unreachable(exc):
+        return KeyAccessError(f"{action} with KMS key {key} failed: the key service is unreachable "
+                              f"({exc}); check --kms and credentials, then retry",
+                              code="KeyUnavailableException")
+    raise exc
+
+
 def _refusal(action: str, key: str, exc: Exception) -> KeyAccessError:
     code, msg = _client_error(exc)  # type: ignore[misc]
     hint = _HINTS.get(code, msg or "refused")
@@ -48,9 +68,7 @@ def new_wrapped_key(kms, key_id: str, nbytes: int, context: dict) -> tuple[bytes
         resp = kms.generate_data_key_without_plaintext(
             KeyId=key_id, NumberOfBytes=nbytes, EncryptionContext=context)
     except Exception as exc:
-        if _client_error(exc) is None:
-            raise
-        raise _refusal("GenerateDataKeyWithoutPlaintext", key_id, exc) from None
+        raise _check("GenerateDataKeyWithoutPlaintext", key_id, exc) from None
     return bytes(resp["CiphertextBlob"]), str(resp["KeyId"])
 
 
@@ -63,9 +81,7 @@ def unwrap(kms, key_arn: str, wrapped: bytes, context: dict, grant_tokens=None,
     try:
         resp = kms.decrypt(**kw)
     except Exception as exc:
-        if _client_error(exc) is None:
-            raise
-        raise _refusal("Decrypt of the volume key", key_arn, exc) from None
+        raise _check("Decrypt of the volume key", key_arn, exc) from None
     plain = resp.get("Plaintext")
     key = bytearray(plain)
     del plain, resp
