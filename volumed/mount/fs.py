@@ -8,8 +8,9 @@ Concurrency (see docs/MOUNT.md): pyfuse3 runs several request tasks on one trio 
 larger than ``INLINE_BYTES`` run Volume calls in worker threads behind a CapacityLimiter, so reads
 and writes of different requests proceed in parallel; the Volume is thread-safe and orders
 overlapping requests itself. Without the writeback cache every write(2) reaches the daemon before it
-returns, and fsync/fdatasync calls Volume.flush(), the durability point: a write is acknowledged only
-when an fsync that follows it returns success.
+returns, and fsync/fdatasync calls Volume.flush(), the durability point: a write is acknowledged
+only when an fsync that follows it returns success, or when a write(2) on a file opened O_SYNC,
+O_DSYNC or O_DIRECT returns (those writes are flushed before the reply).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class VolumeFS(pyfuse3.Operations):
         self.counters = IOCounters()
         self.limiter = trio.CapacityLimiter(threads)
         self._mtime_ns = time.time_ns()
+        self._next_fh = 1
+        self._sync_fhs: set[int] = set()
 
     async def _run(self, nbytes: int, fn, *args):
         """Run a Volume call: inline when small, else in a worker thread behind the limiter."""
@@ -125,7 +128,10 @@ class VolumeFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if inode == ROOT_INODE else errno.ENOENT)
         if flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        return pyfuse3.FileInfo(fh=inode, direct_io=False, keep_cache=True)
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        if flags & (os.O_SYNC | os.O_DSYNC | os.O_DIRECT):
+            self._sync_fhs.add(fh)  # every write on it is acknowledged: flush before replying
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
 
     @fuse_errors
     async def read(self, fh, off, size):
@@ -142,6 +148,9 @@ class VolumeFS(pyfuse3.Operations):
         if off + len(buf) > self.size:
             raise pyfuse3.FUSEError(errno.ENOSPC)
         await self._run(len(buf), self.volume.write, off, bytes(buf))
+        if fh in self._sync_fhs:
+            await self._run(INLINE_BYTES + 1, self.volume.flush)
+            self.latch.check_serving()
         self.counters.bytes_written += len(buf)
         return len(buf)
 
@@ -156,7 +165,7 @@ class VolumeFS(pyfuse3.Operations):
         self.latch.check_serving()
 
     async def release(self, fh):
-        pass
+        self._sync_fhs.discard(fh)
 
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
