@@ -36,6 +36,11 @@ def test_luksdump_shows_segment_and_token(make_volume):
     assert "pbkdf2" in out
     h = Volume.read_header(path)
     assert h.uuid in out
+    token = json.loads(subprocess.run(["cryptsetup", "token", "export", "--token-id", "0", path],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert token["type"] == "volumed-kms" and token["key_arn"] == h.key_arn
+    assert token["context"] == h.context
+    subprocess.run(["cryptsetup", "isLuks", path], check=True)
 
 
 def _dissect_stream(path, key: bytes):
