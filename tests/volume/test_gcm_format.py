@@ -249,3 +249,33 @@ def test_altered_gcm_header_fails_its_mac(written, kms, field, value):
     b.close()
     with pytest.raises(IntegrityError, match="MAC"):
         Volume.open(path, kms=kms)
+
+
+def test_flush_then_wipe_is_a_clean_close_but_unflushed_writes_are_not(make_volume, kms):
+    """The mount's shutdown is flush, wipe_key, close: no doubtful counters should pile up."""
+    path = make_volume("gcm", size=1 << 20)
+    for _ in range(3):
+        vol = Volume.open(path, kms=kms)
+        vol.write(0, os.urandom(8 * SS))
+        vol.flush()
+        vol.wipe_key()
+        vol.close()
+    assert Volume.read_header(path).doubtful == []
+    vol = Volume.open(path, kms=kms)
+    vol.write(0, os.urandom(8 * SS))
+    vol.wipe_key()  # revoked with unflushed writes: no I/O, the session stays unclean
+    vol.close()
+    vol = Volume.open(path, kms=kms)
+    assert len(vol.header.doubtful) == 1
+    vol.close()
+
+
+def test_doubtful_ranges_stay_bounded(make_volume, kms, monkeypatch):
+    monkeypatch.setattr(gcmstore, "MAX_DOUBTFUL", 3)
+    path = make_volume("gcm", size=1 << 20)
+    for _ in range(6):
+        vol = Volume.open(path, kms=kms)
+        vol.write(0, os.urandom(SS))
+        vol._backing.close()  # killed
+    h = Volume.read_header(path)
+    assert 1 <= len(h.doubtful) <= 3

@@ -422,6 +422,8 @@ class Volume:
             self._drop_key()
 
     def _drop_key(self) -> None:
+        if self._store is not None and hasattr(self._store, "retire"):
+            self._store.retire()
         if self._cipher is not None:
             self._cipher.close()
         _wipe(self._mac_key, getattr(self._store, "meta_key", None))

@@ -127,8 +127,9 @@ class GcmStore:
                 merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
             else:
                 merged.append((a, b))
-        if len(merged) > MAX_DOUBTFUL:  # conservative: one covering range
-            merged = [(merged[0][0], merged[-1][1])]
+        while len(merged) > MAX_DOUBTFUL:  # merge across the smallest gap (fewest counters lose trust)
+            i = min(range(len(merged) - 1), key=lambda j: merged[j + 1][0] - merged[j][1])
+            merged[i:i + 2] = [(merged[i][0], merged[i + 1][1])]
         self._doubtful = merged
 
     def _reserve(self, need_upto: int) -> None:
@@ -376,6 +377,18 @@ class GcmStore:
         self.backing.fdatasync()
         self.header.nonce_flushed = self.header.nonce_reserved
         self._write_header(sync_after=True)
+
+    def retire(self) -> None:
+        """Before the key is wiped: if nothing was written since the last flush, record a clean
+        session (so the next open adds no doubtful range); otherwise do no I/O at all."""
+        if self._dirty or self._zeroed or self.header.nonce_flushed != self._next - 1:
+            return
+        try:
+            self.backing.fdatasync()
+            self.header.nonce_flushed = self.header.nonce_reserved
+            self._write_header(sync_after=False)
+        except OSError as exc:
+            log.error("could not record a clean close of %s: %s", self.path, exc)
 
     def grow(self, new_size: int) -> None:
         """Prepare metadata for a larger size (the device updates size and header afterwards)."""
