@@ -70,6 +70,7 @@ def _call(client, method: str, **params) -> dict:
 
 # -- output --------------------------------------------------------------------------------------
 def _fmt(value) -> str:
+    """One value for human output."""
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     if isinstance(value, bool):
@@ -101,6 +102,7 @@ def _fields(obj: dict, names: list[str] | None = None) -> None:
 
 
 def _emit(args, response: dict, human) -> int:
+    """Print the response as JSON (--json) or through ``human``; exit status 0."""
     if args.json:
         print_json(response)
     else:
@@ -109,6 +111,7 @@ def _emit(args, response: dict, human) -> int:
 
 
 def _all_pages(client, method: str, member: str, **params) -> dict:
+    """Follow Marker/NextMarker to the end; one response with every item."""
     items, marker = [], None
     while True:
         page = _call(client, method, **params, **({"Marker": marker} if marker else {}))
@@ -184,6 +187,7 @@ def _list_aliases(args):
 
 
 def _simple(method: str, done: str):
+    """A command that calls ``method`` with KeyId only and prints ``done``."""
     def run(args):
         client = kms_client(args)
         r = _call(client, method, KeyId=args.key)
@@ -231,6 +235,7 @@ def _list_rotations(args):
 
 
 def _read_input(path: str) -> bytes:
+    """The bytes of a file ('-': stdin); UsageError naming the file if unreadable."""
     try:
         if path == "-":
             return sys.stdin.buffer.read()
@@ -241,6 +246,7 @@ def _read_input(path: str) -> bytes:
 
 
 def _read_text(path: str) -> str:
+    """A UTF-8 text file (policies)."""
     try:
         return _read_input(path).decode()
     except UnicodeDecodeError:
@@ -268,6 +274,7 @@ def _write_output(path: str, data: bytes) -> None:
 
 
 def _encrypt(args):
+    """encrypt KEY --in --out [--context]: KMS Encrypt of a file of 1-4096 bytes."""
     data = _read_input(args.infile)
     if not 1 <= len(data) <= 4096:
         raise UsageError(f"{args.infile} has {len(data)} bytes; KMS Encrypt takes 1 to 4096 bytes "
@@ -282,6 +289,7 @@ def _encrypt(args):
 
 
 def _decrypt(args):
+    """decrypt --in --out [--context] [--key]: KMS Decrypt; the plaintext buffer is wiped after writing."""
     data = _read_input(args.infile)
     if not data:
         raise UsageError(f"{args.infile} is empty; it is not a ciphertext")
@@ -365,6 +373,7 @@ def _get_policy(args):
 
 # -- registration --------------------------------------------------------------------------------
 def _cmd(sub, name: str, func, help: str, *, key: bool = True, key_help: str = "key id, key ARN, alias name or alias ARN"):
+    """Add one subcommand with KEY (unless key=False), the key-service options and --json."""
     p = sub.add_parser(name, help=help, description=help)
     if key:
         p.add_argument("key", metavar="KEY", help=key_help)

@@ -35,6 +35,7 @@ def is_well_formed_token(token: str) -> bool:
 
 
 def _entry(row, key_arn_of) -> dict:
+    """A grants row as a GrantListEntry (KeyId as the key ARN)."""
     entry = {
         "KeyId": key_arn_of(row["key_id"]),
         "GrantId": row["grant_id"],
@@ -53,6 +54,7 @@ def _entry(row, key_arn_of) -> dict:
 
 
 def _arn_of(conn):
+    """key id -> key ARN lookup on ``conn``."""
     def arn(key_id):
         row = conn.execute("SELECT arn FROM keys WHERE key_id = ?", (key_id,)).fetchone()
         return row["arn"] if row else key_id
@@ -83,10 +85,12 @@ def find_named(conn, key_id: str, name: str):
 
 
 def row_by_id(conn, grant_id: str):
+    """The grants row with this id, or None."""
     return conn.execute("SELECT * FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
 
 
 def row_by_token(conn, token: str):
+    """The live grant a token names, or None."""
     return conn.execute("SELECT g.* FROM grant_tokens t JOIN grants g ON g.grant_id = t.grant_id "
                         "WHERE t.token = ?", (token,)).fetchone()
 
@@ -120,6 +124,7 @@ def rows_for_retiring(conn, principal: str) -> list:
 
 
 def rows_of_key(conn, key_id: str) -> list:
+    """A key's grants rows, oldest first."""
     return conn.execute("SELECT * FROM grants WHERE key_id = ? ORDER BY seq", (key_id,)).fetchall()
 
 

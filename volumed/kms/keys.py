@@ -30,11 +30,13 @@ def as_key(row) -> dict:
 
 
 def get(ctx: CallContext, key_id: str) -> dict | None:
+    """The key with this id, or None (no resolution, no authorisation)."""
     row = ctx.conn.execute("SELECT * FROM keys WHERE key_id = ?", (key_id,)).fetchone()
     return as_key(row) if row else None
 
 
 def not_found(ctx: CallContext, key_id: str):
+    """NotFoundException for a key id, with AWS's message."""
     return ctx.error("NotFoundException", f"Key '{ctx.key_arn(key_id)}' does not exist")
 
 
@@ -63,6 +65,7 @@ def resolve(ctx: CallContext, ref: str) -> dict:
 
 
 def _resolve_alias(ctx: CallContext, alias: str) -> dict:
+    """The key behind an alias name (creating an AWS managed one on first reference)."""
     row = ctx.conn.execute("SELECT key_id FROM aliases WHERE name = ?", (alias,)).fetchone()
     if row is None and alias in managed.MANAGED_ALIASES:
         return create_managed(ctx, alias)
@@ -129,6 +132,7 @@ def material(ctx: CallContext, key_id: str, version: int) -> tuple[bytearray, st
 
 
 def current_material_id(ctx: CallContext, key: dict) -> str:
+    """The KeyMaterialId of the key's current version."""
     return ctx.conn.execute("SELECT material_id FROM materials WHERE key_id = ? AND version = ?",
                             (key["key_id"], key["current_version"])).fetchone()[0]
 
@@ -218,4 +222,5 @@ def destroy(ctx: CallContext, key_id: str) -> None:
 
 
 def was_deleted(ctx: CallContext, key_id: str) -> bool:
+    """Whether a key with this id existed and was destroyed."""
     return ctx.conn.execute("SELECT 1 FROM deleted_keys WHERE key_id = ?", (key_id,)).fetchone() is not None

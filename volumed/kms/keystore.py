@@ -60,6 +60,7 @@ class Busy(Exception):
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether an OperationalError is SQLITE_BUSY/LOCKED (retried), not a real fault."""
     msg = str(exc).lower()
     return "locked" in msg or "busy" in msg
 
@@ -81,6 +82,7 @@ class Keystore:
 
     # -- opening -------------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
+        """A connection with autocommit off (explicit BEGIN), busy timeout, FULL sync, secure delete."""
         conn = sqlite3.connect(os.path.join(self.directory, DB_FILE), timeout=BUSY_TIMEOUT_S,
                                isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
@@ -120,6 +122,7 @@ class Keystore:
             os.close(lockfd)
 
     def _initialise(self, conn: sqlite3.Connection) -> None:
+        """First use of a keystore (under the init flock): account id, region, root key, check value."""
         passphrase = os.environ.get(rootkey.PASSPHRASE_ENV)
         meta = {"account_id": "".join(str(random.SystemRandom().randrange(10)) for _ in range(12)),
                 "region": os.environ.get("VOLUMED_REGION", "us-east-1"),
@@ -140,6 +143,7 @@ class Keystore:
         conn.execute("COMMIT")
 
     def _load_root(self, meta: dict) -> bytearray:
+        """This keystore's root key from root.key or the passphrase; KeystoreError if wrong or missing."""
         if meta["root_source"] == "passphrase":
             passphrase = os.environ.get(rootkey.PASSPHRASE_ENV)
             if not passphrase:
@@ -181,6 +185,7 @@ class Keystore:
                                         f"processes for too long; try again")
 
     def _rollback(self) -> None:
+        """Roll back the open transaction, if any."""
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 

@@ -11,6 +11,7 @@ RESERVED_PREFIX = "alias/aws/"
 
 
 def _check_name(ctx: CallContext, name: str) -> None:
+    """InvalidAliasNameException / NotAuthorizedException (alias/aws/ reserved) for a bad name."""
     if not keys.ALIAS_RE.match(name):
         raise ctx.error("InvalidAliasNameException",
                         f"Alias name '{name}' is not valid: it must be 'alias/' followed by 1-256 of "
@@ -21,6 +22,7 @@ def _check_name(ctx: CallContext, name: str) -> None:
 
 
 def _target(ctx: CallContext, ref: str, action: str) -> dict:
+    """The key an alias may point to: a key id or ARN (not an alias), authorised, not pending deletion."""
     if ref.startswith("alias/") or ":alias/" in ref:
         raise ctx.error("ValidationException", "Aliases must refer to keys. Not aliases")
     key = keys.resolve(ctx, ref)
@@ -30,6 +32,7 @@ def _target(ctx: CallContext, ref: str, action: str) -> dict:
 
 
 def create_alias(ctx: CallContext, p: dict) -> dict:
+    """A new alias for a key; AlreadyExistsException if the name is taken."""
     name = p["AliasName"]
     _check_name(ctx, name)
     key = _target(ctx, p["TargetKeyId"], "kms:CreateAlias")
@@ -42,6 +45,7 @@ def create_alias(ctx: CallContext, p: dict) -> dict:
 
 
 def _existing(ctx: CallContext, name: str) -> dict:
+    """The aliases row of a name; NotFoundException if there is none."""
     _check_name(ctx, name)
     row = ctx.conn.execute("SELECT * FROM aliases WHERE name = ?", (name,)).fetchone()
     if row is None:
@@ -50,6 +54,7 @@ def _existing(ctx: CallContext, name: str) -> dict:
 
 
 def update_alias(ctx: CallContext, p: dict) -> dict:
+    """Point an existing alias at another key."""
     alias = _existing(ctx, p["AliasName"])
     ctx.authorize("kms:UpdateAlias", keys.get(ctx, alias["key_id"]))
     key = _target(ctx, p["TargetKeyId"], "kms:UpdateAlias")
@@ -60,6 +65,7 @@ def update_alias(ctx: CallContext, p: dict) -> dict:
 
 
 def delete_alias(ctx: CallContext, p: dict) -> dict:
+    """Remove an alias (its key is untouched)."""
     alias = _existing(ctx, p["AliasName"])
     ctx.authorize("kms:DeleteAlias", keys.get(ctx, alias["key_id"]))
     ctx.conn.execute("DELETE FROM aliases WHERE name = ?", (alias["name"],))
@@ -68,6 +74,7 @@ def delete_alias(ctx: CallContext, p: dict) -> dict:
 
 
 def list_aliases(ctx: CallContext, p: dict) -> dict:
+    """All aliases, or those of one key, by name, paginated."""
     sql, args = "SELECT * FROM aliases", ()
     if "KeyId" in p:
         key = keys.resolve(ctx, p["KeyId"])

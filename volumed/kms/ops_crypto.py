@@ -14,6 +14,7 @@ _KEYSPEC_BYTES = {"AES_256": 32, "AES_128": 16}
 
 
 def _check_algorithm(ctx: CallContext, p: dict, *names: str) -> None:
+    """InvalidKeyUsageException for any encryption algorithm but SYMMETRIC_DEFAULT."""
     for name in names:
         if p.get(name, ALGORITHM) != ALGORITHM:
             raise ctx.error("InvalidKeyUsageException",
@@ -30,6 +31,7 @@ def _seal(ctx: CallContext, key: dict, plaintext: bytes, context: dict | None) -
 
 
 def _usable_key(ctx: CallContext, ref: str, action: str) -> dict:
+    """Resolve, authorise ``action`` and require Enabled: the key to encrypt under."""
     key = keys.resolve(ctx, ref)
     ctx.authorize(action, key)
     keys.require_enabled(ctx, key)
@@ -70,6 +72,7 @@ def _open(ctx: CallContext, data: bytes, context: dict | None, key_ref: str | No
 
 
 def encrypt(ctx: CallContext, p: dict) -> dict:
+    """Encrypt up to 4096 bytes under the current key material, bound to the context."""
     _check_algorithm(ctx, p, "EncryptionAlgorithm")
     key = _usable_key(ctx, p["KeyId"], "kms:Encrypt")
     ct, _ = _seal(ctx, key, p["Plaintext"], p.get("EncryptionContext"))
@@ -77,6 +80,7 @@ def encrypt(ctx: CallContext, p: dict) -> dict:
 
 
 def decrypt(ctx: CallContext, p: dict) -> dict:
+    """Decrypt a blob under the key and version its header names (KeyId optional)."""
     _check_algorithm(ctx, p, "EncryptionAlgorithm")
     if "Recipient" in p:
         raise ctx.error("UnsupportedOperationException", "Recipient (Nitro Enclaves) is not supported "
@@ -104,6 +108,7 @@ def re_encrypt(ctx: CallContext, p: dict) -> dict:
 
 
 def _data_key(ctx: CallContext, p: dict, action: str) -> tuple[dict, bytearray, bytes, str]:
+    """(key, plaintext data key, its blob, material id) for GenerateDataKey*."""
     if "Recipient" in p:
         raise ctx.error("UnsupportedOperationException", "Recipient (Nitro Enclaves) is not supported "
                                                          "by the embedded key service")
@@ -118,6 +123,7 @@ def _data_key(ctx: CallContext, p: dict, action: str) -> tuple[dict, bytearray, 
 
 
 def generate_data_key(ctx: CallContext, p: dict) -> dict:
+    """A fresh data key, in plaintext and encrypted under the KMS key."""
     key, plaintext, ct, material_id = _data_key(ctx, p, "kms:GenerateDataKey")
     try:
         return {"CiphertextBlob": ct, "Plaintext": bytes(plaintext), "KeyId": key["arn"],
@@ -127,6 +133,7 @@ def generate_data_key(ctx: CallContext, p: dict) -> dict:
 
 
 def generate_data_key_without_plaintext(ctx: CallContext, p: dict) -> dict:
+    """A fresh data key, only encrypted; the plaintext is wiped here."""
     key, plaintext, ct, material_id = _data_key(ctx, p, "kms:GenerateDataKeyWithoutPlaintext")
     rootkey.wipe(plaintext)
     return {"CiphertextBlob": ct, "KeyId": key["arn"], "KeyMaterialId": material_id}

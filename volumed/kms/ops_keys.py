@@ -48,18 +48,21 @@ def check_policy_document(ctx: CallContext, text: str) -> None:
 
 
 def describe_key(ctx: CallContext, p: dict) -> dict:
+    """KeyMetadata of any key in any state."""
     key = keys.resolve(ctx, p["KeyId"])
     ctx.authorize("kms:DescribeKey", key)
     return {"KeyMetadata": keys.metadata(ctx, key)}
 
 
 def list_keys(ctx: CallContext, p: dict) -> dict:
+    """Every key of the keystore (any state), oldest first, paginated."""
     ctx.authorize("kms:ListKeys", None)
     rows = ctx.conn.execute("SELECT key_id, arn FROM keys ORDER BY created, key_id").fetchall()
     return page(ctx, [{"KeyId": r["key_id"], "KeyArn": r["arn"]} for r in rows], "Keys")
 
 
 def _set_state(ctx: CallContext, key: dict, state: str, **cols) -> None:
+    """Set a key's state (and other columns) and note the change."""
     sets = ", ".join(["state = ?"] + [f"{c} = ?" for c in cols])
     ctx.conn.execute(f"UPDATE keys SET {sets} WHERE key_id = ?", (state, *cols.values(), key["key_id"]))
     ctx.change()
@@ -76,6 +79,7 @@ def enable_key(ctx: CallContext, p: dict) -> dict:
 
 
 def disable_key(ctx: CallContext, p: dict) -> dict:
+    """Disabled: every cryptographic use refused until EnableKey."""
     key = keys.resolve(ctx, p["KeyId"])
     ctx.authorize("kms:DisableKey", key)
     keys.require_not_pending(ctx, key)
@@ -110,6 +114,7 @@ def cancel_key_deletion(ctx: CallContext, p: dict) -> dict:
 
 
 def update_key_description(ctx: CallContext, p: dict) -> dict:
+    """Replace the description (refused while pending deletion)."""
     key = keys.resolve(ctx, p["KeyId"])
     ctx.authorize("kms:UpdateKeyDescription", key)
     keys.require_not_pending(ctx, key)
@@ -119,6 +124,7 @@ def update_key_description(ctx: CallContext, p: dict) -> dict:
 
 
 def _policy_name(ctx: CallContext, p: dict) -> None:
+    """ValidationException unless PolicyName is absent or 'default'."""
     name = p.get("PolicyName", "default")
     if name != "default":
         raise ctx.error("ValidationException", f"Policy name '{name}' is not valid; the only key "
@@ -126,6 +132,7 @@ def _policy_name(ctx: CallContext, p: dict) -> None:
 
 
 def get_key_policy(ctx: CallContext, p: dict) -> dict:
+    """The stored policy text, in any key state."""
     key = keys.resolve(ctx, p["KeyId"])
     ctx.authorize("kms:GetKeyPolicy", key)
     _policy_name(ctx, p)
@@ -145,6 +152,7 @@ def put_key_policy(ctx: CallContext, p: dict) -> dict:
 
 
 def list_key_policies(ctx: CallContext, p: dict) -> dict:
+    """Always ['default'] (a KMS key has one policy)."""
     key = keys.resolve(ctx, p["KeyId"])
     ctx.authorize("kms:ListKeyPolicies", key)
     return page(ctx, ["default"], "PolicyNames")

@@ -28,6 +28,7 @@ def enable_key_rotation(ctx: CallContext, p: dict) -> dict:
 
 
 def disable_key_rotation(ctx: CallContext, p: dict) -> dict:
+    """Automatic rotation off (existing versions stay; on-demand still works)."""
     key = keys.resolve(ctx, p["KeyId"])
     ctx.authorize("kms:DisableKeyRotation", key)
     keys.require_enabled(ctx, key)
@@ -37,6 +38,7 @@ def disable_key_rotation(ctx: CallContext, p: dict) -> dict:
 
 
 def get_key_rotation_status(ctx: CallContext, p: dict) -> dict:
+    """Whether rotation is on and, if so, its period and next date."""
     key = keys.resolve(ctx, p["KeyId"])
     ctx.authorize("kms:GetKeyRotationStatus", key)
     out = {"KeyRotationEnabled": bool(key["rotation_enabled"]), "KeyId": key["arn"]}

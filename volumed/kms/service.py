@@ -159,6 +159,7 @@ class EmbeddedKMS:
 
     # -- the call path -------------------------------------------------------------------------
     def _context(self, conn, operation: str, params: dict) -> CallContext:
+        """The CallContext of one call of this client's principal inside transaction ``conn``."""
         return CallContext(conn=conn, store=self._store, clock=self._clock, principal=self.principal,
                            via_service=self.via_service, operation=operation, params=params,
                            authorizer=self._authorize)
@@ -189,11 +190,13 @@ class EmbeddedKMS:
                     keys.create_managed(ctx, alias)
 
     def _check_grant_tokens(self, ctx: CallContext) -> None:
+        """InvalidGrantTokenException for any GrantTokens member this service cannot have issued."""
         for token in ctx.params.get("GrantTokens") or ():
             if not grantstore.is_well_formed_token(token):
                 raise ctx.error("InvalidGrantTokenException", "The grant token is not valid")
 
     def _audit(self, ctx: CallContext, response: dict | None, error: ClientError | None) -> None:
+        """Hand the call to audit.record_call (blob members dropped; Decrypt's key named as keyId)."""
         op = ctx.operation
         request = _camel(ctx.params)
         if op in _CRYPTO_OPS:
@@ -210,6 +213,7 @@ class EmbeddedKMS:
             read_only=op.startswith(_READ_ONLY_PREFIXES) or op in _CRYPTO_OPS)
 
     def _call(self, method: str, params: dict) -> dict:
+        """The one path of every operation (see the module docstring); returns the boto3-shaped response."""
         operation = awsmodel.operation_name(method)
         awsmodel.validate_request(operation, params)
         params = dict(params)
@@ -256,6 +260,7 @@ class EmbeddedKMS:
 
 
 def _make_method(method: str):
+    """The boto3-style keyword-only method for ``method``."""
     def call(self, *args, **kwargs):
         if args:
             raise TypeError(f"{method}() only accepts keyword arguments.")
