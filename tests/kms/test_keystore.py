@@ -149,3 +149,16 @@ def test_no_secret_at_rest(kms, keystore, clock):
         for s in secrets:
             for window in (s, s[:16], s[-16:]):
                 assert window not in data, f"secret bytes found in {name}"
+
+
+def test_unusable_keystore_paths_are_one_clear_error(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(VolumedError, match="cannot create keystore"):
+        kms_pkg.connect(str(afile))
+    with pytest.raises(VolumedError, match="not a directory"):
+        kms_pkg.connect(str(afile / "below"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "keystore.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(VolumedError, match="is it a volumed keystore"):
+        kms_pkg.connect(str(tmp_path / "junk"))

@@ -72,10 +72,14 @@ class Keystore:
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
         self.lock = threading.RLock()
-        self._ensure_initialised()
-        self.conn = self._open()
-        audit.ensure_schema(self.conn)
-        meta = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
+        try:
+            self._ensure_initialised()
+            self.conn = self._open()
+            audit.ensure_schema(self.conn)
+            meta = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise rootkey.KeystoreError(f"keystore {self.directory} cannot be opened: {exc}; "
+                                        f"is it a volumed keystore?") from None
         self.account_id = meta["account_id"]
         self.region = meta["region"]
         self.root = self._load_root(meta)
@@ -95,9 +99,10 @@ class Keystore:
         """Create the directory, database and root key once; safe when several processes race."""
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        except PermissionError:
-            raise rootkey.KeystoreError(f"cannot create keystore {self.directory}: permission "
-                                        f"denied; choose another with --kms or VOLUMED_KMS") from None
+        except OSError as exc:
+            raise rootkey.KeystoreError(f"cannot create keystore {self.directory}: "
+                                        f"{exc.strerror.lower()}; choose a directory with --kms or "
+                                        f"VOLUMED_KMS") from None
         if not os.access(self.directory, os.R_OK | os.W_OK | os.X_OK):
             raise rootkey.KeystoreError(f"keystore {self.directory} is not readable and writable "
                                         f"by you; choose another with --kms or VOLUMED_KMS")
