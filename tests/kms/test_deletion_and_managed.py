@@ -11,6 +11,25 @@ from tests.kms.conftest import code_of, message_of
 GRANTEE = "arn:aws:iam::111122223333:user/grantee"
 
 
+def test_destroyed_material_leaves_no_copy_in_keystore_files(kms, key, clock, keystore):
+    import os
+    import sqlite3
+
+    kms.rotate_key_on_demand(KeyId=key)
+    db = sqlite3.connect(os.path.join(keystore, "keystore.db"))
+    wrapped = [row[0] for row in db.execute("SELECT wrapped FROM materials WHERE key_id = ?", (key,))]
+    db.close()
+    assert len(wrapped) == 2
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    clock.advance(days=7)
+    kms.change_counter()
+    for name in os.listdir(keystore):
+        with open(os.path.join(keystore, name), "rb") as f:
+            data = f.read()
+        for w in wrapped:
+            assert w[12:44] not in data, f"destroyed key material still in {name}"
+
+
 def test_window_end_destroys_key_material_aliases_grants(kms, key, clock, keystore):
     import sqlite3
 

@@ -24,6 +24,7 @@ class CallContext:
     params: dict
     authorizer: object       # callable(action, key, request) -> None (raises AccessDenied)
     changed: bool = False
+    destroyed: bool = False  # a key was destroyed: the WAL is checkpointed after commit
     key_arns: list = field(default_factory=list)
     _now: float | None = None
 

@@ -219,6 +219,7 @@ def destroy(ctx: CallContext, key_id: str) -> None:
     ctx.conn.execute("INSERT OR REPLACE INTO deleted_keys (key_id, arn, deleted) VALUES (?,?,?)",
                      (key_id, arn, ctx.now()))
     ctx.change()
+    ctx.destroyed = True
 
 
 def was_deleted(ctx: CallContext, key_id: str) -> bool:

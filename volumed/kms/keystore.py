@@ -212,6 +212,17 @@ class Keystore:
                     time.sleep(0.005)
             raise rootkey.KeystoreError(f"keystore {self.directory} stayed locked; try again")
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (after a key's destruction, so no old
+        page with its wrapped material stays in the WAL). Best effort: readers in other processes
+        may hold old pages; the next checkpoint gets them."""
+        with self.lock:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+
     def close(self) -> None:
         """Close the connection and overwrite the root key in memory."""
         with self.lock:

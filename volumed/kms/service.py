@@ -129,6 +129,7 @@ class EmbeddedKMS:
         with self._store.lock:
             if keys.deletion_due(self._store.conn, self._clock.time()):
                 self._store.run(sweep)
+                self._store.checkpoint()
             return self._store.change_counter()
 
     def with_identity(self, principal=_UNSET, via_service=_UNSET) -> "EmbeddedKMS":
@@ -242,6 +243,8 @@ class EmbeddedKMS:
         except ClientError as err:
             self._record_failure(operation, params, err, last_ctx.get("ctx"))
             raise
+        if last_ctx["ctx"].destroyed:
+            self._store.checkpoint()
         response["ResponseMetadata"] = awsmodel.response_metadata()
         return response
 
@@ -256,7 +259,9 @@ class EmbeddedKMS:
             self._audit(ctx, None, err)
             if ctx.changed:
                 Keystore.bump(conn)
-        self._store.run(txn)
+            return ctx.destroyed
+        if self._store.run(txn):
+            self._store.checkpoint()
 
 
 def _make_method(method: str):
