@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import threading
 import uuid as _uuid
 
 from volumed.cipher import GcmCipher, XtsCipher
@@ -123,7 +122,7 @@ def _check_size(size: int) -> None:
 class Volume:
     """An open volume. See the module docstring for the thread-safety contract."""
 
-    def __init__(self, path, header, backing, store, cipher, mac_key, extras, owns_backing=True):
+    def __init__(self, path, header, backing, store, cipher, mac_key, extras):
         self.path = os.fspath(path)
         self.header: VolumeHeader = header
         self.size = header.size
@@ -134,8 +133,6 @@ class Volume:
         self._mac_key = mac_key
         self._extras = extras
         self._locks = RangeLock()
-        self._state_lock = threading.Lock()
-        self._owns_backing = owns_backing
 
     # ---- creation and opening --------------------------------------------------------------
 
@@ -239,14 +236,14 @@ class Volume:
         try:
             _lock_exclusive(backing, path)
             h, extras, copies = load_header(backing, path)
-            return cls._from_key(path, backing, h, extras, copies, get_key(h), owns)
+            return cls._from_key(path, backing, h, extras, copies, get_key(h))
         except BaseException:
             if owns:
                 backing.close()
             raise
 
     @classmethod
-    def _from_key(cls, path, backing, h, extras, copies, key: bytearray, owns: bool) -> "Volume":
+    def _from_key(cls, path, backing, h, extras, copies, key: bytearray) -> "Volume":
         mac_key = meta_key = None
         try:
             mac_key = derive_key(key, h.uuid, MAC_INFO)
@@ -257,14 +254,14 @@ class Volume:
                     raise VolumedError(f"the LUKS2 digest of {path} does not match its volume key")
                 cipher = XtsCipher(key)
                 store = XtsStore(backing, h, cipher)
-                vol = cls(path, h, backing, store, cipher, mac_key, extras, owns)
+                vol = cls(path, h, backing, store, cipher, mac_key, extras)
                 vol._repair_luks(copies)
             else:
                 meta_key = derive_key(key, h.uuid, GCM_META_INFO)
                 cipher = GcmCipher(key, aad_prefix(h.uuid))
                 store = GcmStore(backing, h, cipher, meta_key, mac_key, path,  # repairs on start
                                  copy_damaged=not all(c.ok for c in copies))
-                vol = cls(path, h, backing, store, cipher, mac_key, extras, owns)
+                vol = cls(path, h, backing, store, cipher, mac_key, extras)
             return vol
         except BaseException:
             _wipe(key, mac_key, meta_key)
