@@ -164,3 +164,18 @@ def test_boto3_paginators(kms):
     full = kms.get_paginator("list_keys").paginate().build_full_result()
     assert {k["KeyId"] for k in full["Keys"]} == ids
     assert kms.can_paginate("list_grants") and not kms.can_paginate("encrypt")
+
+
+def test_shape_check_catches_what_boto3_would_not_return():
+    from volumed.kms import awsmodel
+
+    meta = awsmodel.response_metadata()
+    with pytest.raises(AssertionError):
+        awsmodel.validate_response("DescribeKey", {"KeyMetadata": {"KeyId": "x", "Extra": 1}, "ResponseMetadata": meta})
+    with pytest.raises(AssertionError):
+        awsmodel.validate_response("DescribeKey", {"KeyMetadata": {"KeyId": 5}, "ResponseMetadata": meta})
+    with pytest.raises(AssertionError):
+        awsmodel.validate_response("DescribeKey", {"KeyMetadata": {"KeyId": "x", "KeyState": "Sleeping"},
+                                                   "ResponseMetadata": meta})
+    with pytest.raises(AssertionError):
+        awsmodel.validate_response("EnableKey", {"Unexpected": True, "ResponseMetadata": meta})
