@@ -85,7 +85,7 @@ def test_aws_disable_key_is_seen_at_the_next_check(moto_env, make_volume, mounte
     assert m.status()["state"] == "available"
     m.control({"op": "set-clock", "advance": 61})
     try:
-        m.wait_state("inaccessible-encryption-credentials-recoverable", timeout=5)
+        m.wait_state("inaccessible-encryption-credentials-recoverable", timeout=2)
     except AssertionError:
         pytest.xfail("moto does not refuse GenerateDataKeyWithoutPlaintext on a disabled key")
     finally:

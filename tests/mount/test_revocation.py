@@ -47,6 +47,8 @@ def _assert_cut_off(m, fd):
     _eio(os.pread, fd, 4096, 0)
     _eio(os.pwrite, fd, b"x", 0)
     _eio(os.fsync, fd)
+    _eio(os.stat, m.file)
+    assert os.listdir(m.mountpoint) == [os.path.basename(m.file)]  # the directory stays listable
     try:
         os.close(fd)
     except OSError:

@@ -57,8 +57,7 @@ def clean_stale_mountpoint(mountpoint: str) -> None:
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             raise UsageError(f"mount point {mountpoint} does not exist; create the directory first") from None
-        else:
-            raise
+        raise UsageError(f"cannot use mount point {mountpoint}: {exc.strerror}") from None
     if not os.path.isdir(mountpoint):
         raise UsageError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):

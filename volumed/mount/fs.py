@@ -94,7 +94,8 @@ class VolumeFS(pyfuse3.Operations):
 
     @fuse_errors
     async def getattr(self, inode, ctx=None):
-        self.latch.check_serving()
+        if inode != ROOT_INODE:  # the directory stays listable after revocation; the file does not
+            self.latch.check_serving()
         return self._attrs(inode)
 
     @fuse_errors
@@ -114,7 +115,6 @@ class VolumeFS(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh, start_id, token):
-        self.latch.check_serving()
         if start_id < 1:
             pyfuse3.readdir_reply(token, self.name, self._attrs(FILE_INODE), 1)
 
@@ -181,7 +181,6 @@ class VolumeFS(pyfuse3.Operations):
 
     @fuse_errors
     async def statfs(self, ctx):
-        self.latch.check_serving()
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         s.f_blocks = self.size // 4096
