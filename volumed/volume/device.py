@@ -23,7 +23,7 @@ import os
 import uuid as _uuid
 
 from volumed.cipher import GcmCipher, XtsCipher
-from volumed.errors import FormatError, KeyAccessError, StateError, UsageError, VolumedError
+from volumed.errors import FormatError, IntegrityError, KeyAccessError, StateError, UsageError, VolumedError
 from volumed.volume import gcmformat, luks2
 from volumed.volume.backing import BackingFile
 from volumed.volume.gcmstore import GcmStore, aad_prefix, init_groups
@@ -251,7 +251,8 @@ class Volume:
             if h.cipher == "xts":
                 salt, digest = extras
                 if luks2.volume_key_digest(key, salt) != digest:
-                    raise VolumedError(f"the LUKS2 digest of {path} does not match its volume key")
+                    raise IntegrityError(f"the LUKS2 digest of {path} does not match its volume key: "
+                                         "the header was altered (other LUKS2 tools would refuse the key)")
                 cipher = XtsCipher(key)
                 store = XtsStore(backing, h, cipher)
                 vol = cls(path, h, backing, store, cipher, mac_key, extras)
