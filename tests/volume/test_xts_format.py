@@ -208,3 +208,13 @@ def test_foreign_luks2_and_newer_version(tmp_path, make_volume):
     b.close()
     with pytest.raises(FormatError, match="newer than this volumed supports"):
         Volume.read_header(path)
+
+
+def test_altered_luks_digest_refuses_to_open(make_volume, kms):
+    path = make_volume("xts", size=8 << 20)
+    b = BackingFile(path)
+    h, salt, digest, _ = luks2.decode(lambda o, n: bytes(b.pread(o, n)))
+    b.pwrite(0, luks2.encode(h, salt, bytes(32)))
+    b.close()
+    with pytest.raises(IntegrityError, match="LUKS2 digest"):
+        Volume.open(path, kms=kms)
