@@ -217,3 +217,58 @@ def test_ext4_on_loop_device(kms_env, make_volume, mounter, tmp_path):
             assert (fsmnt / name).read_bytes() == data
     finally:
         subprocess.run(["umount", str(fsmnt)], check=True, timeout=60)
+
+
+def test_gcm_tampered_sector_is_eio_and_logged(kms_env, make_volume, mounter):
+    from volumed.mount import paths
+
+    vol = make_volume(kms_env, size=16 * MiB, cipher="gcm")
+    m = mounter(kms_env, vol)
+    with open(m.file, "r+b") as f:
+        f.write(random.Random(5).randbytes(16 * 4096))
+        f.flush()
+        os.fsync(f.fileno())
+    # Sector 5's data pages (both slots; docs/FORMAT.md "GCM volumes"): flip one bit in each.
+    fd = os.open(vol, os.O_RDWR)
+    try:
+        for slot in (0, 1):
+            pos = 32768 + 4096 * (1 + 72 * slot + 5) + 100
+            b = os.pread(fd, 1, pos)
+            os.pwrite(fd, bytes([b[0] ^ 1]), pos)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        direct_read(m.file, 5 * 4096, 4096)
+    assert info.value.errno == 5
+    assert direct_read(m.file, 4 * 4096, 4096) == random.Random(5).randbytes(16 * 4096)[4 * 4096:5 * 4096]
+    with kms_env.in_process():
+        log = paths.log_path(paths.mount_id(m.mountpoint)).read_text()
+    assert "integrity" in log.lower() and "5" in log
+    assert m.status()["state"] == "available"   # a bad sector is not a key problem
+
+
+def test_sqlite_database_on_ext4_on_the_mount(kms_env, make_volume, mounter, tmp_path):
+    import sqlite3
+
+    vol = make_volume(kms_env, size=64 * MiB)
+    m = mounter(kms_env, vol)
+    subprocess.run(["mkfs.ext4", "-q", "-F", m.file], check=True, timeout=60)
+    fsmnt = tmp_path / "db"
+    fsmnt.mkdir()
+    for round_ in range(2):
+        subprocess.run(["mount", "-o", "loop", m.file, str(fsmnt)], check=True, timeout=60)
+        try:
+            db = sqlite3.connect(fsmnt / "orders.db")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT)")
+            with db:
+                db.executemany("INSERT INTO orders (item) VALUES (?)", [(f"item{i}",) for i in range(2000)])
+            assert db.execute("SELECT count(*) FROM orders").fetchone()[0] == 2000 * (round_ + 1)
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            db.close()
+        finally:
+            subprocess.run(["umount", str(fsmnt)], check=True, timeout=60)
+        kms_env.run("unmount", m.mountpoint)
+        m = mounter(kms_env, vol, mountpoint=m.mountpoint)
+    subprocess.run(["e2fsck", "-fn", m.file], check=True, timeout=60, capture_output=True)
