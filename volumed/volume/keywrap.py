@@ -13,10 +13,10 @@ from __future__ import annotations
 from volumed.errors import KeyAccessError
 
 _HINTS = {
-    "AccessDeniedException": "the caller has no permission or grant for this key",
-    "DisabledException": "the KMS key is disabled",
-    "KMSInvalidStateException": "the KMS key is not usable (pending deletion or import)",
-    "NotFoundException": "the KMS key does not exist",
+    "AccessDeniedException": "the caller has no permission or grant for this key (check the key policy and grants)",
+    "DisabledException": "the KMS key is disabled (enable it to use this volume)",
+    "KMSInvalidStateException": "the KMS key is not usable, e.g. pending deletion (cancel the deletion to use this volume)",
+    "NotFoundException": "the KMS key does not exist (check --key or the header's key ARN)",
     "InvalidCiphertextException": "the wrapped key or encryption context does not match (wrong key or context)",
     "IncorrectKeyException": "the wrapped key was made under a different KMS key",
     "InvalidGrantTokenException": "the grant token is invalid",
