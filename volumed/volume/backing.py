@@ -145,7 +145,8 @@ class RecordingBackingFile(BackingFile):
 
 @dataclasses.dataclass
 class PowerCutReport:
-    """What simulate_power_cut did: writes recorded since the last flush, and how many it undid."""
+    """What simulate_power_cut did: ``writes`` recorded since the last flush; ``dropped`` of them
+    lost wholly or in part; ``torn`` of them kept in part; ``pages_dropped`` 4 KiB pieces undone."""
 
     writes: int
     dropped: int
@@ -205,18 +206,16 @@ def simulate_power_cut(path, journal_path, mode: str = "all", seed=None) -> Powe
         for i, (off, old) in enumerate(recs):
             for poff, pln in _pieces(off, len(old)):
                 history.setdefault((poff, pln), []).append((i, old[poff - off:poff - off + pln]))
-        torn = 0
         pages_dropped = 0
-        torn_writes: set[int] = set()
         piece_keep: dict[tuple[int, int, int], bool] = {}
         for (poff, pln), hist in history.items():
             for i, _old in hist:
                 k = keep_write[i]
                 if mode == "torn" and len(recs[i][1]) > PAGE:
                     k = rng.random() < 0.5
-                    if k != keep_write[i]:
-                        torn_writes.add(i)
                 piece_keep[(i, poff, pln)] = k
+        if piece_keep and all(piece_keep.values()):  # a power cut that loses nothing proves nothing
+            piece_keep[rng.choice(sorted(piece_keep))] = False
         for (poff, pln), hist in sorted(history.items()):
             # Pieces overlapping differently-aligned writes are handled per exact piece; our
             # writers are page-aligned, so pieces coincide.
@@ -230,15 +229,18 @@ def simulate_power_cut(path, journal_path, mode: str = "all", seed=None) -> Powe
                     pages_dropped += 1
             if final != cur:
                 _restore(fd, poff, final)
-        torn = len(torn_writes)
         os.ftruncate(fd, size)
         os.fdatasync(fd)
     finally:
         os.close(fd)
-    os.unlink(journal_path) if os.path.exists(journal_path) else None
-    dropped = sum(1 for i in range(n) if not keep_write[i])
-    return PowerCutReport(writes=n, dropped=dropped if mode != "torn" else max(dropped, 0),
-                          torn=torn, pages_dropped=pages_dropped, mode=mode)
+    if os.path.exists(journal_path):
+        os.unlink(journal_path)
+    kept: dict[int, set[bool]] = {}
+    for (i, _poff, _pln), k in piece_keep.items():
+        kept.setdefault(i, set()).add(k)
+    dropped = sum(1 for ks in kept.values() if False in ks)   # writes not (wholly) kept
+    torn = sum(1 for ks in kept.values() if ks == {True, False})  # partly kept, partly dropped
+    return PowerCutReport(writes=n, dropped=dropped, torn=torn, pages_dropped=pages_dropped, mode=mode)
 
 
 def _pread(fd: int, off: int, ln: int) -> bytes:
