@@ -87,6 +87,21 @@ def _open_backing(path, readonly: bool = False) -> BackingFile:
         raise VolumedError(f"cannot open volume {path}: {exc.strerror}") from None
 
 
+def _publish(tmp: str, path: str) -> None:
+    """Give the finished file ``tmp`` its name ``path`` without ever replacing an existing file
+    (a hard link; where the file system has none, a rename after checking). Callers: create, export."""
+    import errno
+
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists", path) from None
+        os.rename(tmp, path)
+
+
 def _lock_exclusive(backing, path: str) -> None:
     """One open Volume per backing file (flock, released when the process dies). Two writers
     would reserve the same GCM nonces and undo each other's header updates."""
@@ -189,7 +204,7 @@ class Volume:
             backing.fdatasync()
             backing.close()
             backing = None
-            os.link(tmp, path)  # never replaces an existing file
+            _publish(tmp, path)
         except FileExistsError:
             raise UsageError(f"{path} already exists: choose a new path (volumed never overwrites a file)") from None
         except OSError as exc:

@@ -44,7 +44,9 @@ def export_luks(vol, out) -> None:
                 dst.pwrite(base + first * ss, mv)
         dst.fdatasync()
         dst.close()
-        os.link(tmp, out)
+        from volumed.volume.device import _publish
+
+        _publish(tmp, out)
     finally:
         dst.close()
         if os.path.exists(tmp):
