@@ -128,25 +128,22 @@ class Mount:
 
 def teardown_mount(mountpoint: Path, pid: int | None) -> None:
     """Best-effort: detach loop devices on the file, unmount, kill the daemon, lazy-unmount."""
-    out = subprocess.run(["losetup", "-j", str(mountpoint / "x")], capture_output=True, text=True)
     lo = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     for line in lo.splitlines():
         if str(mountpoint) in line:
             dev = line.split(":", 1)[0]
             subprocess.run(["umount", "-l", dev], capture_output=True)
             subprocess.run(["losetup", "-d", dev], capture_output=True)
-    del out
     if pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+        from volumed.mount.client import _pid_alive
+
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        else:
+        if _pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
@@ -221,7 +218,10 @@ def mounter():
         env, mp = entry[0], entry[1]
         pid = entry[2] if len(entry) > 2 else None
         if pid:
-            subprocess.run(VOLUMED + ["unmount", str(mp)], env=env.env, cwd=ROOT, capture_output=True, timeout=30)
+            from volumed.mount import client
+
+            with env.in_process(), contextlib.suppress(Exception):
+                client.unmount(str(mp), timeout=20)
         teardown_mount(mp, pid)
 
 

@@ -19,8 +19,13 @@ from pathlib import Path
 def run_dir() -> Path:
     """The run directory, created 0700 (root-only) if missing."""
     d = Path(os.environ.get("VOLUMED_RUN_DIR", "/run/volumed"))
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+    except PermissionError:
+        from volumed.errors import UsageError
+
+        raise UsageError(f"mounts are managed by root ({d} is root-only); run as root") from None
     return d
 
 
