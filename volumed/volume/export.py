@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from volumed.errors import UsageError
+from volumed.errors import UsageError, VolumedError
 from volumed.volume.backing import BackingFile
 from volumed.volume.ranges import runs, zero_sectors
 
@@ -26,7 +26,10 @@ def export_luks(vol, out) -> None:
     if os.path.lexists(out):
         raise UsageError(f"{out} already exists: choose a new output path")
     tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.exporting-{os.getpid()}")
-    dst = BackingFile(tmp, create=True)
+    try:
+        dst = BackingFile(tmp, create=True)
+    except OSError as exc:
+        raise VolumedError(f"cannot export to {out}: {exc.strerror}") from None
     try:
         with vol._locks.exclusive():
             store = vol._live()
@@ -47,6 +50,10 @@ def export_luks(vol, out) -> None:
         from volumed.volume.device import _publish
 
         _publish(tmp, out)
+    except FileExistsError:
+        raise UsageError(f"{out} already exists: choose a new output path") from None
+    except OSError as exc:
+        raise VolumedError(f"cannot export {vol.path} to {out}: {exc.strerror}") from None
     finally:
         dst.close()
         if os.path.exists(tmp):
