@@ -127,3 +127,27 @@ def test_mount_helper_for_mount_t_fuse_volumed(kms_env, make_volume, tmp_path):
         subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
         if installed:
             os.unlink(helper)
+
+
+def test_foreground_mount_serves_until_unmounted(kms_env, make_volume, tmp_path):
+    from tests.mount.conftest import VOLUMED, teardown_mount
+
+    vol = make_volume(kms_env, size=16 * MiB)
+    mp = tmp_path / "fg"
+    mp.mkdir()
+    proc = subprocess.Popen(VOLUMED + ["mount", "--foreground", str(vol), str(mp)], env=kms_env.env,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        file = proc.stdout.readline().strip()
+        assert file.startswith(str(mp)) and os.path.getsize(file) == 16 * MiB
+        with open(file, "r+b") as f:
+            f.write(b"foreground")
+            f.flush()
+            os.fsync(f.fileno())
+        kms_env.run("unmount", mp)
+        assert proc.wait(timeout=30) == 0
+        assert not os.path.ismount(mp)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        teardown_mount(mp, None)
