@@ -105,6 +105,12 @@ def test_mount_refusals_are_one_line(kms_env, make_volume, mounter, tmp_path):
     assert m.status()["state"] == "available"
     p = kms_env.run("unmount", other, check=False)
     assert p.returncode == 2 and "not a volumed mount" in p.stderr
+    kms_env.run("unmount", m.mountpoint)
+    env = dict(kms_env.env, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1")
+    p = subprocess.run([sys.executable, "-m", "volumed", "mount", str(vol), str(other), "--kms",
+                        "http://127.0.0.1:1"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "did not answer" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert not os.path.ismount(other)
 
 
 def test_mount_helper_for_mount_t_fuse_volumed(kms_env, make_volume, tmp_path):

@@ -11,7 +11,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from volumed.errors import KeyAccessError
+from volumed.errors import KeyAccessError, VolumedError
 from volumed.mount import keyservice
 
 # What the host needs, and no more: Decrypt to unwrap the data key at open; the monitor's check is a
@@ -71,12 +71,23 @@ def create_grant(user_client, *, key_arn: str, context: dict, volume_uuid: str,
     except Exception as exc:
         code = keyservice.error_code(exc)
         if code is None:
+            if keyservice.classify(exc) == "transient" and _is_service_failure(exc):
+                raise VolumedError(f"cannot attach {volume_name}: the key service did not answer "
+                                   f"({keyservice.error_message(exc)}); check --kms and try again",
+                                   code="KMSUnreachable") from None
             raise
         raise KeyAccessError(
             f"cannot attach {volume_name}: {keyservice.error_message(exc)} "
             f"(attaching needs kms:DescribeKey and kms:CreateGrant on {key_arn} for your principal, "
             f"and an enabled key)", code=code) from None
     return Grant(resp["GrantId"], resp["GrantToken"], arn, host)
+
+
+def _is_service_failure(exc: BaseException) -> bool:
+    """True for failures to reach the key service (connection, timeout), not bugs."""
+    from botocore.exceptions import BotoCoreError
+
+    return isinstance(exc, (BotoCoreError, OSError))
 
 
 def retire_grant(host_client, grant: Grant) -> str | None:

@@ -174,7 +174,8 @@ class Daemon:
                 self.clock.set(float(msg["time"]))
             if "advance" in msg:
                 self.clock.advance(float(msg["advance"]))
-            self.monitor.request_check() if msg.get("check") else None
+            if msg.get("check"):
+                self.monitor.request_check()
             return {"ok": True, "time": self.clock.time()}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
