@@ -157,3 +157,33 @@ def test_user_without_create_grant_cannot_attach(kms_env, make_volume, mounter):
     assert getattr(p, "returncode", 0) != 0, "attached without kms:CreateGrant"
     assert "AccessDeniedException" in p.stderr and "CreateGrant" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_revocation_under_ext4_fails_direct_io_through_the_loop_device(kms_env, make_volume, mounter,
+                                                                      tmp_path):
+    import subprocess
+
+    from tests.mount.conftest import teardown_mount
+
+    m = mounter(kms_env, make_volume(kms_env, size=64 * MiB))
+    subprocess.run(["mkfs.ext4", "-q", "-F", m.file], check=True, timeout=60)
+    fsmnt = tmp_path / "ext4"
+    fsmnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", m.file, str(fsmnt)], check=True, timeout=60)
+    try:
+        (fsmnt / "table.dat").write_bytes(random.Random(3).randbytes(4 * MiB))
+        subprocess.run(["sync"], check=True)
+        key = m.status()["key_arn"]
+        kms_client(kms_env).disable_key(KeyId=key)
+        m.wait_state(RECOVERABLE, timeout=1.0)
+        # The loop device's reads reach the mount: O_DIRECT through ext4 fails.
+        _eio(direct_read, fsmnt / "table.dat", 0, MiB)
+        # New data cannot reach the volume: fsync of a write fails.
+        with open(fsmnt / "new.dat", "wb") as f:
+            f.write(b"x" * 65536)
+            f.flush()
+            with pytest.raises(OSError):
+                os.fsync(f.fileno())
+    finally:
+        subprocess.run(["umount", str(fsmnt)], capture_output=True, timeout=60)
+        teardown_mount(m.mountpoint, None)  # detaches the loop device

@@ -97,7 +97,7 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
     header = Volume.read_header(volume)
     uuid, key_arn = header.uuid, header.key_arn
     clock = FakeClock(fake_time) if fake_time is not None else SYSTEM_CLOCK
-    check_record(uuid, volume, now=clock.time(), window=recovery_window)
+    record = check_record(uuid, volume, now=clock.time(), window=recovery_window)
     clean_stale_runtime()
     clean_stale_mountpoint(mountpoint)
     region, _ = keyservice.arn_parts(key_arn)
@@ -106,12 +106,17 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
         grant = attach.create_grant(user, key_arn=key_arn, context=dict(header.context),
                                     volume_uuid=uuid, volume_name=volume)
     except VolumedError as exc:
-        if exc.code == "NotFoundException" and VolumeRecord.load(paths.volume_state_path(uuid)).revoked_at:
-            VolumeRecord(TERMINAL, VolumeRecord.load(paths.volume_state_path(uuid)).revoked_at,
-                         "key deleted", key_arn).save(paths.volume_state_path(uuid))
+        # A revoked volume whose key is now gone is terminal. (A key not found for a volume never
+        # revoked is only reported: a wrong --kms gives the same answer.)
+        if exc.code == "NotFoundException" and record.revoked_at is not None:
+            VolumeRecord(TERMINAL, record.revoked_at, "key deleted", key_arn).save(
+                paths.volume_state_path(uuid))
         raise
+    kms_spec = str(kms_spec)
+    if kms_spec != "aws" and not kms_spec.startswith(("http://", "https://")):
+        kms_spec = os.path.abspath(kms_spec)  # the daemon runs from /
     cfg = MountConfig(volume=os.path.realpath(volume), mountpoint=paths.real_mountpoint(mountpoint),
-                      kms=str(kms_spec), grant=grant.to_json(), allow_faults=allow_faults,
+                      kms=kms_spec, grant=grant.to_json(), allow_faults=allow_faults,
                       recovery_window=recovery_window, grace=grace, interval=interval,
                       fake_time=fake_time, recording_journal=recording_journal)
     if foreground:

@@ -318,6 +318,7 @@ def main() -> int:
     """Entry point of ``python -m volumed.mount.daemon`` (started by volumed.mount.client)."""
     _setup_logging()
     cfg = MountConfig(**json.loads(sys.stdin.readline()))
+    os.chdir("/")  # keep no file system busy
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     out = os.fdopen(os.dup(1), "w")
