@@ -67,9 +67,10 @@ class KeyMonitor:
         self._wake.set()
 
     async def run(self) -> None:
-        """Loop until cancelled. Never raises for a key-service failure."""
-        if self.counter is not None:
-            self._last_counter = await self._read_counter()
+        """Loop until cancelled. Never raises for a key-service failure. Starts with a real check
+        (which also takes the counter's baseline), so a change between the volume's open and the
+        monitor's start is not missed."""
+        await self.run_check()
         while True:
             with trio.move_on_after(self.poll):
                 await self._wake.wait()
