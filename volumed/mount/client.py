@@ -22,6 +22,7 @@ UNMOUNT_TIMEOUT = 30.0
 
 
 def _lazy_unmount(mountpoint: str) -> None:
+    """``fusermount3 -uz``: detach the mount now, whatever still uses it."""
     subprocess.run(["fusermount3", "-uz", mountpoint], check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -125,6 +126,7 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
 
 
 def _foreground(cfg, out) -> int:
+    """Serve in this process (``--foreground``); returns when unmounted."""
     from volumed.mount import daemon
 
     daemon._setup_logging()
@@ -142,6 +144,8 @@ def _foreground(cfg, out) -> int:
 
 
 def _background(cfg, out) -> int:
+    """Start the daemon in its own session, hand it the configuration on stdin, and wait for its
+    readiness line on stdout (the daemon's log goes to the run directory)."""
     import dataclasses
 
     mid = paths.mount_id(cfg.mountpoint)
@@ -168,6 +172,7 @@ def _background(cfg, out) -> int:
 
 
 def _read_line(proc, timeout: float) -> bytes:
+    """One line from the daemon's stdout, or b"" on EOF or timeout."""
     import selectors
 
     sel = selectors.DefaultSelector()

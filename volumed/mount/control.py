@@ -58,6 +58,7 @@ async def serve(path, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
 
 async def _session(conn, handler) -> None:
+    """One client connection: refuse non-root peers, then answer request lines until EOF."""
     with conn:
         if peer_uid(conn) != 0:
             await conn.send(b'{"ok": false, "error": "control channel is for root only"}\n')

@@ -118,6 +118,7 @@ class Daemon:
         self._nursery.start_soon(self._revoke_actions)
 
     async def _revoke_actions(self) -> None:
+        """Wipe the key, then drop the kernel's cached pages and attributes of the file."""
         await trio.to_thread.run_sync(self.volume.wipe_key)
         log.info("data key wiped")
         try:
@@ -180,6 +181,7 @@ class Daemon:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     async def _signals(self) -> None:
+        """SIGTERM/SIGINT unmount cleanly (as ``volumed unmount`` does)."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
             async for sig in sigs:
                 log.info("signal %d: unmounting", sig)
@@ -213,11 +215,14 @@ class Daemon:
 
 
 async def _call_soon(fn) -> None:
+    """Call ``fn()`` once the loop has run everything already scheduled (the FUSE workers)."""
     await trio.sleep(0)
     fn()
 
 
 def _lock_volume(uuid: str):
+    """Take the per-volume lock (held for the daemon's life; released by the kernel when it dies).
+    Raises StateError if another daemon on this host serves the volume."""
     fd = os.open(paths.volume_lock_path(uuid), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -228,6 +233,8 @@ def _lock_volume(uuid: str):
 
 
 def _open_backing(cfg: MountConfig):
+    """The test-only recording backing file (--test-recording-journal, needs --allow-faults), or
+    None for the Volume's own."""
     if not cfg.recording_journal:
         return None
     if not cfg.allow_faults:
@@ -297,6 +304,7 @@ def serve(cfg: MountConfig, ready) -> None:
 
 
 def _abort(daemon, mounted, lock_fd) -> None:
+    """Undo a start that failed: wipe the key, unmount, drop the lock."""
     if daemon is not None:
         try:
             daemon.volume.wipe_key()
@@ -310,6 +318,7 @@ def _abort(daemon, mounted, lock_fd) -> None:
 
 
 def _setup_logging() -> None:
+    """The daemon logs to stderr (the run directory's <id>.log for background daemons)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s volumed-mount[%(process)d] %(levelname)s %(message)s")
 

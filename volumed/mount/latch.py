@@ -151,10 +151,12 @@ class AccessLatch:
         return was_serving
 
     def _set(self, state: str, reason: str) -> None:
+        """Change state (caller holds the lock) and log it: state changes go to the daemon's log."""
         self.state, self.reason, self.since = state, reason, self.clock.time()
         log.warning("state -> %s (%s)", state, reason)
 
     def _persist(self) -> None:
+        """Write the volume's record (state, revocation time, reason)."""
         if self.record_path is not None:
             VolumeRecord(self.state, self.revoked_at, self.reason, self.key_arn).save(self.record_path)
 
