@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+from tests.mount.conftest import kms_client
+
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 
 
@@ -21,5 +23,15 @@ def test_mount_read_write_unmount(which, request, make_volume, mounter):
     st = m.status()
     assert st["state"] == "available"
     assert st["bytes_written"] == 5000
+    # The attach created one grant to the host, constrained to the volume's context.
+    admin = kms_client(env)
+    key_id = st["key_arn"].rsplit("/", 1)[-1]
+    grants = {g["GrantId"]: g for g in admin.list_grants(KeyId=key_id)["Grants"]}
+    g = grants[st["grant_id"]]
+    assert g["GranteePrincipal"] == g["RetiringPrincipal"] == st["host_principal"]
+    assert set(g["Operations"]) == {"Decrypt", "GenerateDataKeyWithoutPlaintext"}
+    assert g["Constraints"]["EncryptionContextSubset"] == st["encryption_context"]
     env.run("unmount", m.mountpoint)
     assert not os.path.ismount(m.mountpoint)
+    # Unmount retired it.
+    assert st["grant_id"] not in {g["GrantId"] for g in admin.list_grants(KeyId=key_id)["Grants"]}
