@@ -124,3 +124,17 @@ def test_aws_checks_on_the_interval_only(tmp_path):
         await mon.tick()
         assert svc.calls == 1
     trio.run(main)
+
+
+def test_a_check_that_never_answers_is_transient(tmp_path):
+    import threading
+
+    async def main():
+        mon, svc, latch, clock, closed = _monitor(tmp_path)
+        release = threading.Event()
+        mon.check = lambda: release.wait(10)
+        mon.check_timeout = 0.2
+        await mon.run_check()
+        release.set()
+        assert latch.state == KMS_UNREACHABLE and "did not answer" in latch.reason
+    trio.run(main)

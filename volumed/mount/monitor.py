@@ -15,7 +15,9 @@ Outcomes (volumed.mount.keyservice.classify):
   ok         -> latch.mark_ok()
   revoked    -> latch closed, state inaccessible-encryption-credentials-recoverable
   deleted    -> latch closed, state inaccessible-encryption-credentials (terminal)
-  transient  -> kms-unreachable since T; retried with exponential backoff (from ``backoff`` up to
+  transient  -> (also: no answer within ``check_timeout`` seconds of real time, e.g. a keystore
+                locked by another process, an endpoint that accepts but never answers)
+                kms-unreachable since T; retried with exponential backoff (from ``backoff`` up to
                 ``interval``); after ``grace`` seconds without a successful check the latch closes
                 (recoverable: the host can no longer show it may use the key).
 While closed-recoverable the monitor keeps watching: a completed deletion makes it terminal, and so
@@ -45,7 +47,7 @@ class KeyMonitor:
 
     def __init__(self, *, check, counter, latch, clock, interval: float | None = None,
                  grace: float = DEFAULT_GRACE, window: float, poll: float = 0.1,
-                 backoff: float = 0.5):
+                 backoff: float = 0.5, check_timeout: float = 10.0):
         self.check = check
         self.counter = counter
         self.latch = latch
@@ -55,6 +57,7 @@ class KeyMonitor:
         self.window = window
         self.poll = poll
         self.backoff = backoff
+        self.check_timeout = check_timeout
         self.failures = 0
         self.checks = 0
         self._last_counter = None
@@ -106,7 +109,11 @@ class KeyMonitor:
         """Run the real check once and act on its outcome."""
         self.checks += 1
         try:
-            await trio.to_thread.run_sync(self.check)
+            with trio.fail_after(self.check_timeout):
+                await trio.to_thread.run_sync(self.check, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            self._transient(TimeoutError(f"the key check did not answer within {self.check_timeout:.0f}s"))
+            return
         except Exception as exc:
             kind = keyservice.classify(exc)
             if kind == "transient":
