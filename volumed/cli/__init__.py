@@ -22,6 +22,7 @@ GROUPS = [
     "volumed.cli.iam_cmd",
     "volumed.cli.volume_cmd",
     "volumed.cli.mount_cmd",
+    "volumed.cli.snapshot_cmd",
 ]
 
 

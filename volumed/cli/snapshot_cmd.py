@@ -1,0 +1,247 @@
+"""`volumed snapshot create|list|describe|delete|copy|share`, `volumed restore`, `volumed delete`.
+
+The snapshot store is ``--store SPEC`` (a directory or s3://BUCKET/PREFIX), else
+$VOLUMED_SNAPSHOT_STORE, else ``snapshots`` next to the embedded keystore. The user calls KMS
+through RDS, as for volume commands. Every command prints one clear line on bad input and exits
+non-zero with nothing changed; ``--json`` prints AWS-shaped JSON (EBS DescribeSnapshots fields).
+"""
+
+from __future__ import annotations
+
+import os
+
+from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
+
+PROGRESS_MIN_CHUNKS = 1024  # show a progress bar from 64 MiB of snapshot up
+
+
+def _kms(args):
+    from volumed.kms.principals import rds_via
+
+    region = next((os.environ[v] for v in ("VOLUMED_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+                   if os.environ.get(v)), "us-east-1")
+    return kms_client(args, via_service=rds_via(region))
+
+
+def _store(args):
+    from volumed.snapshot.store import open_store
+
+    return open_store(args.store, kms_spec=args.kms)
+
+
+def _add_common(p) -> None:
+    p.add_argument("--store", metavar="SPEC", default=None,
+                   help="snapshot store: a directory or s3://BUCKET/PREFIX (default: "
+                        "$VOLUMED_SNAPSHOT_STORE, else 'snapshots' next to the keystore)")
+    add_kms_options(p)
+    add_json_option(p)
+
+
+class _Progress:
+    """A rich progress bar on stderr for long operations (shown when ``enabled``)."""
+
+    def __init__(self, label: str, mode: str):
+        self.label, self.mode = label, mode
+        self.bar = self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if self.mode == "never" or (self.mode == "auto" and total < PROGRESS_MIN_CHUNKS):
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                TaskProgressColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True))
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _with_progress(args, label: str, fn):
+    prog = _Progress(label, args.progress)
+    try:
+        return fn(prog)
+    finally:
+        prog.close()
+
+
+def _print_snapshot(args, m, extra: str = "") -> None:
+    from volumed.snapshot.engine import describe
+
+    d = describe(m)
+    if args.json:
+        print_json(d)
+        return
+    print(f"{d['SnapshotId']}  {d['VolumeId']}  {d['StartTime']}  {d['KmsKeyId']}  "
+          f"stored {d['StoredBytes']} bytes{extra}")
+
+
+def cmd_create(args) -> int:
+    from volumed.snapshot.engine import create_snapshot
+
+    m = _with_progress(args, "snapshot", lambda p: create_snapshot(
+        args.volume, kms=_kms(args), store=_store(args), description=args.description, progress=p))
+    _print_snapshot(args, m)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from volumed.snapshot import catalog
+    from volumed.snapshot.engine import describe
+
+    snaps = [describe(m) for m in catalog.all_manifests(_store(args))]
+    if args.volume:
+        snaps = [d for d in snaps if args.volume in (d["VolumeId"], d["VolumeUuid"], d["DbId"])]
+    if args.json:
+        print_json({"Snapshots": snaps})
+        return 0
+    if not snaps:
+        print("no snapshots")
+    for d in snaps:
+        print(f"{d['SnapshotId']}  {d['VolumeId']}  {d['StartTime']}  {d['Cipher']}  "
+              f"{d['VolumeSize']} bytes  stored {d['StoredBytes']}"
+              + (f"  copy of {d['SourceSnapshotId']}" if d["SourceSnapshotId"] else "")
+              + (f"  shared with {','.join(d['SharedWith'])}" if d["SharedWith"] else ""))
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from volumed.snapshot import catalog
+    from volumed.snapshot.engine import describe
+
+    d = describe(catalog.load(_store(args), args.snapshot))
+    if args.json:
+        print_json(d)
+    else:
+        for k, v in d.items():
+            print(f"{k + ':':<18} {v}")
+    return 0
+
+
+def cmd_delete_snapshot(args) -> int:
+    from volumed.snapshot.engine import delete_snapshot
+
+    freed = delete_snapshot(_store(args), args.snapshot, kms=_kms(args))
+    if args.json:
+        print_json({"SnapshotId": args.snapshot, "Deleted": True, "FreedBytes": freed})
+    else:
+        print(f"deleted {args.snapshot} ({freed} bytes freed; other snapshots keep their chunks)")
+    return 0
+
+
+def cmd_copy(args) -> int:
+    from volumed.snapshot.engine import copy_snapshot
+
+    m = _with_progress(args, "copy", lambda p: copy_snapshot(
+        _store(args), args.snapshot, kms=_kms(args), key_id=args.key, description=args.description,
+        progress=p))
+    _print_snapshot(args, m, f"  (copy of {args.snapshot})")
+    return 0
+
+
+def cmd_share(args) -> int:
+    from volumed.snapshot.engine import share_snapshot
+
+    m, hint = share_snapshot(_store(args), args.snapshot, args.account, kms=_kms(args))
+    if args.json:
+        print_json({"SnapshotId": args.snapshot, "SharedWith": m["shared_with"], "KeyPolicyNeeded": hint})
+    else:
+        print(f"shared {args.snapshot} with account {args.account}; {hint}")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from volumed.snapshot.restore import restore_snapshot
+
+    h = _with_progress(args, "restore", lambda p: restore_snapshot(
+        _store(args), args.snapshot, args.volume, kms=_kms(args), key_id=args.key,
+        ebs_id=args.ebs_id, db_id=args.db_id, progress=p))
+    if args.json:
+        print_json(h.to_dict())
+    else:
+        print(f"restored {args.snapshot} to {args.volume} ({h.ebs_id}, {h.db_id}, key {h.key_arn})")
+    return 0
+
+
+def cmd_delete_volume(args) -> int:
+    from volumed.snapshot.erase import delete_volume
+
+    r = delete_volume(args.volume, kms=_kms(args))
+    if args.json:
+        print_json(r)
+    else:
+        print(f"deleted {args.volume} ({r['ebs_id']}): {r['grants_retired']} grant(s) retired, "
+              f"{r['erased_bytes']} header bytes crypto-erased")
+    return 0
+
+
+def _progress_option(p) -> None:
+    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                   help="progress bar on stderr (auto: from 64 MiB up)")
+
+
+def register(sub) -> None:
+    """Add the snapshot group, restore and delete to the ``volumed`` command."""
+    snap = sub.add_parser("snapshot", help="point-in-time, incremental, encrypted snapshots")
+    ss = snap.add_subparsers(dest="snapshot_command", metavar="SUBCOMMAND")
+    snap.set_defaults(func=lambda a: (snap.print_help(), 2)[1])
+
+    p = ss.add_parser("create", help="snapshot a volume (only changed chunks are stored)")
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("--description", default="")
+    _progress_option(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_create)
+
+    p = ss.add_parser("list", help="snapshots in the store")
+    p.add_argument("--volume", metavar="ID", default=None, help="only this volume (vol-, db- or uuid)")
+    _add_common(p)
+    p.set_defaults(func=cmd_list)
+
+    p = ss.add_parser("describe", help="one snapshot")
+    p.add_argument("snapshot", metavar="SNAP")
+    _add_common(p)
+    p.set_defaults(func=cmd_describe)
+
+    p = ss.add_parser("delete", help="delete a snapshot (the others stay restorable)")
+    p.add_argument("snapshot", metavar="SNAP")
+    _add_common(p)
+    p.set_defaults(func=cmd_delete_snapshot)
+
+    p = ss.add_parser("copy", help="copy a snapshot, under the same or another KMS key")
+    p.add_argument("snapshot", metavar="SNAP")
+    p.add_argument("--key", metavar="KEY", default=None,
+                   help="KMS key of the copy (another key: a new data key, a full copy)")
+    p.add_argument("--description", default="")
+    _progress_option(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_copy)
+
+    p = ss.add_parser("share", help="let another account copy a snapshot (customer managed keys only)")
+    p.add_argument("snapshot", metavar="SNAP")
+    p.add_argument("--account", required=True, metavar="ID", help="12-digit AWS account id")
+    _add_common(p)
+    p.set_defaults(func=cmd_share)
+
+    p = sub.add_parser("restore", help="a new volume from a snapshot")
+    p.add_argument("snapshot", metavar="SNAP")
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("--ebs-id", metavar="VOL", default=None, help="vol-... (generated when not given)")
+    p.add_argument("--db-id", metavar="DB", default=None, help="db-... (generated when not given)")
+    p.add_argument("--key", metavar="KEY", default=None,
+                   help="KMS key of the new volume (default: the snapshot's; another key: a new data key)")
+    _progress_option(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("delete", help="delete a volume: retire its grants, crypto-erase its header")
+    p.add_argument("volume", metavar="VOLUME")
+    add_kms_options(p)
+    add_json_option(p)
+    p.set_defaults(func=cmd_delete_volume)

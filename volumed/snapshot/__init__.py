@@ -1,0 +1,27 @@
+"""Snapshots of volumes: point-in-time, incremental, encrypted copies kept in a snapshot store.
+
+Modules, one concern each (format and key handling in docs/SNAPSHOTS.md):
+
+- ``ids``      snapshot ids (``snap-`` + 17 hex)
+- ``store``    the object store interface; a local directory and S3 (boto3); ``open_store(spec)``
+- ``objects``  the byte formats of manifests and chunks, with their SHA-256 checks
+- ``keys``     the snapshot's wrapped data key: context, ReEncrypt, fresh keys, unwrap
+- ``reader``   the encrypted sector records of an open volume (XTS ciphertext, GCM slot + tag)
+- ``recrypt``  records <-> plaintext under a data key (restore and copy under another key)
+- ``catalog``  listing, finding and loading manifests of a store
+- ``engine``   create, copy, share, delete of snapshots; ``latest_snapshot_hint``
+- ``restore``  a new volume from a snapshot
+- ``erase``    ``volumed delete``: retire the volume's grants, crypto-erase its header
+
+Public API: create_snapshot, copy_snapshot, share_snapshot, delete_snapshot, restore_snapshot,
+delete_volume, latest_snapshot_hint, open_store.
+"""
+
+from volumed.snapshot.engine import (copy_snapshot, create_snapshot, delete_snapshot,
+                                     latest_snapshot_hint, share_snapshot)
+from volumed.snapshot.erase import delete_volume
+from volumed.snapshot.restore import restore_snapshot
+from volumed.snapshot.store import open_store
+
+__all__ = ["create_snapshot", "copy_snapshot", "share_snapshot", "delete_snapshot",
+           "restore_snapshot", "delete_volume", "latest_snapshot_hint", "open_store"]

@@ -1,0 +1,300 @@
+"""Snapshot create, copy, share and delete; the terminal state's restore hint.
+
+A snapshot is a manifest plus content-addressed chunks (volumed.snapshot.objects). Creating one
+reads the volume's sector records (volumed.snapshot.reader) 16 sectors (64 KiB) at a time; a chunk
+already in the store (the previous snapshot of the volume has it, or any other snapshot does) is not
+stored again, so each snapshot stores only the chunks whose sectors changed, yet its manifest names
+every chunk it needs and restores on its own. Deleting a snapshot removes its manifest and then the
+chunks no remaining manifest names. Key handling: volumed.snapshot.keys.
+Callers: the CLI (volumed.cli.snapshot_cmd), the mount daemon (snapshot of a mounted volume),
+tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+from volumed.clock import SYSTEM_CLOCK
+from volumed.errors import KeyAccessError, StateError, UsageError
+from volumed.snapshot import catalog, keys, recrypt
+from volumed.snapshot.ids import new_snapshot_id
+from volumed.snapshot.objects import (MANIFEST_FORMAT, MANIFEST_VERSION, RECORD_SIZE, chunk_name,
+                                      decode_chunk, encode_chunk, manifest_name)
+from volumed.snapshot.reader import read_records
+
+CHUNK_SECTORS = 16
+MANAGED_KEY_REFUSAL = ("You can't share a snapshot that has been encrypted using the AWS managed key "
+                       "(aws/rds): copy it under a customer managed key (volumed snapshot copy SNAP "
+                       "--key KEY) and share the copy")
+
+
+def _now(clock) -> str:
+    return (clock or SYSTEM_CLOCK).now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def caller_account(kms) -> str:
+    """The AWS account of the principal ``kms`` calls as (embedded: its principal ARN; AWS: STS)."""
+    principal = getattr(kms, "principal", None)
+    if isinstance(principal, str) and principal.startswith("arn:"):
+        return principal.split(":")[4]
+    import boto3
+
+    return boto3.client("sts").get_caller_identity()["Account"]
+
+
+def chunk_count(sectors: int) -> int:
+    """Number of chunks of a volume of ``sectors`` sectors."""
+    return -(-sectors // CHUNK_SECTORS)
+
+
+def chunk_records(store, manifest: dict, ci: int) -> list:
+    """The records of chunk ``ci`` of ``manifest`` (all None for an absent chunk), verified."""
+    sectors = manifest["volume"]["size"] // 4096
+    n = min(CHUNK_SECTORS, sectors - ci * CHUNK_SECTORS)
+    digest = manifest["chunks"][ci]
+    if digest is None:
+        return [None] * n
+    recs = decode_chunk(digest, store.get(chunk_name(digest)), manifest["volume"]["cipher"],
+                        manifest["snapshot_id"])
+    if len(recs) != n:
+        from volumed.errors import IntegrityError
+
+        raise IntegrityError(f"chunk {ci} of {manifest['snapshot_id']} covers {len(recs)} sectors, "
+                             f"its manifest expects {n}")
+    return recs
+
+
+def _put_chunk(store, cipher: str, records: list, known: set) -> tuple[str | None, int]:
+    """Store a chunk unless the store has it: (digest or None, bytes newly stored)."""
+    enc = encode_chunk(cipher, records)
+    if enc is None:
+        return None, 0
+    digest, data = enc
+    if digest in known or store.exists(chunk_name(digest)):
+        return digest, 0
+    store.put(chunk_name(digest), data)
+    known.add(digest)
+    return digest, len(data)
+
+
+def _manifest(snap_id: str, vol_header, *, key_arn: str, wrapped: bytes, ctx: dict, owner: str,
+              clock, aad_uuid: str, **extra) -> dict:
+    h = vol_header
+    m = {
+        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "snapshot_id": snap_id,
+        "created": _now(clock), "state": "completed", "owner_account": owner, "shared_with": [],
+        "volume": {"uuid": h["uuid"], "ebs_id": h["ebs_id"], "db_id": h["db_id"], "cipher": h["cipher"],
+                   "size": h["size"], "sector_size": 4096, "path": h.get("path", "")},
+        "aad_uuid": aad_uuid, "key_arn": key_arn,
+        "wrapped_key": base64.b64encode(wrapped).decode(), "context": ctx,
+        "chunk_sectors": CHUNK_SECTORS, "record_size": RECORD_SIZE[h["cipher"]],
+        "parent": None, "source_snapshot": None, "chunks": [], "stored_bytes": 0, "description": "",
+    }
+    m.update(extra)
+    return m
+
+
+def snapshot_open_volume(vol, *, kms, store, clock=None, description: str = "", progress=None) -> dict:
+    """Snapshot an open Volume the caller holds still (no write runs while this reads): the
+    point-in-time is the moment the caller stopped writes. Returns the saved manifest."""
+    h = vol.header
+    snap_id = new_snapshot_id()
+    ctx = keys.snapshot_context(h.db_id, snap_id)
+    wrapped, arn = keys.rewrap(kms, h.wrapped_key, h.key_arn, h.context, h.key_arn, ctx)
+    owner = caller_account(kms)
+    with store.lock():
+        previous = catalog.of_volume(store, h.uuid)
+        parent = previous[-1] if previous else None
+        known = {c for c in (parent["chunks"] if parent else []) if c}
+        chunks, stored = [], 0
+        sectors = h.sectors
+        total = chunk_count(sectors)
+        for ci in range(total):
+            first = ci * CHUNK_SECTORS
+            digest, n = _put_chunk(store, h.cipher, read_records(vol, first, min(CHUNK_SECTORS, sectors - first)),
+                                   known)
+            chunks.append(digest)
+            stored += n
+            if progress:
+                progress(ci + 1, total)
+        m = _manifest(snap_id, {**vars(h), "path": vol.path}, key_arn=arn, wrapped=wrapped, ctx=ctx,
+                      owner=owner, clock=clock, aad_uuid=h.uuid, chunks=chunks, stored_bytes=stored,
+                      parent=parent["snapshot_id"] if parent else None, description=description)
+        catalog.save(store, m)
+    return m
+
+
+def create_snapshot(volume_path: str, *, kms, store, clock=None, description: str = "",
+                    progress=None) -> dict:
+    """Snapshot the unmounted volume at ``volume_path`` (opened, and so locked, for the duration).
+    A mounted volume raises StateError; its snapshot goes through the mount daemon."""
+    from volumed.volume import Volume
+
+    try:
+        vol = Volume.open(volume_path, kms=kms)
+    except StateError:
+        raise StateError(f"volume {volume_path} is mounted (or open in another volumed process): "
+                         "snapshot it through its mount, or unmount it first") from None
+    with vol:
+        return snapshot_open_volume(vol, kms=kms, store=store, clock=clock, description=description,
+                                    progress=progress)
+
+
+def check_access(manifest: dict, kms, *, for_restore: bool) -> None:
+    """The caller's account may use the snapshot: its owner may; an account it is shared with may
+    copy it but must copy it before restoring (as with EBS/RDS shared encrypted snapshots)."""
+    account = caller_account(kms)
+    if account == manifest["owner_account"]:
+        return
+    sid = manifest["snapshot_id"]
+    if account in manifest.get("shared_with", []):
+        if for_restore:
+            raise StateError(f"snapshot {sid} is shared with your account {account}: copy it first "
+                             f"(volumed snapshot copy {sid} --key YOUR_KEY) and restore the copy",
+                             code="InvalidSnapshot.Shared")
+        return
+    raise KeyAccessError(f"snapshot {sid} belongs to account {manifest['owner_account']} and is not "
+                         f"shared with your account {account}", code="AuthFailure")
+
+
+def copy_snapshot(store, snap_id: str, *, kms, key_id: str | None = None, clock=None,
+                  description: str = "", progress=None) -> dict:
+    """A new snapshot with the same data. Same KMS key: it shares the data key (ReEncrypt to the
+    new snapshot id's context) and every chunk. Another key: a new data key and every sector
+    re-encrypted (a full copy). Returns the new manifest."""
+    src = catalog.load(store, snap_id)
+    check_access(src, kms, for_restore=False)
+    cipher = src["volume"]["cipher"]
+    new_id = new_snapshot_id()
+    ctx = keys.snapshot_context(src["volume"]["db_id"], new_id)
+    src_blob = base64.b64decode(src["wrapped_key"])
+    dst_arn = keys.key_manager(kms, key_id)[0] if key_id else src["key_arn"]
+    common = dict(ctx=ctx, owner=caller_account(kms), clock=clock, aad_uuid=src["aad_uuid"],
+                  source_snapshot=snap_id, description=description or f"copy of {snap_id}")
+    with store.lock():
+        if dst_arn == src["key_arn"]:
+            wrapped, arn = keys.rewrap(kms, src_blob, src["key_arn"], src["context"], dst_arn, ctx)
+            m = _manifest(new_id, src["volume"], key_arn=arn, wrapped=wrapped,
+                          chunks=list(src["chunks"]), **common)
+        else:
+            wrapped, arn = keys.fresh(kms, dst_arn, cipher, ctx)
+            old = recrypt.make_cipher(cipher, keys.open_snapshot_key(kms, src), src["aad_uuid"])
+            new = recrypt.make_cipher(cipher, keys.open_key(kms, arn, wrapped, ctx, cipher), src["aad_uuid"])
+            try:
+                chunks, stored, known = [], 0, set()
+                total = len(src["chunks"])
+                for ci in range(total):
+                    recs = chunk_records(store, src, ci)
+                    first = ci * CHUNK_SECTORS
+                    plain = recrypt.decrypt(old, cipher, first, recs, snap_id)
+                    digest, n = _put_chunk(store, cipher, recrypt.encrypt(new, cipher, first, plain), known)
+                    plain[:] = bytes(len(plain))
+                    chunks.append(digest)
+                    stored += n
+                    if progress:
+                        progress(ci + 1, total)
+            finally:
+                old.close()
+                new.close()
+            m = _manifest(new_id, src["volume"], key_arn=arn, wrapped=wrapped, chunks=chunks,
+                          stored_bytes=stored, **common)
+        catalog.save(store, m)
+    return m
+
+
+ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
+
+
+def share_snapshot(store, snap_id: str, account: str, *, kms) -> tuple[dict, str]:
+    """Record that ``account`` may copy the snapshot; returns (manifest, what the key policy must
+    allow). Refused (StateError, nothing recorded) for a snapshot under the AWS managed key."""
+    if not ACCOUNT_RE.match(account or ""):
+        raise UsageError(f"invalid account id {account!r}: expected 12 digits")
+    m = catalog.load(store, snap_id)
+    check_access(m, kms, for_restore=True)
+    arn, manager = keys.key_manager(kms, m["key_arn"])
+    if manager == "AWS":
+        raise StateError(f"cannot share {snap_id}: {MANAGED_KEY_REFUSAL}", code="InvalidParameterValue")
+    with store.lock():
+        m = catalog.load(store, snap_id)
+        if account not in m["shared_with"]:
+            m["shared_with"] = sorted(m["shared_with"] + [account])
+            catalog.save(store, m)
+    return m, policy_hint(arn, account)
+
+
+def policy_hint(key_arn: str, account: str) -> str:
+    """The key policy statement that lets ``account`` copy a snapshot encrypted under ``key_arn``."""
+    stmt = {"Sid": f"Allow account {account} to copy shared snapshots",
+            "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+            "Action": ["kms:DescribeKey", "kms:Decrypt", "kms:ReEncrypt*", "kms:CreateGrant"],
+            "Resource": "*"}
+    return (f"the key policy of {key_arn} must allow account {account} to use the key; add this "
+            f"statement (volumed kms put-key-policy), then that account copies the snapshot under "
+            f"its own key before restoring:\n{json.dumps(stmt, indent=2)}")
+
+
+def delete_snapshot(store, snap_id: str, *, kms=None) -> int:
+    """Delete a snapshot: its manifest, then every chunk no other manifest names (other
+    snapshots stay restorable). Returns the bytes freed. If any manifest is unreadable no chunk
+    is removed (its chunks cannot be told apart), and the manifest alone goes."""
+    import logging
+
+    with store.lock():
+        m = catalog.load(store, snap_id)
+        if kms is not None:
+            check_access(m, kms, for_restore=True)
+        store.delete(manifest_name(snap_id))
+        names = [n for n in store.list("snapshots/") if n.endswith(".json")]
+        remaining = catalog.all_manifests(store)
+        if len(remaining) != len(names):
+            logging.getLogger("volumed.snapshot").warning(
+                "a manifest in %s is unreadable: unreferenced chunks were kept", store.spec)
+            return 0
+        used = {c for r in remaining for c in r["chunks"] if c}
+        freed = 0
+        for digest in {c for c in m["chunks"] if c} - used:
+            name = chunk_name(digest)
+            try:
+                freed += len(store.get(name))
+            except Exception:
+                pass
+            store.delete(name)
+        return freed
+
+
+def describe(m: dict) -> dict:
+    """The JSON view of a manifest for list/describe (no chunk list)."""
+    present = sum(1 for c in m["chunks"] if c)
+    return {
+        "SnapshotId": m["snapshot_id"], "StartTime": m["created"], "State": m["state"],
+        "VolumeId": m["volume"]["ebs_id"], "DbId": m["volume"]["db_id"],
+        "VolumeUuid": m["volume"]["uuid"], "VolumeSize": m["volume"]["size"],
+        "Cipher": m["volume"]["cipher"], "KmsKeyId": m["key_arn"], "Encrypted": True,
+        "OwnerId": m["owner_account"], "SharedWith": list(m.get("shared_with", [])),
+        "ParentSnapshotId": m.get("parent"), "SourceSnapshotId": m.get("source_snapshot"),
+        "Description": m.get("description", ""), "Chunks": len(m["chunks"]),
+        "ChunksWithData": present, "StoredBytes": m.get("stored_bytes", 0),
+    }
+
+
+def latest_snapshot_hint(volume_header, store=None) -> str | None:
+    """One sentence naming the latest snapshot of the volume and the command that restores it, or
+    None when the store has none (or cannot be read). The mount's terminal-state refusal calls it."""
+    try:
+        if store is None:
+            from volumed.snapshot.store import open_store
+
+            store = open_store()
+        snaps = catalog.of_volume(store, volume_header.uuid)
+    except Exception:  # a hint must never turn a clear refusal into another error
+        return None
+    if not snaps:
+        return None
+    latest = snaps[-1]
+    return (f"restore the latest snapshot, {latest['snapshot_id']} (taken {latest['created']}): "
+            f"volumed restore {latest['snapshot_id']} NEW_VOLUME_PATH")
+
+

@@ -1,0 +1,78 @@
+"""The snapshot's data key: which encryption context, which KMS calls.
+
+A snapshot keeps the volume's data key wrapped for the context
+``{"aws:rds:db-id": <the volume's db id>, "aws:ebs:id": <snapshot id>}`` (EBS puts the snapshot id
+in the context of a snapshot's key). Moving a wrapped key from one context to another is one
+ReEncrypt: the plaintext key never leaves the key service. A copy under another KMS key gets a
+fresh data key (GenerateDataKeyWithoutPlaintext) under the new key and the new snapshot's context.
+Unwrapping (Decrypt) happens only where sectors must be decrypted: restore under another key or to
+a GCM volume, and copies under another key. Callers: engine, restore.
+"""
+
+from __future__ import annotations
+
+from volumed.errors import KeyAccessError
+from volumed.volume.header import CONTEXT_DB, CONTEXT_EBS
+from volumed.volume.keywrap import new_wrapped_key, unwrap
+
+KEY_BYTES = {"xts": 64, "gcm": 32}
+
+
+def snapshot_context(db_id: str, snap_id: str) -> dict:
+    """The encryption context of a snapshot's wrapped data key."""
+    return {CONTEXT_DB: db_id, CONTEXT_EBS: snap_id}
+
+
+def _error_code(exc: Exception) -> str | None:
+    resp = getattr(exc, "response", None)
+    if isinstance(resp, dict):
+        return resp.get("Error", {}).get("Code")
+    return getattr(exc, "code", None) if isinstance(getattr(exc, "code", None), str) else None
+
+
+def _refused(action: str, key: str, exc: Exception) -> KeyAccessError:
+    code = _error_code(exc)
+    if code is None:
+        raise exc
+    msg = getattr(exc, "response", {}).get("Error", {}).get("Message", "") if hasattr(exc, "response") else str(exc)
+    return KeyAccessError(f"{action} with KMS key {key} failed: {code}: {msg} (check that the key "
+                          "is enabled and that your principal may use it)", code=code)
+
+
+def rewrap(kms, blob: bytes, src_arn: str, src_ctx: dict, dst_key: str, dst_ctx: dict) -> tuple[bytes, str]:
+    """ReEncrypt ``blob`` from (src_arn, src_ctx) to (dst_key, dst_ctx): (new blob, dest key ARN).
+    KMS refusals become KeyAccessError with the AWS code."""
+    try:
+        resp = kms.re_encrypt(CiphertextBlob=blob, SourceKeyId=src_arn, SourceEncryptionContext=src_ctx,
+                              DestinationKeyId=dst_key, DestinationEncryptionContext=dst_ctx)
+    except Exception as exc:
+        raise _refused("ReEncrypt of the snapshot key", src_arn, exc) from None
+    return bytes(resp["CiphertextBlob"]), str(resp["KeyId"])
+
+
+def fresh(kms, key_id: str, cipher: str, ctx: dict) -> tuple[bytes, str]:
+    """A new wrapped data key for ``cipher`` under ``key_id`` and ``ctx``: (blob, key ARN)."""
+    return new_wrapped_key(kms, key_id, KEY_BYTES[cipher], ctx)
+
+
+def open_key(kms, key_arn: str, wrapped: bytes, ctx: dict, cipher: str) -> bytearray:
+    """The plaintext data key (Decrypt of ``wrapped`` under ``key_arn`` and ``ctx``); the caller
+    hands it to a cipher (which wipes it) or wipes it."""
+    return unwrap(kms, key_arn, wrapped, ctx, expect_len=KEY_BYTES[cipher])
+
+
+def open_snapshot_key(kms, manifest: dict) -> bytearray:
+    """open_key for a snapshot's own wrapped key."""
+    import base64
+
+    return open_key(kms, manifest["key_arn"], base64.b64decode(manifest["wrapped_key"]),
+                    manifest["context"], manifest["volume"]["cipher"])
+
+
+def key_manager(kms, key_id: str) -> tuple[str, str]:
+    """(key ARN, KeyManager: "AWS" or "CUSTOMER") from DescribeKey."""
+    try:
+        meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    except Exception as exc:
+        raise _refused("DescribeKey", key_id, exc) from None
+    return meta["Arn"], meta.get("KeyManager", "CUSTOMER")

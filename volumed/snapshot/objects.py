@@ -1,0 +1,120 @@
+"""Byte formats of the snapshot store's objects, and their SHA-256 checks (docs/SNAPSHOTS.md).
+
+Chunk ``chunks/<h[:2]>/<h>`` where h = SHA-256 (hex) of the whole object, so a chunk is named by
+its content, identical chunks are stored once, and a damaged chunk never matches its name:
+
+    0   4  magic ``VSCK``
+    4   1  version (1)
+    5   1  cipher (0 = xts, 1 = gcm)
+    6   2  record size (u16 BE): 4096 for xts, 4124 for gcm
+    8   2  n, sectors covered by the chunk (u16 BE)
+    10  6  zero
+    16  ceil(n/8)  presence bitmap (bit i, LSB first in byte i//8, = sector i has a record)
+    ..  records of the present sectors, in order
+
+A record is the sector as it is on the volume: XTS, the 4096-byte ciphertext; GCM, the 12-byte
+nonce, the 16-byte tag and the 4096-byte ciphertext of the sector's current slot. An absent sector
+reads as zeros (an XTS hole, a GCM empty or zero-marker slot).
+
+Manifest ``snapshots/<snap-id>.json``: UTF-8 JSON ``{"manifest": M, "sha256": hex}`` where hex is
+SHA-256 of M's canonical JSON (sorted keys, no spaces). Callers: engine, restore, catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+from volumed.errors import FormatError, IntegrityError
+
+CHUNK_MAGIC = b"VSCK"
+CHUNK_VERSION = 1
+_CHUNK_HDR = struct.Struct(">4sBBHH6x")
+CIPHERS = {"xts": 0, "gcm": 1}
+RECORD_SIZE = {"xts": 4096, "gcm": 12 + 16 + 4096}
+MANIFEST_FORMAT = "volumed-snapshot"
+MANIFEST_VERSION = 1
+
+
+def chunk_name(digest_hex: str) -> str:
+    """Store name of the chunk whose SHA-256 is ``digest_hex``."""
+    return f"chunks/{digest_hex[:2]}/{digest_hex}"
+
+
+def manifest_name(snap_id: str) -> str:
+    """Store name of a snapshot's manifest."""
+    return f"snapshots/{snap_id}.json"
+
+
+def encode_chunk(cipher: str, records: list[bytes | None]) -> tuple[str, bytes] | None:
+    """(sha256 hex, object bytes) of a chunk of ``records`` (None = absent sector), or None when
+    every sector is absent (an all-zero chunk is not stored)."""
+    if all(r is None for r in records):
+        return None
+    n = len(records)
+    bitmap = bytearray((n + 7) // 8)
+    body = []
+    for i, r in enumerate(records):
+        if r is not None:
+            bitmap[i // 8] |= 1 << (i % 8)
+            body.append(bytes(r))
+    data = _CHUNK_HDR.pack(CHUNK_MAGIC, CHUNK_VERSION, CIPHERS[cipher], RECORD_SIZE[cipher], n) \
+        + bytes(bitmap) + b"".join(body)
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def decode_chunk(digest_hex: str, data: bytes, cipher: str, where: str) -> list[bytes | None]:
+    """The records of a chunk fetched as ``digest_hex``; IntegrityError (naming ``where``) if its
+    content does not hash to its name or its fields are not those of a ``cipher`` chunk."""
+    if hashlib.sha256(data).hexdigest() != digest_hex:
+        raise IntegrityError(f"chunk {digest_hex[:16]}... of {where} is damaged (its SHA-256 does not "
+                             "match): the snapshot store was altered; restore from another snapshot")
+    try:
+        magic, ver, cid, rsize, n = _CHUNK_HDR.unpack_from(data, 0)
+    except struct.error:
+        raise IntegrityError(f"chunk {digest_hex[:16]}... of {where} is truncated") from None
+    if magic != CHUNK_MAGIC or ver != CHUNK_VERSION or cid != CIPHERS[cipher] or rsize != RECORD_SIZE[cipher]:
+        raise FormatError(f"chunk {digest_hex[:16]}... of {where} is not a {cipher} chunk of format "
+                          f"version {CHUNK_VERSION}")
+    off = _CHUNK_HDR.size
+    bitmap = data[off:off + (n + 7) // 8]
+    off += (n + 7) // 8
+    out: list[bytes | None] = []
+    for i in range(n):
+        if bitmap[i // 8] >> (i % 8) & 1:
+            out.append(data[off:off + rsize])
+            off += rsize
+        else:
+            out.append(None)
+    if off != len(data) or (out and out[-1] is not None and len(out[-1]) != rsize):
+        raise FormatError(f"chunk {digest_hex[:16]}... of {where} has the wrong length")
+    return out
+
+
+def _canonical(manifest: dict) -> bytes:
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_manifest(manifest: dict) -> bytes:
+    """The manifest object's bytes (the manifest and the SHA-256 of its canonical JSON)."""
+    return json.dumps({"manifest": manifest, "sha256": hashlib.sha256(_canonical(manifest)).hexdigest()},
+                      sort_keys=True, indent=1).encode()
+
+
+def decode_manifest(data: bytes, where: str) -> dict:
+    """The manifest in a manifest object; IntegrityError if it fails its SHA-256, FormatError if it
+    is not a volumed snapshot manifest of a known version."""
+    try:
+        outer = json.loads(data.decode())
+        manifest, digest = outer["manifest"], outer["sha256"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise IntegrityError(f"the manifest of {where} is damaged (not readable JSON)") from None
+    if not isinstance(manifest, dict) or hashlib.sha256(_canonical(manifest)).hexdigest() != digest:
+        raise IntegrityError(f"the manifest of {where} is damaged (its SHA-256 does not match)")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise FormatError(f"{where} is not a volumed snapshot manifest")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise FormatError(f"snapshot {where} has manifest version {manifest.get('version')}; this "
+                          f"volumed reads version {MANIFEST_VERSION}")
+    return manifest

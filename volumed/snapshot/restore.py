@@ -1,0 +1,145 @@
+"""``volumed restore``: a new volume from a snapshot.
+
+Same KMS key, XTS: the new volume reuses the snapshot's data key, rewrapped with ReEncrypt for the
+new volume's context {aws:rds:db-id, aws:ebs:id}; its LUKS2 header is built for that wrapped key
+and the snapshot's ciphertext records are written in place (XTS ciphertext depends only on the key
+and the sector number). Another key, or any GCM snapshot: a new volume with a new data key
+(Volume.create), and every sector decrypted under the snapshot's key and written through the new
+volume. GCM never reuses the data key: the restored volume and the original would both draw nonces
+from the same counters under one key (docs/SNAPSHOTS.md). Chunks are verified as they are read; a
+damaged one stops the restore with IntegrityError and the partial volume is removed.
+Callers: the CLI, tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import os
+import uuid as _uuid
+
+from volumed.errors import UsageError, VolumedError
+from volumed.snapshot import catalog, keys, recrypt
+from volumed.snapshot.engine import CHUNK_SECTORS, check_access, chunk_records
+from volumed.volume import luks2
+from volumed.volume.header import CONTEXT_DB, CONTEXT_EBS, MAC_INFO, VolumeHeader, compute_mac, derive_key
+from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
+
+PAGE = 4096
+
+
+def _wipe(*bufs) -> None:
+    for b in bufs:
+        if isinstance(b, bytearray):
+            b[:] = bytes(len(b))
+
+
+def _check_target(path: str) -> None:
+    if os.path.lexists(path):
+        raise UsageError(f"{path} already exists: choose a new path (volumed never overwrites a file)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot create {path}: directory {parent} does not exist")
+
+
+def restore_snapshot(store, snap_id: str, volume_path: str, *, kms, key_id: str | None = None,
+                     ebs_id: str | None = None, db_id: str | None = None, progress=None) -> VolumeHeader:
+    """Create the volume ``volume_path`` holding exactly the snapshot's data; return its header.
+    New ids unless given. Leaves nothing behind on failure."""
+    volume_path = os.fspath(volume_path)
+    m = catalog.load(store, snap_id)
+    check_access(m, kms, for_restore=True)
+    _check_target(volume_path)
+    db_id = validate_db_id(db_id) if db_id else new_db_id()
+    ebs_id = validate_ebs_id(ebs_id) if ebs_id else new_ebs_id()
+    target = keys.key_manager(kms, key_id)[0] if key_id else m["key_arn"]
+    if target == m["key_arn"] and m["volume"]["cipher"] == "xts":
+        return _restore_shared_key(store, m, volume_path, kms, db_id, ebs_id, progress)
+    return _restore_new_key(store, m, volume_path, kms, target, db_id, ebs_id, progress)
+
+
+def _restore_new_key(store, m, path, kms, target, db_id, ebs_id, progress) -> VolumeHeader:
+    """Volume.create under ``target`` (a new data key), then decrypt-and-write every chunk."""
+    from volumed.volume import Volume
+
+    cipher = m["volume"]["cipher"]
+    h = Volume.create(path, size=m["volume"]["size"], kms=kms, key_id=target, cipher=cipher,
+                      db_id=db_id, ebs_id=ebs_id)
+    c = None
+    try:
+        c = recrypt.make_cipher(cipher, keys.open_snapshot_key(kms, m), m["aad_uuid"])
+        with Volume.open(path, kms=kms) as vol:
+            total = len(m["chunks"])
+            for ci in range(total):
+                if m["chunks"][ci] is not None:
+                    first = ci * CHUNK_SECTORS
+                    plain = recrypt.decrypt(c, cipher, first, chunk_records(store, m, ci), m["snapshot_id"])
+                    vol.write(first * PAGE, plain)
+                    _wipe(plain)
+                if progress:
+                    progress(ci + 1, total)
+            vol.flush()
+    except BaseException:
+        os.unlink(path)  # ours: created above, never handed out
+        raise
+    finally:
+        if c is not None:
+            c.close()
+    return h
+
+
+def _restore_shared_key(store, m, path, kms, db_id, ebs_id, progress) -> VolumeHeader:
+    """XTS under the snapshot's key: ReEncrypt the data key to the new context, build the LUKS2
+    header, copy the ciphertext records in place."""
+    from volumed.volume.backing import BackingFile
+
+    ctx = {CONTEXT_DB: db_id, CONTEXT_EBS: ebs_id}
+    wrapped, arn = keys.rewrap(kms, base64.b64decode(m["wrapped_key"]), m["key_arn"], m["context"],
+                               m["key_arn"], ctx)
+    key = keys.open_key(kms, arn, wrapped, ctx, "xts")
+    size = m["volume"]["size"]
+    vol_uuid = str(_uuid.uuid4())
+    h = VolumeHeader(uuid=vol_uuid, cipher="xts", size=size, sector_size=PAGE,
+                     data_offset=luks2.DATA_OFFSET, key_arn=arn, wrapped_key=wrapped, context=ctx,
+                     db_id=db_id, ebs_id=ebs_id, format="luks2",
+                     created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    mac_key = None
+    try:
+        mac_key = derive_key(key, vol_uuid, MAC_INFO)
+        salt = os.urandom(32)
+        digest = luks2.volume_key_digest(key, salt)
+        h.mac = compute_mac(mac_key, h)
+    finally:
+        _wipe(key, mac_key)
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.restoring-{os.getpid()}-{vol_uuid[:8]}")
+    backing = BackingFile(tmp, create=True)
+    try:
+        backing.truncate(h.data_offset + size)
+        backing.pwrite(0, luks2.encode(h, salt, digest))
+        total = len(m["chunks"])
+        for ci in range(total):
+            if m["chunks"][ci] is not None:
+                first = ci * CHUNK_SECTORS
+                for i, rec in enumerate(chunk_records(store, m, ci)):
+                    if rec is not None:
+                        backing.pwrite(h.data_offset + (first + i) * PAGE, rec)
+            if progress:
+                progress(ci + 1, total)
+        backing.fdatasync()
+        backing.close()
+        backing = None
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise UsageError(f"{path} already exists: choose a new path") from None
+        except OSError as exc:
+            raise VolumedError(f"cannot create volume {path}: {exc.strerror}") from None
+    finally:
+        if backing is not None:
+            backing.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return h
+
+

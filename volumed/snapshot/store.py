@@ -1,0 +1,215 @@
+"""Snapshot stores: named immutable-ish objects (bytes) with put/get/list/delete/exists.
+
+``LocalStore(dir)`` keeps each object as a file under the directory (written to a temporary name,
+fsynced, then renamed, so a reader never sees half an object). ``S3Store(bucket, prefix)`` keeps
+objects in S3 through boto3 (``s3://bucket/prefix``). ``open_store(spec)`` picks one the way the
+key service is picked: ``--store SPEC``, else ``$VOLUMED_SNAPSHOT_STORE``, else the directory
+``snapshots`` next to the embedded keystore. Names are ``/``-separated relative paths.
+
+Stores do not check content: manifests and chunks carry their own SHA-256 (volumed.snapshot.objects).
+``lock()`` serialises writers of one local store (create/copy/delete of snapshots); S3 has no lock,
+so a fleet must run one snapshot writer per store at a time (docs/SNAPSHOTS.md).
+Callers: engine, restore, catalog, the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+
+from volumed.errors import UsageError, VolumedError
+
+ENV_STORE = "VOLUMED_SNAPSHOT_STORE"
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+def _check_name(name: str) -> str:
+    if not _NAME_RE.match(name) or any(p in (".", "..") for p in name.split("/")):
+        raise UsageError(f"invalid snapshot store object name {name!r}")
+    return name
+
+
+class ObjectMissing(VolumedError):
+    """An object the caller asked for is not in the store."""
+
+    code = "NotFound"
+
+
+class LocalStore:
+    """A snapshot store in a local directory (created on first write)."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.spec = self.root
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, *_check_name(name).split("/"))
+
+    def put(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name`` atomically (replaces an existing object)."""
+        path = self._path(name)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        except OSError as exc:
+            raise VolumedError(f"cannot write {name} to the snapshot store {self.root}: "
+                               f"{exc.strerror}") from None
+
+    def get(self, name: str) -> bytes:
+        """The object's bytes; ObjectMissing if there is none."""
+        try:
+            with open(self._path(name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectMissing(f"{name} is missing from the snapshot store {self.root}") from None
+        except OSError as exc:
+            raise VolumedError(f"cannot read {name} from the snapshot store {self.root}: "
+                               f"{exc.strerror}") from None
+
+    def exists(self, name: str) -> bool:
+        return os.path.isfile(self._path(name))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names of all objects whose name starts with ``prefix``, sorted."""
+        out = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            for fn in files:
+                if ".tmp-" in fn or fn == ".lock":
+                    continue
+                name = fn if rel == "." else f"{rel.replace(os.sep, '/')}/{fn}"
+                if name.startswith(prefix):
+                    out.append(name)
+        return sorted(out)
+
+    def delete(self, name: str) -> None:
+        """Remove the object (no error if it is already gone)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(name))
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive writer lock on this store (flock on ``.lock``)."""
+        import fcntl
+
+        os.makedirs(self.root, exist_ok=True)
+        fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _s3_code(exc: Exception) -> str | None:
+    """The AWS error code of a botocore ClientError, else None."""
+    resp = getattr(exc, "response", None)
+    return resp.get("Error", {}).get("Code") if isinstance(resp, dict) else None
+
+
+class S3Store:
+    """A snapshot store in an S3 bucket under a key prefix (boto3; endpoint from the environment)."""
+
+    def __init__(self, bucket: str, prefix: str = "", client=None):
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.spec = f"s3://{bucket}/{self.prefix}"
+        self.client = client or boto3.client("s3", endpoint_url=os.environ.get("VOLUMED_S3_ENDPOINT") or None)
+
+    def _key(self, name: str) -> str:
+        return self.prefix + _check_name(name)
+
+    def _fail(self, what: str, name: str, exc: Exception) -> VolumedError:
+        code = _s3_code(exc)
+        return VolumedError(f"cannot {what} {name} in the snapshot store {self.spec}: {code or exc}",
+                            code=code or None)
+
+    def put(self, name: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+        except Exception as exc:
+            raise self._fail("write", name, exc) from None
+
+    def get(self, name: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+        except Exception as exc:
+            code = _s3_code(exc)
+            if code in ("NoSuchKey", "404"):
+                raise ObjectMissing(f"{name} is missing from the snapshot store {self.spec}") from None
+            raise self._fail("read", name, exc) from None
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+            return True
+        except Exception as exc:
+            code = _s3_code(exc)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise self._fail("look up", name, exc) from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        out = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix)
+            for page in pages:
+                out += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+        except Exception as exc:
+            raise self._fail("list", prefix or "objects", exc) from None
+        return sorted(out)
+
+    def delete(self, name: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+        except Exception as exc:
+            raise self._fail("delete", name, exc) from None
+
+    @contextlib.contextmanager
+    def lock(self):
+        """No lock in S3: one snapshot writer per store at a time (documented)."""
+        yield
+
+
+def default_spec() -> str:
+    """$VOLUMED_SNAPSHOT_STORE, else ``snapshots`` inside the embedded keystore's directory (a
+    key service that is AWS has no directory: then the store must be named)."""
+    spec = os.environ.get(ENV_STORE)
+    if spec:
+        return spec
+    from volumed import kms
+
+    ks = kms.default_spec()
+    if ks == "aws" or ks.startswith(("http://", "https://")):
+        raise UsageError("no snapshot store: with AWS KMS name one with --store s3://BUCKET/PREFIX "
+                         f"or ${ENV_STORE}")
+    return os.path.join(ks, "snapshots")
+
+
+def open_store(spec: str | None = None, *, kms_spec: str | None = None):
+    """The store named by ``spec`` (a directory or ``s3://bucket/prefix``); None means the default.
+    ``kms_spec`` (the CLI's --kms) places the default store next to that keystore."""
+    if not spec:
+        if kms_spec and not os.environ.get(ENV_STORE) and not (
+                kms_spec == "aws" or kms_spec.startswith(("http://", "https://"))):
+            spec = os.path.join(kms_spec, "snapshots")
+        else:
+            spec = default_spec()
+    if spec.startswith("s3://"):
+        rest = spec[5:]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise UsageError(f"invalid snapshot store {spec!r}: expected s3://BUCKET[/PREFIX]")
+        return S3Store(bucket, prefix)
+    if os.path.exists(spec) and not os.path.isdir(spec):
+        raise UsageError(f"snapshot store {spec} is a file, not a directory: choose a directory or s3://BUCKET/PREFIX")
+    return LocalStore(spec)
