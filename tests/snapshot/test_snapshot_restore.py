@@ -105,7 +105,7 @@ def test_snapshot_of_an_open_volume_is_refused(kms, store, make_volume):
     from volumed.errors import StateError
 
     vol = make_volume("gcm")
-    with Volume.open(vol, kms=kms):
-        with pytest.raises(StateError, match="mounted"):
+    with Volume.open(vol, kms=kms):  # open in this process, not a mount: nobody to ask
+        with pytest.raises(StateError, match="open in another volumed process"):
             create_snapshot(vol, kms=kms, store=store)
     assert store.list("snapshots/") == []

@@ -10,6 +10,7 @@ Modules, one concern each (format and key handling in docs/SNAPSHOTS.md):
 - ``recrypt``  records <-> plaintext under a data key (restore and copy under another key)
 - ``catalog``  listing, finding and loading manifests of a store
 - ``engine``   create, copy, share, delete of snapshots; ``latest_snapshot_hint``
+- ``mounted``  snapshots of mounted volumes (the CLI side and the daemon side)
 - ``restore``  a new volume from a snapshot
 - ``erase``    ``volumed delete``: retire the volume's grants, crypto-erase its header
 

@@ -96,14 +96,24 @@ def _manifest(snap_id: str, vol_header, *, key_arn: str, wrapped: bytes, ctx: di
     return m
 
 
-def snapshot_open_volume(vol, *, kms, store, clock=None, description: str = "", progress=None) -> dict:
-    """Snapshot an open Volume the caller holds still (no write runs while this reads): the
-    point-in-time is the moment the caller stopped writes. Returns the saved manifest."""
-    h = vol.header
+def snapshot_key(kms, header) -> dict:
+    """Phase 1 of a snapshot, as the user: a new snapshot id and the volume's data key rewrapped
+    (ReEncrypt) for the snapshot's context. Needs no access to the volume's sectors, so the CLI
+    can do it for a mounted volume whose daemon (a host principal without ReEncrypt) copies them."""
     snap_id = new_snapshot_id()
-    ctx = keys.snapshot_context(h.db_id, snap_id)
-    wrapped, arn = keys.rewrap(kms, h.wrapped_key, h.key_arn, h.context, h.key_arn, ctx)
-    owner = caller_account(kms)
+    ctx = keys.snapshot_context(header.db_id, snap_id)
+    wrapped, arn = keys.rewrap(kms, header.wrapped_key, header.key_arn, header.context, header.key_arn, ctx)
+    return {"snapshot_id": snap_id, "key_arn": arn, "wrapped_key": base64.b64encode(wrapped).decode(),
+            "context": ctx, "owner_account": caller_account(kms)}
+
+
+def write_snapshot(vol, store, key: dict, *, clock=None, description: str = "", progress=None) -> dict:
+    """Phase 2: copy the open Volume's sector records into ``store`` under the snapshot ``key``
+    (from snapshot_key) and save the manifest. The caller holds the volume still (no write runs
+    while this reads): the point in time is the moment writes stopped."""
+    h = vol.header
+    if key["context"].get("aws:rds:db-id") != h.db_id:
+        raise UsageError(f"snapshot key was made for another volume than {vol.path}")
     with store.lock():
         previous = catalog.of_volume(store, h.uuid)
         parent = previous[-1] if previous else None
@@ -119,24 +129,33 @@ def snapshot_open_volume(vol, *, kms, store, clock=None, description: str = "", 
             stored += n
             if progress:
                 progress(ci + 1, total)
-        m = _manifest(snap_id, {**vars(h), "path": vol.path}, key_arn=arn, wrapped=wrapped, ctx=ctx,
-                      owner=owner, clock=clock, aad_uuid=h.uuid, chunks=chunks, stored_bytes=stored,
-                      parent=parent["snapshot_id"] if parent else None, description=description)
+        m = _manifest(key["snapshot_id"], {**vars(h), "path": vol.path}, key_arn=key["key_arn"],
+                      wrapped=base64.b64decode(key["wrapped_key"]), ctx=key["context"],
+                      owner=key["owner_account"], clock=clock, aad_uuid=h.uuid, chunks=chunks,
+                      stored_bytes=stored, parent=parent["snapshot_id"] if parent else None,
+                      description=description)
         catalog.save(store, m)
     return m
 
 
+def snapshot_open_volume(vol, *, kms, store, clock=None, description: str = "", progress=None) -> dict:
+    """snapshot_key then write_snapshot for an open Volume the caller holds still."""
+    return write_snapshot(vol, store, snapshot_key(kms, vol.header), clock=clock,
+                          description=description, progress=progress)
+
+
 def create_snapshot(volume_path: str, *, kms, store, clock=None, description: str = "",
                     progress=None) -> dict:
-    """Snapshot the unmounted volume at ``volume_path`` (opened, and so locked, for the duration).
-    A mounted volume raises StateError; its snapshot goes through the mount daemon."""
+    """Snapshot the volume at ``volume_path``. Unmounted: opened (and so locked) for the duration.
+    Mounted: the key part here, the sectors by the daemon that holds it (volumed.snapshot.mounted)."""
     from volumed.volume import Volume
 
     try:
         vol = Volume.open(volume_path, kms=kms)
     except StateError:
-        raise StateError(f"volume {volume_path} is mounted (or open in another volumed process): "
-                         "snapshot it through its mount, or unmount it first") from None
+        from volumed.snapshot import mounted
+
+        return mounted.snapshot_through_daemon(volume_path, kms=kms, store=store, description=description)
     with vol:
         return snapshot_open_volume(vol, kms=kms, store=store, clock=clock, description=description,
                                     progress=progress)
