@@ -140,7 +140,9 @@ def test_update_description_and_client_identity(kms, key):
     assert kms.principal.startswith(f"arn:aws:iam::{kms.account_id()}:user/")
     host = kms.with_identity(principal="arn:aws:sts::1:assumed-role/volumed-host/h", via_service="rds.us-east-1.amazonaws.com")
     assert host.principal.endswith("/h") and host.via_service.startswith("rds.")
-    assert host.describe_key(KeyId=key)["KeyMetadata"]["Description"] == "new"
+    # Another account's host with no key-policy statement or grant is refused, as AWS KMS does.
+    with pytest.raises(host.exceptions.AccessDeniedException):
+        host.describe_key(KeyId=key)
 
 
 def test_unsupported_key_types(kms):

@@ -59,8 +59,9 @@ class CallContext:
     def authorize(self, action: str, key: dict | None, **extra) -> None:
         """Ask the authorizer whether the caller may do ``action`` on ``key`` (None for calls on
         no key). The request carries who calls, through which service, the key's ARN, the
-        encryption context and grant tokens of the call, and ``extra`` (e.g. the grant request)."""
-        from volumed.kms import grantstore
+        encryption context and grant tokens of the call, the key's grants, the caller's identity
+        policies (volumed.kms.iamstore) and ``extra`` (e.g. the grant request)."""
+        from volumed.kms import grantstore, iamstore
 
         params = self.params
         context = params.get("EncryptionContext")
@@ -80,6 +81,7 @@ class CallContext:
             "grant_tokens": tokens,
             "token_grants": grantstore.grants_for_tokens(self.conn, tokens),
             "grants": grantstore.grants_of_key(self.conn, key["KeyId"]) if key else [],
+            "identity_policies": iamstore.policies_for_caller(self.conn, self.principal),
             "time": self.now(),
         }
         request.update(extra)

@@ -1,9 +1,11 @@
 """The keystore directory: SQLite database (WAL) + root key, opened by many processes at once.
 
 Layout of ``<dir>`` (0700):
-    keystore.db (+ -wal, -shm)   keys, wrapped key material, aliases, grants, audit log, meta
+    keystore.db (+ -wal, -shm)   keys, wrapped key material, aliases, grants, identity policies,
+                                 audit log, meta (incl. the administrator's ARN)
     root.key                     32 random bytes, 0600 (absent when a passphrase derives the root)
-    .lock                        flock taken only while a keystore is first initialised
+    audit-signing.key            Ed25519 key sealing the audit log, 0600 (never in the database)
+    .lock                        flock taken while a keystore is opened (initialisation, upgrades)
 
 Concurrency: every call of the service is one ``BEGIN IMMEDIATE`` transaction (``Keystore.run``):
 writers queue on SQLite's lock with a busy timeout, and a call that still meets SQLITE_BUSY is
@@ -22,7 +24,7 @@ import sqlite3
 import threading
 import time
 
-from volumed.kms import audit, rootkey
+from volumed.kms import audit, iamstore, rootkey
 
 DB_FILE = "keystore.db"
 SCHEMA_VERSION = "1"
@@ -83,6 +85,35 @@ class Keystore:
         self.account_id = meta["account_id"]
         self.region = meta["region"]
         self.root = self._load_root(meta)
+        try:
+            self._configure_audit()
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure_audit(self) -> None:
+        """Turn on the audit log's sealing with ``<dir>/audit-signing.key`` (created 0600 on first
+        open; only its path and public key go into the database). A signing key others can read
+        is refused: whoever holds it can re-sign an altered log (docs/AUDIT.md)."""
+        path = os.path.join(self.directory, audit.SIGNING_KEY_FILE)
+        try:
+            mode = os.stat(path).st_mode & 0o777
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and mode & 0o077:
+            raise rootkey.KeystoreError(f"audit signing key {path} has mode {mode:04o}: others could "
+                                        f"re-sign an altered audit log; run 'chmod 600 {path}'")
+        have = dict(self.conn.execute("SELECT name, value FROM audit_config").fetchall())
+        schedule = {}
+        if have.get("signing_key_path") == os.path.abspath(path):
+            schedule = {"seal_every": int(have.get("seal_every", audit.DEFAULT_SEAL_EVERY)),
+                        "seal_interval": float(have.get("seal_interval", audit.DEFAULT_SEAL_INTERVAL))}
+        try:
+            audit.configure(self.conn, path, **schedule)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            pass  # another process holds the write lock for 10 s; the next open configures it
 
     # -- opening -------------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -121,6 +152,9 @@ class Keystore:
                 have = conn.execute("SELECT v FROM meta WHERE k = 'account_id'").fetchone()
                 if have is None:
                     self._initialise(conn)
+                iamstore.ensure_schema(conn)
+                account = conn.execute("SELECT v FROM meta WHERE k = 'account_id'").fetchone()[0]
+                iamstore.ensure_admin(conn, account, time.time())
             finally:
                 conn.close()
         finally:

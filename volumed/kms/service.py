@@ -19,7 +19,7 @@ import types
 from botocore.exceptions import ClientError
 
 from volumed.clock import SYSTEM_CLOCK
-from volumed.kms import (audit, awsmodel, grantstore, keys, managed, ops_aliases, ops_crypto, ops_grants,
+from volumed.kms import (audit, authz, awsmodel, grantstore, keys, managed, ops_aliases, ops_crypto, ops_grants,
                          ops_keys, ops_rotation, principals)
 from volumed.kms.callctx import CallContext
 from volumed.kms.keystore import Keystore
@@ -167,17 +167,10 @@ class EmbeddedKMS:
 
     def _authorize(self, action: str, key: dict | None, request: dict) -> None:
         """Decide whether ``request["principal"]`` may do ``action`` on ``key`` (a dict with
-        KeyId, Arn, KeyManager, KeyState, Policy; None for calls on no key). Raise the
-        AccessDeniedException ClientError to refuse; return to allow.
-
-        Placeholder until the authorization issue: allows everything except what the AWS managed
-        key policy never allows a user (management calls on alias/aws/*)."""
-        if key is not None and key["KeyManager"] == "AWS" and not managed.allowed_on_managed_key(action):
-            raise awsmodel.client_error(
-                "AccessDeniedException",
-                f"User: {request['principal']} is not authorized to perform: {action} on resource: "
-                f"{key['Arn']} because no resource-based policy allows the {action} action",
-                request["operation"])
+        KeyId, Arn, KeyManager, KeyState, Policy; None for calls on no key): key policy, identity
+        policies, grants, as AWS KMS (volumed.kms.authz). Raises the AccessDeniedException
+        ClientError to refuse; returns to allow."""
+        authz.authorize(action, key, request)
 
     def _prepare(self, ctx: CallContext) -> None:
         """Time effects, then AWS managed keys the call names (committed even if the call fails)."""
