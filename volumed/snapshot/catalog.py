@@ -31,8 +31,11 @@ def load(store, snap_id: str) -> dict:
 
 
 def save(store, manifest: dict) -> None:
-    """Write (or rewrite) a manifest."""
+    """Write (or rewrite) a manifest, after making every chunk put before it durable; durable
+    itself on return."""
+    store.sync()
     store.put(manifest_name(manifest["snapshot_id"]), encode_manifest(manifest))
+    store.sync()
 
 
 def all_manifests(store) -> list[dict]:

@@ -67,12 +67,15 @@ def chunk_records(store, manifest: dict, ci: int) -> list:
 
 
 def _put_chunk(store, cipher: str, records: list, known: set) -> tuple[str | None, int]:
-    """Store a chunk unless the store has it: (digest or None, bytes newly stored)."""
+    """Store a chunk unless ``known`` (chunks of the previous snapshot's manifest, durable and
+    verified by name when read) has it: (digest or None, bytes stored). A chunk object found in
+    the store but named by no manifest is rewritten, not trusted: it may be the torn leftover of
+    a snapshot that crashed before its manifest."""
     enc = encode_chunk(cipher, records)
     if enc is None:
         return None, 0
     digest, data = enc
-    if digest in known or store.exists(chunk_name(digest)):
+    if digest in known:
         return digest, 0
     store.put(chunk_name(digest), data)
     known.add(digest)

@@ -7,7 +7,7 @@ control channel: ``{"op": "snapshot", "store": SPEC, "key": {...}, "description"
 daemon answers with ``daemon_snapshot(volume, msg)`` in a worker thread: it takes the volume's I/O
 barrier (waits for in-flight requests; new ones wait), flushes, copies every sector record into
 the store and releases the barrier. Writes acknowledged before the request (fsync returned) are
-in the snapshot; I/O is paused for the copy (which reads the whole volume: a few seconds per GiB;
+in the snapshot; I/O is paused for the copy (which reads the whole volume: 6-10 s per GiB;
 docs/SNAPSHOTS.md). Callers: engine.create_snapshot (client side), the mount daemon's control
 handler (server side).
 """

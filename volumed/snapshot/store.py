@@ -6,6 +6,7 @@ objects in S3 through boto3 (``s3://bucket/prefix``). ``open_store(spec)`` picks
 key service is picked: ``--store SPEC``, else ``$VOLUMED_SNAPSHOT_STORE``, else the directory
 ``snapshots`` next to the embedded keystore. Names are ``/``-separated relative paths.
 
+Ordering: a manifest is written only after ``sync()`` made its chunks durable (catalog.save).
 Stores do not check content: manifests and chunks carry their own SHA-256 (volumed.snapshot.objects).
 ``lock()`` serialises writers of one local store (create/copy/delete of snapshots); S3 has no lock,
 so a fleet must run one snapshot writer per store at a time (docs/SNAPSHOTS.md).
@@ -47,15 +48,14 @@ class LocalStore:
         return os.path.join(self.root, *_check_name(name).split("/"))
 
     def put(self, name: str, data: bytes) -> None:
-        """Store ``data`` under ``name`` atomically (replaces an existing object)."""
+        """Store ``data`` under ``name`` (replaces an existing object; readers see the old or the
+        new object whole). Durable after the next ``sync()``."""
         path = self._path(name)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{os.getpid()}"
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.rename(tmp, path)
         except OSError as exc:
             raise VolumedError(f"cannot write {name} to the snapshot store {self.root}: "
@@ -74,6 +74,18 @@ class LocalStore:
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(self._path(name))
+
+    def sync(self) -> None:
+        """Make every object put so far durable: one syncfs(2) of the store's file system (an
+        fsync per 64 KiB chunk would cost more than the snapshot itself)."""
+        import ctypes
+
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def list(self, prefix: str = "") -> list[str]:
         """Names of all objects whose name starts with ``prefix``, sorted."""
@@ -173,6 +185,9 @@ class S3Store:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
         except Exception as exc:
             raise self._fail("delete", name, exc) from None
+
+    def sync(self) -> None:
+        """S3 objects are durable when put returns."""
 
     @contextlib.contextmanager
     def lock(self):
