@@ -109,3 +109,17 @@ def test_snapshot_of_an_open_volume_is_refused(kms, store, make_volume):
         with pytest.raises(StateError, match="open in another volumed process"):
             create_snapshot(vol, kms=kms, store=store)
     assert store.list("snapshots/") == []
+
+
+def test_latest_snapshot_hint(kms, store, make_volume):
+    from volumed.snapshot import copy_snapshot, latest_snapshot_hint
+
+    vol = make_volume("xts")
+    h = Volume.read_header(vol)
+    assert latest_snapshot_hint(h, store=store) is None
+    create_snapshot(vol, kms=kms, store=store)
+    s2 = create_snapshot(vol, kms=kms, store=store)
+    copy_snapshot(store, s2["snapshot_id"], kms=kms)  # a copy is not a snapshot of the volume
+    other = create_snapshot(make_volume("xts"), kms=kms, store=store)
+    hint = latest_snapshot_hint(h, store=store)
+    assert f"volumed restore {s2['snapshot_id']} " in hint and other["snapshot_id"] not in hint
