@@ -17,7 +17,7 @@ import json
 import re
 
 from volumed.clock import SYSTEM_CLOCK
-from volumed.errors import KeyAccessError, StateError, UsageError
+from volumed.errors import IntegrityError, KeyAccessError, StateError, UsageError
 from volumed.snapshot import catalog, keys, recrypt
 from volumed.snapshot.ids import new_snapshot_id
 from volumed.snapshot.objects import (MANIFEST_FORMAT, MANIFEST_VERSION, RECORD_SIZE, chunk_name,
@@ -59,8 +59,6 @@ def chunk_records(store, manifest: dict, ci: int) -> list:
     recs = decode_chunk(digest, store.get(chunk_name(digest)), manifest["volume"]["cipher"],
                         manifest["snapshot_id"])
     if len(recs) != n:
-        from volumed.errors import IntegrityError
-
         raise IntegrityError(f"chunk {ci} of {manifest['snapshot_id']} covers {len(recs)} sectors, "
                              f"its manifest expects {n}")
     return recs

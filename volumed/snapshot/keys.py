@@ -23,18 +23,21 @@ def snapshot_context(db_id: str, snap_id: str) -> dict:
     return {CONTEXT_DB: db_id, CONTEXT_EBS: snap_id}
 
 
-def _error_code(exc: Exception) -> str | None:
+def _error(exc: Exception) -> tuple[str, str] | None:
+    """(AWS error code, message) of a botocore ClientError or an embedded-service error."""
     resp = getattr(exc, "response", None)
-    if isinstance(resp, dict):
-        return resp.get("Error", {}).get("Code")
-    return getattr(exc, "code", None) if isinstance(getattr(exc, "code", None), str) else None
+    if isinstance(resp, dict) and "Error" in resp:
+        return str(resp["Error"].get("Code", "")), str(resp["Error"].get("Message", ""))
+    code = getattr(exc, "code", None)
+    return (code, str(exc)) if isinstance(code, str) else None
 
 
 def _refused(action: str, key: str, exc: Exception) -> KeyAccessError:
-    code = _error_code(exc)
-    if code is None:
+    """The KeyAccessError for a KMS refusal; anything that is not a KMS answer is re-raised."""
+    err = _error(exc)
+    if err is None:
         raise exc
-    msg = getattr(exc, "response", {}).get("Error", {}).get("Message", "") if hasattr(exc, "response") else str(exc)
+    code, msg = err
     return KeyAccessError(f"{action} with KMS key {key} failed: {code}: {msg} (check that the key "
                           "is enabled and that your principal may use it)", code=code)
 
