@@ -123,3 +123,17 @@ def test_latest_snapshot_hint(kms, store, make_volume):
     other = create_snapshot(make_volume("xts"), kms=kms, store=store)
     hint = latest_snapshot_hint(h, store=store)
     assert f"volumed restore {s2['snapshot_id']} " in hint and other["snapshot_id"] not in hint
+
+
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_odd_sizes_and_zeroed_sectors(cipher, kms, store, make_volume, tmp_path):
+    vol = make_volume(cipher, size=37 * 4096)  # the last chunk covers 5 sectors
+    write(kms, vol, [(0, pattern(1, 37 * 4096))])
+    write(kms, vol, [(4096 * 3, bytes(4096 * 2)), (36 * 4096 + 7, b"end")])  # zeroed sectors: absent
+    m = create_snapshot(vol, kms=kms, store=store)
+    assert len(m["chunks"]) == 3
+    for key in (None, "new"):
+        out = str(tmp_path / f"r-{key}")
+        kid = kms.create_key()["KeyMetadata"]["Arn"] if key else None
+        restore_snapshot(store, m["snapshot_id"], out, kms=kms, key_id=kid)
+        assert contents(kms, out) == contents(kms, vol)
