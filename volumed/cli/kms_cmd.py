@@ -26,14 +26,21 @@ _HINTS = {
     "InvalidCiphertextException": "the input is not a ciphertext of this key service, was altered, or "
                                   "--context differs from the one it was encrypted with",
     "IncorrectKeyException": "the ciphertext was encrypted under another key; omit --key",
-    "AccessDeniedException": "AWS managed keys (alias/aws/*) cannot be managed by users; otherwise ask "
-                             "the key's administrator for a key policy statement or a grant",
+    "AccessDeniedException": "ask the key's administrator for a key policy statement, an identity policy "
+                             "('volumed iam put-policy') or a grant, or call as another --principal or "
+                             "--via-service (AWS managed keys alias/aws/* cannot be managed by anyone)",
+    "AccessDenied": "identity policies are changed by the keystore administrator or a principal whose "
+                    "identity policy allows iam:*",
+    "NoSuchEntity": "list attached policies with 'volumed iam list-policies'",
+    "MalformedPolicyDocument": "fix the policy file (JSON with a Statement list, no Principal)",
+    "ValidationError": "",
     "AlreadyExistsException": "choose another alias name, or move the alias with update-alias",
     "NotAuthorizedException": "alias names starting alias/aws/ are reserved; choose another",
     "InvalidAliasNameException": "use alias/ followed by letters, digits, '/', '_' or '-'",
     "InvalidGrantTokenException": "list grants with 'volumed kms list-grants KEY'",
     "InvalidGrantIdException": "list grants with 'volumed kms list-grants KEY'",
-    "MalformedPolicyDocumentException": "fix the policy file (JSON with a Statement list)",
+    "MalformedPolicyDocumentException": "fix the policy file (JSON with a Statement list), or keep a "
+                                        "statement that lets you call kms:PutKeyPolicy",
     "LimitExceededException": "",
     "UnsupportedOperationException": "",
     "ValidationException": "",
@@ -49,7 +56,9 @@ class KmsCommandError(VolumedError):
         if hint:
             text = f"{text.rstrip('.')}; {hint}"
         super().__init__(text, code=code)
-        self.exit_code = {"AccessDeniedException": 5, "ValidationException": 2}.get(code, 1)
+        self.exit_code = {"AccessDeniedException": 5, "AccessDenied": 5, "ValidationException": 2,
+                          "ValidationError": 2, "MalformedPolicyDocumentException": 2,
+                          "MalformedPolicyDocument": 2}.get(code, 1)
 
 
 def _call(client, method: str, **params) -> dict:
@@ -451,3 +460,7 @@ def register(subparsers) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--bypass-policy-lockout-safety-check", action="store_true")
     _cmd(sub, "get-key-policy", _get_policy, "print a key's policy")
+
+    from volumed.cli.audit_cmd import register_audit
+
+    register_audit(sub)

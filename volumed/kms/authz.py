@@ -131,7 +131,8 @@ def authorize(action: str, key: dict | None, request: dict) -> None:
     if key is None:
         decision = identity_decision(req, identity, request["account"])
         if not decision.allowed:
-            raise _denied(decision.message(req), request)
+            raise _denied(policy.access_denied_message(req.principal_arn, action, "*", decision.explicit_deny,
+                                                       "identity-based policy"), request)
     else:
         decision = policy.evaluate(key["Policy"], identity, req)
         if decision.explicit_deny:

@@ -4,14 +4,12 @@ The policy documents themselves are volumed.kms.policy's (``default_key_policy``
 ``aws_managed_rds_policy``); this module says which aliases are AWS managed, how such a key is
 described and rotated, and serialises the policies for storage. Callers: volumed.kms.keys (lazy
 creation when an AWS managed alias is first referenced), volumed.kms.ops_keys (CreateKey without
-Policy), the authorization placeholder in volumed.kms.service.
+Policy). What the managed key allows is decided by its policy alone (volumed.kms.authz).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from fnmatch import fnmatchcase
 
 from volumed.kms import policy
 
@@ -31,19 +29,3 @@ def managed_key_policy(alias: str, account: str, region: str) -> str:
     """The policy AWS attaches to the AWS managed key behind ``alias``, as stored text."""
     assert alias in MANAGED_ALIASES, alias
     return json.dumps(policy.aws_managed_rds_policy(account, region), indent=2)
-
-
-@functools.lru_cache(maxsize=1)
-def _managed_actions() -> tuple[str, ...]:
-    doc = policy.aws_managed_rds_policy("000000000000", "us-east-1")
-    actions: list[str] = []
-    for st in doc["Statement"]:
-        acts = st["Action"]
-        actions += [acts] if isinstance(acts, str) else acts
-    return tuple(actions)
-
-
-def allowed_on_managed_key(action: str) -> bool:
-    """Whether the AWS managed key policy allows ``action`` to anyone at all (its conditions
-    aside), or it is RetireGrant (decided by the grant's retiring principal, not the policy)."""
-    return action == "kms:RetireGrant" or any(fnmatchcase(action, pat) for pat in _managed_actions())

@@ -8,7 +8,12 @@ the transaction back and is recorded in the audit log in a transaction of its ow
 
 Non-AWS extensions (not in boto3; code that must also run against AWS must not rely on them):
 ``account_id()``, ``region()``, ``principal``, ``via_service``, ``change_counter()``,
-``with_identity(principal=..., via_service=...)``, ``keystore_path``.
+``with_identity(principal=..., via_service=...)``, ``keystore_path``, and the identity-policy
+calls (IAM's job in AWS; not in the KMS audit log; volumed.kms.iam decides who may make them):
+``put_principal_policy(PrincipalArn=, PolicyName=, PolicyDocument=)``,
+``get_principal_policy(PrincipalArn=, PolicyName=)`` -> {PrincipalArn, PolicyName, PolicyDocument},
+``list_principal_policies(PrincipalArn=None)`` -> {Policies: [{PrincipalArn, PolicyName}]},
+``delete_principal_policy(PrincipalArn=, PolicyName=)``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import types
 from botocore.exceptions import ClientError
 
 from volumed.clock import SYSTEM_CLOCK
-from volumed.kms import (audit, authz, awsmodel, grantstore, keys, managed, ops_aliases, ops_crypto, ops_grants,
+from volumed.kms import (audit, authz, awsmodel, grantstore, iam, keys, managed, ops_aliases, ops_crypto, ops_grants,
                          ops_keys, ops_rotation, principals)
 from volumed.kms.callctx import CallContext
 from volumed.kms.keystore import Keystore
@@ -139,6 +144,40 @@ class EmbeddedKMS:
                            self.principal if principal is _UNSET else principal,
                            self.via_service if via_service is _UNSET else via_service,
                            self._clock)
+
+    # -- identity policies (extensions; volumed.kms.iam) -----------------------------------------
+    def _iam(self, fn, change: bool):
+        """Run one IAM extension call in its own transaction (change counter bumped if ``change``)."""
+        def txn(conn):
+            result = fn(conn)
+            if change:
+                Keystore.bump(conn)
+            return result
+        return self._store.run(txn)
+
+    def put_principal_policy(self, *, PrincipalArn: str, PolicyName: str, PolicyDocument: str) -> dict:
+        """Extension: attach (or replace) an identity policy of an IAM user or role ARN."""
+        self._iam(lambda conn: iam.put_policy(conn, self.principal, self.account_id(), PrincipalArn,
+                                              PolicyName, PolicyDocument, self._clock.time()), True)
+        return {}
+
+    def get_principal_policy(self, *, PrincipalArn: str, PolicyName: str) -> dict:
+        """Extension: one attached identity policy's document."""
+        doc = self._iam(lambda conn: iam.get_policy(conn, self.principal, self.account_id(), PrincipalArn,
+                                                    PolicyName), False)
+        return {"PrincipalArn": PrincipalArn, "PolicyName": PolicyName, "PolicyDocument": doc}
+
+    def list_principal_policies(self, *, PrincipalArn: str | None = None) -> dict:
+        """Extension: attached identity policies, of one principal or of all the caller may list."""
+        rows = self._iam(lambda conn: iam.list_policies(conn, self.principal, self.account_id(),
+                                                        PrincipalArn), False)
+        return {"Policies": [{"PrincipalArn": p, "PolicyName": n} for p, n in rows]}
+
+    def delete_principal_policy(self, *, PrincipalArn: str, PolicyName: str) -> dict:
+        """Extension: detach an identity policy."""
+        self._iam(lambda conn: iam.delete_policy(conn, self.principal, self.account_id(), PrincipalArn,
+                                                 PolicyName), True)
+        return {}
 
     def close(self) -> None:
         """Close the keystore (for every client sharing it) and wipe the root key from memory."""

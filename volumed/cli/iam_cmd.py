@@ -1,0 +1,82 @@
+"""`volumed iam <command>`: the embedded key service's identity policies (a minimal IAM).
+
+A key policy statement naming the account (``arn:aws:iam::<account>:root``, as AWS's default key
+policy does) enables identity policies; these commands attach them to IAM user and role ARNs of
+the keystore's account. They call the embedded client's extension methods
+(``put_principal_policy`` and friends, volumed.kms.service); with ``--kms aws`` use AWS IAM instead.
+Errors are one line (volumed.cli.kms_cmd.KmsCommandError); nothing changes when a call fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from volumed.cli.common import add_json_option, add_kms_options, kms_client
+from volumed.cli.kms_cmd import _call, _emit, _read_text, _table
+from volumed.errors import UsageError
+
+
+def _client(args):
+    """The embedded client for this invocation; UsageError for AWS KMS (use AWS IAM there)."""
+    client = kms_client(args)
+    if not hasattr(client, "put_principal_policy"):
+        raise UsageError("identity policies are kept only by the embedded key service; with AWS KMS "
+                         "attach IAM policies with AWS IAM (aws iam put-user-policy / put-role-policy)")
+    return client
+
+
+def _put(args):
+    document = _read_text(args.file)
+    r = _call(_client(args), "put_principal_policy", PrincipalArn=args.target, PolicyName=args.name,
+              PolicyDocument=document)
+    return _emit(args, r, lambda r: print(f"policy {args.name} attached to {args.target}"))
+
+
+def _get(args):
+    r = _call(_client(args), "get_principal_policy", PrincipalArn=args.target, PolicyName=args.name)
+    if args.json:
+        r = dict(r, PolicyDocument=json.loads(r["PolicyDocument"]))
+    return _emit(args, r, lambda r: print(r["PolicyDocument"]))
+
+
+def _list(args):
+    params = {"PrincipalArn": args.target} if args.target else {}
+    r = _call(_client(args), "list_principal_policies", **params)
+    return _emit(args, r, lambda r: _table(r["Policies"], [("PRINCIPAL", "PrincipalArn"),
+                                                           ("POLICY", "PolicyName")]))
+
+
+def _delete(args):
+    r = _call(_client(args), "delete_principal_policy", PrincipalArn=args.target, PolicyName=args.name)
+    return _emit(args, r, lambda r: print(f"policy {args.name} detached from {args.target}"))
+
+
+def _cmd(sub, name: str, func, help: str, *, target_optional: bool = False):
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("target", metavar="PRINCIPAL", nargs="?" if target_optional else None,
+                   help="IAM user or role ARN, e.g. arn:aws:iam::<account>:user/alice")
+    add_kms_options(p)
+    add_json_option(p)
+    p.set_defaults(func=func)
+    return p
+
+
+def register(subparsers) -> None:
+    """Add ``volumed iam`` and its subcommands (called by volumed.cli.build_parser)."""
+    top = subparsers.add_parser(
+        "iam", help="identity policies of the embedded key service's principals",
+        description="Identity policies: they count where a key policy enables them (a statement "
+                    "naming arn:aws:iam::<account>:root). Changing them needs the keystore "
+                    "administrator or an identity policy allowing iam:*.")
+    sub = top.add_subparsers(dest="iam_command", metavar="COMMAND")
+    top.set_defaults(func=lambda args: (top.print_help(sys.stderr), 2)[1])
+    p = _cmd(sub, "put-policy", _put, "attach (or replace) the identity policy NAME from FILE")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("file", metavar="FILE", help="policy JSON ('-' for stdin)")
+    p = _cmd(sub, "get-policy", _get, "print an attached identity policy")
+    p.add_argument("name", metavar="NAME")
+    _cmd(sub, "list-policies", _list, "list attached identity policies (of PRINCIPAL, or all)",
+         target_optional=True)
+    p = _cmd(sub, "delete-policy", _delete, "detach an identity policy")
+    p.add_argument("name", metavar="NAME")

@@ -1,0 +1,125 @@
+"""The embedded service's IAM extension calls: attach, read, list and detach identity policies.
+
+Not AWS KMS operations (AWS has them in IAM as Put/Get/List/DeleteUserPolicy and ...RolePolicy),
+so they are not in the KMS audit log. Who may call them (docs/POLICY.md, "Identity policies"):
+
+- the keystore administrator (``iamstore.admin_principal``) and the account root, always: like the
+  root of an AWS account, they cannot lock themselves out of IAM;
+- any other principal whose own identity policies allow the IAM action (``iam:PutUserPolicy`` for
+  a user, ``iam:PutRolePolicy`` for a role, likewise Get/List/Delete) on the target's ARN, e.g.
+  ``"Action": "iam:*"``.
+
+Errors are ClientErrors with IAM's codes: AccessDenied, NoSuchEntity, MalformedPolicyDocument,
+ValidationError. Caller: volumed.kms.service.EmbeddedKMS's extension methods, inside one
+transaction; changes bump the keystore's change counter there.
+"""
+
+from __future__ import annotations
+
+import re
+
+from volumed.kms import authz, awsmodel, iamstore, policy
+
+_TARGET_RE = re.compile(r"^arn:aws:iam::(\d{12}):(user|role)/[\w+=,.@/-]{1,512}$")
+_NAME_RE = re.compile(r"^[\w+=,.@-]{1,128}$")
+
+
+def _error(code: str, message: str, operation: str):
+    return awsmodel.client_error(code, message, operation)
+
+
+def check_target(arn: str, account: str, operation: str) -> str:
+    """A principal policies may be attached to: an IAM user or role ARN of this account."""
+    m = _TARGET_RE.match(arn or "")
+    if not m:
+        hint = ""
+        s = re.match(r"^arn:aws:sts::(\d{12}):assumed-role/([^/]+)/", arn or "")
+        if s:
+            hint = f"; attach it to the session's role arn:aws:iam::{s.group(1)}:role/{s.group(2)}"
+        raise _error("ValidationError", f"{arn!r} is not an IAM user or role ARN "
+                                        f"(arn:aws:iam::{account}:user/NAME or :role/NAME){hint}", operation)
+    if m.group(1) != account:
+        raise _error("ValidationError", f"{arn} is in account {m.group(1)}, not this keystore's "
+                                        f"account {account}", operation)
+    return arn
+
+
+def check_name(name: str, operation: str) -> str:
+    """A policy name IAM accepts (1-128 of letters, digits and +=,.@_-)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise _error("ValidationError", f"policy name {name!r} must be 1-128 letters, digits or "
+                                        "+=,.@_-", operation)
+    return name
+
+
+def iam_action(verb: str, target: str) -> str:
+    """The IAM action of ``verb`` (Put, Get, List, Delete) on a user or role ARN."""
+    kind = "Role" if ":role/" in target else "User"
+    return f"iam:{verb}{kind}Polic{'ies' if verb == 'List' else 'y'}"
+
+
+def may(conn, caller: str, account: str, verb: str, target: str) -> bool:
+    """Whether ``caller`` may do the IAM ``verb`` on ``target``'s policies (see module doc)."""
+    if caller in (iamstore.admin_principal(conn), f"arn:aws:iam::{account}:root"):
+        return True
+    req = policy.Request(principal_arn=caller, principal_account=policy.account_of(caller) or "",
+                         action=iam_action(verb, target), resource=target)
+    return authz.identity_decision(req, iamstore.policies_for_caller(conn, caller), account).allowed
+
+
+def _require(conn, caller: str, account: str, verb: str, target: str, operation: str) -> None:
+    if not may(conn, caller, account, verb, target):
+        action = iam_action(verb, target)
+        raise _error("AccessDenied", policy.access_denied_message(caller, action, target, False,
+                                                                  "identity-based policy"), operation)
+
+
+def put_policy(conn, caller: str, account: str, target: str, name: str, document: str, now: float) -> None:
+    """Attach or replace ``name`` on ``target`` after validating the document as an identity policy."""
+    op = "PutPrincipalPolicy"
+    check_target(target, account, op)
+    check_name(name, op)
+    _require(conn, caller, account, "Put", target, op)
+    try:
+        policy.parse_policy(document, kind="identity")
+    except policy.MalformedPolicyDocument as exc:
+        raise _error("MalformedPolicyDocument", str(exc), op) from None
+    iamstore.put(conn, target, name, document, now)
+
+
+def get_policy(conn, caller: str, account: str, target: str, name: str) -> str:
+    """The document of ``name`` on ``target``; NoSuchEntity if none."""
+    op = "GetPrincipalPolicy"
+    check_target(target, account, op)
+    check_name(name, op)
+    _require(conn, caller, account, "Get", target, op)
+    doc = iamstore.get(conn, target, name)
+    if doc is None:
+        raise _error("NoSuchEntity", f"The principal {target} has no policy named {name}", op)
+    return doc
+
+
+def list_policies(conn, caller: str, account: str, target: str | None) -> list[tuple[str, str]]:
+    """(principal, name) pairs: of ``target``, or of every principal the caller may list (all
+    of them for the administrator). AccessDenied when the caller may list none that exist."""
+    op = "ListPrincipalPolicies"
+    if target is not None:
+        check_target(target, account, op)
+        _require(conn, caller, account, "List", target, op)
+        return iamstore.listing(conn, target)
+    rows = iamstore.listing(conn)
+    visible = [r for r in rows if may(conn, caller, account, "List", r[0])]
+    if rows and not visible:
+        raise _error("AccessDenied", f"User: {caller} is not authorized to perform: iam:ListUserPolicies "
+                                     f"or iam:ListRolePolicies on any principal of this keystore", op)
+    return visible
+
+
+def delete_policy(conn, caller: str, account: str, target: str, name: str) -> None:
+    """Detach ``name`` from ``target``; NoSuchEntity if it is not attached."""
+    op = "DeletePrincipalPolicy"
+    check_target(target, account, op)
+    check_name(name, op)
+    _require(conn, caller, account, "Delete", target, op)
+    if not iamstore.delete(conn, target, name):
+        raise _error("NoSuchEntity", f"The principal {target} has no policy named {name}", op)
