@@ -16,7 +16,6 @@ pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 MiB = 1 << 20
 RECOVERABLE = "inaccessible-encryption-credentials-recoverable"
 TERMINAL = "inaccessible-encryption-credentials"
-XFAIL_ENFORCEMENT = pytest.mark.xfail(strict=False, reason="grant/policy enforcement not integrated yet")
 
 
 def _eio(fn, *args):
@@ -128,14 +127,12 @@ def test_recovery_window_passing_while_unmounted_is_terminal(kms_env, make_volum
     assert p.returncode == 6 and TERMINAL in p.stderr
 
 
-@XFAIL_ENFORCEMENT
 def test_revoked_grant_cuts_off(kms_env, make_volume, mounter):
     m, admin, key, data, fd = _prepare(kms_env, make_volume, mounter)
     grant = m.status()["grant_id"]
     _revoke_and_check(m, fd, lambda: admin.revoke_grant(KeyId=key, GrantId=grant))
 
 
-@XFAIL_ENFORCEMENT
 def test_deny_policy_cuts_off(kms_env, make_volume, mounter):
     m, admin, key, data, fd = _prepare(kms_env, make_volume, mounter)
     host = m.status()["host_principal"]
@@ -149,7 +146,6 @@ def test_deny_policy_cuts_off(kms_env, make_volume, mounter):
                                                           Policy=json.dumps(policy)))
 
 
-@XFAIL_ENFORCEMENT
 def test_user_without_create_grant_cannot_attach(kms_env, make_volume, mounter):
     vol = make_volume(kms_env, size=16 * MiB)
     account = kms_client(kms_env).account_id()
