@@ -183,3 +183,13 @@ def test_revocation_under_ext4_fails_direct_io_through_the_loop_device(kms_env, 
     finally:
         subprocess.run(["umount", str(fsmnt)], capture_output=True, timeout=60)
         teardown_mount(m.mountpoint, None)  # detaches the loop device
+
+
+def test_identity_policy_deny_on_the_host_role_cuts_off(kms_env, make_volume, mounter):
+    m, admin, key, data, fd = _prepare(kms_env, make_volume, mounter)
+    account = key.split(":")[4]
+    deny = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*"}]}
+    _revoke_and_check(m, fd, lambda: admin.put_principal_policy(
+        PrincipalArn=f"arn:aws:iam::{account}:role/volumed-host", PolicyName="no-keys",
+        PolicyDocument=json.dumps(deny)))
