@@ -193,3 +193,10 @@ def test_identity_policy_deny_on_the_host_role_cuts_off(kms_env, make_volume, mo
     _revoke_and_check(m, fd, lambda: admin.put_principal_policy(
         PrincipalArn=f"arn:aws:iam::{account}:role/volumed-host", PolicyName="no-keys",
         PolicyDocument=json.dumps(deny)))
+
+
+def test_retired_grant_cuts_off(kms_env, make_volume, mounter):
+    m, admin, key, data, fd = _prepare(kms_env, make_volume, mounter)
+    st = m.status()
+    host = kms_client(kms_env, principal=st["host_principal"])   # the grant's retiring principal
+    _revoke_and_check(m, fd, lambda: host.retire_grant(KeyId=key, GrantId=st["grant_id"]))
