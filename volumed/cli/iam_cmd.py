@@ -19,11 +19,13 @@ from volumed.errors import UsageError
 
 def _client(args):
     """The embedded client for this invocation; UsageError for AWS KMS (use AWS IAM there)."""
-    client = kms_client(args)
-    if not hasattr(client, "put_principal_policy"):
+    from volumed import kms
+
+    spec = args.kms if args.kms is not None else kms.default_spec()
+    if spec == "aws" or spec.startswith(("https://", "http://")):
         raise UsageError("identity policies are kept only by the embedded key service; with AWS KMS "
                          "attach IAM policies with AWS IAM (aws iam put-user-policy / put-role-policy)")
-    return client
+    return kms_client(args)
 
 
 def _put(args):
