@@ -354,3 +354,19 @@ def test_get_key_policy_needs_permission(kms, key, ids):
     denied(as_(kms, ids["alice"]).get_key_policy, KeyId=key, PolicyName="default")
     denied(as_(kms, ids["alice"]).put_key_policy, KeyId=key, PolicyName="default",
            Policy=key_policy(admin_statement(ids)))
+
+
+def test_encryption_context_keys_and_the_empty_context_trap(kms, ids):
+    only_known_keys = {"Effect": "Allow", "Principal": {"AWS": ids["alice"]}, "Action": "kms:Encrypt",
+                       "Resource": "*", "Condition": {"ForAllValues:StringEquals": {
+                           "kms:EncryptionContextKeys": ["aws:rds:db-id", "aws:ebs:id"]}}}
+    key = make_key(kms, key_policy(admin_statement(ids), only_known_keys))
+    alice = as_(kms, ids["alice"])
+    alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext=CTX)
+    denied(alice.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext=dict(CTX, other="1"))
+    alice.encrypt(KeyId=key, Plaintext=b"x")  # the trap: ForAllValues passes on an empty context
+    strict = dict(only_known_keys, Condition=dict(only_known_keys["Condition"],
+                                                  Null={"kms:EncryptionContextKeys": "false"}))
+    kms.put_key_policy(KeyId=key, PolicyName="default", Policy=key_policy(admin_statement(ids), strict))
+    denied(alice.encrypt, KeyId=key, Plaintext=b"x")
+    alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext=CTX)
