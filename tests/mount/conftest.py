@@ -221,7 +221,7 @@ def mounter():
             from volumed.mount import client
 
             with env.in_process(), contextlib.suppress(Exception):
-                client.unmount(str(mp), timeout=20)
+                client.unmount(str(mp), timeout=20, force=True)
         teardown_mount(mp, pid)
 
 

@@ -206,6 +206,9 @@ def test_ext4_on_loop_device(kms_env, make_volume, mounter, tmp_path):
         for name, data in files.items():
             (fsmnt / name).write_bytes(data)
         subprocess.run(["sync"], check=True)
+        p = kms_env.run("unmount", m.mountpoint, check=False)
+        assert p.returncode == 6 and "losetup -d" in p.stderr   # the loop device still uses it
+        assert m.status()["state"] == "available"
     finally:
         subprocess.run(["umount", str(fsmnt)], check=True, timeout=60)
     subprocess.run(["e2fsck", "-fn", m.file], check=True, timeout=60, capture_output=True)

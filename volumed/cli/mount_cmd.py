@@ -31,6 +31,8 @@ def register(sub) -> None:
 
     u = sub.add_parser("unmount", help="flush, retire the grant, wipe the key and unmount")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("--force", action="store_true",
+                   help="unmount even while a loop device is attached to the file")
     u.set_defaults(func=_unmount)
 
     s = sub.add_parser("status", help="every volumed mount on this host and its state")
@@ -53,7 +55,7 @@ def _mount(args) -> int:
 def _unmount(args) -> int:
     from volumed.mount import client
 
-    client.unmount(args.mountpoint)
+    client.unmount(args.mountpoint, force=args.force)
     return 0
 
 

@@ -5,6 +5,7 @@ mounts. Callers: volumed.cli.mount_cmd, the mount helper, tests.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import signal
@@ -256,9 +257,30 @@ def send(mountpoint: str, msg: dict) -> dict:
     return reply
 
 
-def unmount(mountpoint: str, *, timeout: float = UNMOUNT_TIMEOUT) -> None:
+def loop_devices_on(mountpoint: str) -> list[str]:
+    """Loop devices whose backing file lies under ``mountpoint`` (from /sys, without touching the
+    mount)."""
+    prefix = paths.real_mountpoint(mountpoint).rstrip("/") + "/"
+    found = []
+    for bf in sorted(glob.glob("/sys/block/loop*/loop/backing_file")):
+        try:
+            with open(bf) as f:
+                target = f.read().strip()
+        except OSError:
+            continue
+        if target.startswith(prefix):
+            found.append("/dev/" + bf.split("/")[3])
+    return found
+
+
+def unmount(mountpoint: str, *, timeout: float = UNMOUNT_TIMEOUT, force: bool = False) -> None:
     """``volumed unmount``: ask the daemon to flush, retire the grant, wipe the key and exit; wait
-    for it. A mount whose daemon died is cleaned up instead."""
+    for it. A mount whose daemon died is cleaned up instead. Refused while a loop device is attached
+    to the file (a file system on it may hold unwritten data) unless ``force``."""
+    busy = loop_devices_on(mountpoint)
+    if busy and not force:
+        raise StateError(f"{mountpoint} is in use by {', '.join(busy)}: unmount the file system on it "
+                         f"and detach it (losetup -d) first, or use --force")
     mid = paths.mount_id(mountpoint)
     rec_path = paths.record_path(mid)
     try:
