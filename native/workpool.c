@@ -65,10 +65,27 @@ static int helpers_done(void *arg)
     return atomic_load(&b->finished) == atomic_load(&b->joined);
 }
 
+/* Claim one chunk (the caller from the front, helpers from the back); returns its index, or
+ * (size_t)-1 when every chunk is taken. */
+static size_t claim(wp_batch *b, int helper, size_t nchunks)
+{
+    uint64_t cur = atomic_load(&b->claimed);
+    for (;;) {
+        uint64_t front = cur & 0xffffffffu, back = cur >> 32;
+        if (front + back >= nchunks)
+            return (size_t)-1;
+        uint64_t want = helper ? cur + ((uint64_t)1 << 32) : cur + 1;
+        if (atomic_compare_exchange_weak(&b->claimed, &cur, want))
+            return helper ? nchunks - 1 - (size_t)back : (size_t)front;
+    }
+}
+
 /* Claim and run chunks until none are left. */
 static void participate(wp_batch *b, int helper)
 {
-    if (atomic_load(&b->next) >= b->n) /* joined too late: nothing left to claim */
+    size_t nchunks = (b->n + b->chunk - 1) / b->chunk;
+    uint64_t cur = atomic_load(&b->claimed);
+    if ((cur & 0xffffffffu) + (cur >> 32) >= nchunks) /* joined too late: nothing left */
         return;
     void *state = b->enter(b->arg);
     if (state == NULL) {
@@ -76,9 +93,10 @@ static void participate(wp_batch *b, int helper)
         return;
     }
     for (;;) {
-        size_t begin = atomic_fetch_add(&b->next, b->chunk);
-        if (begin >= b->n)
+        size_t idx = claim(b, helper, nchunks);
+        if (idx == (size_t)-1)
             break;
+        size_t begin = idx * b->chunk;
         size_t end = begin + b->chunk < b->n ? begin + b->chunk : b->n;
         if (b->run(b->arg, state, begin, end) != 0)
             atomic_store(&b->failed, 1);
@@ -198,7 +216,7 @@ static void judge_helpers(size_t chunks, size_t own_chunks, uint64_t own_cpu_ns,
 
 int wp_run(wp_batch *b, int threads)
 {
-    atomic_store(&b->next, 0);
+    atomic_store(&b->claimed, 0);
     atomic_store(&b->failed, 0);
     b->wanted = 0;
     atomic_store(&b->joined, 0);

@@ -2,7 +2,9 @@
  *
  * A batch of n items (sectors) is cut into chunks; the calling thread and up to threads-1 workers
  * claim chunks until none are left, so a worker that wakes late (or never, on a busy machine) only
- * means the caller does more of the work itself. Each participant calls enter() once to get its
+ * means the caller does more of the work itself. The caller claims from the front and helpers from
+ * the back, so a buffer processed again and again splits the same way each time and each half
+ * stays in its core's cache. Each participant calls enter() once to get its
  * private state (the sector core hands out a per-thread cipher context there), run() per chunk,
  * and leave() once. Called by sector_cipher.c with the GIL released; nothing here touches Python.
  *
@@ -34,7 +36,8 @@ typedef struct wp_batch {
     int (*run)(void *arg, void *state, size_t begin, size_t end); /* 0 = success */
     void (*leave)(void *arg, void *state);
     /* Internal. */
-    atomic_size_t next;
+    atomic_uint_least64_t claimed; /* chunks claimed: from the front (low 32 bits, the caller)
+                                      and from the back (high 32 bits, helpers) */
     atomic_int failed;
     int wanted;               /* helpers still invited (pool mutex) */
     atomic_int joined, finished;
