@@ -12,4 +12,5 @@ Modules, one concern each:
   hardening  keep keys out of core dumps and swap
   daemon     the daemon's lifecycle: open, serve, monitor, unmount, clean up
   client     what the CLI uses: start a daemon and wait until ready, unmount, status
+  helper     the mount(8) helper (mount -t fuse.volumed, /etc/fstab)
 """
