@@ -37,13 +37,30 @@ def _open_log(args) -> sqlite3.Connection:
     return conn
 
 
+def _resolve_alias(conn, key: str | None) -> str | None:
+    """The key id an alias (``alias/x`` or its ARN) names, read from the keystore without a KMS call
+    (so filtering the log adds nothing to it); anything else is returned unchanged. Records name keys
+    by ARN or id, never by alias, so an alias must be resolved before matching."""
+    if not key or "alias/" not in key:
+        return key
+    name = key[key.index("alias/"):]
+    try:
+        row = conn.execute("SELECT key_id FROM aliases WHERE name = ?", (name,)).fetchone()
+    except sqlite3.Error:
+        row = None
+    if row is None:
+        raise UsageError(f"no alias {name} in this keystore: filter by key id or ARN instead "
+                         "(see 'volumed kms list-aliases')")
+    return row[0]
+
+
 def _list(args) -> int:
     from volumed.cli.common import print_json
     from volumed.kms import audit
 
     conn = _open_log(args)
     try:
-        records = audit.query(conn, key=args.key, event_name=args.event, principal=args.principal,
+        records = audit.query(conn, key=_resolve_alias(conn, args.key), event_name=args.event, principal=args.principal,
                               context_key=args.context_key, context_value=args.context_value,
                               since=args.since, until=args.until, errors_only=args.errors,
                               limit=args.limit)
