@@ -300,14 +300,16 @@ def describe(m: dict) -> dict:
     }
 
 
-def latest_snapshot_hint(volume_header, store=None) -> str | None:
+def latest_snapshot_hint(volume_header, store=None, *, kms_spec: str | None = None) -> str | None:
     """One sentence naming the latest snapshot of the volume and the command that restores it, or
-    None when the store has none (or cannot be read). The mount's terminal-state refusal calls it."""
+    None when the store has none (or cannot be read). Default store: open_store(kms_spec=...),
+    i.e. $VOLUMED_SNAPSHOT_STORE, else next to the keystore ``kms_spec`` (the mount's --kms).
+    The mount's terminal-state refusal calls it."""
     try:
         if store is None:
             from volumed.snapshot.store import open_store
 
-            store = open_store()
+            store = open_store(kms_spec=kms_spec)
         snaps = catalog.of_volume(store, volume_header.uuid)
     except Exception:  # a hint must never turn a clear refusal into another error
         return None
