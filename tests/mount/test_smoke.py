@@ -22,7 +22,7 @@ def test_mount_read_write_unmount(which, request, make_volume, mounter):
     os.close(fd)
     st = m.status()
     assert st["state"] == "available"
-    assert st["bytes_written"] == 5000
+    assert st["bytes_written"] == 8192  # the writeback cache writes back whole pages (12288..20480)
     # The attach created one grant to the host, constrained to the volume's context.
     admin = kms_client(env)
     key_id = st["key_arn"].rsplit("/", 1)[-1]

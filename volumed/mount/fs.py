@@ -4,13 +4,17 @@ The mount point is a directory holding exactly one regular file, named after the
 sized as the volume: the decrypted view. Every handler checks the access latch first, so once the
 key is revoked every request fails with EIO (volumed.mount.errno_map does the mapping).
 
-Concurrency (see docs/MOUNT.md): pyfuse3 runs several request tasks on one trio loop. Requests
-larger than ``INLINE_BYTES`` run Volume calls in worker threads behind a CapacityLimiter, so reads
-and writes of different requests proceed in parallel; the Volume is thread-safe and orders
-overlapping requests itself. Without the writeback cache every write(2) reaches the daemon before it
-returns, and fsync/fdatasync calls Volume.flush(), the durability point: a write is acknowledged
-only when an fsync that follows it returns success, or when a write(2) on a file opened O_SYNC,
-O_DSYNC or O_DIRECT returns (those writes are flushed before the reply).
+Tuned for throughput (docs/MOUNT.md, "Concurrency invariants"; docs/PERFORMANCE.md):
+- the kernel's writeback cache is on: write(2) fills the page cache and returns; the kernel writes
+  dirty pages back in large requests, and fsync/fdatasync (and O_SYNC/O_DSYNC writes) first write
+  back every dirty page, then send FSYNC, which calls Volume.flush(), the durability point. A write
+  is acknowledged only when such an fsync returns success, or when a write(2) on a file opened
+  O_DIRECT returns (those bypass the cache and are flushed before the reply);
+- ``keep_cache`` and long entry/attribute timeouts: the file never changes behind the kernel's back
+  (revocation and fault injection invalidate it explicitly);
+- reads run in worker threads behind a CapacityLimiter (a backing read may wait for the disk, so
+  several are in flight at once); writes of at most ``INLINE_BYTES`` run inline on the loop, where
+  a thread hop costs more than the encryption; buffers go to the Volume without copies.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from volumed.mount.errno_map import fuse_errors
 ROOT_INODE = pyfuse3.ROOT_INODE
 FILE_INODE = ROOT_INODE + 1
 INLINE_BYTES = 4096
+THREAD = INLINE_BYTES + 1  # nbytes for _run that always means "in a worker thread"
 ATTR_TIMEOUT = 60.0
 
 
@@ -47,7 +52,7 @@ class VolumeFS(pyfuse3.Operations):
     latch: volumed.mount.latch.AccessLatch, checked before every request.
     """
 
-    enable_writeback_cache = False
+    enable_writeback_cache = True
     supports_dot_lookup = True
 
     def __init__(self, volume, *, name: str, size: int, latch, threads: int = 4):
@@ -63,11 +68,46 @@ class VolumeFS(pyfuse3.Operations):
         self._sync_fhs: set[int] = set()
 
     async def _run(self, nbytes: int, fn, *args):
-        """Run a Volume call: inline when small, else in a worker thread behind the limiter."""
+        """Run a Volume call after checking the latch: inline when ``nbytes`` <= INLINE_BYTES, else
+        in a worker thread behind the limiter (pass THREAD to force a thread)."""
         self.latch.check_serving()
         if nbytes <= INLINE_BYTES:
             return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def _restore_size(self) -> None:
+        """After a refused write past the end: the writeback cache accepted it and grew the size the
+        kernel caches (the kernel trusts its own size then), so truncate the file back to the
+        volume's size through the mount. From a system task and a worker thread, never inside a
+        request (the kernel sends the truncate to this loop)."""
+
+        async def truncate():
+            path = await trio.to_thread.run_sync(self._own_path)
+            if path is not None:
+                try:
+                    await trio.to_thread.run_sync(os.truncate, path, self.size)
+                except OSError:
+                    pass
+
+        trio.lowlevel.spawn_system_task(truncate)
+
+    def _own_path(self) -> str | None:
+        """The file's path through this mount: the fuse.volumed mount holding a file of this
+        volume's name (one daemon per volume per host). Worker threads only."""
+        name = self.name.decode()
+        try:
+            lines = open("/proc/self/mountinfo").read().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] != "fuse.volumed":
+                continue
+            mp = left.split(" ")[4].encode().decode("unicode_escape")
+            path = os.path.join(mp, name)
+            if os.path.exists(path):
+                return path
+        return None
 
     def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -129,7 +169,7 @@ class VolumeFS(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EINVAL)
         fh, self._next_fh = self._next_fh, self._next_fh + 1
-        if flags & (os.O_SYNC | os.O_DSYNC | os.O_DIRECT):
+        if flags & os.O_DIRECT:  # O_SYNC/O_DSYNC writes go through the cache and the kernel's fsync
             self._sync_fhs.add(fh)  # every write on it is acknowledged: flush before replying
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
 
@@ -139,17 +179,20 @@ class VolumeFS(pyfuse3.Operations):
             self.latch.check_serving()
             return b""
         size = min(size, self.size - off)
-        data = await self._run(size, self.volume.read, off, size)
+        data = await self._run(THREAD, self.volume.read, off, size)
         self.counters.bytes_read += len(data)
         return data
 
     @fuse_errors
     async def write(self, fh, off, buf):
         if off + len(buf) > self.size:
+            # Past the end. With the writeback cache this is a write-back of pages the kernel
+            # accepted beyond the size: refuse it and set the kernel's size back.
+            self._restore_size()
             raise pyfuse3.FUSEError(errno.ENOSPC)
-        await self._run(len(buf), self.volume.write, off, bytes(buf))
+        await self._run(len(buf), self.volume.write, off, buf)
         if fh in self._sync_fhs:
-            await self._run(INLINE_BYTES + 1, self.volume.flush)
+            await self._run(THREAD, self.volume.flush)
             self.latch.check_serving()
         self.counters.bytes_written += len(buf)
         return len(buf)
@@ -157,7 +200,7 @@ class VolumeFS(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh, datasync):
         """The durability point: returns only when every earlier write is on stable storage."""
-        await self._run(INLINE_BYTES + 1, self.volume.flush)
+        await self._run(THREAD, self.volume.flush)
         self.latch.check_serving()
 
     @fuse_errors
@@ -169,14 +212,16 @@ class VolumeFS(pyfuse3.Operations):
 
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
-        """Only a truncate to the volume's own size is accepted (a volume's size is fixed here)."""
+        """Only a truncate to the volume's own size and time updates are accepted (a volume's size is
+        fixed here; with the writeback cache the kernel sends the mtime/ctime it kept at write-back)."""
         self.latch.check_serving()
         if inode != FILE_INODE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        others = (fields.update_mode or fields.update_uid or fields.update_gid
-                  or fields.update_atime or fields.update_mtime)
+        others = fields.update_mode or fields.update_uid or fields.update_gid
         if others or (fields.update_size and attr.st_size != self.size):
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if fields.update_mtime:  # the writeback cache keeps mtime in the kernel and flushes it here
+            self._mtime_ns = attr.st_mtime_ns
         return self._attrs(inode)
 
     @fuse_errors
