@@ -1,4 +1,378 @@
 """pytest plugin: encrypted volumes as fixtures (registered through the ``pytest11`` entry point).
 
-Fixtures arrive with the mount daemon; see README "Testing your database on volumed".
+Fixtures (see docs/TESTING.md and README "Testing your database on volumed"):
+  volumed_kms               a temporary embedded keystore with a customer managed key
+  encrypted_volume_factory  make(cipher=, size=, volume_type=, iops=, throughput_mib=, kms=) -> EncryptedVolume
+  encrypted_volume          one mounted volume, configured by ``@pytest.mark.volumed(...)``
+  encrypted_fs              ext4 on a loop device over ``encrypted_volume``; ``.path`` is an empty
+                            directory for a database's data
+
+Every mount is served by a separate daemon started with ``--allow-faults`` (faults only through its
+root-only control channel) and is torn down even when the test failed or the daemon died: the file
+system and loop device first, then ``volumed unmount --force``, then SIGKILL and ``fusermount3 -uz``.
+All state lives under the test's ``tmp_path`` (run dir, state dir, keystore, mount points), so
+pytest-xdist workers share nothing. Without root or /dev/fuse the fixtures skip with the reason.
 """
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI_TIMEOUT = 60
+REVOKE_HOW = ("disable", "schedule-deletion", "revoke-grant", "deny-policy")
+RECOVERABLE = "inaccessible-encryption-credentials-recoverable"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "volumed(cipher='xts', size='64M', volume_type=None, iops=None, throughput_mib=None): "
+        "how the encrypted_volume / encrypted_fs fixtures create and throttle the volume")
+
+
+def skip_reason() -> str | None:
+    """Why volumed fixtures cannot run here (None when they can)."""
+    if os.geteuid() != 0:
+        return "volumed fixtures need root (FUSE mounts with allow_other, loop devices, mount)"
+    if not os.path.exists("/dev/fuse"):
+        return "volumed fixtures need /dev/fuse"
+    return None
+
+
+def _run(cmd, *, env=None, timeout=CLI_TIMEOUT, check=True) -> subprocess.CompletedProcess:
+    p = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} -> exit {p.returncode}: {p.stderr.strip()}")
+    return p
+
+
+def _pid_alive(pid) -> bool:
+    from volumed.mount.client import _pid_alive as alive
+
+    return bool(pid) and alive(int(pid))
+
+
+class VolumedKMS:
+    """A temporary embedded keystore (``spec``, a directory) with a customer managed key (``key_arn``)."""
+
+    def __init__(self, spec: Path):
+        self.spec = str(spec)
+        self.admin = self.client()
+        self.key_arn = self.admin.create_key(Description="volumed pytest key")["KeyMetadata"]["Arn"]
+
+    def client(self, principal: str | None = None, via_service: str | None = None):
+        """A key-service client as ``principal`` (default: the keystore's administrator)."""
+        from volumed.mount import keyservice
+
+        return keyservice.connect(self.spec, principal=principal, via_service=via_service)
+
+    def create_key(self, description: str = "volumed pytest key") -> str:
+        return self.admin.create_key(Description=description)["KeyMetadata"]["Arn"]
+
+
+class Faults:
+    """Fault injection on a mounted volume (the "fault" control op; see volumed.mount.faults).
+    Offsets are the decrypted file's; sectors are 4 KiB."""
+
+    def __init__(self, vol: "EncryptedVolume"):
+        self.vol = vol
+
+    def _send(self, kind: str, **kw) -> dict:
+        return self.vol.control(dict({"op": "fault", "kind": kind},
+                                     **{k: v for k, v in kw.items() if v is not None}))
+
+    def error(self, *, io="any", errno="EIO", start=None, end=None, nth=None, probability=None,
+              count=None, seed=None) -> dict:
+        """Fail matching reads/writes/flushes with ``errno`` (range, Nth op, probability)."""
+        return self._send("error", io=io, errno=errno, start=start, end=end, nth=nth,
+                          probability=probability, count=count, seed=seed)
+
+    def bad_sectors(self, *sectors: int) -> dict:
+        """Reads touching these sectors fail with EIO until a write rewrites the whole sector."""
+        return self._send("bad-sector", sectors=list(sectors))
+
+    def latency(self, seconds: float) -> dict:
+        return self._send("latency", seconds=seconds)
+
+    def throttle(self, volume_type="gp3", *, iops=None, throughput_mib=None) -> dict:
+        return self._send("throttle", volume_type=volume_type, iops=iops, throughput_mib=throughput_mib)
+
+    def rollback(self, *sectors: int) -> int:
+        """Put the previous on-disk version of these sectors back; returns pages rolled back."""
+        return self._send("rollback", sectors=list(sectors))["pages"]
+
+    def clear(self) -> dict:
+        return self._send("clear")
+
+    def status(self) -> dict:
+        return self._send("status")["faults"]
+
+
+class EncryptedVolume:
+    """A volume mounted by a background daemon. ``path`` is the decrypted file."""
+
+    def __init__(self, root: Path, kms: VolumedKMS, *, cipher="xts", size="64M", key_arn=None,
+                 volume_type=None, iops=None, throughput_mib=None):
+        from volumed.kms.principals import rds_via
+        from volumed.volume.device import Volume, parse_size
+
+        self.root, self.kms = root, kms
+        self.image = root / "volume.img"
+        self.mountpoint = root / "mnt"
+        self.mountpoint.mkdir()
+        self.env = dict(os.environ, VOLUMED_RUN_DIR=str(root / "run"), VOLUMED_STATE_DIR=str(root / "state"),
+                        VOLUMED_KMS=kms.spec, PYTHONWARNINGS="ignore")
+        self.key_arn = key_arn or kms.key_arn
+        user = kms.client()
+        user = user.with_identity(via_service=rds_via(user.region()))
+        Volume.create(self.image, size=parse_size(str(size)), kms=user, key_id=self.key_arn, cipher=cipher)
+        self.throttle_args = None if volume_type is None else dict(
+            volume_type=volume_type, iops=iops, throughput_mib=throughput_mib)
+        self.fault = Faults(self)
+        self.path: str | None = None
+        self.pids: list[int] = []
+        self._undo = None
+
+    # ---- mount lifecycle ----------------------------------------------------------------------
+
+    def cli(self, *args, check=True, timeout=CLI_TIMEOUT) -> subprocess.CompletedProcess:
+        """Run ``volumed ARGS`` in this volume's environment (its own run, state and keystore)."""
+        return _run([sys.executable, "-m", "volumed", *args], env=self.env, check=check, timeout=timeout)
+
+    def mount(self) -> str:
+        """Mount (with --allow-faults), apply the volume type's throttle; returns ``path``."""
+        self.path = self.cli("mount", self.image, self.mountpoint, "--allow-faults").stdout.strip()
+        pid = self.pid()
+        if pid:
+            self.pids.append(pid)
+        if self.throttle_args:
+            self.fault.throttle(**self.throttle_args)
+        return self.path
+
+    def unmount(self, *, force=True) -> None:
+        """``volumed unmount`` (with --force: a file system above must be unmounted first)."""
+        self.cli("unmount", self.mountpoint, *(["--force"] if force else []))
+
+    def remount(self) -> str:
+        """Unmount and mount again (the daemon re-attaches: a new grant, the key unwrapped again)."""
+        self.unmount()
+        return self.mount()
+
+    def _sock(self) -> Path:
+        from volumed.mount import paths
+
+        return Path(self.env["VOLUMED_RUN_DIR"]) / f"{paths.mount_id(self.mountpoint)}.sock"
+
+    def control(self, msg: dict) -> dict:
+        """One control-channel request; raises RuntimeError with the daemon's error line."""
+        from volumed.mount import control
+
+        reply = control.request(self._sock(), msg)
+        if not reply.get("ok"):
+            raise RuntimeError(f"volumed {msg.get('op')} {msg.get('kind', '')}: {reply.get('error')}")
+        return reply
+
+    def status(self) -> dict:
+        return self.control({"op": "status"})["status"]
+
+    def pid(self) -> int | None:
+        """The serving daemon's pid (from its run record), or None."""
+        from volumed.mount import paths
+
+        rec = Path(self.env["VOLUMED_RUN_DIR"]) / f"{paths.mount_id(self.mountpoint)}.json"
+        try:
+            return int(json.loads(rec.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def wait_state(self, state: str, timeout: float = 5.0) -> dict:
+        """Wait until the daemon reports ``state``; returns the status (AssertionError on timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if st["state"] == state:
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"state {st['state']!r} ({st.get('reason')}), wanted {state!r}")
+            time.sleep(0.02)
+
+    # ---- key access ---------------------------------------------------------------------------
+
+    def revoke(self, how: str = "disable", *, wait: bool = True) -> None:
+        """Cut the mount off the key, one of REVOKE_HOW; with ``wait`` until the daemon noticed."""
+        admin, key = self.kms.admin, self.key_arn
+        if how == "disable":
+            admin.disable_key(KeyId=key)
+            self._undo = lambda: admin.enable_key(KeyId=key)
+        elif how == "schedule-deletion":
+            admin.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+            self._undo = lambda: (admin.cancel_key_deletion(KeyId=key), admin.enable_key(KeyId=key))
+        elif how == "revoke-grant":
+            admin.revoke_grant(KeyId=key, GrantId=self.status()["grant_id"])
+            self._undo = lambda: None   # the remount creates a new grant
+        elif how == "deny-policy":
+            host = self.status()["host_principal"]
+            old = admin.get_key_policy(KeyId=key, PolicyName="default")["Policy"]
+            policy = json.loads(old)
+            policy["Statement"] = list(policy["Statement"]) + [
+                {"Sid": "volumed-pytest-deny", "Effect": "Deny", "Principal": {"AWS": host},
+                 "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*"}]
+            admin.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(policy))
+            self._undo = lambda: admin.put_key_policy(KeyId=key, PolicyName="default", Policy=old)
+        else:
+            raise ValueError(f"unknown revocation {how!r}: use one of {', '.join(REVOKE_HOW)}")
+        if wait:
+            self.wait_state(RECOVERABLE)
+
+    def restore(self, *, remount: bool = True) -> None:
+        """Undo the last ``revoke`` in the key service; with ``remount`` mount again (as RDS
+        recovers: the new attach is the re-check)."""
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+        if remount:
+            self.remount()
+
+    # ---- power loss and teardown ----------------------------------------------------------------
+
+    def power_cut(self, mode: str = "all", seed=None, *, remount: bool = True) -> dict:
+        """Lose power: writes not yet flushed are dropped (``mode`` all/random/torn); then, with
+        ``remount``, unmount and mount again. Returns the report (writes, dropped, torn, pages_dropped)."""
+        report = self.control({"op": "fault", "kind": "power-cut", "mode": mode, "seed": seed})["report"]
+        if remount:
+            self.remount()
+        return report
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the serving daemon (what a crash looks like to everything above)."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def teardown(self) -> None:
+        """Best effort, each step independent: unmount, kill what is left, detach dead mounts."""
+        from volumed.mount.client import loop_devices_on
+
+        for dev in loop_devices_on(str(self.mountpoint)):
+            _run(["losetup", "-d", dev], check=False)
+        if _pid_alive(self.pid()):
+            with contextlib.suppress(Exception):
+                self.cli("unmount", self.mountpoint, "--force", check=False, timeout=30)
+        for pid in self.pids:
+            if _pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while _pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        _run(["fusermount3", "-uz", self.mountpoint], check=False)
+
+
+class EncryptedFS:
+    """ext4 on a loop device over an EncryptedVolume's file. ``path``: an empty directory on it."""
+
+    def __init__(self, volume: EncryptedVolume):
+        self.volume = volume
+        self.root = volume.root / "fs"
+        self.root.mkdir()
+        self.path = self.root / "data"
+        self.dev: str | None = None
+        _run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", volume.path])
+        self.mount()
+        self.path.mkdir()
+
+    def mount(self) -> None:
+        """Attach a loop device (``losetup -f --show``) and mount the ext4 on it."""
+        self.dev = _run(["losetup", "-f", "--show", self.volume.path]).stdout.strip()
+        _run(["mount", "-t", "ext4", self.dev, self.root])
+
+    def unmount(self) -> None:
+        """Unmount the ext4 (lazily if it will not go) and detach the loop device."""
+        if os.path.ismount(self.root):
+            if _run(["umount", self.root], check=False, timeout=60).returncode != 0:
+                _run(["umount", "-l", self.root], check=False)
+        if self.dev:
+            _run(["losetup", "-d", self.dev], check=False)
+            self.dev = None
+
+    def remount(self) -> None:
+        """Unmount the ext4, remount the volume, mount the ext4 again."""
+        self.unmount()
+        self.volume.remount()
+        self.mount()
+
+    def revoke(self, how: str = "disable", **kw) -> None:
+        self.volume.revoke(how, **kw)
+
+    def restore(self) -> None:
+        """Undo the revocation, then unmount everything and mount it again."""
+        self.unmount()
+        self.volume.restore(remount=True)
+        self.mount()
+
+    def power_cut(self, mode: str = "all", seed=None) -> dict:
+        """Lose power under the file system, then bring it back (ext4 replays its journal)."""
+        report = self.volume.power_cut(mode, seed, remount=False)
+        self.unmount()
+        self.volume.remount()
+        self.mount()
+        return report
+
+    def teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.unmount()
+
+
+def _marker_options(request) -> dict:
+    marker = request.node.get_closest_marker("volumed")
+    return dict(marker.kwargs) if marker else {}
+
+
+@pytest.fixture
+def volumed_kms(tmp_path_factory):
+    """A temporary embedded keystore with a customer managed key."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return VolumedKMS(tmp_path_factory.mktemp("volumed-kms") / "keystore")
+
+
+@pytest.fixture
+def encrypted_volume_factory(volumed_kms, tmp_path_factory):
+    """make(cipher="xts", size="64M", volume_type=None, iops=None, throughput_mib=None, key_arn=None)
+    -> a mounted EncryptedVolume; all torn down after the test."""
+    made: list[EncryptedVolume] = []
+
+    def make(**options) -> EncryptedVolume:
+        vol = EncryptedVolume(tmp_path_factory.mktemp("volumed"), volumed_kms, **options)
+        made.append(vol)
+        vol.mount()
+        return vol
+
+    yield make
+    for vol in reversed(made):
+        vol.teardown()
+
+
+@pytest.fixture
+def encrypted_volume(encrypted_volume_factory, request):
+    """A mounted volume as ``@pytest.mark.volumed(...)`` says (default: XTS, 64 MiB, no throttle)."""
+    return encrypted_volume_factory(**_marker_options(request))
+
+
+@pytest.fixture
+def encrypted_fs(encrypted_volume):
+    """ext4 on a loop device over ``encrypted_volume``; ``.path`` is an empty directory on it."""
+    fs = EncryptedFS(encrypted_volume)
+    yield fs
+    fs.teardown()

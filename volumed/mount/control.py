@@ -8,6 +8,8 @@ each peer's SO_PEERCRED uid is 0. One request per line, one JSON reply per line:
   {"op": "check"}                         -> {"ok": true}; run the real key check now
   {"op": "set-clock", "time": EPOCH}      -> test hook (daemon started with --allow-faults): from now on
   {"op": "set-clock", "advance": SECONDS}    the monitor's clock is a fake one at this time
+  {"op": "fault", "kind": KIND, ...}      -> test hook (--allow-faults): inject a fault; see
+                                             volumed.mount.faults.handle and docs/TESTING.md
 Errors: {"ok": false, "error": "..."}.
 
 ``serve(path, handler)`` is the trio server (caller: the daemon); ``request(path, msg)`` the

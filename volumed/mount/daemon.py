@@ -79,9 +79,17 @@ class LiveClock(Clock):
 class Daemon:
     """One mount being served. Built by ``serve``; its methods run on the trio loop."""
 
-    def __init__(self, cfg: MountConfig, volume, header, host_client, grant, clock: LiveClock):
+    def __init__(self, cfg: MountConfig, volume, header, host_client, grant, clock: LiveClock,
+                 backing=None):
         self.cfg = cfg
         self.volume = volume
+        # Faults (--allow-faults only): the FUSE side sees the Volume through the fault layer.
+        self.backing = backing
+        self.faults = None
+        if cfg.allow_faults and backing is not None:
+            from volumed.mount.faults import FaultVolume
+
+            self.faults = FaultVolume(volume, to_error=pyfuse3.FUSEError)
         self.header = header
         self.host_client = host_client
         self.grant = grant
@@ -95,7 +103,7 @@ class Daemon:
         # (a request to itself from the loop thread would deadlock).
         self.file = os.path.join(cfg.mountpoint, self.name)
         self.latch = AccessLatch(clock, paths.volume_state_path(self.uuid), grant.key_arn)
-        self.fs = VolumeFS(volume, name=self.name, size=self.size, latch=self.latch,
+        self.fs = VolumeFS(self.faults or volume, name=self.name, size=self.size, latch=self.latch,
                            threads=cfg.threads)
         self.monitor = KeyMonitor(
             check=self._check, counter=keyservice.change_counter(host_client), latch=self.latch,
@@ -178,7 +186,28 @@ class Daemon:
             if msg.get("check"):
                 self.monitor.request_check()
             return {"ok": True, "time": self.clock.time()}
+        if op == "fault":
+            return await self._fault(msg)
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def _fault(self, msg: dict) -> dict:
+        """The "fault" control op (volumed.mount.faults.handle), for --allow-faults daemons only."""
+        if self.faults is None:
+            return {"ok": False, "error": "fault injection needs a mount started with --allow-faults"}
+        from volumed.mount import faults
+
+        try:
+            reply = await trio.to_thread.run_sync(faults.handle, msg, self.faults, self.backing,
+                                                  self.header)
+        except VolumedError as exc:
+            return {"ok": False, "error": str(exc)}
+        if msg.get("kind") in ("power-cut", "rollback"):
+            log.warning("fault injected: %s", json.dumps({k: v for k, v in msg.items() if k != "op"}))
+            try:  # the kernel's cached pages no longer match the disk
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, FILE_INODE, False)
+            except OSError as exc:
+                log.warning("could not invalidate the kernel's cached pages: %s", exc)
+        return reply
 
     async def _signals(self) -> None:
         """SIGTERM/SIGINT unmount cleanly (as ``volumed unmount`` does)."""
@@ -201,7 +230,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         """After the FUSE loop ended: flush (if still allowed), retire the grant, wipe the key."""
-        if self.latch.serving:
+        if self.latch.serving and not getattr(self.backing, "lost", False):
             try:
                 self.volume.flush()
             except Exception as exc:
@@ -211,7 +240,10 @@ class Daemon:
         try:
             self.volume.wipe_key()
         finally:
-            self.volume.close()
+            try:
+                self.volume.close()
+            except OSError as exc:  # a simulated power loss: the disk is gone
+                log.warning("closing the volume: %s", exc)
 
 
 async def _call_soon(fn) -> None:
@@ -232,16 +264,22 @@ def _lock_volume(uuid: str):
     return fd
 
 
-def _open_backing(cfg: MountConfig):
-    """The test-only recording backing file (--test-recording-journal, needs --allow-faults), or
-    None for the Volume's own."""
-    if not cfg.recording_journal:
-        return None
-    if not cfg.allow_faults:
-        raise VolumedError("--test-recording-journal needs --allow-faults")
-    from volumed.volume.backing import RecordingBackingFile
+def _journal_path(cfg: MountConfig):
+    """The undo journal of a fault-enabled mount: --test-recording-journal (kept for the test that
+    asked for it) or ``<run dir>/<mount id>.journal`` (removed at unmount)."""
+    return cfg.recording_journal or str(paths.run_dir() / f"{paths.mount_id(cfg.mountpoint)}.journal")
 
-    return RecordingBackingFile(cfg.volume, cfg.recording_journal)
+
+def _open_backing(cfg: MountConfig):
+    """For a mount started with --allow-faults, the fault-injecting backing file (a recording one:
+    volumed.mount.faults.FaultBacking); otherwise None for the Volume's own."""
+    if cfg.recording_journal and not cfg.allow_faults:
+        raise VolumedError("--test-recording-journal needs --allow-faults")
+    if not cfg.allow_faults:
+        return None
+    from volumed.mount.faults import FaultBacking
+
+    return FaultBacking(cfg.volume, _journal_path(cfg))
 
 
 def serve(cfg: MountConfig, ready) -> None:
@@ -261,16 +299,19 @@ def serve(cfg: MountConfig, ready) -> None:
         header = Volume.read_header(cfg.volume)
         lock_fd = _lock_volume(header.uuid)
         host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock)
+        backing = _open_backing(cfg)
         try:
             volume = Volume.open(cfg.volume, kms=host_client, grant_tokens=[grant.token],
-                                 backing=_open_backing(cfg))
+                                 backing=backing)
         except Exception as exc:
+            if backing is not None:
+                backing.close()
             attach.retire_grant(host_client, grant)
             if keyservice.error_code(exc) is None:
                 raise
             raise VolumedError(f"cannot open {cfg.volume} as the host: {keyservice.error_message(exc)}",
                                code=keyservice.error_code(exc)) from None
-        daemon = Daemon(cfg, volume, header, host_client, grant, clock)
+        daemon = Daemon(cfg, volume, header, host_client, grant, clock, backing)
         daemon.latch.mark_ok()
         daemon.latch.clear_record()
         opts = {"fsname=volumed", "subtype=volumed", "allow_other", "default_permissions"}
@@ -299,6 +340,11 @@ def serve(cfg: MountConfig, ready) -> None:
             pyfuse3.close(unmount=True)
             for p in (paths.socket_path(mid), paths.record_path(mid)):
                 p.unlink(missing_ok=True)
+            if cfg.allow_faults and not cfg.recording_journal:
+                try:
+                    os.unlink(_journal_path(cfg))
+                except FileNotFoundError:
+                    pass
             os.close(lock_fd)
             log.info("unmounted %s", cfg.mountpoint)
 
