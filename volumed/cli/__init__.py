@@ -23,6 +23,7 @@ GROUPS = [
     "volumed.cli.volume_cmd",
     "volumed.cli.mount_cmd",
     "volumed.cli.snapshot_cmd",
+    "volumed.cli.fault_cmd",
 ]
 
 
