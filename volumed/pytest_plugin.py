@@ -10,8 +10,9 @@ Fixtures (see docs/TESTING.md and README "Testing your database on volumed"):
 Every mount is served by a separate daemon started with ``--allow-faults`` (faults only through its
 root-only control channel) and is torn down even when the test failed or the daemon died: the file
 system and loop device first, then ``volumed unmount --force``, then SIGKILL and ``fusermount3 -uz``.
-All state lives under the test's ``tmp_path`` (run dir, state dir, keystore, mount points), so
-pytest-xdist workers share nothing. Without root or /dev/fuse the fixtures skip with the reason.
+All state lives under pytest's per-test temporary directories (state dir, keystore, mount points)
+and a private ``/tmp/volumed-run-*`` run directory (the control socket's path must stay short),
+so pytest-xdist workers share nothing. Without root or /dev/fuse the fixtures skip with the reason.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,12 +131,15 @@ class EncryptedVolume:
         self.image = root / "volume.img"
         self.mountpoint = root / "mnt"
         self.mountpoint.mkdir()
-        self.env = dict(os.environ, VOLUMED_RUN_DIR=str(root / "run"), VOLUMED_STATE_DIR=str(root / "state"),
-                        VOLUMED_KMS=kms.spec, PYTHONWARNINGS="ignore")
         self.key_arn = key_arn or kms.key_arn
         user = kms.client()
         user = user.with_identity(via_service=rds_via(user.region()))
         Volume.create(self.image, size=parse_size(str(size)), kms=user, key_id=self.key_arn, cipher=cipher)
+        # The run dir holds the control socket, whose path must fit in sun_path (108 bytes): a short
+        # private directory of its own rather than one under a deep tmp_path.
+        self.run_dir = tempfile.mkdtemp(prefix="volumed-run-")
+        self.env = dict(os.environ, VOLUMED_RUN_DIR=self.run_dir, VOLUMED_STATE_DIR=str(root / "state"),
+                        VOLUMED_KMS=kms.spec, PYTHONWARNINGS="ignore")
         self.throttle_args = None if volume_type is None else dict(
             volume_type=volume_type, iops=iops, throughput_mib=throughput_mib)
         self.fault = Faults(self)
@@ -149,7 +155,12 @@ class EncryptedVolume:
 
     def mount(self) -> str:
         """Mount (with --allow-faults), apply the volume type's throttle; returns ``path``."""
-        self.path = self.cli("mount", self.image, self.mountpoint, "--allow-faults").stdout.strip()
+        p = self.cli("mount", self.image, self.mountpoint, "--allow-faults", check=False)
+        if p.returncode != 0:
+            logs = "".join(Path(f).read_text(errors="replace")[-2000:]
+                           for f in sorted(Path(self.run_dir).glob("*.log")))
+            raise RuntimeError(f"volumed mount {self.image} failed: {p.stderr.strip()}\n{logs}")
+        self.path = p.stdout.strip()
         pid = self.pid()
         if pid:
             self.pids.append(pid)
@@ -245,7 +256,13 @@ class EncryptedVolume:
 
     def power_cut(self, mode: str = "all", seed=None, *, remount: bool = True) -> dict:
         """Lose power: writes not yet flushed are dropped (``mode`` all/random/torn); then, with
-        ``remount``, unmount and mount again. Returns the report (writes, dropped, torn, pages_dropped)."""
+        ``remount``, unmount and mount again. Returns the report (writes, dropped, torn, pages_dropped).
+
+        First the kernel's dirty pages of the file are written back to the daemon without a flush
+        (sync_file_range), as a host's writeback would have sent them: the disk received them, but
+        they are not durable, so the crash model decides their fate. Dirty pages the kernel still
+        holds after that (written in the meantime) are lost with the power."""
+        _write_back(self.path)
         report = self.control({"op": "fault", "kind": "power-cut", "mode": mode, "seed": seed})["report"]
         if remount:
             self.remount()
@@ -276,6 +293,24 @@ class EncryptedVolume:
                 while _pid_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.02)
         _run(["fusermount3", "-uz", self.mountpoint], check=False)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _write_back(path) -> None:
+    """sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER) over the whole file: write dirty pages back
+    without asking for durability (no FSYNC reaches the daemon)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if libc.sync_file_range(fd, 0, 0, 1 | 2 | 4) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sync_file_range {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 class EncryptedFS:
