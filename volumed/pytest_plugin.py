@@ -4,8 +4,9 @@ Fixtures (see docs/TESTING.md and README "Testing your database on volumed"):
   volumed_kms               a temporary embedded keystore with a customer managed key
   encrypted_volume_factory  make(cipher=, size=, volume_type=, iops=, throughput_mib=, kms=) -> EncryptedVolume
   encrypted_volume          one mounted volume, configured by ``@pytest.mark.volumed(...)``
-  encrypted_fs              ext4 on a loop device over ``encrypted_volume``; ``.path`` is an empty
-                            directory for a database's data
+  encrypted_fs              ext4 on a loop device over ``encrypted_volume``, mounted at a private
+                            ``/tmp/volumed-fs-*`` (0755); ``.path`` is an empty directory on it
+                            for a database's data
 
 Every mount is served by a separate daemon started with ``--allow-faults`` (faults only through its
 root-only control channel) and is torn down even when the test failed or the daemon died: the file
@@ -296,6 +297,13 @@ class EncryptedVolume:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def _mounted_at(path) -> bool:
+    """True while something is mounted at ``path`` (from mountinfo, without touching it)."""
+    target = str(path).replace(" ", "\\040")
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ", 5)[4] == target for line in f)
+
+
 def _write_back(path) -> None:
     """sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER) over the whole file: write dirty pages back
     without asking for durability (no FSYNC reaches the daemon)."""
@@ -318,8 +326,10 @@ class EncryptedFS:
 
     def __init__(self, volume: EncryptedVolume):
         self.volume = volume
-        self.root = volume.root / "fs"
-        self.root.mkdir()
+        # Its own short directory outside pytest's root-only tmp tree, so a database server running
+        # as another user (PostgreSQL as postgres) can reach its data directory.
+        self.root = Path(tempfile.mkdtemp(prefix="volumed-fs-"))
+        os.chmod(self.root, 0o755)
         self.path = self.root / "data"
         self.dev: str | None = None
         _run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", volume.path])
@@ -333,8 +343,12 @@ class EncryptedFS:
 
     def unmount(self) -> None:
         """Unmount the ext4 (lazily if it will not go) and detach the loop device."""
-        if os.path.ismount(self.root):
-            if _run(["umount", self.root], check=False, timeout=60).returncode != 0:
+        # Not os.path.ismount: it answers False when stat fails, as it may on a file system
+        # whose disk is gone.
+        while _mounted_at(self.root):
+            p = _run(["umount", self.root], check=False, timeout=60)
+            if p.returncode != 0:
+                print(f"umount {self.root}: {p.stderr.strip()}; detaching it lazily", file=sys.stderr)
                 _run(["umount", "-l", self.root], check=False)
         if self.dev:
             _run(["losetup", "-d", self.dev], check=False)
@@ -366,6 +380,9 @@ class EncryptedFS:
     def teardown(self) -> None:
         with contextlib.suppress(Exception):
             self.unmount()
+        with contextlib.suppress(OSError):
+            if not _mounted_at(self.root):
+                shutil.rmtree(self.root)
 
 
 def _marker_options(request) -> dict:

@@ -40,3 +40,23 @@ def test_factory_makes_independent_volumes_on_one_keystore(encrypted_volume_fact
     assert a.status()["key_arn"] != b.status()["key_arn"]
     b.revoke("disable")
     assert a.status()["state"] == "available"
+
+
+def test_encrypted_fs_restore_after_revocation_mounts_a_working_file_system(encrypted_fs):
+    f = encrypted_fs.path / "table"
+    f.write_bytes(b"kept" * 25000)
+    fd = os.open(f, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    encrypted_fs.revoke("disable")
+    with pytest.raises(OSError):
+        with open(encrypted_fs.path / "new", "wb") as g:
+            g.write(b"x" * 65536)
+            g.flush()
+            os.fsync(g.fileno())
+    encrypted_fs.restore()
+    assert f.read_bytes() == b"kept" * 25000
+    with open(encrypted_fs.path / "after", "wb") as g:
+        g.write(b"y" * 65536)
+        g.flush()
+        os.fsync(g.fileno())

@@ -15,18 +15,18 @@ pytestmark = pytest.mark.timeout(180)
 INNER = textwrap.dedent('''
     import os
 
-    def _note(tmp, vol):
+    def _note(tmp, vol, *more):
         with open(os.path.join(os.environ["PIDS_DIR"], str(vol.pid())), "w") as f:
-            f.write(vol.run_dir)
+            f.write("\\n".join([vol.run_dir, *map(str, more)]))
 
     def test_daemon_killed_under_ext4(encrypted_fs):
         (encrypted_fs.path / "f").write_bytes(b"x" * 100000)
-        _note(None, encrypted_fs.volume)
+        _note(None, encrypted_fs.volume, encrypted_fs.root)
         encrypted_fs.volume.kill_daemon()
         assert False, "failing on purpose after killing the daemon"
 
     def test_fails_while_everything_is_mounted(encrypted_fs):
-        _note(None, encrypted_fs.volume)
+        _note(None, encrypted_fs.volume, encrypted_fs.root)
         encrypted_fs.volume.fault.error(io="read", errno="EIO")
         assert False, "failing on purpose with ext4 mounted"
 
@@ -41,7 +41,7 @@ def _leftovers(base: str, pids, run_dirs) -> list[str]:
     found = []
     with open("/proc/self/mountinfo") as f:
         found += [f"mount {line.split()[4]}" for line in f if base in line]
-    found += [f"run dir {d}" for d in run_dirs if os.path.exists(d)]
+    found += [f"directory {d}" for d in run_dirs if os.path.exists(d)]
     for bf in glob.glob("/sys/block/loop*/loop/backing_file"):
         try:
             with open(bf) as f:
@@ -80,6 +80,6 @@ def test_teardown_after_failures_and_killed_daemons(tmp_path):
     assert "2 failed, 1 passed" in out, out
     assert "failing on purpose" in out
     pids = [int(n) for n in os.listdir(pids_dir)]
-    run_dirs = [(pids_dir / n).read_text() for n in os.listdir(pids_dir)]
+    run_dirs = [d for n in os.listdir(pids_dir) for d in (pids_dir / n).read_text().split("\n")]
     assert len(pids) == 3
     assert _leftovers(base, pids, run_dirs) == []
