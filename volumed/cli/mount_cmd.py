@@ -24,6 +24,9 @@ def register(sub) -> None:
                         "embedded service, which is also watched for changes every 100 ms)")
     p.add_argument("--allow-faults", action="store_true",
                    help="enable test hooks (clock injection, power-cut recording); never in production")
+    p.add_argument("--bench-null-cipher", default=None, metavar="SIZE",
+                   help="benchmarks only: serve VOLUME as a plain, unencrypted file of SIZE (created "
+                        "if missing) through the same FUSE code; refuses any real volume")
     p.add_argument("--fake-time", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--test-recording-journal", default=None, help=argparse.SUPPRESS)
     add_kms_options(p)
@@ -43,13 +46,44 @@ def register(sub) -> None:
 def _mount(args) -> int:
     from volumed.mount import client, keyservice
 
-    return client.mount(
+    if args.bench_null_cipher is not None:
+        return _mount_null(args)
+    rc = client.mount(
         volume=args.volume, mountpoint=args.mountpoint,
         kms_spec=args.kms if args.kms is not None else keyservice.default_spec(),
         principal=args.principal, via_service=args.via_service, foreground=args.foreground,
         allow_faults=args.allow_faults, recovery_window=args.recovery_window * 86400.0,
         grace=args.kms_grace, interval=args.check_interval, fake_time=args.fake_time,
         recording_journal=args.test_recording_journal)
+    if rc == 0 and not args.foreground:
+        from volumed.mount.tuning import tune_mount
+
+        tune_mount(args.mountpoint)
+    return rc
+
+
+def _mount_null(args) -> int:
+    """``--bench-null-cipher SIZE``: start volumed.mount.nullserve and wait until it serves."""
+    import os
+    import subprocess
+    import sys
+
+    from volumed.errors import UsageError
+    from volumed.volume.device import parse_size
+
+    size = parse_size(args.bench_null_cipher)
+    cmd = [sys.executable, "-m", "volumed.mount.nullserve", str(size), args.volume, args.mountpoint]
+    if args.foreground:
+        os.execv(sys.executable, cmd)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    line = proc.stdout.readline().strip()
+    proc.stdout.close()
+    if not line.startswith("ready "):
+        proc.wait()
+        raise UsageError(line.removeprefix("error ") or "the null-cipher mount did not start")
+    print(line.removeprefix("ready "))
 
 
 def _unmount(args) -> int:

@@ -1,0 +1,160 @@
+"""Benchmark only: the mount's FUSE code over a plain file, with no cipher at all.
+
+``volumed mount --bench-null-cipher SIZE FILE MOUNTPOINT`` serves FILE (a plain sparse file,
+created at SIZE if missing) through exactly the same ``VolumeFS`` as a real mount, so a benchmark
+can separate the FUSE request path's cost from the cipher's. It exists for ``scripts/bench`` only:
+
+- it never reads or writes a volume header, and there is no "null" cipher in ``volumed.cipher``, so
+  no volume can name it (no downgrade path);
+- it refuses any FILE that holds a volume header (LUKS2 or GCM), or that is not empty and was not
+  created by it (it marks its files with a ``user.volumed.bench-null`` extended attribute or, where
+  the file system has none, refuses all existing non-empty files);
+- no key service, no grant, no monitor: the latch never closes.
+
+Run as ``python -m volumed.mount.nullserve SIZE FILE MOUNTPOINT`` (what the CLI starts); prints
+``ready PATH`` on stdout once the mount serves, then serves until unmounted (``fusermount3 -u``) or
+SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import pyfuse3
+import trio
+
+from volumed.errors import UsageError
+from volumed.mount.fs import VolumeFS
+from volumed.mount.tuning import tune_mount
+
+MARK = "user.volumed.bench-null"
+FILE_NAME = "bench-null"
+
+
+class NullVolume:
+    """The Volume interface (read/write/flush/wipe_key/close) over a plain file: no encryption."""
+
+    def __init__(self, path: str, size: int):
+        self.size = size
+        self._fd = os.open(path, os.O_RDWR)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (short only at the end)."""
+        return os.pread(self._fd, min(length, self.size - offset), offset)
+
+    def write(self, offset: int, data) -> None:
+        """Write all of ``data`` at ``offset``."""
+        mv = memoryview(data)
+        while len(mv):
+            n = os.pwrite(self._fd, mv, offset)
+            mv, offset = mv[n:], offset + n
+
+    def flush(self) -> None:
+        """Durability point, as Volume.flush."""
+        os.fdatasync(self._fd)
+
+    def wipe_key(self) -> None:
+        """No key to wipe."""
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class OpenLatch:
+    """A latch that never closes (no key, nothing to revoke)."""
+
+    serving = True
+
+    def check_serving(self) -> None:
+        return None
+
+
+def prepare_file(path: str, size: int) -> None:
+    """Create ``path`` as a sparse plain file of ``size`` bytes, or accept one this module created.
+    Raises UsageError for a volume (any file with a volumed header) or any other non-empty file."""
+    from volumed.volume.device import Volume
+
+    if size <= 0 or size % 4096:
+        raise UsageError(f"--bench-null-cipher size {size} must be a positive multiple of 4096")
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        try:
+            Volume.read_header(path)
+            is_volume = True
+        except Exception:
+            is_volume = False
+        if is_volume:
+            raise UsageError(f"{path} is a volumed volume: the null cipher serves only its own plain "
+                             "benchmark files, never a real volume")
+        try:
+            marked = os.getxattr(path, MARK) == b"1"
+        except OSError:
+            marked = False
+        if not marked:
+            raise UsageError(f"{path} is not empty and was not created by --bench-null-cipher; "
+                             "give a new path")
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL if not os.path.exists(path)
+                     else os.O_RDWR, 0o600)
+        os.close(fd)
+        try:
+            os.setxattr(path, MARK, b"1")
+        except OSError:
+            pass
+    os.truncate(path, size)
+
+
+def serve(size: int, path: str, mountpoint: str, ready) -> None:
+    """Serve ``path`` at ``mountpoint`` through VolumeFS until unmounted; ``ready(file)`` once up."""
+    prepare_file(path, size)
+    vol = NullVolume(path, size)
+    fs = VolumeFS(vol, name=FILE_NAME, size=size, latch=OpenLatch())
+    pyfuse3.init(fs, mountpoint, {"fsname=volumed-bench-null", "subtype=volumed", "allow_other",
+                                  "default_permissions"})
+
+    async def run():
+        async with trio.open_nursery() as nursery:
+            async def signals():
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                    async for _ in sigs:
+                        pyfuse3.terminate()
+
+            async def announce():
+                await trio.sleep(0)
+                await trio.to_thread.run_sync(tune_mount, mountpoint)
+                ready(os.path.join(mountpoint, FILE_NAME))
+
+            nursery.start_soon(signals)
+            nursery.start_soon(announce)
+            await pyfuse3.main(min_tasks=2, max_tasks=64)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(run)
+    finally:
+        vol.flush()
+        vol.close()
+        pyfuse3.close(unmount=True)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m volumed.mount.nullserve SIZE FILE MOUNTPOINT``."""
+    size, path, mountpoint = int(argv[0]), os.path.abspath(argv[1]), os.path.realpath(argv[2])
+    out = os.fdopen(os.dup(1), "w")
+
+    def ready(file: str) -> None:
+        out.write(f"ready {file}\n")
+        out.flush()
+
+    try:
+        serve(size, path, mountpoint, ready)
+    except (UsageError, RuntimeError, OSError) as exc:  # one line for the CLI, no traceback
+        out.write(f"error {exc}\n")
+        out.flush()
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
