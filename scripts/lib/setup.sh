@@ -2,7 +2,7 @@
 # Every step checks before it acts, so a machine that has everything goes through in seconds.
 
 VOLUMED_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libssl-dev e2fsprogs cryptsetup-bin
-                      gcc python3-dev sqlite3 util-linux postgresql postgresql-contrib)
+                      gcc python3-dev sqlite3 util-linux fio gocryptfs postgresql postgresql-contrib)
 
 _need_root() {
     if [ "$(id -u)" -ne 0 ]; then
