@@ -73,8 +73,9 @@ def test_bad_sector_fails_reads_until_rewritten(encrypted_volume):
     assert v.fault.status()["bad_sectors"] == []
 
 
-def test_power_cut_drops_unflushed_writes_and_keeps_flushed_ones(encrypted_volume):
-    v = encrypted_volume
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_power_cut_drops_unflushed_writes_and_keeps_flushed_ones(encrypted_volume_factory, cipher):
+    v = encrypted_volume_factory(cipher=cipher, size="16M")
     _write_sync(v.path, 0, b"A" * MiB)
     fd = os.open(v.path, os.O_RDWR)
     os.pwrite(fd, b"B" * MiB, 0)              # reaches the daemon, never flushed
@@ -84,9 +85,9 @@ def test_power_cut_drops_unflushed_writes_and_keeps_flushed_ones(encrypted_volum
     assert _direct_read(v.path, 0, MiB) == b"A" * MiB
 
 
-@pytest.mark.parametrize("mode", ["random", "torn"])
-def test_power_cut_modes_keep_each_page_old_or_new(encrypted_volume, mode):
-    v = encrypted_volume
+@pytest.mark.parametrize("cipher,mode", [("xts", "random"), ("xts", "torn"), ("gcm", "torn")])
+def test_power_cut_modes_keep_each_page_old_or_new(encrypted_volume_factory, cipher, mode):
+    v = encrypted_volume_factory(cipher=cipher, size="16M")
     _write_sync(v.path, 0, b"A" * MiB)
     fd = os.open(v.path, os.O_RDWR)
     for i in range(16):
