@@ -151,3 +151,17 @@ def test_a_non_root_peer_is_refused(encrypted_volume):
                        capture_output=True, text=True, timeout=30)
     assert "root only" in p.stdout or "Permission denied" in p.stderr
     assert encrypted_volume.fault.status()["power_lost"] is False
+
+
+def test_latency_delays_every_operation(encrypted_volume):
+    import time
+
+    v = encrypted_volume
+    v.fault.latency(0.05)
+    t0 = time.monotonic()
+    for i in range(4):
+        _direct_read(v.path, i * 4096, 4096)
+    assert time.monotonic() - t0 >= 4 * 0.05          # a lower bound only
+    p = v.cli("fault", "latency", "11", v.mountpoint, check=False)
+    assert p.returncode != 0 and "0 to 10 seconds" in p.stderr
+    assert v.fault.status()["latency"] == 0.05       # the refused request changed nothing

@@ -28,7 +28,7 @@ import time
 from volumed.errors import UsageError
 from volumed.volume.backing import _REC, PAGE, RecordingBackingFile, simulate_power_cut
 
-ROLLBACK_PAGES = 16384   # 64 MiB of remembered previous page images at most
+ROLLBACK_PAGES = 4096    # 16 MiB of remembered previous page images at most (locked memory)
 OPS = ("read", "write", "flush", "any")
 
 
