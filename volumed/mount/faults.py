@@ -191,6 +191,12 @@ class FaultVolume:
     def __getattr__(self, name):
         return getattr(self.volume, name)
 
+    @property
+    def may_block(self) -> bool:
+        """True while calls may sleep (latency or throttle set): the FUSE side should then run
+        them in worker threads rather than on its event loop."""
+        return self.latency > 0 or self.throttle is not None
+
     def _before(self, op: str, offset: int, length: int) -> None:
         throttle = self.throttle
         wait = throttle.acquire(length) if throttle is not None and op != "flush" else 0.0
