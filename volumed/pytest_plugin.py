@@ -332,9 +332,13 @@ class EncryptedFS:
         os.chmod(self.root, 0o755)
         self.path = self.root / "data"
         self.dev: str | None = None
-        _run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", volume.path])
-        self.mount()
-        self.path.mkdir()
+        try:
+            _run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", volume.path])
+            self.mount()
+            self.path.mkdir()
+        except BaseException:
+            self.teardown()
+            raise
 
     def mount(self) -> None:
         """Attach a loop device (``losetup -f --show``) and mount the ext4 on it."""
@@ -345,7 +349,9 @@ class EncryptedFS:
         """Unmount the ext4 (lazily if it will not go) and detach the loop device."""
         # Not os.path.ismount: it answers False when stat fails, as it may on a file system
         # whose disk is gone.
-        while _mounted_at(self.root):
+        for _ in range(3):
+            if not _mounted_at(self.root):
+                break
             p = _run(["umount", self.root], check=False, timeout=60)
             if p.returncode != 0:
                 print(f"umount {self.root}: {p.stderr.strip()}; detaching it lazily", file=sys.stderr)
@@ -382,7 +388,7 @@ class EncryptedFS:
             self.unmount()
         with contextlib.suppress(OSError):
             if not _mounted_at(self.root):
-                shutil.rmtree(self.root)
+                os.rmdir(self.root)   # never rmtree: a file system still attached would be emptied
 
 
 def _marker_options(request) -> dict:
