@@ -1,5 +1,9 @@
 """The fio jobs of the suite and how one is run and read.
 
+Sequential jobs make one pass over the whole file (then fsync), so they measure the path to the
+disk rather than how often a small file can be rewritten in the page cache; random jobs run for a
+fixed time.
+
 One I/O mode for all: buffered (page cache), ``end_fsync=1``, ``ioengine=psync``. Queue depth comes
 from ``numjobs`` threads on the same file: with buffered files ``libaio`` and ``io_uring`` complete
 inside the submit call (the kernel's buffered path is synchronous), so ``iodepth`` would not put
@@ -30,13 +34,14 @@ def drop_caches() -> None:
 
 
 def run_job(job: str, path: str, size: int, runtime: float) -> dict:
-    """Run ``job`` on ``path`` (an existing, prefilled file of ``size`` bytes) for ``runtime``
-    seconds. Returns {"value": MB/s or IOPS, "unit": ..., "read_iops", "write_iops", "read_mbs",
+    """Run ``job`` on ``path`` (an existing, prefilled file of ``size`` bytes): one pass for the
+    sequential jobs, ``runtime`` seconds for the random ones. Returns {"value": MB/s or IOPS, "unit": ..., "read_iops", "write_iops", "read_mbs",
     "write_mbs"}. Raises RuntimeError with fio's message when fio fails."""
     rw, bs, threads, extra, metric = JOBS[job]
+    timing = [] if rw in ("read", "write") else ["--time_based", f"--runtime={runtime}s"]
     cmd = ["fio", "--name=" + job, "--filename=" + path, f"--size={size}", f"--rw={rw}", f"--bs={bs}",
            "--ioengine=psync", "--direct=0", "--end_fsync=1", f"--numjobs={threads}", "--thread",
-           "--group_reporting", "--time_based", f"--runtime={runtime}s", "--randrepeat=0",
+           "--group_reporting", *timing, "--randrepeat=0",
            "--norandommap", "--file_service_type=roundrobin", "--allow_file_create=0",
            "--output-format=json", *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=runtime * 10 + 120)

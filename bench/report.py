@@ -56,7 +56,8 @@ def markdown(results: dict, labels: dict) -> str:
     null cipher and the raw file; then pgbench TPS and ratios."""
     meta = results["meta"]
     lines = [f"fio {meta['fio_version']}, buffered, end_fsync=1, psync (queue depth = threads), "
-             f"{meta['size_mib']} MiB file, {meta['runtime']} s per run, {meta['repeats']} runs per "
+             f"{meta['size_mib']} MiB file (sequential jobs: one pass; random jobs: {meta['runtime']} s), "
+             f"{meta['repeats']} runs per "
              f"configuration in interleaved order, caches dropped before each run. Median (spread = "
              f"(max-min)/median).", "",
              "| job | target | median | spread | vs gocryptfs | vs null cipher | vs raw file |",
