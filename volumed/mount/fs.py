@@ -68,12 +68,43 @@ class VolumeFS(pyfuse3.Operations):
         self._mtime_ns = time.time_ns()
         self._next_fh = 1
         self._sync_fhs: set[int] = set()
+        self._token = None  # the trio loop's token, taken at the first open
+        if hasattr(latch, "on_close"):
+            latch.on_close(self._on_latch_closed)
+
+    def _on_latch_closed(self) -> None:
+        """Revocation (latch callback, on the loop or in a worker thread): start invalidating the
+        kernel's cached pages at once, without waiting for the key wipe, so cached reads and writes
+        into cached pages (the writeback cache takes those without asking) fail as soon as
+        possible. The daemon invalidates again after the wipe."""
+        if self._token is None:
+            return
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            self._token.run_sync_soon(self._drop_cached_pages)
+            return
+        self._drop_cached_pages()
+
+    def _drop_cached_pages(self) -> None:
+        """Invalidate the kernel's cached pages and attributes of the file from a system task and
+        a worker thread (never inside a request: the kernel may write dirty pages back to this loop
+        and wait for the replies)."""
+
+        async def invalidate():
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, FILE_INODE, False)
+            except OSError:
+                pass
+
+        trio.lowlevel.spawn_system_task(invalidate)
 
     async def _run(self, nbytes: int, fn, *args):
-        """Run a Volume call after checking the latch: inline when ``nbytes`` <= INLINE_BYTES, else
-        in a worker thread behind the limiter (pass THREAD to force a thread)."""
+        """Run a Volume call after checking the latch: inline when ``nbytes`` <= INLINE_BYTES and
+        the volume does not say it may block (``may_block``: the fault layer while a latency or
+        throttle is set), else in a worker thread behind the limiter (THREAD forces a thread)."""
         self.latch.check_serving()
-        if nbytes <= INLINE_BYTES:
+        if nbytes <= INLINE_BYTES and not getattr(self.volume, "may_block", False):
             return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
@@ -170,6 +201,8 @@ class VolumeFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if inode == ROOT_INODE else errno.ENOENT)
         if flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if self._token is None:
+            self._token = trio.lowlevel.current_trio_token()
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         if flags & os.O_DIRECT:  # O_SYNC/O_DSYNC writes go through the cache and the kernel's fsync
             self._sync_fhs.add(fh)  # every write on it is acknowledged: flush before replying
