@@ -13,4 +13,9 @@ Modules, one concern each:
   daemon     the daemon's lifecycle: open, serve, monitor, unmount, clean up
   client     what the CLI uses: start a daemon and wait until ready, unmount, status
   helper     the mount(8) helper (mount -t fuse.volumed, /etc/fstab)
+  tuning     FUSE connection settings for throughput (read-ahead, background-request limit)
+  nullserve  the benchmark-only null-cipher mount (serves a plain file, never a volume)
+  faults     fault injection for --allow-faults mounts: errno rules, bad sectors, latency,
+             power cut and sector rollback (FaultBacking, FaultVolume)
+  throttle   the EBS volume-type model (gp3, io2, gp2 burst credits) as token buckets
 """
