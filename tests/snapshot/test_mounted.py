@@ -106,6 +106,8 @@ def test_terminal_state_recovery_through_the_latest_snapshot(cipher, env, mount)
     admin.enable_key(KeyId=key)
     p = mount(env, vol, check=False)
     assert p.returncode == 6 and "restore from a backup" in p.stderr
+    assert f"volumed restore {snap} NEW_VOLUME_PATH" in p.stderr, p.stderr  # the refusal names the way back
+    assert len(p.stderr.strip().splitlines()) == 1
     hint = latest_snapshot_hint(Volume.read_header(vol), store=open_store(str(env.tmp / "keystore" / "snapshots")))
     assert hint and f"volumed restore {snap} " in hint and old not in hint
     new = env.tmp / "restored.img"

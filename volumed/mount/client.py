@@ -66,18 +66,28 @@ def clean_stale_mountpoint(mountpoint: str) -> None:
         raise StateError(f"{mountpoint} is already a mount point; unmount it first")
 
 
-def check_record(header_uuid: str, volume: str, *, now: float, window: float) -> VolumeRecord:
+def check_record(header_uuid: str, volume: str, *, now: float, window: float,
+                 header=None, kms_spec: str | None = None) -> VolumeRecord:
     """Refuse a volume whose persisted state is terminal or whose recovery window has passed
-    (recording it terminal). Returns the record otherwise."""
+    (recording it terminal). Returns the record otherwise. With ``header`` the refusal names the
+    volume's latest snapshot and the restore command (looked up in the store next to ``kms_spec``
+    or $VOLUMED_SNAPSHOT_STORE), as the only way back from the terminal state."""
     path = paths.volume_state_path(header_uuid)
     rec = VolumeRecord.load(path)
     if rec.state != TERMINAL and rec.expired(now, window):
         rec.state, rec.reason = TERMINAL, f"recovery window passed ({rec.reason})"
         rec.save(path)
     if rec.state == TERMINAL:
+        hint = None
+        if header is not None:
+            from volumed.snapshot import latest_snapshot_hint
+
+            hint = latest_snapshot_hint(header, kms_spec=kms_spec)
         raise StateError(
             f"{volume} is {TERMINAL}: {rec.reason}; its data cannot be recovered from this volume, "
-            f"restore from a backup (snapshot) instead")
+            "restore from a backup instead: "
+            + (hint if hint else "volumed restore SNAPSHOT NEW_VOLUME (no snapshot of this volume "
+               "was found in the snapshot store)"))
     return rec
 
 
@@ -99,7 +109,8 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
     header = Volume.read_header(volume)
     uuid, key_arn = header.uuid, header.key_arn
     clock = FakeClock(fake_time) if fake_time is not None else SYSTEM_CLOCK
-    record = check_record(uuid, volume, now=clock.time(), window=recovery_window)
+    record = check_record(uuid, volume, now=clock.time(), window=recovery_window,
+                          header=header, kms_spec=kms_spec)
     clean_stale_runtime()
     clean_stale_mountpoint(mountpoint)
     region, _ = keyservice.arn_parts(key_arn)
