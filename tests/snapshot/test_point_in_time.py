@@ -60,7 +60,9 @@ def test_snapshot_under_concurrent_writes_holds_every_acknowledged_write(cipher,
         before = len(acked)                  # acknowledged before the snapshot was requested
         reply = daemon_snapshot(vol, {"op": "snapshot", "store": store.spec, "key": key})
         assert reply == {"ok": True, "snapshot_id": key["snapshot_id"]}
-        time.sleep(0.05)
+        deadline = time.monotonic() + 10     # poll: one fsync may take long on a loaded machine
+        while len(acked) <= before and time.monotonic() < deadline:
+            time.sleep(0.005)
         assert len(acked) > before           # writes went on after the pause
     finally:
         stop.set()
