@@ -108,7 +108,6 @@ class Daemon:
         self.monitor = KeyMonitor(
             check=self._check, counter=keyservice.change_counter(host_client), latch=self.latch,
             clock=clock, interval=cfg.interval, grace=cfg.grace, window=cfg.recovery_window)
-        self.started = time.time()
         self._nursery = None
 
     def _check(self) -> None:

@@ -281,7 +281,7 @@ class GcmStore:
         if zero:
             tag = bytes(16)
         else:
-            buf, tag = bytearray(PAGE), bytearray(16)
+            buf, tag = scratch(PAGE), bytearray(16)  # written out below, before returning
             self.cipher.encrypt(chunk, s, nonce, tag, out=buf)
         o = e + target * F.SLOT_BYTES
         page[o:o + 12] = nonce

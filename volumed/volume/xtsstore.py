@@ -17,7 +17,6 @@ class XtsStore:
 
     def __init__(self, backing, header, cipher):
         self.backing = backing
-        self.header = header
         self.cipher = cipher
         self.ss = header.sector_size
         self.base = header.data_offset
