@@ -128,12 +128,13 @@ class Mount:
 
 def teardown_mount(mountpoint: Path, pid: int | None) -> None:
     """Best-effort: detach loop devices on the file, unmount, kill the daemon, lazy-unmount."""
-    lo = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    for line in lo.splitlines():
-        if str(mountpoint) in line:
-            dev = line.split(":", 1)[0]
-            subprocess.run(["umount", "-l", dev], capture_output=True)
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
+    from volumed.mount.client import loop_devices_on
+
+    # loop_devices_on matches the mount's own path (a substring match on `losetup -a` also took
+    # the loop devices of mnt10.. when tearing down mnt1).
+    for dev in loop_devices_on(str(mountpoint)):
+        subprocess.run(["umount", "-l", dev], capture_output=True)
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
     if pid:
         from volumed.mount.client import _pid_alive
 

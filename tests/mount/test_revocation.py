@@ -103,8 +103,12 @@ def test_scheduled_deletion_cuts_off_then_deletion_is_terminal(kms_env, make_vol
 def test_recovery_window_passing_while_mounted_is_terminal(kms_env, make_volume, mounter):
     m, admin, key, data, fd = _prepare(kms_env, make_volume, mounter)
     _revoke_and_check(m, fd, lambda: admin.disable_key(KeyId=key))
-    m.control({"op": "set-clock", "advance": 6 * 86400})
-    time.sleep(0.3)
+    n = m.status()["checks"]
+    m.control({"op": "set-clock", "advance": 6 * 86400, "check": True})
+    deadline = time.monotonic() + 2.0
+    while m.status()["checks"] == n:  # the window is judged before a check is counted
+        assert time.monotonic() < deadline, "no key check ran after the clock moved"
+        time.sleep(0.02)
     assert m.status()["state"] == RECOVERABLE
     m.control({"op": "set-clock", "advance": 86400 + 60})
     m.wait_state(TERMINAL, timeout=2.0)
