@@ -210,7 +210,8 @@ class EncryptedVolume:
         deadline = time.monotonic() + timeout
         while True:
             st = self.status()
-            if st["state"] == state:
+            # An inaccessible state counts once the cut is complete (key wiped, cached pages dropped).
+            if st["state"] == state and (st.get("cut_off", True) or not state.startswith("inacc")):
                 return st
             if time.monotonic() > deadline:
                 raise AssertionError(f"state {st['state']!r} ({st.get('reason')}), wanted {state!r}")

@@ -109,6 +109,9 @@ class Daemon:
             check=self._check, counter=keyservice.change_counter(host_client), latch=self.latch,
             clock=clock, interval=cfg.interval, grace=cfg.grace, window=cfg.recovery_window)
         self._nursery = None
+        # True once a closed latch's actions finished: the key is wiped and the kernel's cached
+        # pages are dropped, so no path (not even a cached read) reaches the data any more.
+        self.cut_off = False
 
     def _check(self) -> None:
         """The real authorization check (runs in a worker thread; raises on failure)."""
@@ -121,6 +124,7 @@ class Daemon:
         kernel's cached pages, in worker threads (wipe_key waits for requests in flight)."""
         if self._nursery is None:
             self.volume.wipe_key()
+            self.cut_off = True
             return
         self._nursery.start_soon(self._revoke_actions)
 
@@ -132,6 +136,7 @@ class Daemon:
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, FILE_INODE, False)
         except OSError as exc:
             log.warning("could not invalidate the kernel's cached pages: %s", exc)
+        self.cut_off = True
 
     def status(self) -> dict:
         """The status record of this mount (control op "status", ``volumed status``)."""
@@ -150,6 +155,7 @@ class Daemon:
             "grant_id": self.grant.grant_id,
             "host_principal": self.grant.host_principal,
             "state": latch.state,
+            "cut_off": self.cut_off,
             "state_since": iso(latch.since),
             "reason": latch.reason,
             "kms_unreachable_since": iso(latch.unreachable_since),
