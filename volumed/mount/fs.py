@@ -14,8 +14,11 @@ Tuned for throughput (docs/MOUNT.md, "Concurrency invariants"; docs/PERFORMANCE.
   (revocation and fault injection invalidate it explicitly);
 - requests of at most ``INLINE_BYTES`` (random 4 KiB I/O, small write-backs) run inline on the
   loop: on two busy cores a thread hop costs ~300 us, far more than one sector's cipher and a
-  backing pread (measured: cold random 4 KiB reads 2.4k/s through threads, 7.5k/s inline). Larger
-  reads and writes, fsync and flushes run in worker threads behind a CapacityLimiter, so several
+  backing pread (measured: cold random 4 KiB reads 2.4k/s through threads, 7.5k/s inline). A small
+  read tries the backing file's page cache alone first (``RWF_NOWAIT``) and only a read that would
+  wait for the disk moves to a thread, so disk waits overlap instead of stalling the loop (the
+  kernel's read-ahead requests of a sequential reader are mostly such reads: about 1.5x faster
+  sequential reads than inline blocking preads, measured A/B in one run). Larger reads and writes, fsync and flushes run in worker threads behind a CapacityLimiter, so several
   are in flight at once; buffers go to the Volume without copies.
 """
 
@@ -107,6 +110,20 @@ class VolumeFS(pyfuse3.Operations):
         if nbytes <= INLINE_BYTES and not getattr(self.volume, "may_block", False):
             return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def _read(self, off: int, size: int):
+        """A read through ``_run``, except that a small read first tries the page cache alone
+        (``nowait``) on the loop and goes to a worker thread only if the backing file would have to
+        wait for the disk: cached reads keep the inline path's low latency while cold reads at a
+        queue depth above one overlap their disk waits instead of queuing behind each other on the
+        loop."""
+        self.latch.check_serving()
+        if size <= INLINE_BYTES and not getattr(self.volume, "may_block", False):
+            try:
+                return self.volume.read(off, size, nowait=True)
+            except BlockingIOError:
+                pass
+        return await trio.to_thread.run_sync(self.volume.read, off, size, limiter=self.limiter)
 
     def _restore_size(self) -> None:
         """After a refused write past the end: the writeback cache accepted it and grew the size the
@@ -214,7 +231,7 @@ class VolumeFS(pyfuse3.Operations):
             self.latch.check_serving()
             return b""
         size = min(size, self.size - off)
-        data = await self._run(size, self.volume.read, off, size)
+        data = await self._read(off, size)
         self.counters.bytes_read += len(data)
         return data
 
