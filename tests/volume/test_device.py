@@ -234,3 +234,23 @@ def test_nowait_read_comes_from_the_page_cache_or_not_at_all(make_volume, kms, c
         assert vol.read(8192, len(data)) == data  # the blocking read, and now it is cached again
         assert vol.read(8192, len(data), nowait=True) == data
         assert vol.read(4 << 20, 10, nowait=True) == b""
+
+
+def test_staged_file_publishes_whole_or_leaves_nothing(tmp_path):
+    """create, export and restore build files through staged_file: a failure leaves no file and no
+    temp file; an existing name is never replaced."""
+    from volumed.volume.backing import staged_file
+
+    with pytest.raises(RuntimeError):
+        with staged_file(tmp_path / "a") as f:
+            f.pwrite(0, b"partial")
+            raise RuntimeError("failed half way")
+    assert os.listdir(tmp_path) == []
+    with staged_file(tmp_path / "a") as f:
+        f.pwrite(0, b"whole")
+    assert (tmp_path / "a").read_bytes() == b"whole"
+    with pytest.raises(FileExistsError):
+        with staged_file(tmp_path / "a") as f:
+            f.pwrite(0, b"other")
+    assert (tmp_path / "a").read_bytes() == b"whole"
+    assert os.listdir(tmp_path) == ["a"]

@@ -91,7 +91,7 @@ def _restore_new_key(store, m, path, kms, target, db_id, ebs_id, progress) -> Vo
 def _restore_shared_key(store, m, path, kms, db_id, ebs_id, progress) -> VolumeHeader:
     """XTS under the snapshot's key: ReEncrypt the data key to the new context, build the LUKS2
     header, copy the ciphertext records in place."""
-    from volumed.volume.backing import BackingFile
+    from volumed.volume.backing import staged_file
 
     ctx = {CONTEXT_DB: db_id, CONTEXT_EBS: ebs_id}
     wrapped, arn = keys.rewrap(kms, base64.b64decode(m["wrapped_key"]), m["key_arn"], m["context"],
@@ -111,35 +111,23 @@ def _restore_shared_key(store, m, path, kms, db_id, ebs_id, progress) -> VolumeH
         h.mac = compute_mac(mac_key, h)
     finally:
         _wipe(key, mac_key)
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.restoring-{os.getpid()}-{vol_uuid[:8]}")
-    backing = BackingFile(tmp, create=True)
     try:
-        backing.truncate(h.data_offset + size)
-        backing.pwrite(0, luks2.encode(h, salt, digest))
-        total = len(m["chunks"])
-        for ci in range(total):
-            if m["chunks"][ci] is not None:
-                first = ci * CHUNK_SECTORS
-                for i, rec in enumerate(chunk_records(store, m, ci)):
-                    if rec is not None:
-                        backing.pwrite(h.data_offset + (first + i) * PAGE, rec)
-            if progress:
-                progress(ci + 1, total)
-        backing.fdatasync()
-        backing.close()
-        backing = None
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise UsageError(f"{path} already exists: choose a new path") from None
-        except OSError as exc:
-            raise VolumedError(f"cannot create volume {path}: {exc.strerror}") from None
-    finally:
-        if backing is not None:
-            backing.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with staged_file(path) as backing:
+            backing.truncate(h.data_offset + size)
+            backing.pwrite(0, luks2.encode(h, salt, digest))
+            total = len(m["chunks"])
+            for ci in range(total):
+                if m["chunks"][ci] is not None:
+                    first = ci * CHUNK_SECTORS
+                    for i, rec in enumerate(chunk_records(store, m, ci)):
+                        if rec is not None:
+                            backing.pwrite(h.data_offset + (first + i) * PAGE, rec)
+                if progress:
+                    progress(ci + 1, total)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists: choose a new path") from None
+    except OSError as exc:
+        raise VolumedError(f"cannot create volume {path}: {exc.strerror}") from None
     return h
 
 

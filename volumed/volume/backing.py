@@ -21,9 +21,12 @@ Callers: volumed.volume.device (BackingFile by default), the mount daemon's cras
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
 import random
+import secrets
 import struct
 
 from volumed.errors import FormatError
@@ -114,6 +117,47 @@ class BackingFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def publish(tmp: str, path: str) -> None:
+    """Give the finished file ``tmp`` its name ``path`` without ever replacing an existing file
+    (a hard link; where the file system has none, a rename after checking), then make the name
+    durable (fsync of the directory). FileExistsError if ``path`` exists. Caller: staged_file."""
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists", path) from None
+        os.rename(tmp, path)
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@contextlib.contextmanager
+def staged_file(path):
+    """Build the new file ``path`` out of sight: yields a BackingFile on a hidden name in the same
+    directory (``.NAME.tmp-RANDOM``); when the block ends normally the file is fdatasynced and
+    published under ``path`` (``publish``: never replaces a file); when it raises, the file is
+    removed, so a failure leaves nothing behind. FileExistsError if ``path`` exists at publication.
+    Callers: Volume.create, export_luks."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.tmp-{secrets.token_hex(6)}")
+    f = BackingFile(tmp, create=True)
+    try:
+        yield f
+        f.fdatasync()
+        f.close()
+        publish(tmp, path)
+    finally:
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 class RecordingBackingFile(BackingFile):

@@ -25,7 +25,7 @@ import uuid as _uuid
 from volumed.cipher import GcmCipher, XtsCipher
 from volumed.errors import FormatError, IntegrityError, KeyAccessError, StateError, UsageError, VolumedError
 from volumed.volume import gcmformat, luks2
-from volumed.volume.backing import BackingFile
+from volumed.volume.backing import BackingFile, staged_file
 from volumed.volume.gcmstore import GcmStore, aad_prefix, init_groups
 from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, GCM_META_INFO, MAC_INFO, SECTOR_SIZE,
                                    VolumeHeader, compute_mac, derive_key, verify_mac)
@@ -87,21 +87,6 @@ def _open_backing(path, readonly: bool = False) -> BackingFile:
         raise VolumedError(f"cannot open volume {path}: {exc.strerror}") from None
 
 
-def _publish(tmp: str, path: str) -> None:
-    """Give the finished file ``tmp`` its name ``path`` without ever replacing an existing file
-    (a hard link; where the file system has none, a rename after checking). Callers: create, export."""
-    import errno
-
-    try:
-        os.link(tmp, path)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
-        if os.path.lexists(path):
-            raise FileExistsError(errno.EEXIST, "exists", path) from None
-        os.rename(tmp, path)
-
-
 def _lock_exclusive(backing, path: str) -> None:
     """One open Volume per backing file (flock, released when the process dies). Two writers
     would reserve the same GCM nonces and undo each other's header updates."""
@@ -140,7 +125,6 @@ class Volume:
     def __init__(self, path, header, backing, store, cipher, mac_key, extras):
         self.path = os.fspath(path)
         self.header: VolumeHeader = header
-        self.size = header.size
         self.sector_size = header.sector_size
         self._backing = backing
         self._store = store
@@ -180,41 +164,31 @@ class Volume:
             key_arn=arn, wrapped_key=wrapped, context=context, db_id=db_id, ebs_id=ebs_id,
             created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             format="luks2" if cipher == "xts" else "volumed-gcm")
-        tmp = os.path.join(parent, f".{os.path.basename(path)}.creating-{os.getpid()}-{vol_uuid[:8]}")
         mac_key = meta_key = None
-        backing = None
         try:
             mac_key = derive_key(key, vol_uuid, MAC_INFO)
-            backing = BackingFile(tmp, create=True)
-            if cipher == "xts":
-                salt = os.urandom(32)
-                digest = luks2.volume_key_digest(key, salt)
-                h.mac = compute_mac(mac_key, h)
-                backing.truncate(h.data_offset + size)
-                backing.pwrite(0, luks2.encode(h, salt, digest))
-            else:
-                meta_key = derive_key(key, vol_uuid, GCM_META_INFO)
-                h.mac = compute_mac(mac_key, h)
-                backing.truncate(gcmformat.file_size_for(size))
-                init_groups(backing, meta_key, 0, gcmformat.groups_for(size))
-                for seq in (0, 1):
-                    h.seqid = seq
-                    off, data = gcmformat.encode_copy(h)
-                    backing.pwrite(off, data)
-            backing.fdatasync()
-            backing.close()
-            backing = None
-            _publish(tmp, path)
+            with staged_file(path) as backing:
+                if cipher == "xts":
+                    salt = os.urandom(32)
+                    digest = luks2.volume_key_digest(key, salt)
+                    h.mac = compute_mac(mac_key, h)
+                    backing.truncate(h.data_offset + size)
+                    backing.pwrite(0, luks2.encode(h, salt, digest))
+                else:
+                    meta_key = derive_key(key, vol_uuid, GCM_META_INFO)
+                    h.mac = compute_mac(mac_key, h)
+                    backing.truncate(gcmformat.file_size_for(size))
+                    init_groups(backing, meta_key, 0, gcmformat.groups_for(size))
+                    for seq in (0, 1):
+                        h.seqid = seq
+                        off, data = gcmformat.encode_copy(h)
+                        backing.pwrite(off, data)
         except FileExistsError:
             raise UsageError(f"{path} already exists: choose a new path (volumed never overwrites a file)") from None
         except OSError as exc:
             raise VolumedError(f"cannot create volume {path}: {exc.strerror}") from None
         finally:
             _wipe(key, mac_key, meta_key)
-            if backing is not None:
-                backing.close()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return h
 
     @staticmethod
@@ -312,6 +286,11 @@ class Volume:
         self._backing.pwrite(luks2.HDR_SIZE, data[luks2.HDR_SIZE:])
         self._backing.fdatasync()
 
+    @property
+    def size(self) -> int:
+        """The volume's size in bytes (the header's, so a resize changes both at once)."""
+        return self.header.size
+
     def resize(self, new_size: int) -> None:
         """Grow the volume to ``new_size`` bytes (shrinking is refused); atomic header update."""
         _check_size(new_size)
@@ -326,13 +305,18 @@ class Volume:
                 store.grow(new_size)
             self._backing.truncate(max(self._backing.size(), store.file_size_for(new_size)))
             self._backing.fdatasync()
+            old = self.header.size
             self.header.size = new_size
-            self.header.mac = compute_mac(self._mac_key, self.header)
-            if self.header.cipher == "xts":
-                self._write_luks_both()
-            else:
-                store._write_header(sync_after=True)
-            self.size = new_size
+            try:
+                self.header.mac = compute_mac(self._mac_key, self.header)
+                if self.header.cipher == "xts":
+                    self._write_luks_both()
+                else:
+                    store._write_header(sync_after=True)
+            except BaseException:  # the volume keeps its size unless the new header is on disk
+                self.header.size = old
+                self.header.mac = compute_mac(self._mac_key, self.header)
+                raise
 
     # ---- I/O -------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from volumed.errors import UsageError, VolumedError
-from volumed.volume.backing import BackingFile
+from volumed.volume.backing import staged_file
 from volumed.volume.ranges import runs, zero_sectors
 
 CHUNK_SECTORS = 256
@@ -25,13 +25,8 @@ def export_luks(vol, out) -> None:
         raise UsageError(f"{vol.path} is a GCM volume; only XTS volumes export to LUKS2")
     if os.path.lexists(out):
         raise UsageError(f"{out} already exists: choose a new output path")
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.exporting-{os.getpid()}")
     try:
-        dst = BackingFile(tmp, create=True)
-    except OSError as exc:
-        raise VolumedError(f"cannot export to {out}: {exc.strerror}") from None
-    try:
-        with vol._locks.exclusive():
+        with staged_file(out) as dst, vol._locks.exclusive():
             store = vol._live()
             ss, base = vol.sector_size, vol.header.data_offset
             dst.pwrite(0, vol._luks_bytes())
@@ -45,16 +40,7 @@ def export_luks(vol, out) -> None:
                 for a, b in runs(zero_sectors(mv, ss)):
                     store.cipher.encrypt(mv[a * ss:b * ss], first + a)  # zeros in place
                 dst.pwrite(base + first * ss, mv)
-        dst.fdatasync()
-        dst.close()
-        from volumed.volume.device import _publish
-
-        _publish(tmp, out)
     except FileExistsError:
         raise UsageError(f"{out} already exists: choose a new output path") from None
     except OSError as exc:
         raise VolumedError(f"cannot export {vol.path} to {out}: {exc.strerror}") from None
-    finally:
-        dst.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
