@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -272,11 +271,9 @@ class EncryptedVolume:
 
     def kill_daemon(self) -> None:
         """SIGKILL the serving daemon (what a crash looks like to everything above)."""
-        pid = self.pid()
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        from volumed.mount.client import stop_process
+
+        stop_process(self.pid())
 
     def teardown(self) -> None:
         """Best effort, each step independent: unmount, kill what is left, detach dead mounts."""
@@ -287,13 +284,10 @@ class EncryptedVolume:
         if _pid_alive(self.pid()):
             with contextlib.suppress(Exception):
                 self.cli("unmount", self.mountpoint, "--force", check=False, timeout=30)
+        from volumed.mount.client import stop_process
+
         for pid in self.pids:
-            if _pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 10
-                while _pid_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.02)
+            stop_process(pid)
         _run(["fusermount3", "-uz", self.mountpoint], check=False)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 

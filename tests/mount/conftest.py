@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -137,17 +136,9 @@ def teardown_mount(mountpoint: Path, pid: int | None) -> None:
         subprocess.run(["umount", "-l", dev], capture_output=True)
         subprocess.run(["losetup", "-d", dev], capture_output=True)
     if pid:
-        from volumed.mount.client import _pid_alive
+        from volumed.mount.client import stop_process
 
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_process(pid, grace=5)
     subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
 
 
@@ -242,16 +233,7 @@ def direct_read(path, offset: int, length: int) -> bytes:
 
 def kill_daemon(m: Mount) -> None:
     """SIGKILL the daemon serving ``m`` and wait until it is gone."""
+    from volumed.mount.client import stop_process
+
     pid = m.pid()
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().split(")")[-1].split()[0] == "Z":
-                return
-        time.sleep(0.02)
-    raise AssertionError(f"daemon {pid} did not die")
+    assert stop_process(pid), f"daemon {pid} did not die"

@@ -214,6 +214,26 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def stop_process(pid: int | None, *, grace: float = 0.0, timeout: float = 10.0) -> bool:
+    """Stop process ``pid`` and wait until it is gone (a zombie counts as gone): SIGTERM first and
+    up to ``grace`` seconds to exit when ``grace`` > 0, then SIGKILL and up to ``timeout`` seconds.
+    Returns True once it is gone. A process that exits (or is reaped) meanwhile is no error.
+    Callers: the pytest plugin's kill and teardown, the mount tests' fixtures."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, timeout)):
+        if not _pid_alive(pid or 0):
+            return True
+        if wait <= 0:
+            continue
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return not _pid_alive(pid or 0)
+
+
 def mounts() -> list[dict]:
     """Run records of every mount on this host (stale ones removed)."""
     clean_stale_runtime()
