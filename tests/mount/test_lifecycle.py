@@ -114,7 +114,8 @@ def test_mount_refusals_are_one_line(kms_env, make_volume, mounter, tmp_path):
 
 
 def test_mount_helper_for_mount_t_fuse_volumed(kms_env, make_volume, tmp_path):
-    """`mount -t fuse.volumed VOLUME MOUNTPOINT -o kms=...` through /sbin/mount.fuse.volumed."""
+    """`mount -t fuse.volumed VOLUME MOUNTPOINT -o kms=...` through /sbin/mount.fuse.volumed, and
+    the documented /etc/fstab line (mount -T reads it from a file of the test's own)."""
     vol = make_volume(kms_env, size=16 * MiB)
     mp = tmp_path / "helper"
     mp.mkdir()
@@ -130,6 +131,13 @@ def test_mount_helper_for_mount_t_fuse_volumed(kms_env, make_volume, tmp_path):
                             str(vol), str(mp)], env=env, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         assert len(os.listdir(mp)) == 1
+        kms_env.run("unmount", mp)
+        fstab = tmp_path / "fstab"
+        fstab.write_text(f"{vol}  {mp}  fuse.volumed  kms={kms_env.kms},nofail,_netdev  0  0\n")
+        p = subprocess.run(["mount", "-T", str(fstab), str(mp)], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert os.path.ismount(mp) and len(os.listdir(mp)) == 1
         kms_env.run("unmount", mp)
     finally:
         subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
