@@ -280,3 +280,31 @@ def test_sqlite_database_on_ext4_on_the_mount(kms_env, make_volume, mounter, tmp
         kms_env.run("unmount", m.mountpoint)
         m = mounter(kms_env, vol, mountpoint=m.mountpoint)
     subprocess.run(["e2fsck", "-fn", m.file], check=True, timeout=60, capture_output=True)
+
+
+def test_the_file_keeps_its_size_like_a_disk(kms_env, make_volume, mounter, tmp_path):
+    """O_TRUNC and truncate to another size fail with EINVAL and change nothing; dd with
+    conv=notrunc copies an image onto the file (docs/MOUNT.md, "A fixed size, like a disk")."""
+    import errno
+
+    m = mounter(kms_env, make_volume(kms_env, size=16 * MiB))
+    data = random.Random(5).randbytes(MiB)
+    fd = os.open(m.file, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+        for attempt in (lambda: os.open(m.file, os.O_WRONLY | os.O_TRUNC),
+                        lambda: os.ftruncate(fd, 0), lambda: os.truncate(m.file, 32 * MiB)):
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EINVAL
+        assert os.path.getsize(m.file) == 16 * MiB
+        assert os.pread(fd, MiB, 0) == data
+    finally:
+        os.close(fd)
+    image = tmp_path / "image"
+    image.write_bytes(data[::-1])
+    subprocess.run(["dd", f"if={image}", f"of={m.file}", "bs=64k", "conv=notrunc,fsync", "status=none"],
+                   check=True, timeout=60)
+    assert direct_read(m.file, 0, MiB) == data[::-1]
+    assert os.path.getsize(m.file) == 16 * MiB
