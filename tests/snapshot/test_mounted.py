@@ -170,3 +170,100 @@ def test_snapshot_of_a_mounted_volume_under_concurrent_writes(cipher, env, mount
     present = [i for i in range(1024) if got[i] == record(i)]
     assert present == list(range(len(present)))       # one point in time
     assert before <= len(present) <= after + 1         # every write acknowledged before the request
+
+
+class _HeldSnapshot:
+    """A snapshot request sent straight to the daemon with the "hold" test hook: the copier stops
+    after ``after`` chunks (holding no volume lock) until ``release()``; the reply arrives in a
+    thread, so the test can act while the copy is provably still running."""
+
+    def __init__(self, env, m, vol, after: int):
+        import threading
+
+        from volumed.mount import control, paths
+        from volumed.snapshot.engine import snapshot_key
+        from volumed.volume import Volume
+
+        self.dir = env.tmp / f"hold-{os.urandom(4).hex()}"
+        self.dir.mkdir()
+        with env.in_process():
+            self.key = snapshot_key(rds_client(env), Volume.read_header(vol))
+            sock = paths.socket_path(paths.mount_id(m.mountpoint))
+        self.store = str(env.tmp / "keystore" / "snapshots")     # the default store of env.run
+        msg = {"op": "snapshot", "store": self.store, "key": self.key,
+               "hold": {"after_chunks": after, "dir": str(self.dir)}}
+        self.reply: dict | None = None
+        self.thread = threading.Thread(
+            target=lambda: setattr(self, "reply", control.request(sock, msg, timeout=90)), daemon=True)
+        self.thread.start()
+
+    def wait_held(self, timeout: float = 30.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not (self.dir / "held").exists():
+            assert self.thread.is_alive(), f"the snapshot ended before its hold: {self.reply}"
+            assert time.monotonic() < deadline, "the copier never reached its hold"
+            time.sleep(0.01)
+
+    def release(self) -> dict:
+        (self.dir / "release").touch()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "no reply to the snapshot request"
+        return self.reply
+
+
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_writes_during_the_copy_complete_and_are_not_in_the_snapshot(cipher, env, mount):
+    """Copy-on-write: the I/O pause is only the flush and the session start. A writes+fsyncs A,
+    the snapshot starts and its copier is held after 4 of 256 chunks; B overwrites the same
+    sectors and its fsync returns while the copy is still running; the snapshot restores A
+    exactly (copied and not-yet-copied chunks alike) and the volume holds B."""
+    from volumed.volume import Volume
+
+    vol, _key = _volume(env, cipher)
+    m = mount(env, vol)
+    a, b = random.Random(7).randbytes(2 * MiB), random.Random(8).randbytes(2 * MiB)
+    _write_fsynced(m.file, 0, a)
+    snap = _HeldSnapshot(env, m, vol, after=4)
+    try:
+        snap.wait_held()
+        _write_fsynced(m.file, 0, b)
+        assert snap.reply is None and snap.thread.is_alive()   # B acknowledged mid-copy
+    finally:
+        reply = snap.release()
+    assert reply == {"ok": True, "snapshot_id": snap.key["snapshot_id"]}
+    assert m.status()["state"] == "available"
+    env.run("unmount", m.mountpoint)
+    new = env.tmp / "restored.img"
+    env.run("restore", snap.key["snapshot_id"], new)
+    with env.in_process():
+        with Volume.open(new, kms=rds_client(env)) as v:
+            assert v.read(0, 2 * MiB) == a
+            assert v.read(2 * MiB, v.size - 2 * MiB) == bytes(v.size - 2 * MiB)
+        with Volume.open(vol, kms=rds_client(env)) as v:
+            assert v.read(0, 2 * MiB) == b
+
+
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_revocation_during_the_copy_fails_the_snapshot_and_publishes_nothing(cipher, env, mount):
+    from volumed.snapshot import catalog
+    from volumed.snapshot.store import open_store
+
+    vol, key = _volume(env, cipher)
+    m = mount(env, vol)
+    _write_fsynced(m.file, 0, random.Random(9).randbytes(2 * MiB))
+    snap = _HeldSnapshot(env, m, vol, after=2)
+    try:
+        snap.wait_held()
+        kms_client(env).disable_key(KeyId=key)
+        m.control({"op": "check"})
+        m.wait_state(RECOVERABLE, timeout=10.0)                # the key is wiped
+    finally:
+        reply = snap.release()
+    assert reply["ok"] is False and "key was wiped" in reply["error"], reply
+    store = open_store(snap.store)
+    assert catalog.all_manifests(store) == []
+    assert store.list("chunks/") == []
+    with pytest.raises(OSError):
+        _read(m.file, 0, 4096)

@@ -1,7 +1,8 @@
 """The daemon side of a mounted volume's snapshot, in process: under concurrent writers, the
 snapshot holds every write acknowledged (flushed) before it was requested, and is a consistent
-point in time: the writes land on sectors in a random order, so only a snapshot taken with I/O
-paused holds exactly a prefix of the acknowledged sequence."""
+point in time: the writes land on sectors in a random order, so only a snapshot of one instant
+(the barrier that starts its capture session; later writes preserve the old records first) holds
+exactly a prefix of the acknowledged sequence."""
 
 from __future__ import annotations
 

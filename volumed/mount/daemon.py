@@ -193,10 +193,10 @@ class Daemon:
             return {"ok": True, "time": self.clock.time()}
         if op == "fault":
             return await self._fault(msg)
-        if op == "snapshot":  # volumed.snapshot.mounted: I/O paused, flushed, sectors copied
+        if op == "snapshot":  # volumed.snapshot.mounted: flush + capture under a short pause, copy
             from volumed.snapshot.mounted import daemon_snapshot
 
-            return await trio.to_thread.run_sync(daemon_snapshot, self.volume, msg)
+            return await trio.to_thread.run_sync(daemon_snapshot, self.volume, msg, self.cfg.allow_faults)
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     async def _fault(self, msg: dict) -> dict:

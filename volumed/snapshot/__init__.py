@@ -6,7 +6,6 @@ Modules, one concern each (format and key handling in docs/SNAPSHOTS.md):
 - ``store``    the object store interface; a local directory and S3 (boto3); ``open_store(spec)``
 - ``objects``  the byte formats of manifests and chunks, with their SHA-256 checks
 - ``keys``     the snapshot's wrapped data key: context, ReEncrypt, fresh keys, unwrap
-- ``reader``   the encrypted sector records of an open volume (XTS ciphertext, GCM slot + tag)
 - ``recrypt``  records <-> plaintext under a data key (restore and copy under another key)
 - ``catalog``  listing, finding and loading manifests of a store
 - ``engine``   create, copy, share, delete of snapshots; ``latest_snapshot_hint``

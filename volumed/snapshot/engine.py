@@ -1,7 +1,8 @@
 """Snapshot create, copy, share and delete; the terminal state's restore hint.
 
 A snapshot is a manifest plus content-addressed chunks (volumed.snapshot.objects). Creating one
-reads the volume's sector records (volumed.snapshot.reader) 16 sectors (64 KiB) at a time; a chunk
+reads the volume's sector records (Volume.read_records, or of a volume that keeps serving I/O a
+capture session, Volume.begin_capture) 16 sectors (64 KiB) at a time; a chunk
 already in the store (the previous snapshot of the volume has it, or any other snapshot does) is not
 stored again, so each snapshot stores only the chunks whose sectors changed, yet its manifest names
 every chunk it needs and restores on its own. Deleting a snapshot removes its manifest and then the
@@ -13,7 +14,9 @@ tests.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import re
 
 from volumed.clock import SYSTEM_CLOCK
@@ -22,7 +25,6 @@ from volumed.snapshot import catalog, keys, recrypt
 from volumed.snapshot.ids import new_snapshot_id
 from volumed.snapshot.objects import (MANIFEST_FORMAT, MANIFEST_VERSION, RECORD_SIZE, chunk_name,
                                       decode_chunk, encode_chunk, manifest_name)
-from volumed.snapshot.reader import read_records
 
 CHUNK_SECTORS = 16
 MANAGED_KEY_REFUSAL = ("You can't share a snapshot that has been encrypted using the AWS managed key "
@@ -108,35 +110,81 @@ def snapshot_key(kms, header) -> dict:
             "context": ctx, "owner_account": caller_account(kms)}
 
 
-def write_snapshot(vol, store, key: dict, *, clock=None, description: str = "", progress=None) -> dict:
+def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, description: str = "",
+                   progress=None) -> dict:
     """Phase 2: copy the open Volume's sector records into ``store`` under the snapshot ``key``
-    (from snapshot_key) and save the manifest. The caller holds the volume still (no write runs
-    while this reads): the point in time is the moment writes stopped."""
-    h = vol.header
-    if key["context"].get("aws:rds:db-id") != h.db_id:
+    (from snapshot_key) and save the manifest. Not ``live``: the caller holds the volume still (no
+    write runs while this reads). ``live`` (the mount daemon): once the store lock is taken, a
+    capture session (Volume.begin_capture: a flush under a short I/O pause) fixes the point in
+    time and I/O goes on while the records are copied. On any failure no manifest is written
+    and the chunks this call stored that no manifest names are removed; the session always ends.
+    ``progress(done, total)`` runs after each chunk is stored, holding no volume lock."""
+    if key["context"].get("aws:rds:db-id") != vol.header.db_id:
         raise UsageError(f"snapshot key was made for another volume than {vol.path}")
     with store.lock():
-        previous = catalog.of_volume(store, h.uuid)
+        previous = catalog.of_volume(store, vol.header.uuid)
         parent = previous[-1] if previous else None
         known = {c for c in (parent["chunks"] if parent else []) if c}
-        chunks, stored = [], 0
-        sectors = h.sectors
-        total = chunk_count(sectors)
-        for ci in range(total):
-            first = ci * CHUNK_SECTORS
-            digest, n = _put_chunk(store, h.cipher, read_records(vol, first, min(CHUNK_SECTORS, sectors - first)),
-                                   known)
-            chunks.append(digest)
-            stored += n
-            if progress:
-                progress(ci + 1, total)
-        m = _manifest(key["snapshot_id"], {**vars(h), "path": vol.path}, key_arn=key["key_arn"],
-                      wrapped=base64.b64decode(key["wrapped_key"]), ctx=key["context"],
-                      owner=key["owner_account"], clock=clock, aad_uuid=h.uuid, chunks=chunks,
-                      stored_bytes=stored, parent=parent["snapshot_id"] if parent else None,
-                      description=description)
-        catalog.save(store, m)
+        added: list[str] = []
+        try:
+            with (vol.begin_capture() if live else contextlib.nullcontext(vol)) as src:
+                chunks, stored = _copy_records(src, store, known, added, progress)
+            h = src.header
+            m = _manifest(key["snapshot_id"], {**vars(h), "path": src.path}, key_arn=key["key_arn"],
+                          wrapped=base64.b64decode(key["wrapped_key"]), ctx=key["context"],
+                          owner=key["owner_account"], clock=clock, aad_uuid=h.uuid, chunks=chunks,
+                          stored_bytes=stored, parent=parent["snapshot_id"] if parent else None,
+                          description=description)
+            catalog.save(store, m)
+        except BaseException:
+            try:
+                _sweep(store, added)
+            except Exception as exc:  # the failure to report is the snapshot's own
+                logging.getLogger("volumed.snapshot").warning(
+                    "could not remove the chunks of a failed snapshot from %s: %s", store.spec, exc)
+            raise
     return m
+
+
+def _copy_records(src, store, known: set, added: list, progress) -> tuple[list, int]:
+    """Store the chunks of ``src`` (a Volume or a capture session: header, read_records) in sector
+    order; returns (chunk digests, bytes stored) and appends each digest stored to ``added``."""
+    chunks, stored = [], 0
+    sectors = src.header.sectors
+    total = chunk_count(sectors)
+    for ci in range(total):
+        first = ci * CHUNK_SECTORS
+        digest, n = _put_chunk(store, src.header.cipher,
+                               src.read_records(first, min(CHUNK_SECTORS, sectors - first)), known)
+        if n:
+            added.append(digest)
+        chunks.append(digest)
+        stored += n
+        if progress:
+            progress(ci + 1, total)
+    return chunks, stored
+
+
+def _sweep(store, candidates) -> int:
+    """Delete the chunks among ``candidates`` (digests) that no manifest in the store names;
+    returns the bytes freed. If any manifest is unreadable, nothing is removed (its chunks cannot
+    be told apart) and a warning is logged. The caller holds the store lock."""
+    names = [n for n in store.list("snapshots/") if n.endswith(".json")]
+    remaining = catalog.all_manifests(store)
+    if len(remaining) != len(names):
+        logging.getLogger("volumed.snapshot").warning(
+            "a manifest in %s is unreadable: unreferenced chunks were kept", store.spec)
+        return 0
+    used = {c for r in remaining for c in r["chunks"] if c}
+    freed = 0
+    for digest in set(candidates) - used:
+        name = chunk_name(digest)
+        try:
+            freed += len(store.get(name))
+        except Exception:
+            pass
+        store.delete(name)
+    return freed
 
 
 def snapshot_open_volume(vol, *, kms, store, clock=None, description: str = "", progress=None) -> dict:
@@ -260,29 +308,12 @@ def delete_snapshot(store, snap_id: str, *, kms=None) -> int:
     """Delete a snapshot: its manifest, then every chunk no other manifest names (other
     snapshots stay restorable). Returns the bytes freed. If any manifest is unreadable no chunk
     is removed (its chunks cannot be told apart), and the manifest alone goes."""
-    import logging
-
     with store.lock():
         m = catalog.load(store, snap_id)
         if kms is not None:
             check_access(m, kms, for_restore=True)
         store.delete(manifest_name(snap_id))
-        names = [n for n in store.list("snapshots/") if n.endswith(".json")]
-        remaining = catalog.all_manifests(store)
-        if len(remaining) != len(names):
-            logging.getLogger("volumed.snapshot").warning(
-                "a manifest in %s is unreadable: unreferenced chunks were kept", store.spec)
-            return 0
-        used = {c for r in remaining for c in r["chunks"] if c}
-        freed = 0
-        for digest in {c for c in m["chunks"] if c} - used:
-            name = chunk_name(digest)
-            try:
-                freed += len(store.get(name))
-            except Exception:
-                pass
-            store.delete(name)
-        return freed
+        return _sweep(store, {c for c in m["chunks"] if c})
 
 
 def describe(m: dict) -> dict:

@@ -11,6 +11,9 @@ from any number of threads:
   is in flight while the volatile slots are declared durable.
 - wipe_key() takes the barrier, closes the cipher (which overwrites its key) and drops the store;
   later requests raise KeyAccessError.
+- read_records() returns sectors as stored (what a snapshot keeps); begin_capture() starts a
+  copy-on-write session (volumed.volume.records) under the barrier: while it is open, write and
+  discard first preserve the old records of the sectors they change that it has not copied yet.
 
 Partial sectors are read-modify-written under the lock; whole sectors go straight to the store in
 one batch. Callers: the CLI (volumed.cli.volume_cmd), the mount daemon, tests.
@@ -32,6 +35,7 @@ from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, GCM_META_INFO, MAC_I
 from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
 from volumed.volume.keywrap import new_wrapped_key, unwrap
 from volumed.volume.ranges import RangeLock
+from volumed.volume.records import CaptureSession, read_records
 from volumed.volume.xtsstore import XtsStore
 
 KEY_BYTES = {"xts": 64, "gcm": 32}
@@ -132,6 +136,7 @@ class Volume:
         self._mac_key = mac_key
         self._extras = extras
         self._locks = RangeLock()
+        self._capture: CaptureSession | None = None   # the open capture session, if any
 
     # ---- creation and opening --------------------------------------------------------------
 
@@ -366,6 +371,9 @@ class Volume:
         self._live()
         with self._locks.lock(*self._units(first, last)):
             store = self._live()
+            cap = self._capture
+            if cap is not None:
+                cap.before_write(first, last)
             head = offset - first * ss
             if head == 0 and n % ss == 0:
                 store.write_sectors(first, mv)
@@ -396,7 +404,11 @@ class Volume:
         if (offset + length) > last * ss:
             self.write(last * ss, bytes(offset + length - last * ss))
         with self._locks.lock(*self._units(first, last)):
-            self._live().discard_sectors(first, last - first)
+            store = self._live()
+            cap = self._capture
+            if cap is not None:
+                cap.before_write(first, last)
+            store.discard_sectors(first, last - first)
 
     def flush(self) -> None:
         """Durability point: every write that returned before flush() was called is durable on return."""
@@ -406,6 +418,33 @@ class Volume:
                 self._live().flush()
         else:
             store.flush()
+
+    # ---- sector records (snapshots) --------------------------------------------------------
+
+    def read_records(self, first: int, n: int) -> list[bytes | None]:
+        """The records of sectors [first, first+n) as stored (volumed.volume.records: XTS
+        ciphertext, GCM nonce+tag+ciphertext; None = absent). Takes no lock: the caller holds the
+        volume still or uses a capture session. KeyAccessError once the key was wiped."""
+        return read_records(self, first, n)
+
+    def begin_capture(self) -> CaptureSession:
+        """Fix this moment as a point in time while I/O goes on (a snapshot of a mounted volume):
+        under the barrier (in-flight requests drain, new ones wait) flush and open a capture
+        session; O(1) besides the flush. Read the records from the session's read_records, then
+        close it (success or not). StateError if a session is open; KeyAccessError if wiped."""
+        with self._locks.exclusive():
+            store = self._live()
+            if self._capture is not None:
+                raise StateError(f"a snapshot of {self.path} is already being taken: wait for it "
+                                 "to finish, then try again")
+            store.flush()  # durable; GCM's volatile slots become the sectors' versions
+            session = self._capture = CaptureSession(self)
+        return session
+
+    def _end_capture(self, session: CaptureSession) -> None:
+        """CaptureSession.close: writes stop calling it (one in flight finds it closed)."""
+        if self._capture is session:
+            self._capture = None
 
     def wipe_key(self) -> None:
         """Revocation: wipe the key now (waits for in-flight requests); later I/O raises KeyAccessError."""

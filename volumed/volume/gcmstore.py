@@ -247,6 +247,36 @@ class GcmStore:
                     j = a + j
                     self._fallback(g, i0 + j, int(prim[j]), sub[j], dst[j * PAGE:(j + 1) * PAGE])
 
+    def current_slots(self, first: int, n: int) -> list[tuple[int, int, bytes] | None]:
+        """For sectors [first, first+n) (the caller holds their groups' locks): the slot a read
+        uses, as (slot, counter, tag bytes), or None where the sector stores no data (never
+        written, written with zeros, or neither slot ever made durable). The slot with the higher
+        counter, unless it is crash residue (doubtful and fails to verify), then the other. Only
+        doubtful slots are decrypted; other slots are not verified here (a read or a restore does).
+        Caller: volumed.volume.records (the raw records a snapshot stores)."""
+        out: list[tuple[int, int, bytes] | None] = []
+        for _rel, g, i0, cnt in self._chunks(first, n):
+            sub = F.slots(self._meta(g))[i0:i0 + cnt]
+            doubtful = self._is_doubtful(sub["ctr"])
+            for j in range(cnt):
+                out.append(self._current_slot(g, i0 + j, sub[j], doubtful[j]))
+        return out
+
+    def _current_slot(self, g: int, i: int, entry, doubtful) -> tuple[int, int, bytes] | None:
+        ctr = entry["ctr"]
+        k = 1 if ctr[1] > ctr[0] else 0
+        for attempt in (k, 1 - k):
+            c = int(ctr[attempt])
+            if c == 0:
+                return None
+            if doubtful[attempt] and not self._decrypt_slot(g, i, attempt, entry,
+                                                            memoryview(bytearray(PAGE))):
+                continue  # crash residue: the sector's version is the other slot
+            if not entry["tag"][attempt].any():
+                return None  # written with zeros
+            return attempt, c, entry["tag"][attempt].astype(">u8").tobytes()
+        return None
+
     def write_sectors(self, first: int, data: memoryview | None, n: int | None = None) -> None:
         """Store whole sectors (``data`` None = n sectors of zeros). All-zero sectors store no data."""
         n = len(data) // PAGE if data is not None else n
