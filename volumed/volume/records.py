@@ -107,8 +107,9 @@ class CaptureSession:
             raise ValueError(f"capture reads must be consecutive: at {self._next}, asked {first}+{n}")
         vol = self._vol
         with vol._locks.lock(*vol._units(first, first + n)):
-            if self._error:
-                raise VolumedError(self._error)
+            vol._live()  # a revoked volume's records are not copied on, even if all preserved
+            if self._error or self._closed:
+                raise VolumedError(self._error or "the capture session was closed")
             with self._mutex:
                 kept = {s: self._kept.pop(s) for s in range(first, first + n) if s in self._kept}
             recs = read_records(vol, first, n) if len(kept) < n else [None] * n
