@@ -201,3 +201,14 @@ def test_key_wiped_mid_copy_fails_the_snapshot_cleanly(cipher, kms, store, make_
             vol.write(0, b"x")
     finally:
         vol.close()
+
+
+def test_the_hold_test_hook_needs_a_daemon_that_allows_faults(kms, store, make_volume):
+    from volumed.snapshot.mounted import daemon_snapshot
+
+    with Volume.open(make_volume("xts", size=1 * MiB), kms=kms) as vol:
+        msg = {"op": "snapshot", "store": store.spec, "key": snapshot_key(kms, vol.header),
+               "hold": {"after_chunks": 1, "dir": str(store.root)}}
+        assert daemon_snapshot(vol, msg) == {"ok": False, "error": "hold needs a daemon started "
+                                                                   "with --allow-faults"}
+        assert catalog.all_manifests(store) == []
