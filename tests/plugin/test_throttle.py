@@ -1,5 +1,5 @@
 """EBS-style throttling: the token-bucket model on an injected clock (no sleeping), and a real
-throttled gp3 mount whose O_DIRECT reads take at least what 3,000 IOPS allow."""
+throttled gp3 mount whose O_DIRECT reads (Python's and fio's) take at least what 3,000 IOPS allow."""
 
 import mmap
 import os
@@ -91,3 +91,27 @@ def test_throttled_gp3_mount_takes_at_least_the_iops_budget(encrypted_volume):
     assert took >= (n - 3000 * throttle.BURST_SECONDS) / 3000
     st = encrypted_volume.fault.status()["throttle"]
     assert st["volume_type"] == "gp3" and st["iops"] == 3000 and st["ops_counted"] >= n
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.volumed(size="32M", volume_type="gp3")
+def test_throttled_gp3_mount_caps_fio_iops(encrypted_volume):
+    """fio's random 4 KiB O_DIRECT reads on a gp3 mount: N of them take at least what 3,000 IOPS
+    allow after the burst (a lower bound: a slow machine only makes it slower)."""
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("fio") is None:
+        pytest.skip("fio is not installed (scripts/test installs it)")
+    n = 4500
+    p = subprocess.run(
+        ["fio", "--name=gp3", f"--filename={encrypted_volume.path}", "--rw=randread", "--bs=4k",
+         "--direct=1", "--ioengine=psync", f"--number_ios={n}", "--size=32M", "--randrepeat=0",
+         "--allow_file_create=0", "--output-format=json"],
+        capture_output=True, text=True, timeout=100)
+    assert p.returncode == 0, p.stderr
+    job = json.loads(p.stdout[p.stdout.index("{"):])["jobs"][0]
+    assert job["read"]["total_ios"] == n
+    took = job["job_runtime"] / 1000
+    assert took >= (n - 3000 * throttle.BURST_SECONDS) / 3000, job["read"]["iops"]
