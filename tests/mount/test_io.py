@@ -109,7 +109,7 @@ def _write_pattern(path, chunks, *, sync: bool):
         for off, data in chunks:
             os.pwrite(fd, data, off)
         if sync:
-            os.fsync(fd)
+            (os.fdatasync if sync == "fdatasync" else os.fsync)(fd)
     finally:
         os.close(fd)
 
@@ -168,7 +168,8 @@ def test_fsynced_data_survives_power_cut(mode, kms_env, make_volume, mounter):
     journal = kms_env.tmp / "journal"
     m = mounter(kms_env, vol, "--test-recording-journal", journal)
     durable = _chunks("durable")
-    _write_pattern(m.file, durable, sync=True)
+    _write_pattern(m.file, durable[:20], sync=True)
+    _write_pattern(m.file, durable[20:], sync="fdatasync")  # fdatasync acknowledges as fsync does
     # O_DIRECT and O_SYNC writes are acknowledged when write(2) returns, without an fsync.
     direct = [(8 * MiB + i * 3 * 65536, random.Random(i).randbytes(65536)) for i in range(4)]
     _write_direct(m.file, direct[2:], os.O_SYNC)
@@ -298,6 +299,9 @@ def test_the_file_keeps_its_size_like_a_disk(kms_env, make_volume, mounter, tmp_
             with pytest.raises(OSError) as info:
                 attempt()
             assert info.value.errno == errno.EINVAL
+        assert os.path.getsize(m.file) == 16 * MiB
+        os.truncate(m.file, 16 * MiB)  # to its own size: accepted, nothing changes
+        os.ftruncate(fd, 16 * MiB)
         assert os.path.getsize(m.file) == 16 * MiB
         assert os.pread(fd, MiB, 0) == data
     finally:

@@ -67,8 +67,12 @@ def _revoke_and_check(m, fd, revoke, state=RECOVERABLE):
 
 def test_disabled_key_cuts_off_within_a_second_and_recovers(kms_env, make_volume, mounter):
     m, admin, key, data, fd = _prepare(kms_env, make_volume, mounter)
+    grant = m.status()["grant_id"]
     _revoke_and_check(m, fd, lambda: admin.disable_key(KeyId=key))
     assert "DisabledException" in m.status()["reason"]
+    # The state change goes to the daemon's log (the KMS audit log has only the calls).
+    logs = "".join(p.read_text() for p in (kms_env.tmp / "run").glob("*.log"))
+    assert f"state -> {RECOVERABLE} (DisabledException" in logs
     # The revocation is persisted next to nothing that dies with the daemon.
     uuid = m.status()["volume_uuid"]
     record = json.loads((kms_env.tmp / "state" / f"{uuid}.json").read_text())
@@ -81,6 +85,7 @@ def test_disabled_key_cuts_off_within_a_second_and_recovers(kms_env, make_volume
     admin.enable_key(KeyId=key)
     m = mounter(kms_env, m.volume, mountpoint=m.mountpoint)
     assert m.status()["state"] == "available"
+    assert m.status()["grant_id"] != grant  # a fresh grant: the old one was retired at unmount
     with open(m.file, "rb") as f:
         assert f.read(MiB) == data
     record = json.loads((kms_env.tmp / "state" / f"{uuid}.json").read_text())
