@@ -32,7 +32,7 @@ from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock
 from volumed.errors import StateError, VolumedError
 from volumed.mount import attach, control, keyservice, paths
 from volumed.mount.fs import FILE_INODE, VolumeFS
-from volumed.mount.hardening import harden_process
+from volumed.mount.hardening import current_state, harden_process
 from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
 from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
 from volumed.volume.device import Volume
@@ -165,6 +165,7 @@ class Daemon:
             "bytes_read": self.fs.counters.bytes_read,
             "bytes_written": self.fs.counters.bytes_written,
             "pid": os.getpid(),
+            "hardening": current_state(),
             "kms": self.cfg.kms,
             "clock": self.clock.time(),
         }

@@ -11,7 +11,7 @@ import resource
 
 log = logging.getLogger("volumed.mount")
 
-PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 
 
@@ -29,3 +29,15 @@ def harden_process() -> dict:
     if rc != 0:
         log.warning("mlockall failed (errno %d): key memory may be swapped", ctypes.get_errno())
     return done
+
+
+def current_state() -> dict:
+    """What is in effect now, read back from the kernel (the daemon's status shows it):
+    {"dumpable": bool (PR_GET_DUMPABLE), "locked_kib": VmLck of /proc/self/status}."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    locked = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmLck:"):
+                locked = int(line.split()[1])
+    return {"dumpable": libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1, "locked_kib": locked}
