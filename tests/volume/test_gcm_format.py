@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from volumed.errors import FormatError, IntegrityError, StateError
+from volumed.errors import FormatError, IntegrityError, KeyAccessError, StateError
 from volumed.volume import Volume, gcmformat as F, gcmstore
 from volumed.volume.backing import BackingFile
 
@@ -233,7 +233,9 @@ def test_gcm_resize_grows_and_keeps_data(written, kms):
 
 
 @pytest.mark.parametrize("field,value", [("size", 8 << 20), ("nonce_reserved", 5), ("doubtful", [[0, 1 << 40]]),
-                                         ("db_id", "db-ABCDEFGHIJKLMNOPQRSTUVWXYZ")])
+                                         ("db_id", "db-ABCDEFGHIJKLMNOPQRSTUVWXYZ"), ("sector_size", 512),
+                                         ("ebs_id", "vol-0123456789abcdef0"),
+                                         ("key_arn", "arn:aws:kms:us-east-1:111122223333:key/x")])
 def test_altered_gcm_header_fails_its_mac(written, kms, field, value):
     """An attacker rewrites a header copy consistently (checksum fixed): the MAC refuses it."""
     path, _ = written
@@ -248,8 +250,15 @@ def test_altered_gcm_header_fails_its_mac(written, kms, field, value):
         off, data = F.encode_copy(h)
         b.pwrite(off, data)
     b.close()
-    with pytest.raises(IntegrityError, match="MAC"):
-        Volume.open(path, kms=kms)
+    if field == "sector_size":  # only 4 KiB sectors exist: refused before the MAC is checked
+        with pytest.raises(FormatError, match="sector size"):
+            Volume.open(path, kms=kms)
+    elif field == "key_arn":  # the key service refuses first (no such key), as for XTS
+        with pytest.raises((IntegrityError, KeyAccessError)):
+            Volume.open(path, kms=kms)
+    else:
+        with pytest.raises(IntegrityError, match="MAC"):
+            Volume.open(path, kms=kms)
 
 
 def test_flush_then_wipe_is_a_clean_close_but_unflushed_writes_are_not(make_volume, kms):

@@ -82,14 +82,17 @@ def _rewrite_header(path, mutate):
 
 
 @pytest.mark.parametrize("field,value", [("size", 4 << 20), ("data_offset", 2 << 20), ("ebs_id", "vol-0123456789abcdef0"),
-                                         ("key_arn", "arn:aws:kms:us-east-1:111122223333:key/x")])
+                                         ("key_arn", "arn:aws:kms:us-east-1:111122223333:key/x"),
+                                         ("db_id", "db-ABCDEFGHIJKLMNOPQRSTUVWXYZ"), ("sector_size", 512)])
 def test_altered_header_refuses_to_open(make_volume, kms, field, value):
     path = make_volume("xts", size=8 << 20)
     os.truncate(path, 16 << 20)  # room for a moved data area, so only the MAC can object
     _rewrite_header(path, lambda h: setattr(h, field, value))
-    with pytest.raises((IntegrityError, KeyAccessError)) as ei:
+    with pytest.raises((IntegrityError, KeyAccessError, FormatError)) as ei:
         Volume.open(path, kms=kms)
-    if field in ("size", "data_offset", "ebs_id"):
+    if field == "sector_size":  # only 4 KiB sectors exist: refused before the MAC is checked
+        assert isinstance(ei.value, FormatError) and "sector size" in str(ei.value)
+    elif field in ("size", "data_offset", "ebs_id", "db_id"):
         assert isinstance(ei.value, IntegrityError)
         assert "MAC" in str(ei.value)
 
