@@ -109,6 +109,7 @@ def test_bad_input_is_one_line_and_changes_nothing(run, argv, code):
     before = _state(run)
     p = run(*[key if a == "KEY" else a for a in argv], ok=False)
     assert p.stderr.decode().startswith(f"volumed: {code}")
+    assert len(p.stderr.decode().strip().splitlines()) == 1, p.stderr  # one line, no traceback
     assert _state(run) == before
 
 

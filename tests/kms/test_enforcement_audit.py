@@ -109,6 +109,18 @@ def test_every_allowed_operation_leaves_one_record(kms, key):
         [rec] = records(kms)[n:]
         assert "errorCode" not in rec and rec["userIdentity"]["arn"] == kms.principal, method
         assert rec["eventName"] == awsmodel.operation_name(method)
+    # The two left out above need their own set-up: a grant still there to retire (revoke_grant
+    # took the first), and a policy that keeps the caller in (the lockout check refuses others).
+    kms.enable_key(KeyId=key)  # cancel_key_deletion above left it Disabled
+    grant_id = kms.create_grant(KeyId=key, GranteePrincipal=kms.principal, RetiringPrincipal=kms.principal,
+                                Operations=["Decrypt"])["GrantId"]
+    policy = kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"]
+    for method, params in (("retire_grant", dict(KeyId=key, GrantId=grant_id)),
+                           ("put_key_policy", dict(KeyId=key, PolicyName="default", Policy=policy))):
+        n = len(records(kms))
+        getattr(kms, method)(**params)
+        [rec] = records(kms)[n:]
+        assert "errorCode" not in rec and rec["eventName"] == awsmodel.operation_name(method), method
 
 
 def test_calls_via_rds_and_through_a_grant_are_recorded_as_such(kms, key):
