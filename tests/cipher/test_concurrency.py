@@ -136,3 +136,35 @@ def test_fork_child_can_use_the_pool(native):
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.timeout(120)
+def test_native_batches_release_the_gil(native):
+    """While one thread is inside one long native call, another thread runs Python code: it
+    leaves timestamps in the middle of that call. With the GIL held for the batch it could only
+    run before the call starts or after it returns (at most a switch interval of slack at the
+    edges), never in its middle. Retried a few times: a busy machine may starve the other thread."""
+    import time
+
+    c = native.XtsCipher(bytearray(os.urandom(64)))
+    buf = bytearray(128 << 20)
+    native.set_threads(1, adaptive=False)  # one core for the batch, the other for the Python loop
+    c.encrypt(buf, 0)  # warm up: pages touched, contexts made
+    for _ in range(5):
+        stamps, done = [], threading.Event()
+
+        def spin():
+            while not done.is_set():
+                stamps.append(time.monotonic())
+
+        t = threading.Thread(target=spin)
+        t.start()
+        t0 = time.monotonic()
+        c.encrypt(buf, 0)  # one call: 128 MiB, some 20-100 ms on one core
+        t1 = time.monotonic()
+        done.set()
+        t.join(10)
+        middle = [s for s in stamps if t0 + 0.4 * (t1 - t0) < s < t0 + 0.6 * (t1 - t0)]
+        if middle:
+            return
+    pytest.fail("no Python thread ran while native calls were in progress: the GIL is held")
