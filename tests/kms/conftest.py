@@ -43,6 +43,21 @@ class ShapeCheckedClient:
         return attr
 
 
+@pytest.fixture(autouse=True)
+def every_client_is_shape_checked(monkeypatch):
+    """Every embedded-service client a KMS test makes with volumed.kms.connect (not only the
+    ``kms`` fixture's) has each response validated against botocore's output shapes."""
+    connect = kms_pkg.connect
+
+    def checked_connect(*args, **kwargs):
+        client = connect(*args, **kwargs)
+        if not type(client).__module__.startswith("volumed."):  # boto3 (AWS specs): its own shapes
+            return client
+        return ShapeCheckedClient(client)
+
+    monkeypatch.setattr(kms_pkg, "connect", checked_connect)
+
+
 @pytest.fixture
 def clock():
     return FakeClock(START)
@@ -55,8 +70,8 @@ def keystore(tmp_path):
 
 @pytest.fixture
 def kms(keystore, clock):
-    client = kms_pkg.connect(keystore, clock=clock)
-    yield ShapeCheckedClient(client)
+    client = kms_pkg.connect(keystore, clock=clock)  # shape-checked (every_client_is_shape_checked)
+    yield client
     client.close()
 
 
