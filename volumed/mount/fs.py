@@ -18,8 +18,14 @@ Tuned for throughput (docs/MOUNT.md, "Concurrency invariants"; docs/PERFORMANCE.
   read tries the backing file's page cache alone first (``RWF_NOWAIT``) and only a read that would
   wait for the disk moves to a thread, so disk waits overlap instead of stalling the loop (the
   kernel's read-ahead requests of a sequential reader are mostly such reads: about 1.5x faster
-  sequential reads than inline blocking preads, measured A/B in one run). Larger reads and writes, fsync and flushes run in worker threads behind a CapacityLimiter, so several
-  are in flight at once; buffers go to the Volume without copies.
+  sequential reads than inline blocking preads, measured A/B in one run). Larger reads and writes
+  run in worker threads behind a CapacityLimiter, so several are in flight at once; buffers go to
+  the Volume without copies;
+- a flush that is a plain ``fdatasync`` (XTS, the benchmark's null cipher) runs inline too: the
+  thread hop around it cost a database on ext4 over the mount (one FSYNC per commit) about a
+  quarter of its transactions (pgbench A/B, docs/PERFORMANCE.md). GCM's flush is a barrier that
+  waits for every request in flight (and a mounted snapshot's copy), so it stays in a thread, as
+  does every flush while the volume says it may block.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ ROOT_INODE = pyfuse3.ROOT_INODE
 FILE_INODE = ROOT_INODE + 1
 INLINE_BYTES = 32768  # requests up to this size run inline: under load a thread hop costs ~300 us
 THREAD = INLINE_BYTES + 1  # nbytes for _run that always means "in a worker thread"
+INLINE = 0  # nbytes for _run that means "inline unless the volume may block"
 ATTR_TIMEOUT = 60.0
 
 
@@ -72,6 +79,9 @@ class VolumeFS(pyfuse3.Operations):
         self._next_fh = 1
         self._sync_fhs: set[int] = set()
         self._token = None  # the trio loop's token, taken at the first open
+        # A barrier flush (GCM) waits for other requests and must not hold up the loop.
+        header = getattr(volume, "header", None)
+        self._flush_size = THREAD if getattr(header, "cipher", None) == "gcm" else INLINE
         if hasattr(latch, "on_close"):
             latch.on_close(self._on_latch_closed)
 
@@ -244,15 +254,20 @@ class VolumeFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSPC)
         await self._run(len(buf), self.volume.write, off, buf)
         if fh in self._sync_fhs:
-            await self._run(THREAD, self.volume.flush)
-            self.latch.check_serving()
+            await self._flush()
         self.counters.bytes_written += len(buf)
         return len(buf)
 
     @fuse_errors
     async def fsync(self, fh, datasync):
         """The durability point: returns only when every earlier write is on stable storage."""
-        await self._run(THREAD, self.volume.flush)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Volume.flush() between two latch checks (so no flush succeeds once the latch is closed):
+        inline for a plain fdatasync, in a worker thread for a barrier or a volume that may block
+        (``_run``)."""
+        await self._run(self._flush_size, self.volume.flush)
         self.latch.check_serving()
 
     @fuse_errors
