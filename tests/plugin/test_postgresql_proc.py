@@ -33,31 +33,22 @@ PG_CTL = str(Path(__file__).with_name("pg_ctl_as_postgres"))
 
 @pytest.fixture(scope="session")
 def encrypted_fs_for_postgresql(tmp_path_factory):
-    """A session-scoped encrypted_fs whose ``path`` belongs to postgres; pytest's temporary
-    directory is made traversable (not listable) so the server, running as postgres, reaches the
-    directory the factory makes there. Everything is put back at the end of the session."""
+    """A session-scoped encrypted_fs whose ``path`` belongs to postgres (the server runs as
+    postgres; pg_ctl_as_postgres puts its data directory and log there)."""
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
     kms = VolumedKMS(tmp_path_factory.mktemp("pg-kms") / "keystore")
     vol = EncryptedVolume(tmp_path_factory.mktemp("pg-volume"), kms, size="256M")
     fs = None
-    base = tmp_path_factory.getbasetemp()
-    chain = [base, *base.parents]  # up to pytest-of-USER: pytest-N (and popen-gwN under xdist)
-    chain = chain[:next(i for i, d in enumerate(chain) if d.name.startswith("pytest-of-")) + 1]
-    modes = {d: os.stat(d).st_mode & 0o7777 for d in chain}
     try:
         vol.mount()
         fs = EncryptedFS(vol)
         shutil.chown(fs.path, "postgres")
-        for d, mode in modes.items():
-            os.chmod(d, mode | 0o011)
         os.environ["VOLUMED_PG_DATA_ON"] = str(fs.path)
         yield fs
     finally:
         os.environ.pop("VOLUMED_PG_DATA_ON", None)
-        for d, mode in modes.items():
-            os.chmod(d, mode)
         if fs is not None:
             fs.teardown()
         vol.teardown()
