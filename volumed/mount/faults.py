@@ -193,9 +193,11 @@ class FaultVolume:
 
     @property
     def may_block(self) -> bool:
-        """True while calls may sleep (latency or throttle set): the FUSE side should then run
-        them in worker threads rather than on its event loop."""
-        return self.latency > 0 or self.throttle is not None
+        """True while calls may sleep (latency or throttle set) or the wrapped volume says it may
+        block (a snapshot's capture session): the FUSE side should then run them in worker
+        threads rather than on its event loop."""
+        return (self.latency > 0 or self.throttle is not None
+                or bool(getattr(self.volume, "may_block", False)))
 
     def _before(self, op: str, offset: int, length: int) -> None:
         throttle = self.throttle

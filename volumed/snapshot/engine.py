@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import re
 
 from volumed.clock import SYSTEM_CLOCK
@@ -32,8 +33,31 @@ MANAGED_KEY_REFUSAL = ("You can't share a snapshot that has been encrypted using
                        "--key KEY) and share the copy")
 
 
+ENV_MAX_PRESERVED = "VOLUMED_SNAPSHOT_MAX_PRESERVED"
+
+
+def _stamp(when) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _now(clock) -> str:
-    return (clock or SYSTEM_CLOCK).now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _stamp((clock or SYSTEM_CLOCK).now())
+
+
+def max_preserved(value=None) -> int:
+    """The byte cap on the records a live snapshot's capture session may hold in memory:
+    ``value`` (bytes or a size like 512M) if given, else $VOLUMED_SNAPSHOT_MAX_PRESERVED, else
+    256 MiB (records.DEFAULT_MAX_KEPT_BYTES). UsageError if malformed or not positive.
+    Callers: mounted (the CLI side sends it, the daemon side applies it)."""
+    from volumed.volume.device import parse_size
+    from volumed.volume.records import DEFAULT_MAX_KEPT_BYTES
+
+    if value is None:
+        value = os.environ.get(ENV_MAX_PRESERVED) or DEFAULT_MAX_KEPT_BYTES
+    n = parse_size(value)
+    if n <= 0:
+        raise UsageError(f"invalid {ENV_MAX_PRESERVED} {value!r}: must be a positive size (e.g. 256M)")
+    return n
 
 
 def caller_account(kms) -> str:
@@ -83,11 +107,11 @@ def _put_chunk(store, cipher: str, records: list, known: set) -> tuple[str | Non
 
 
 def _manifest(snap_id: str, vol_header, *, key_arn: str, wrapped: bytes, ctx: dict, owner: str,
-              clock, aad_uuid: str, **extra) -> dict:
+              clock, aad_uuid: str, created: str | None = None, **extra) -> dict:
     h = vol_header
     m = {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "snapshot_id": snap_id,
-        "created": _now(clock), "state": "completed", "owner_account": owner, "shared_with": [],
+        "created": created or _now(clock), "state": "completed", "owner_account": owner, "shared_with": [],
         "volume": {"uuid": h["uuid"], "ebs_id": h["ebs_id"], "db_id": h["db_id"], "cipher": h["cipher"],
                    "size": h["size"], "sector_size": 4096, "path": h.get("path", "")},
         "aad_uuid": aad_uuid, "key_arn": key_arn,
@@ -111,14 +135,18 @@ def snapshot_key(kms, header) -> dict:
 
 
 def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, description: str = "",
-                   progress=None) -> dict:
+                   progress=None, max_kept_bytes: int | None = None) -> dict:
     """Phase 2: copy the open Volume's sector records into ``store`` under the snapshot ``key``
     (from snapshot_key) and save the manifest. Not ``live``: the caller holds the volume still (no
     write runs while this reads). ``live`` (the mount daemon): once the store lock is taken, a
     capture session (Volume.begin_capture: a flush under a short I/O pause) fixes the point in
-    time and I/O goes on while the records are copied. On any failure no manifest is written
-    and the chunks this call stored that no manifest names are removed; the session always ends.
-    ``progress(done, total)`` runs after each chunk is stored, holding no volume lock."""
+    time and I/O goes on while the records are copied; it holds at most ``max_kept_bytes`` of
+    preserved records (default: max_preserved()), past which the snapshot fails. The manifest's
+    ``created`` is the point in time: the session's start (live), else the copy's start. Chunks
+    reused from the parent are checked to still be in the store before the manifest is saved. On
+    any failure no manifest is written and the chunks this call stored that no manifest names are
+    removed; the session always ends. ``progress(done, total)`` runs after each chunk is stored,
+    holding no volume lock."""
     if key["context"].get("aws:rds:db-id") != vol.header.db_id:
         raise UsageError(f"snapshot key was made for another volume than {vol.path}")
     with store.lock():
@@ -127,14 +155,20 @@ def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, des
         known = {c for c in (parent["chunks"] if parent else []) if c}
         added: list[str] = []
         try:
-            with (vol.begin_capture() if live else contextlib.nullcontext(vol)) as src:
+            if live:
+                source = vol.begin_capture(clock=clock, max_kept_bytes=max_kept_bytes or max_preserved())
+                created = _stamp(source.started)
+            else:
+                source, created = contextlib.nullcontext(vol), _now(clock)
+            with source as src:
                 chunks, stored = _copy_records(src, store, known, added, progress)
+            _check_reused(store, chunks, added, key["snapshot_id"])
             h = src.header
             m = _manifest(key["snapshot_id"], {**vars(h), "path": src.path}, key_arn=key["key_arn"],
                           wrapped=base64.b64decode(key["wrapped_key"]), ctx=key["context"],
                           owner=key["owner_account"], clock=clock, aad_uuid=h.uuid, chunks=chunks,
                           stored_bytes=stored, parent=parent["snapshot_id"] if parent else None,
-                          description=description)
+                          description=description, created=created)
             catalog.save(store, m)
         except BaseException:
             try:
@@ -144,6 +178,19 @@ def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, des
                     "could not remove the chunks of a failed snapshot from %s: %s", store.spec, exc)
             raise
     return m
+
+
+def _check_reused(store, chunks: list, added, snap_id: str) -> None:
+    """Before a manifest naming ``chunks`` is saved: every chunk it names that this call did not
+    store itself (``added``) must still be in the store, else StateError. A writer that does not
+    hold the store lock (an older volumed on the same S3 prefix) may have swept a chunk the new
+    snapshot reuses from its parent; saving the manifest would publish an unrestorable snapshot."""
+    mine = set(added)
+    for digest in dict.fromkeys(c for c in chunks if c and c not in mine):
+        if not store.exists(chunk_name(digest)):
+            raise StateError(f"snapshot {snap_id} not saved: chunk {digest[:12]}... it reuses from "
+                             f"an earlier snapshot was removed from the store {store.spec} during "
+                             "the copy (a concurrent snapshot delete): retry the snapshot")
 
 
 def _copy_records(src, store, known: set, added: list, progress) -> tuple[list, int]:
@@ -246,6 +293,7 @@ def copy_snapshot(store, snap_id: str, *, kms, key_id: str | None = None, clock=
             wrapped, arn = keys.rewrap(kms, src_blob, src["key_arn"], src["context"], dst_arn, ctx)
             m = _manifest(new_id, src["volume"], key_arn=arn, wrapped=wrapped,
                           chunks=list(src["chunks"]), **common)
+            _check_reused(store, m["chunks"], (), new_id)
         else:
             wrapped, arn = keys.fresh(kms, dst_arn, cipher, ctx)
             old = recrypt.make_cipher(cipher, keys.open_snapshot_key(kms, src), src["aad_uuid"])

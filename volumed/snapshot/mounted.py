@@ -3,7 +3,8 @@
 The daemon holds the volume (its flock) and calls KMS as the host principal, whose grant allows
 Decrypt and GenerateDataKeyWithoutPlaintext only. So the user's CLI does phase 1
 (engine.snapshot_key: ReEncrypt to the snapshot's context) and sends the result over the daemon's
-control channel: ``{"op": "snapshot", "store": SPEC, "key": {...}, "description": TEXT}``. The
+control channel: ``{"op": "snapshot", "store": SPEC, "key": {...}, "description": TEXT,
+"max_preserved": BYTES}`` (the CLI's $VOLUMED_SNAPSHOT_MAX_PRESERVED, else 256 MiB). The
 daemon answers with ``daemon_snapshot(volume, msg)`` in a worker thread: under the store lock it
 takes the volume's I/O barrier only to flush and open a capture session (Volume.begin_capture),
 then copies the records while I/O goes on; a write to a sector not copied yet first preserves the
@@ -39,7 +40,7 @@ def snapshot_through_daemon(volume_path: str, *, kms, store, description: str = 
     """Snapshot a mounted volume through its daemon; returns the saved manifest."""
     from volumed.mount import control, paths
     from volumed.snapshot import catalog
-    from volumed.snapshot.engine import snapshot_key
+    from volumed.snapshot.engine import max_preserved, snapshot_key
     from volumed.volume import Volume
 
     st = find_mount(volume_path)
@@ -47,8 +48,10 @@ def snapshot_through_daemon(volume_path: str, *, kms, store, description: str = 
         raise StateError(f"volume {volume_path} is open in another volumed process (not a mount on "
                          "this host): close it first, then snapshot it")
     header = Volume.read_header(volume_path)
+    cap = max_preserved()  # a malformed setting is refused before any KMS call
     key = snapshot_key(kms, header)
-    msg = {"op": "snapshot", "store": store.spec, "key": key, "description": description}
+    msg = {"op": "snapshot", "store": store.spec, "key": key, "description": description,
+           "max_preserved": cap}
     try:  # the reply comes when the copy is done: wait as long as a slow copy may take
         reply = control.request(paths.socket_path(paths.mount_id(st["mountpoint"])), msg,
                                 timeout=reply_timeout(header.size))
@@ -73,6 +76,7 @@ def reply_timeout(size: int) -> float:
 def daemon_snapshot(volume, msg: dict, allow_faults: bool = False) -> dict:
     """Server side (in the daemon, in a worker thread): the reply to a "snapshot" request.
     ``allow_faults``: the daemon was started with --allow-faults (the "hold" test hook)."""
+    from volumed.snapshot.engine import max_preserved
     from volumed.snapshot.store import open_store
 
     hold = msg.get("hold")
@@ -81,19 +85,23 @@ def daemon_snapshot(volume, msg: dict, allow_faults: bool = False) -> dict:
     try:
         return snapshot_live(volume, open_store(msg["store"]), msg["key"],
                              description=msg.get("description", ""),
-                             progress=_hold(hold) if hold else None)
+                             progress=_hold(hold) if hold else None,
+                             max_kept_bytes=max_preserved(msg.get("max_preserved")))
     except VolumedError as exc:
         return {"ok": False, "error": str(exc)}
 
 
-def snapshot_live(volume, store, key: dict, *, description: str = "", progress=None) -> dict:
-    """Snapshot an open Volume that keeps serving I/O (engine.write_snapshot with live=True): the
-    reply ``{"ok": true, "snapshot_id"}``, or ``{"ok": false, "error": ONE LINE}`` with nothing
-    published (the capture session ended, the chunks stored for it removed)."""
+def snapshot_live(volume, store, key: dict, *, description: str = "", progress=None,
+                  max_kept_bytes: int | None = None, clock=None) -> dict:
+    """Snapshot an open Volume that keeps serving I/O (engine.write_snapshot with live=True; at
+    most ``max_kept_bytes`` of preserved records): the reply ``{"ok": true, "snapshot_id"}``, or
+    ``{"ok": false, "error": ONE LINE}`` with nothing published (the capture session ended, the
+    chunks stored for it removed)."""
     from volumed.snapshot.engine import write_snapshot
 
     try:
-        m = write_snapshot(volume, store, key, live=True, description=description, progress=progress)
+        m = write_snapshot(volume, store, key, live=True, description=description, progress=progress,
+                           max_kept_bytes=max_kept_bytes, clock=clock)
     except KeyAccessError:
         return {"ok": False, "error": "the volume's key was wiped (access revoked) during the "
                                       "snapshot: nothing was saved; restore access, then retry"}

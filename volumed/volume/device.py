@@ -427,19 +427,33 @@ class Volume:
         volume still or uses a capture session. KeyAccessError once the key was wiped."""
         return read_records(self, first, n)
 
-    def begin_capture(self) -> CaptureSession:
+    def begin_capture(self, *, clock=None, max_kept_bytes: int | None = None) -> CaptureSession:
         """Fix this moment as a point in time while I/O goes on (a snapshot of a mounted volume):
         under the barrier (in-flight requests drain, new ones wait) flush and open a capture
-        session; O(1) besides the flush. Read the records from the session's read_records, then
-        close it (success or not). StateError if a session is open; KeyAccessError if wiped."""
+        session, stamped with ``clock``'s time (the session's ``started``); O(1) besides the
+        flush. ``max_kept_bytes`` (default records.DEFAULT_MAX_KEPT_BYTES) bounds the preserved
+        records it holds. Read the records from the session's read_records, then close it
+        (success or not). StateError if a session is open; KeyAccessError if wiped."""
+        from volumed.clock import SYSTEM_CLOCK
+        from volumed.volume.records import DEFAULT_MAX_KEPT_BYTES
+
         with self._locks.exclusive():
             store = self._live()
             if self._capture is not None:
                 raise StateError(f"a snapshot of {self.path} is already being taken: wait for it "
                                  "to finish, then try again")
             store.flush()  # durable; GCM's volatile slots become the sectors' versions
-            session = self._capture = CaptureSession(self)
+            session = self._capture = CaptureSession(
+                self, started=(clock or SYSTEM_CLOCK).now(),
+                max_kept_bytes=max_kept_bytes or DEFAULT_MAX_KEPT_BYTES)
         return session
+
+    @property
+    def may_block(self) -> bool:
+        """True while a capture session is open: a write may then read old records to preserve
+        them and wait for the copier's chunk lock, so the mount runs requests in worker threads
+        rather than on its event loop (volumed.mount.fs reads this)."""
+        return self._capture is not None
 
     def _end_capture(self, session: CaptureSession) -> None:
         """CaptureSession.close: writes stop calling it (one in flight finds it closed)."""

@@ -15,7 +15,9 @@ in sector order, each chunk under its range lock, and until it is closed every w
 first preserves, under the range lock it already holds, the old records of the sectors it changes
 that the session has not copied yet (capture-before-write). The copier then takes those instead of
 the disk's. Preserved records are held in memory until the copier passes them: at most the
-distinct sectors written ahead of the copier while it runs (4 KiB each), never spilled to disk.
+distinct sectors written ahead of the copier while it runs (4 KiB each), never spilled to disk,
+and never more than the session's ``max_kept_bytes``: a write that would exceed it fails the
+session (the snapshot) and frees what it held; the write itself goes on.
 
 Callers: volumed.volume.device (Volume.read_records, begin_capture, the write hook), and through
 those the snapshot engine. Package-internal: reads Volume and store internals.
@@ -24,6 +26,7 @@ those the snapshot engine. Package-internal: reads Volume and store internals.
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import threading
 
 import numpy as np
@@ -34,6 +37,7 @@ from volumed.volume.ranges import runs
 
 PAGE = 4096
 _ZERO = bytes(PAGE)
+DEFAULT_MAX_KEPT_BYTES = 256 << 20   # preserved records a session may hold (the daemon mlocks them)
 
 
 def read_records(vol, first: int, n: int) -> list[bytes | None]:
@@ -62,15 +66,23 @@ class CaptureSession:
     Made by Volume.begin_capture under the I/O barrier (after a flush). ``read_records`` must be
     called for consecutive ranges from sector 0 (the copier advances a watermark); ``header`` and
     ``path`` are the volume's at the barrier, so the session stands in for the Volume in the
-    snapshot engine. ``close()`` (or leaving the with-block) ends it, on success or failure."""
+    snapshot engine. ``started`` is the barrier's time (the snapshot's point in time).
+    ``max_kept_bytes`` bounds the preserved records held at once: past it the session fails (the
+    snapshot, never the write) and keeps nothing more. ``close()`` (or leaving the with-block)
+    ends it, on success or failure."""
 
-    def __init__(self, vol):
+    def __init__(self, vol, *, started: _dt.datetime, max_kept_bytes: int = DEFAULT_MAX_KEPT_BYTES):
+        if max_kept_bytes <= 0:
+            raise ValueError(f"max_kept_bytes must be positive, not {max_kept_bytes}")
         self._vol = vol
+        self.started = started
+        self.max_kept_bytes = max_kept_bytes
         self.header = copy.copy(vol.header)   # a later resize does not change the point in time
         self.path = vol.path
         self.sectors = self.header.sectors
         self._next = 0                        # sectors below are copied; moves under range locks
         self._kept: dict[int, bytes | None] = {}
+        self._kept_bytes = 0                  # bytes of the records in _kept (None counts 0)
         self._mutex = threading.Lock()
         self._error: str | None = None
         self._closed = False
@@ -80,9 +92,10 @@ class CaptureSession:
     def before_write(self, first: int, last: int) -> None:
         """Called by the Volume for a write/discard of sectors [first, last), holding their range
         lock, before anything changes: preserve the old records of those the copier has not
-        reached. Never raises: a failure fails the session (the snapshot), not the write."""
+        reached. Never raises: a failure fails the session (the snapshot), not the write. A
+        failed or closed session returns at once (nothing more is preserved)."""
         lo, hi = max(first, self._next), min(last, self.sectors)
-        if lo >= hi or self._closed:
+        if lo >= hi or self._closed or self._error:
             return
         with self._mutex:
             todo = np.array([s not in self._kept for s in range(lo, hi)])
@@ -93,11 +106,23 @@ class CaptureSession:
         except Exception as exc:  # noqa: BLE001 - the write goes on; the snapshot fails
             self._fail(f"sectors {lo}-{hi - 1} could not be preserved before a write: {exc}")
             return
+        size = sum(len(r) for r in got.values() if r is not None)
         with self._mutex:
-            if not self._closed:
+            if self._closed or self._error:
+                return
+            if self._kept_bytes + size > self.max_kept_bytes:
+                over = True
+            else:
+                over = False
                 self._kept.update(got)
+                self._kept_bytes += size
                 self.captured += len(got)
                 self.peak_kept = max(self.peak_kept, len(self._kept))
+        if over:
+            self._fail(f"writes during the copy needed more than {self.max_kept_bytes} bytes of "
+                       "preserved records in memory (the snapshot's limit, "
+                       "$VOLUMED_SNAPSHOT_MAX_PRESERVED): retry when writes are lighter, or raise "
+                       "the limit")
 
     def read_records(self, first: int, n: int) -> list[bytes | None]:
         """Records of sectors [first, first+n) as they were at the barrier; ``first`` is where the
@@ -112,22 +137,30 @@ class CaptureSession:
                 raise VolumedError(self._error or "the capture session was closed")
             with self._mutex:
                 kept = {s: self._kept.pop(s) for s in range(first, first + n) if s in self._kept}
+                self._kept_bytes -= sum(len(r) for r in kept.values() if r is not None)
             recs = read_records(vol, first, n) if len(kept) < n else [None] * n
             for s, rec in kept.items():
                 recs[s - first] = rec
             self._next = first + n
         return recs
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of preserved records held now (bounded by ``max_kept_bytes``)."""
+        return self._kept_bytes
+
     def _fail(self, why: str) -> None:
         with self._mutex:
             self._error = self._error or why
             self._kept.clear()
+            self._kept_bytes = 0
 
     def close(self) -> None:
         """End the session: writes stop preserving records, memory is released. Idempotent."""
         with self._mutex:
             self._closed = True
             self._kept.clear()
+            self._kept_bytes = 0
         self._vol._end_capture(self)
 
     def __enter__(self) -> "CaptureSession":
