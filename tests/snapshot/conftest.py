@@ -29,6 +29,36 @@ def store(tmp_path):
 
 
 @pytest.fixture
+def s3():
+    """A moto S3 client with the bucket ``fleet-snapshots``."""
+    from moto import mock_aws
+
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="fleet-snapshots")
+        yield client
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """cli(*argv) -> (exit code, stdout, stderr) of ``volumed`` run in-process with the keystore
+    in tmp_path and the default snapshot store next to it."""
+    from volumed.cli import main
+
+    monkeypatch.setenv("VOLUMED_KMS", str(tmp_path / "keystore"))
+    monkeypatch.delenv("VOLUMED_SNAPSHOT_STORE", raising=False)
+
+    def run(*argv):
+        rc = main(list(argv))
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+@pytest.fixture
 def cmk(kms):
     """A customer managed key's ARN."""
     return kms.create_key(Description="snapshot tests")["KeyMetadata"]["Arn"]

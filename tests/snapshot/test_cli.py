@@ -9,20 +9,6 @@ import os
 import pytest
 
 from tests.snapshot.conftest import contents, pattern, write
-from volumed.cli import main
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("VOLUMED_KMS", str(tmp_path / "keystore"))
-    monkeypatch.delenv("VOLUMED_SNAPSHOT_STORE", raising=False)
-
-    def run(*argv):
-        rc = main(list(argv))
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
 
 
 def test_snapshot_commands_end_to_end(cli, kms, make_volume, tmp_path):

@@ -12,18 +12,6 @@ from volumed.snapshot import create_snapshot, delete_snapshot, restore_snapshot
 from volumed.snapshot.store import LocalStore, S3Store, open_store
 
 
-@pytest.fixture
-def s3():
-    from moto import mock_aws
-
-    with mock_aws():
-        import boto3
-
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="fleet-snapshots")
-        yield client
-
-
 @pytest.mark.parametrize("cipher", ["xts", "gcm"])
 def test_s3_store_round_trip(cipher, s3, kms, make_volume, tmp_path):
     store = S3Store("fleet-snapshots", "prod/eu", client=s3)

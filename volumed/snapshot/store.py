@@ -8,18 +8,23 @@ key service is picked: ``--store SPEC``, else ``$VOLUMED_SNAPSHOT_STORE``, else 
 
 Ordering: a manifest is written only after ``sync()`` made its chunks durable (catalog.save).
 Stores do not check content: manifests and chunks carry their own SHA-256 (volumed.snapshot.objects).
-``lock()`` serialises writers of one local store (create/copy/delete of snapshots); S3 has no lock,
-so a fleet must run one snapshot writer per store at a time (docs/SNAPSHOTS.md).
+``lock()`` serialises writers of one store (create/copy/share/delete of snapshots): a flock for a
+local store; for S3 a lock object ``PREFIX/.lock`` created with a conditional put (If-None-Match:
+*), holding its owner and a lease expiry, deleted on release; an expired lease is broken with a
+conditional delete (If-Match: its ETag), so two breakers cannot both win (docs/SNAPSHOTS.md).
 Callers: engine, restore, catalog, the CLI.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import socket
+import time
 
-from volumed.errors import UsageError, VolumedError
+from volumed.errors import StateError, UsageError, VolumedError
 
 ENV_STORE = "VOLUMED_SNAPSHOT_STORE"
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -126,11 +131,25 @@ def _s3_code(exc: Exception) -> str | None:
 
 
 class S3Store:
-    """A snapshot store in an S3 bucket under a key prefix (boto3; endpoint from the environment)."""
+    """A snapshot store in an S3 bucket under a key prefix (boto3; endpoint from the environment).
+    ``clock`` and ``sleep`` time the writer lock (tests inject them); ``lease`` is how long a lock
+    object stands before another writer may break it (a writer that died holding it)."""
 
-    def __init__(self, bucket: str, prefix: str = "", client=None):
+    LOCK_NAME = ".lock"
+    LEASE = 6 * 3600.0       # longer than any snapshot copy; a crashed writer's lock expires then
+    LOCK_WAIT = 15 * 60.0    # how long a writer waits for another's lock before giving up
+    POLL = 0.5
+
+    def __init__(self, bucket: str, prefix: str = "", client=None, *, clock=None, sleep=time.sleep,
+                 lease: float | None = None, lock_wait: float | None = None):
         import boto3
 
+        from volumed.clock import SYSTEM_CLOCK
+
+        self.clock = clock or SYSTEM_CLOCK
+        self.sleep = sleep
+        self.lease = self.LEASE if lease is None else lease
+        self.lock_wait = self.LOCK_WAIT if lock_wait is None else lock_wait
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.spec = f"s3://{bucket}/{self.prefix}"
@@ -175,7 +194,8 @@ class S3Store:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self.prefix + prefix)
             for page in pages:
-                out += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+                out += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])
+                        if o["Key"] != self.prefix + self.LOCK_NAME]
         except Exception as exc:
             raise self._fail("list", prefix or "objects", exc) from None
         return sorted(out)
@@ -191,8 +211,61 @@ class S3Store:
 
     @contextlib.contextmanager
     def lock(self):
-        """No lock in S3: one snapshot writer per store at a time (documented)."""
-        yield
+        """Exclusive writer lock on this store: the object ``.lock`` under the prefix, created only
+        if absent (If-None-Match: *). Waits (polling) while another writer holds an unexpired
+        lease, up to ``lock_wait`` seconds, then StateError naming the holder; breaks an expired
+        lease (conditional delete on its ETag). Released (deleted) on exit."""
+        key = self.prefix + self.LOCK_NAME
+        deadline = self.clock.time() + self.lock_wait
+        while True:
+            now = self.clock.time()
+            body = json.dumps({"owner": f"{socket.gethostname()}:{os.getpid()}",
+                               "expires": now + self.lease}).encode()
+            try:
+                etag = self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                              IfNoneMatch="*")["ETag"]
+                break
+            except Exception as exc:
+                if _s3_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    raise self._fail("lock", self.LOCK_NAME, exc) from None
+            holder = self._lock_holder(key)
+            if holder is not None and holder[1] < now:
+                self._break_lock(key, holder[2])
+                continue
+            if now >= deadline:
+                who = holder[0] if holder else "another writer"
+                raise StateError(f"the snapshot store {self.spec} is locked by {who} (another "
+                                 "snapshot create, copy, share or delete): retry when it is done, "
+                                 f"or delete {self.LOCK_NAME} under the prefix if that writer died")
+            self.sleep(self.POLL)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # an expired-and-broken lease is not ours to delete
+                self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+
+    def _lock_holder(self, key: str) -> tuple[str, float, str] | None:
+        """(owner, lease expiry, ETag) of the lock object, or None if it is gone (or unreadable,
+        which is treated as held by an unknown writer until its lease passes: never)."""
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _s3_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise self._fail("read", self.LOCK_NAME, exc) from None
+        try:
+            info = json.loads(obj["Body"].read())
+            return str(info["owner"]), float(info["expires"]), obj["ETag"]
+        except (ValueError, KeyError, TypeError):
+            return "an unknown writer", float("inf"), obj["ETag"]
+
+    def _break_lock(self, key: str, etag: str) -> None:
+        """Delete an expired lock object, only if it is still the one seen (ETag)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+        except Exception as exc:
+            if _s3_code(exc) not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                raise self._fail("unlock", self.LOCK_NAME, exc) from None
 
 
 def default_spec() -> str:
