@@ -188,7 +188,10 @@ def test_revocation_mid_load_loses_no_committed_transaction(pg, encrypted_fs):
         present = {r[0] for r in c.execute("SELECT id FROM ledger")}
     assert set(committed) <= present, f"lost committed {sorted(set(committed) - present)[:5]}"
     assert not present & set(failed_after), "a transaction that failed is present"
-    assert len(uncertain) <= 1
+    # Failures before revoke() returned (the one in flight at the cut, and reconnects to a server
+    # that already hit EIO while revoke() still waited for the cut to complete) may or may not be
+    # present; once one failed, nothing committed after it.
+    assert not uncertain or not committed or min(uncertain) > max(committed)
     print(f"committed {len(committed)}, failed after revocation {len(failed_after)}, "
           f"in flight {len(uncertain)}")
     p = _as_postgres(f"{PG_BIN}/pg_amcheck", "-h", pg.run, "-p", pg.port, "--install-missing",
