@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -203,37 +202,6 @@ def test_a_volume_opens_once_at_a_time(make_volume, kms):
     assert Volume.read_header(path).size == 1 << 20  # reading the header needs no lock
     vol.close()
     Volume.open(path, kms=kms).close()
-
-
-@pytest.mark.parametrize("cipher", ["xts", "gcm"])
-def test_nowait_read_comes_from_the_page_cache_or_not_at_all(make_volume, kms, cipher):
-    """read(nowait=True) returns what read() returns when the backing file's pages are cached, and
-    raises BlockingIOError (changing nothing) when they would have to come from the disk."""
-    path = make_volume(cipher, size=4 << 20)
-    data = random.Random(7).randbytes(64 << 10)
-    with Volume.open(path, kms=kms) as vol:
-        vol.write(8192, data)
-        vol.flush()
-        assert vol.read(8192, len(data), nowait=True) == data  # just written: cached
-        for _ in range(20):  # drop the (clean) cached pages; pages still under write-back stay
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-            if cipher == "gcm":
-                vol._store._cache.clear()  # the metadata page cache too  # noqa: SLF001
-            try:
-                vol.read(8192 + 4096, 4096, nowait=True)
-            except BlockingIOError:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.skip("the backing file system served the read without blocking (page cache kept)")
-        assert vol.read(8192, len(data)) == data  # the blocking read, and now it is cached again
-        assert vol.read(8192, len(data), nowait=True) == data
-        assert vol.read(4 << 20, 10, nowait=True) == b""
 
 
 def test_staged_file_publishes_whole_or_leaves_nothing(tmp_path):

@@ -77,9 +77,9 @@ class FaultBacking(RecordingBackingFile):
         if len(self._previous) > ROLLBACK_PAGES:
             self._previous.pop(next(iter(self._previous)))
 
-    def preadinto(self, offset: int, buf, *, nowait: bool = False) -> None:
+    def preadinto(self, offset: int, buf) -> None:
         self._alive()
-        super().preadinto(offset, buf, nowait=nowait)
+        super().preadinto(offset, buf)
 
     def pwrite(self, offset: int, data) -> None:
         with self._lock:
@@ -219,11 +219,7 @@ class FaultVolume:
         if fail is not None:
             raise self.to_error(fail)
 
-    def read(self, offset: int, length: int, *, nowait: bool = False) -> bytes:
-        if nowait:  # read first: a BlockingIOError must not consume an injected fault
-            data = self.volume.read(offset, length, nowait=True)
-            self._before("read", offset, length)
-            return data
+    def read(self, offset: int, length: int) -> bytes:
         self._before("read", offset, length)
         return self.volume.read(offset, length)
 

@@ -14,15 +14,10 @@ Tuned for throughput (docs/MOUNT.md, "Concurrency invariants"; docs/PERFORMANCE.
   (revocation and fault injection invalidate it explicitly);
 - requests of at most ``INLINE_BYTES`` (random 4 KiB I/O, small write-backs) run inline on the
   loop: on two busy cores a thread hop costs ~300 us, far more than one sector's cipher and a
-  backing pread (measured: cold random 4 KiB reads 2.4k/s through threads, 7.5k/s inline). A small
-  read tries the backing file's page cache alone first (``RWF_NOWAIT``) and only a read that would
-  wait for the disk moves to a thread, so disk waits overlap instead of stalling the loop (the
-  kernel's read-ahead requests of a sequential reader are mostly such reads: about 1.5x faster
-  sequential reads than inline blocking preads, measured A/B in one run). A read that would wait
-  while no other request is queued on ``/dev/fuse`` (a queue depth of one) blocks on the loop
-  instead: the thread hop and the loop's wake-up cost more than the disk wait they would overlap
-  with nothing (cold random 4 KiB reads at QD1 1.77x, QD16 and the 70/30 mix unchanged, A/B in
-  one run). Larger reads and writes
+  backing pread (measured: cold random 4 KiB reads 2.4k/s through threads, 7.5k/s inline; a
+  read that would wait for the disk waits on the loop too: sending such reads to a thread when
+  other requests were queued, so their disk waits overlap, halved random 4 KiB reads at queue
+  depth 16, A/B in one run, 2026-11-30). Larger reads and writes
   run in worker threads behind a CapacityLimiter, so several are in flight at once; buffers go to
   the Volume without copies. Large reads (the kernel's read-ahead, up to 1 MiB each) have their
   own, wider limiter (``READ_THREADS``): they mostly wait for the disk with the GIL released, and
@@ -39,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import stat
 import time
 
@@ -55,19 +49,6 @@ THREAD = INLINE_BYTES + 1  # nbytes for _run that always means "in a worker thre
 INLINE = 0  # nbytes for _run that means "inline unless the volume may block"
 READ_THREADS = 16  # large reads in flight at once (they share no limiter with the rest)
 ATTR_TIMEOUT = 60.0
-
-
-def _fuse_fd() -> int | None:
-    """This process's ``/dev/fuse`` descriptor (pyfuse3 keeps its own private): the one fd open on
-    /dev/fuse, or None unless there is exactly one (a daemon serves one mount)."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
-                found.append(int(name))
-        except OSError:  # closed meanwhile
-            pass
-    return found[0] if len(found) == 1 else None
 
 
 class IOCounters:
@@ -102,7 +83,6 @@ class VolumeFS(pyfuse3.Operations):
         self._next_fh = 1
         self._sync_fhs: set[int] = set()
         self._token = None  # the trio loop's token, taken at the first open
-        self._fuse_poll = None  # select.poll on /dev/fuse (False: not found), made at first use
         # A barrier flush (GCM) waits for other requests and must not hold up the loop.
         header = getattr(volume, "header", None)
         self._flush_size = THREAD if getattr(header, "cipher", None) == "gcm" else INLINE
@@ -146,36 +126,12 @@ class VolumeFS(pyfuse3.Operations):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     async def _read(self, off: int, size: int):
-        """A read through ``_run``, except that a small read first tries the page cache alone
-        (``nowait``) on the loop and goes to a worker thread only if the backing file would have to
-        wait for the disk: cached reads keep the inline path's low latency while cold reads at a
-        queue depth above one overlap their disk waits instead of queuing behind each other on the
-        loop; unless no other request waits, when the thread would overlap the disk wait with
-        nothing and the read blocks on the loop. Reads larger than INLINE_BYTES go behind
-        ``read_limiter``, the rest behind ``limiter``."""
+        """A read through ``_run``, except that reads larger than INLINE_BYTES (the kernel's
+        read-ahead) go behind their own, wider ``read_limiter``."""
+        if size <= INLINE_BYTES:
+            return await self._run(size, self.volume.read, off, size)
         self.latch.check_serving()
-        if size <= INLINE_BYTES and not getattr(self.volume, "may_block", False):
-            try:
-                return self.volume.read(off, size, nowait=True)
-            except BlockingIOError:
-                if not self._requests_waiting():
-                    return self.volume.read(off, size)
-        limiter = self.read_limiter if size > INLINE_BYTES else self.limiter
-        return await trio.to_thread.run_sync(self.volume.read, off, size, limiter=limiter)
-
-    def _requests_waiting(self) -> bool:
-        """Whether the kernel has FUSE requests queued that this daemon has not read yet (a poll of
-        ``/dev/fuse`` with no timeout). True when that cannot be told (no single /dev/fuse
-        descriptor found), so callers fall back to the overlapping path. Loop only."""
-        if self._fuse_poll is None:
-            fd = _fuse_fd()
-            self._fuse_poll = False
-            if fd is not None:
-                self._fuse_poll = select.poll()
-                self._fuse_poll.register(fd, select.POLLIN)
-        if self._fuse_poll is False:
-            return True
-        return bool(self._fuse_poll.poll(0))
+        return await trio.to_thread.run_sync(self.volume.read, off, size, limiter=self.read_limiter)
 
     def _restore_size(self) -> None:
         """After a refused write past the end: the writeback cache accepted it and grew the size the
@@ -283,7 +239,7 @@ class VolumeFS(pyfuse3.Operations):
             self.latch.check_serving()
             return b""
         size = min(size, self.size - off)
-        data = await self._read(off, size)
+        data = await self._run(size, self.volume.read, off, size)
         self.counters.bytes_read += len(data)
         return data
 

@@ -72,18 +72,12 @@ class BackingFile:
         self.preadinto(offset, buf)
         return buf
 
-    def preadinto(self, offset: int, buf, *, nowait: bool = False) -> None:
-        """Fill the writable buffer ``buf`` from ``offset`` (zeros past end of file).
-
-        ``nowait``: only from the page cache (``RWF_NOWAIT``); raises BlockingIOError if any of
-        the range would have to come from the disk, leaving ``buf`` partly filled. The mount tries
-        small reads this way on its event loop and moves only the ones that would block into a
-        worker thread."""
+    def preadinto(self, offset: int, buf) -> None:
+        """Fill the writable buffer ``buf`` from ``offset`` (zeros past end of file)."""
         mv = memoryview(buf).cast("B")
-        flags = os.RWF_NOWAIT if nowait else 0
         done = 0
         while done < len(mv):
-            n = os.preadv(self.fd, [mv[done:]], offset + done, flags)
+            n = os.preadv(self.fd, [mv[done:]], offset + done)
             if n == 0:
                 mv[done:] = bytes(len(mv) - done)
                 return

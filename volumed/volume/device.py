@@ -336,11 +336,8 @@ class Volume:
         u = self._store.lock_unit if self._store is not None else 1
         return first // u, -(-last // u)
 
-    def read(self, offset: int, length: int, *, nowait: bool = False) -> bytes | bytearray:
-        """``length`` bytes from ``offset`` (short only at the end of the volume).
-
-        ``nowait``: only if the backing file's pages are cached; otherwise BlockingIOError, having
-        changed nothing (the mount's event loop then retries in a worker thread)."""
+    def read(self, offset: int, length: int) -> bytes | bytearray:
+        """``length`` bytes from ``offset`` (short only at the end of the volume)."""
         if offset < 0 or length < 0:
             raise UsageError(f"invalid read range offset={offset} length={length}")
         if offset >= self.size or length == 0:
@@ -352,7 +349,7 @@ class Volume:
         self._live()
         with self._locks.lock(*self._units(first, last)):
             store = self._live()
-            store.read_sectors(first, memoryview(buf), nowait=nowait)
+            store.read_sectors(first, memoryview(buf))
         start = offset - first * ss
         if start == 0 and length == len(buf):
             return buf  # a bytearray: pyfuse3 and every caller take any buffer; no second copy

@@ -160,15 +160,13 @@ class GcmStore:
 
     # ---- metadata --------------------------------------------------------------------------
 
-    def _meta(self, g: int, *, nowait: bool = False) -> bytearray:
+    def _meta(self, g: int) -> bytearray:
         """The verified metadata page of group g (caller holds the group's lock). Pages are cached
-        as last written by this process: all metadata writes go through here. ``nowait`` as in
-        BackingFile.preadinto."""
+        as last written by this process: all metadata writes go through here."""
         page = self._cache.get(g)
         if page is not None:
             return page
-        page = bytearray(PAGE)
-        self.backing.preadinto(F.meta_offset(g), page, nowait=nowait)
+        page = self.backing.pread(F.meta_offset(g), PAGE)
         if not F.meta_ok(self.meta_key, g, page):
             log.error("GCM metadata of sectors %d-%d of %s fails its MAC", g * G, g * G + G - 1, self.path)
             raise IntegrityError(f"metadata of sectors {g * G}-{g * G + G - 1} of {self.path} fails "
@@ -218,13 +216,11 @@ class GcmStore:
             yield s - first, g, i0, cnt
             s += cnt
 
-    def read_sectors(self, first: int, out: memoryview, *, nowait: bool = False) -> None:
-        """Fill ``out`` with the plaintext of sectors first, ...; IntegrityError names a bad sector.
-        ``nowait``: BlockingIOError instead of waiting for the disk (BackingFile.preadinto), and
-        before any crash-residue fallback (that path runs again, whole, without it)."""
+    def read_sectors(self, first: int, out: memoryview) -> None:
+        """Fill ``out`` with the plaintext of sectors first, ...; IntegrityError names a bad sector."""
         n = len(out) // PAGE
         for rel, g, i0, cnt in self._chunks(first, n):
-            sub = F.slots(self._meta(g, nowait=nowait))[i0:i0 + cnt]
+            sub = F.slots(self._meta(g))[i0:i0 + cnt]
             ar = np.arange(cnt)
             ctr = sub["ctr"]
             prim = (ctr[:, 1] > ctr[:, 0]).astype(np.intp)
@@ -236,13 +232,10 @@ class GcmStore:
                 dst[a * PAGE:b * PAGE] = bytes((b - a) * PAGE)
             for k in (0, 1):
                 for a, b in runs(real & (prim == k)):
-                    self.backing.preadinto(F.slot_offset(g, k, i0 + a), dst[a * PAGE:b * PAGE],
-                                           nowait=nowait)
+                    self.backing.preadinto(F.slot_offset(g, k, i0 + a), dst[a * PAGE:b * PAGE])
             for a, b in runs(real):
                 failed = self.cipher.decrypt(dst[a * PAGE:b * PAGE], first + rel + a,
                                              F.nonce_bytes(pc[a:b]), ptag[a:b].astype(">u8").tobytes())
-                if len(failed) and nowait:
-                    raise BlockingIOError("crash-residue fallback runs in a worker thread")
                 for j in failed:
                     j = a + j
                     self._fallback(g, i0 + j, int(prim[j]), sub[j], dst[j * PAGE:(j + 1) * PAGE])

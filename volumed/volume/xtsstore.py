@@ -21,10 +21,9 @@ class XtsStore:
         self.ss = header.sector_size
         self.base = header.data_offset
 
-    def read_sectors(self, first: int, out: memoryview, *, nowait: bool = False) -> None:
-        """Fill ``out`` (whole sectors) with the plaintext of sectors first, first+1, ...
-        ``nowait``: BlockingIOError instead of waiting for the disk (BackingFile.preadinto)."""
-        self.backing.preadinto(self.base + first * self.ss, out, nowait=nowait)
+    def read_sectors(self, first: int, out: memoryview) -> None:
+        """Fill ``out`` (whole sectors) with the plaintext of sectors first, first+1, ..."""
+        self.backing.preadinto(self.base + first * self.ss, out)
         holes = zero_sectors(out, self.ss)
         if not holes.any():
             self.cipher.decrypt(out, first)
