@@ -51,6 +51,18 @@ READ_THREADS = 16  # large reads in flight at once (they share no limiter with t
 ATTR_TIMEOUT = 60.0
 
 
+async def invalidate_file_cache(log=None) -> None:
+    """Drop the kernel's cached pages and attributes of the file, from a worker thread (never
+    inside a request: the kernel may write dirty pages back to this loop and wait for the
+    replies). A failure is logged on ``log`` if given. Callers: revocation (VolumeFS's latch
+    callback, the daemon after the key wipe) and the daemon after a power-cut or rollback fault."""
+    try:
+        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, FILE_INODE, False)
+    except OSError as exc:
+        if log is not None:
+            log.warning("could not invalidate the kernel's cached pages: %s", exc)
+
+
 class IOCounters:
     """Bytes read and written through the mount (reported by status)."""
 
@@ -104,17 +116,8 @@ class VolumeFS(pyfuse3.Operations):
         self._drop_cached_pages()
 
     def _drop_cached_pages(self) -> None:
-        """Invalidate the kernel's cached pages and attributes of the file from a system task and
-        a worker thread (never inside a request: the kernel may write dirty pages back to this loop
-        and wait for the replies)."""
-
-        async def invalidate():
-            try:
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, FILE_INODE, False)
-            except OSError:
-                pass
-
-        trio.lowlevel.spawn_system_task(invalidate)
+        """Start ``invalidate_file_cache`` in a system task (the daemon logs a second failure)."""
+        trio.lowlevel.spawn_system_task(invalidate_file_cache)
 
     async def _run(self, nbytes: int, fn, *args):
         """Run a Volume call after checking the latch: inline when ``nbytes`` <= INLINE_BYTES and
@@ -239,7 +242,7 @@ class VolumeFS(pyfuse3.Operations):
             self.latch.check_serving()
             return b""
         size = min(size, self.size - off)
-        data = await self._run(size, self.volume.read, off, size)
+        data = await self._read(off, size)
         self.counters.bytes_read += len(data)
         return data
 
