@@ -31,7 +31,7 @@ import trio
 from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock
 from volumed.errors import StateError, VolumedError
 from volumed.mount import attach, control, keyservice, paths
-from volumed.mount.fs import FILE_INODE, VolumeFS
+from volumed.mount.fs import VolumeFS, invalidate_file_cache
 from volumed.mount.hardening import current_state, harden_process
 from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
 from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
@@ -132,10 +132,7 @@ class Daemon:
         """Wipe the key, then drop the kernel's cached pages and attributes of the file."""
         await trio.to_thread.run_sync(self.volume.wipe_key)
         log.info("data key wiped")
-        try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, FILE_INODE, False)
-        except OSError as exc:
-            log.warning("could not invalidate the kernel's cached pages: %s", exc)
+        await invalidate_file_cache(log)
         self.cut_off = True
 
     def status(self) -> dict:
@@ -213,10 +210,7 @@ class Daemon:
             return {"ok": False, "error": str(exc)}
         if msg.get("kind") in ("power-cut", "rollback"):
             log.warning("fault injected: %s", json.dumps({k: v for k, v in msg.items() if k != "op"}))
-            try:  # the kernel's cached pages no longer match the disk
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, FILE_INODE, False)
-            except OSError as exc:
-                log.warning("could not invalidate the kernel's cached pages: %s", exc)
+            await invalidate_file_cache(log)  # the kernel's cached pages no longer match the disk
         return reply
 
     async def _signals(self) -> None:
