@@ -231,6 +231,16 @@ def direct_read(path, offset: int, length: int) -> bytes:
         os.close(fd)
 
 
+def write_fsynced(path, offset: int, data) -> None:
+    """Write ``data`` at ``offset`` and fsync: acknowledged when this returns."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def kill_daemon(m: Mount) -> None:
     """SIGKILL the daemon serving ``m`` and wait until it is gone."""
     from volumed.mount.client import stop_process

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.mount.conftest import direct_read as _direct_read
+from tests.mount.conftest import write_fsynced as _write_sync
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -19,15 +20,6 @@ def _errno_of(fn, *args):
     with pytest.raises(OSError) as info:
         fn(*args)
     return info.value.errno
-
-
-def _write_sync(path, offset, data):
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def test_errno_on_a_byte_range_nth_op_and_probability(encrypted_volume):

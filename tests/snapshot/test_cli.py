@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 from tests.snapshot.conftest import contents, pattern, write
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.conftest import Env, Mount, kms_client, rds_client, teardown_mount
+from tests.mount.conftest import Env, Mount, kms_client, rds_client, teardown_mount, write_fsynced
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(120),
               pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
@@ -64,15 +64,6 @@ def _volume(env, cipher="xts"):
     return path, key
 
 
-def _write_fsynced(file, offset, data) -> None:
-    fd = os.open(file, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read(file, offset, n) -> bytes:
     with open(file, "rb") as f:
         f.seek(offset)
@@ -88,15 +79,15 @@ def test_terminal_state_recovery_through_the_latest_snapshot(cipher, env, mount)
     vol, key = _volume(env, cipher)
     data = random.Random(2).randbytes(MiB)
     m = mount(env, vol)
-    _write_fsynced(m.file, 0, data)
+    write_fsynced(m.file, 0, data)
     env.run("unmount", m.mountpoint)
     old = json.loads(env.run("snapshot", "create", vol, "--json").stdout)["SnapshotId"]
     m = mount(env, vol)
-    _write_fsynced(m.file, 2 * MiB, b"in the newer snapshot")
+    write_fsynced(m.file, 2 * MiB, b"in the newer snapshot")
     env.run("unmount", m.mountpoint)
     snap = json.loads(env.run("snapshot", "create", vol, "--json").stdout)["SnapshotId"]
     m = mount(env, vol)
-    _write_fsynced(m.file, 4 * MiB, b"after the last snapshot")
+    write_fsynced(m.file, 4 * MiB, b"after the last snapshot")
     admin = kms_client(env)
     admin.disable_key(KeyId=key)
     m.wait_state(RECOVERABLE, timeout=2.0)
@@ -224,11 +215,11 @@ def test_writes_during_the_copy_complete_and_are_not_in_the_snapshot(cipher, env
     vol, _key = _volume(env, cipher)
     m = mount(env, vol)
     a, b = random.Random(7).randbytes(2 * MiB), random.Random(8).randbytes(2 * MiB)
-    _write_fsynced(m.file, 0, a)
+    write_fsynced(m.file, 0, a)
     snap = _HeldSnapshot(env, m, vol, after=4)
     try:
         snap.wait_held()
-        _write_fsynced(m.file, 0, b)
+        write_fsynced(m.file, 0, b)
         assert snap.reply is None and snap.thread.is_alive()   # B acknowledged mid-copy
     finally:
         reply = snap.release()
@@ -252,7 +243,7 @@ def test_revocation_during_the_copy_fails_the_snapshot_and_publishes_nothing(cip
 
     vol, key = _volume(env, cipher)
     m = mount(env, vol)
-    _write_fsynced(m.file, 0, random.Random(9).randbytes(2 * MiB))
+    write_fsynced(m.file, 0, random.Random(9).randbytes(2 * MiB))
     snap = _HeldSnapshot(env, m, vol, after=2)
     try:
         snap.wait_held()
