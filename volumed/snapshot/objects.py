@@ -6,14 +6,15 @@ its content, identical chunks are stored once, and a damaged chunk never matches
     0   4  magic ``VSCK``
     4   1  version (1)
     5   1  cipher (0 = xts, 1 = gcm)
-    6   2  record size (u16 BE): 4096 for xts, 4124 for gcm
+    6   2  record size (u16 BE): 4096 for xts; 4140 for gcm (4124 in chunks of GCM format 1)
     8   2  n, sectors covered by the chunk (u16 BE)
     10  6  zero
     16  ceil(n/8)  presence bitmap (bit i, LSB first in byte i//8, = sector i has a record)
     ..  records of the present sectors, in order
 
-A record is the sector as it is on the volume: XTS, the 4096-byte ciphertext; GCM, the 12-byte
-nonce, the 16-byte tag and the 4096-byte ciphertext of the sector's current slot. An absent sector
+A record is the sector as it is on the volume: XTS, the 4096-byte ciphertext; GCM, the 16-byte
+session salt, the 12-byte nonce, the 16-byte tag and the 4096-byte ciphertext of the sector's
+current slot (GCM format 1 volumes had no salt). An absent sector
 reads as zeros (an XTS hole, a GCM empty or zero-marker slot).
 
 Manifest ``snapshots/<snap-id>.json``: UTF-8 JSON ``{"manifest": M, "sha256": hex}`` where hex is
@@ -32,7 +33,8 @@ CHUNK_MAGIC = b"VSCK"
 CHUNK_VERSION = 1
 _CHUNK_HDR = struct.Struct(">4sBBHH6x")
 CIPHERS = {"xts": 0, "gcm": 1}
-RECORD_SIZE = {"xts": 4096, "gcm": 12 + 16 + 4096}
+RECORD_SIZE = {"xts": 4096, "gcm": 16 + 12 + 16 + 4096}
+RECORD_SIZES = {"xts": (4096,), "gcm": (RECORD_SIZE["gcm"], 12 + 16 + 4096)}  # gcm: format 2, 1
 MANIFEST_FORMAT = "volumed-snapshot"
 MANIFEST_VERSION = 1
 
@@ -59,7 +61,10 @@ def encode_chunk(cipher: str, records: list[bytes | None]) -> tuple[str, bytes] 
         if r is not None:
             bitmap[i // 8] |= 1 << (i % 8)
             body.append(bytes(r))
-    data = _CHUNK_HDR.pack(CHUNK_MAGIC, CHUNK_VERSION, CIPHERS[cipher], RECORD_SIZE[cipher], n) \
+    rsize = len(body[0])
+    if rsize not in RECORD_SIZES[cipher] or any(len(b) != rsize for b in body):
+        raise ValueError(f"records of a {cipher} chunk must all be one of {RECORD_SIZES[cipher]} bytes")
+    data = _CHUNK_HDR.pack(CHUNK_MAGIC, CHUNK_VERSION, CIPHERS[cipher], rsize, n) \
         + bytes(bitmap) + b"".join(body)
     return hashlib.sha256(data).hexdigest(), data
 
@@ -74,7 +79,7 @@ def decode_chunk(digest_hex: str, data: bytes, cipher: str, where: str) -> list[
         magic, ver, cid, rsize, n = _CHUNK_HDR.unpack_from(data, 0)
     except struct.error:
         raise IntegrityError(f"chunk {digest_hex[:16]}... of {where} is truncated") from None
-    if magic != CHUNK_MAGIC or ver != CHUNK_VERSION or cid != CIPHERS[cipher] or rsize != RECORD_SIZE[cipher]:
+    if magic != CHUNK_MAGIC or ver != CHUNK_VERSION or cid != CIPHERS[cipher] or rsize not in RECORD_SIZES[cipher]:
         raise FormatError(f"chunk {digest_hex[:16]}... of {where} is not a {cipher} chunk of format "
                           f"version {CHUNK_VERSION}")
     off = _CHUNK_HDR.size

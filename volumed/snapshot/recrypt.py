@@ -1,11 +1,14 @@
 """Snapshot records <-> plaintext sectors under a data key.
 
-``make_cipher(cipher, key, aad_uuid)`` gives the sector cipher of a snapshot's data key (GCM binds
-the AAD to the UUID of the volume the sectors were written on: ``manifest["aad_uuid"]``). It wipes
-``key``. ``decrypt(c, cipher, first, records)`` returns the plaintext of the chunk (absent = zeros);
-a GCM record that fails to verify is an IntegrityError naming the sector. ``encrypt(c, cipher,
-first, plain, nonce_base)`` makes records again (absent for all-zero sectors); GCM nonces are
-``nonce_base + sector``, unique because each copy under another key has a fresh key.
+``make_cipher(cipher, key, aad_uuid)`` gives the sector cipher of a snapshot's data key: XTS an
+XtsCipher, GCM a gcmstore.SectorKeys (the AAD is bound to the UUID of the volume the sectors were
+written on: ``manifest["aad_uuid"]``). It takes ``key`` (wiped now or when the cipher is closed).
+``decrypt(c, cipher, first, records)`` returns the plaintext of the chunk (absent = zeros); a GCM
+record is format 2 (salt || nonce || tag || ciphertext, under the session subkey of the salt) or
+format 1 (nonce || tag || ciphertext under the data key, from volumes made before format 2); one
+that fails to verify is an IntegrityError naming the sector. ``encrypt(c, cipher, first, plain,
+nonce_base)`` makes records again (absent for all-zero sectors): GCM format 2 under the subkey of
+the SectorKeys' own fresh salt, nonces ``nonce_base + sector`` (each sector once per copy).
 Callers: restore (plaintext into a new volume), engine.copy_snapshot (another key).
 """
 
@@ -13,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from volumed.cipher import GcmCipher, XtsCipher
+from volumed.cipher import XtsCipher
 from volumed.errors import IntegrityError
 from volumed.volume import gcmformat as F
-from volumed.volume.gcmstore import aad_prefix
+from volumed.volume.gcmstore import SectorKeys
 
 PAGE = 4096
 _ZERO = bytes(PAGE)
@@ -24,7 +27,7 @@ _ZERO = bytes(PAGE)
 
 def make_cipher(cipher: str, key: bytearray, aad_uuid: str):
     """The sector cipher for a snapshot's data key (the constructor wipes ``key``)."""
-    return XtsCipher(key) if cipher == "xts" else GcmCipher(key, aad_prefix(aad_uuid))
+    return XtsCipher(key) if cipher == "xts" else SectorKeys(key, aad_uuid)
 
 
 def decrypt(c, cipher: str, first: int, records: list[bytes | None], where: str = "the snapshot") -> bytearray:
@@ -39,8 +42,9 @@ def decrypt(c, cipher: str, first: int, records: list[bytes | None], where: str 
             mv[i * PAGE:(i + 1) * PAGE] = r
             c.decrypt(mv[i * PAGE:(i + 1) * PAGE], first + i)
         else:
+            g, r = (c.for_salt(r[:F.SALT_BYTES]), r[F.SALT_BYTES:]) if len(r) > PAGE + 28 else (c.v1(), r)
             mv[i * PAGE:(i + 1) * PAGE] = r[28:]
-            failed = c.decrypt(mv[i * PAGE:(i + 1) * PAGE], first + i, r[:12], r[12:28])
+            failed = g.decrypt(mv[i * PAGE:(i + 1) * PAGE], first + i, r[:12], r[12:28])
             if failed:
                 raise IntegrityError(f"sector {first + i} of {where} fails authentication: the "
                                      "snapshot does not match its key; do not restore it")
@@ -64,6 +68,6 @@ def encrypt(c, cipher: str, first: int, plain: bytearray, nonce_base: int = 1) -
         else:
             nonce = F.nonce_bytes(np.array([nonce_base + first + i], dtype=np.uint64))
             tag = bytearray(16)
-            c.encrypt(sec, first + i, nonce, tag, out=buf)
-            out.append(nonce + bytes(tag) + bytes(buf))
+            c.session().encrypt(sec, first + i, nonce, tag, out=buf)
+            out.append(c.salt + nonce + bytes(tag) + bytes(buf))
     return out

@@ -25,11 +25,11 @@ import datetime as _dt
 import os
 import uuid as _uuid
 
-from volumed.cipher import GcmCipher, XtsCipher
+from volumed.cipher import XtsCipher
 from volumed.errors import FormatError, IntegrityError, KeyAccessError, StateError, UsageError, VolumedError
 from volumed.volume import gcmformat, luks2
 from volumed.volume.backing import BackingFile, staged_file
-from volumed.volume.gcmstore import GcmStore, aad_prefix, init_groups
+from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
 from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, GCM_META_INFO, MAC_INFO, SECTOR_SIZE,
                                    VolumeHeader, compute_mac, derive_key, verify_mac)
 from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
@@ -71,10 +71,20 @@ def load_header(backing, path: str = ""):
         extras = None
     else:
         raise FormatError(f"{path} is not a volumed volume (no LUKS2 or volumed-GCM header)")
-    need = h.data_offset + h.size if h.cipher == "xts" else gcmformat.file_size_for(h.size)
+    need = h.data_offset + h.size if h.cipher == "xts" else gcmformat.file_size_for(h.size, h.format_version)
     if fsize < need:
         raise FormatError(f"{path} is truncated: its header says {need} bytes but the file holds {fsize}")
     return h, extras, copies
+
+
+def refuse_old_gcm(h, path: str) -> None:
+    """A GCM volume of format 1 is not opened (its nonces could repeat after a header rollback):
+    FormatError that says how to upgrade it. Callers: Volume._open, the mount daemon."""
+    if h.cipher == "gcm" and h.format_version < gcmformat.VERSION:
+        raise FormatError(f"{path} is a GCM volume of format v{h.format_version}, which this volumed "
+                          f"no longer writes (its nonces could repeat after a header rollback): run "
+                          f"`volumed upgrade {path}` once (it rewrites the volume as format "
+                          f"v{gcmformat.VERSION}), or restore a snapshot of it with `volumed restore`")
 
 
 def _open_backing(path, readonly: bool = False) -> BackingFile:
@@ -168,7 +178,8 @@ class Volume:
             data_offset=luks2.DATA_OFFSET if cipher == "xts" else gcmformat.DATA_OFFSET,
             key_arn=arn, wrapped_key=wrapped, context=context, db_id=db_id, ebs_id=ebs_id,
             created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            format="luks2" if cipher == "xts" else "volumed-gcm")
+            format="luks2" if cipher == "xts" else "volumed-gcm",
+            format_version=1 if cipher == "xts" else gcmformat.VERSION)
         mac_key = meta_key = None
         try:
             mac_key = derive_key(key, vol_uuid, MAC_INFO)
@@ -230,6 +241,7 @@ class Volume:
         try:
             _lock_exclusive(backing, path)
             h, extras, copies = load_header(backing, path)
+            refuse_old_gcm(h, path)
             return cls._from_key(path, backing, h, extras, copies, get_key(h))
         except BaseException:
             if owns:
@@ -253,9 +265,13 @@ class Volume:
                 vol._repair_luks(copies)
             else:
                 meta_key = derive_key(key, h.uuid, GCM_META_INFO)
-                cipher = GcmCipher(key, aad_prefix(h.uuid))
-                store = GcmStore(backing, h, cipher, meta_key, mac_key, path,  # repairs on start
-                                 copy_damaged=not all(c.ok for c in copies))
+                cipher = SectorKeys(bytearray(key), h.uuid)  # the Volume closes (wipes) it
+                try:
+                    store = GcmStore(backing, h, cipher, meta_key, mac_key, path,  # repairs on start
+                                     copy_damaged=not all(c.ok for c in copies))
+                except BaseException:
+                    cipher.close()
+                    raise
                 vol = cls(path, h, backing, store, cipher, mac_key, extras)
             return vol
         except BaseException:
@@ -467,7 +483,7 @@ class Volume:
             self._store.retire()
         if self._cipher is not None:
             self._cipher.close()
-        _wipe(self._mac_key, getattr(self._store, "meta_key", None))
+        _wipe(self._mac_key, getattr(self._store, "meta_key", None), getattr(self._store, "note_key", None))
         self._cipher = self._store = None
 
     def close(self) -> None:

@@ -1,15 +1,22 @@
 """On-disk format of GCM volumes (see docs/FORMAT.md for the byte tables).
 
-Header: two 16 KiB copies at 0 and HDR_SIZE. Copy k holds the versions whose seqid % 2 == k, so
-every header update overwrites the older copy and the newer one stays intact. A copy is a 128-byte
-binary prefix (magic, version, json length, seqid, SHA-256 checksum of the whole copy) and a JSON
-text. Data area from DATA_OFFSET: groups of GROUP_SECTORS sectors, each one metadata page followed
-by the sectors' slot-0 data pages and then their slot-1 data pages.
+Format version 2 (what volumed writes). Header: two 16 KiB copies at 0 and HDR_SIZE. Copy k holds
+the versions whose seqid % 2 == k, so every header update overwrites the older copy and the newer
+one stays intact. A copy is a 128-byte binary prefix (magic, version, json length, seqid, SHA-256
+checksum of the whole copy) and a JSON text. Then two 4 KiB nonce notes at NOTE_OFFSET (the
+durable "flushed up to" counter, see encode_note). Data area from DATA_OFFSET: groups of
+GROUP_SECTORS sectors, each one metadata page followed by the sectors' slot-0 data pages and then
+their slot-1 data pages.
 
-Metadata page: GROUP_SECTORS entries of two slots, each slot = 12-byte nonce (4 zero bytes + 64-bit
-big-endian counter) + 16-byte tag; counter 0 = empty slot; tag of all zeros = the sector was
-written with zeros (no data stored). The last 32 bytes are HMAC-SHA256(metadata key,
-"VGMP" || group number (u64 BE) || the first 4064 bytes). Callers: volumed.volume.gcmstore, device.
+Metadata page: GROUP_SECTORS entries of two slots, each slot = 16-byte session salt + 64-bit
+big-endian counter + 16-byte tag; counter 0 = empty slot; tag of all zeros = the sector was written
+with zeros (no data stored). The slot's key is the session subkey of its salt (gcmstore.SectorKeys)
+and its nonce 4 zero bytes + the counter. The last 32 bytes are HMAC-SHA256(metadata key, "VGM2" ||
+group number (u64 BE) || the first 4064 bytes).
+
+Format version 1 (made by volumed before the nonce fix) is parsed only so that opening it can say
+how to upgrade it (volumed.volume.gcmupgrade reads it with the V1_* layout). Callers:
+volumed.volume.gcmstore, gcmupgrade, device, records.
 """
 
 from __future__ import annotations
@@ -26,30 +33,42 @@ from volumed.errors import FormatError
 from volumed.volume.header import HeaderCopy as Copy, VolumeHeader, require
 
 MAGIC = b"VOLUMEDG"
-VERSION = 1
+VERSION = 2
 HDR_SIZE = 16384
-DATA_OFFSET = 2 * HDR_SIZE
+NOTE_OFFSET = 2 * HDR_SIZE
 PAGE = 4096
-GROUP_SECTORS = 72
-SLOT_BYTES = 28
-ENTRIES_BYTES = GROUP_SECTORS * 2 * SLOT_BYTES   # 4032
+DATA_OFFSET = NOTE_OFFSET + 2 * PAGE             # 40960
+GROUP_SECTORS = 50
+SALT_BYTES = 16
+SLOT_BYTES = SALT_BYTES + 8 + 16                 # 40
+ENTRIES_BYTES = GROUP_SECTORS * 2 * SLOT_BYTES   # 4000
 MAC_OFF = PAGE - 32
 GROUP_BYTES = PAGE * (1 + 2 * GROUP_SECTORS)
 _PREFIX = struct.Struct(">8sHHIQQ")                # magic, version, copy, json_len, seqid, hdr_size
 _CSUM_OFF = 32
 _JSON_OFF = 128
-SLOT_DTYPE = np.dtype([("pad", ">u4"), ("ctr", ">u8"), ("tag", ">u8", (2,))])
+SLOT_DTYPE = np.dtype([("salt", ">u8", (2,)), ("ctr", ">u8"), ("tag", ">u8", (2,))])
+_META_TAG = b"VGM2"
+
+# Format version 1: no notes, 72 sectors per group, 28-byte slots (4 zero bytes, counter, tag),
+# page MAC over "VGMP" || group || entries; sectors under the data key itself.
+V1_DATA_OFFSET = 2 * HDR_SIZE
+V1_GROUP_SECTORS = 72
+V1_SLOT_DTYPE = np.dtype([("pad", ">u4"), ("ctr", ">u8"), ("tag", ">u8", (2,))])
+V1_GROUP_BYTES = PAGE * (1 + 2 * V1_GROUP_SECTORS)
 
 
-def groups_for(size: int) -> int:
+def groups_for(size: int, version: int = VERSION) -> int:
     """Number of metadata groups for a volume of ``size`` bytes."""
-    sectors = size // PAGE
-    return (sectors + GROUP_SECTORS - 1) // GROUP_SECTORS
+    g = GROUP_SECTORS if version == VERSION else V1_GROUP_SECTORS
+    return (size // PAGE + g - 1) // g
 
 
-def file_size_for(size: int) -> int:
+def file_size_for(size: int, version: int = VERSION) -> int:
     """Backing file size of a GCM volume of ``size`` bytes."""
-    return DATA_OFFSET + groups_for(size) * GROUP_BYTES
+    if version == VERSION:
+        return DATA_OFFSET + groups_for(size) * GROUP_BYTES
+    return V1_DATA_OFFSET + groups_for(size, 1) * V1_GROUP_BYTES
 
 
 def meta_offset(group: int) -> int:
@@ -61,23 +80,39 @@ def slot_offset(group: int, slot: int, index: int) -> int:
     return DATA_OFFSET + group * GROUP_BYTES + PAGE * (1 + slot * GROUP_SECTORS + index)
 
 
+def v1_meta_offset(group: int) -> int:
+    return V1_DATA_OFFSET + group * V1_GROUP_BYTES
+
+
+def v1_slot_offset(group: int, slot: int, index: int) -> int:
+    return V1_DATA_OFFSET + group * V1_GROUP_BYTES + PAGE * (1 + slot * V1_GROUP_SECTORS + index)
+
+
+def _page_mac(meta_key, tag: bytes, group: int, page) -> bytes:
+    return hmac.new(bytes(meta_key), tag + group.to_bytes(8, "big") + bytes(page[:MAC_OFF]),
+                    hashlib.sha256).digest()
+
+
 def seal_meta(meta_key, group: int, page: bytearray) -> None:
     """Write the page MAC into the last 32 bytes of ``page`` (4096-byte bytearray)."""
     page[ENTRIES_BYTES:MAC_OFF] = bytes(MAC_OFF - ENTRIES_BYTES)
-    page[MAC_OFF:] = hmac.new(meta_key, b"VGMP" + group.to_bytes(8, "big") + bytes(page[:MAC_OFF]),
-                              hashlib.sha256).digest()
+    page[MAC_OFF:] = _page_mac(meta_key, _META_TAG, group, page)
 
 
-def meta_ok(meta_key, group: int, page) -> bool:
+def meta_ok(meta_key, group: int, page, version: int = VERSION) -> bool:
     """True if the metadata page's MAC verifies (an all-zero page never does)."""
-    want = hmac.new(meta_key, b"VGMP" + group.to_bytes(8, "big") + bytes(page[:MAC_OFF]),
-                    hashlib.sha256).digest()
+    want = _page_mac(meta_key, _META_TAG if version == VERSION else b"VGMP", group, page)
     return hmac.compare_digest(want, bytes(page[MAC_OFF:]))
 
 
 def slots(page) -> np.ndarray:
-    """Structured (GROUP_SECTORS, 2) view of a metadata page's slots (fields ctr, tag)."""
+    """Structured (GROUP_SECTORS, 2) view of a metadata page's slots (fields salt, ctr, tag)."""
     return np.frombuffer(page, dtype=SLOT_DTYPE, count=GROUP_SECTORS * 2).reshape(GROUP_SECTORS, 2)
+
+
+def v1_slots(page) -> np.ndarray:
+    """Structured (V1_GROUP_SECTORS, 2) view of a version-1 metadata page (fields ctr, tag)."""
+    return np.frombuffer(page, dtype=V1_SLOT_DTYPE, count=V1_GROUP_SECTORS * 2).reshape(V1_GROUP_SECTORS, 2)
 
 
 def nonce_bytes(counters: np.ndarray) -> bytes:
@@ -85,6 +120,37 @@ def nonce_bytes(counters: np.ndarray) -> bytes:
     out = np.zeros(len(counters), dtype=[("pad", ">u4"), ("ctr", ">u8")])
     out["ctr"] = counters
     return out.tobytes()
+
+
+# ---- nonce notes ----------------------------------------------------------------------------
+# A note is one aligned 4 KiB page (atomic by the crash model); copy seq % 2 is at
+# NOTE_OFFSET + (seq % 2) * PAGE. Bytes: "VGNS" | u16 version (2) | u16 copy | u64 seq |
+# u64 flushed counter | zeros | HMAC-SHA256(note key, bytes 0..4063) at 4064.
+
+_NOTE = struct.Struct(">4sHHQQ")
+_NOTE_MAGIC = b"VGNS"
+
+
+def encode_note(note_key, seq: int, flushed: int) -> tuple[int, bytes]:
+    """(offset, page) of the nonce note number ``seq`` saying counters <= ``flushed`` are durable."""
+    which = seq % 2
+    page = bytearray(PAGE)
+    _NOTE.pack_into(page, 0, _NOTE_MAGIC, VERSION, which, seq, flushed)
+    page[MAC_OFF:] = hmac.new(bytes(note_key), bytes(page[:MAC_OFF]), hashlib.sha256).digest()
+    return NOTE_OFFSET + which * PAGE, bytes(page)
+
+
+def decode_note(note_key, page, which: int) -> tuple[int, int] | None:
+    """(seq, flushed) of a note copy, or None if it is absent, damaged or not this volume's."""
+    if len(page) != PAGE:
+        return None
+    want = hmac.new(bytes(note_key), bytes(page[:MAC_OFF]), hashlib.sha256).digest()
+    if not hmac.compare_digest(want, bytes(page[MAC_OFF:])):
+        return None
+    magic, version, copy_idx, seq, flushed = _NOTE.unpack_from(page, 0)
+    if magic != _NOTE_MAGIC or version != VERSION or copy_idx != which or seq % 2 != which:
+        return None
+    return seq, flushed
 
 
 # ---- header ---------------------------------------------------------------------------------
@@ -107,7 +173,7 @@ def encode_copy(h: VolumeHeader) -> tuple[int, bytes]:
     if len(text) > HDR_SIZE - _JSON_OFF:
         raise FormatError("GCM header JSON does not fit in its 16 KiB copy")
     buf = bytearray(HDR_SIZE)
-    _PREFIX.pack_into(buf, 0, MAGIC, VERSION, which, len(text), h.seqid, HDR_SIZE)
+    _PREFIX.pack_into(buf, 0, MAGIC, h.format_version, which, len(text), h.seqid, HDR_SIZE)
     buf[_JSON_OFF:_JSON_OFF + len(text)] = text
     buf[_CSUM_OFF:_CSUM_OFF + 32] = hashlib.sha256(bytes(buf)).digest()
     return which * HDR_SIZE, bytes(buf)
@@ -126,7 +192,7 @@ def _parse_copy(read, which: int) -> Copy:
     if version > VERSION:
         raise FormatError(f"volume format version {version} is newer than this volumed supports "
                           f"({VERSION}); upgrade volumed")
-    if version != VERSION or hdr_size != HDR_SIZE or copy_idx != which or jlen > HDR_SIZE - _JSON_OFF:
+    if version not in (1, VERSION) or hdr_size != HDR_SIZE or copy_idx != which or jlen > HDR_SIZE - _JSON_OFF:
         c.error = "inconsistent header fields"
         return c
     zeroed = bytearray(raw)
@@ -140,7 +206,7 @@ def _parse_copy(read, which: int) -> Copy:
     except (UnicodeDecodeError, ValueError, RecursionError):
         c.error = "unreadable JSON"
         return c
-    if not isinstance(c.json, dict) or seqid % 2 != which:
+    if not isinstance(c.json, dict) or seqid % 2 != which or c.json.get("format_version") != version:
         c.error = "inconsistent header fields"
         return c
     c.ok, c.error, c.seqid = True, "", seqid
@@ -163,7 +229,9 @@ def _header_from_json(j: dict, seqid: int) -> VolumeHeader:
         raise FormatError(f"GCM volume header is malformed ({type(exc).__name__})")
     require(h.format == "volumed-gcm" and h.cipher == "gcm", "GCM header names another format")
     require(h.sector_size == PAGE, f"unsupported sector size {h.sector_size}")
-    require(h.data_offset == DATA_OFFSET, "bad data offset")
+    require(h.format_version in (1, VERSION), f"unknown GCM format version {h.format_version}")
+    require(h.data_offset == (DATA_OFFSET if h.format_version == VERSION else V1_DATA_OFFSET),
+            "bad data offset")
     require(0 <= h.size < 1 << 60 and h.size % PAGE == 0, "volume size is not a whole number of sectors")
     require(0 <= h.nonce_flushed <= h.nonce_reserved < 1 << 64, "inconsistent nonce counters")
     return h

@@ -1,36 +1,47 @@
-"""Sector store of GCM volumes: authenticated sectors, two slots per sector, counter nonces.
+"""Sector store of GCM volumes (format 2): authenticated sectors, two slots per sector, session subkeys.
 
-Layout and entry encoding are in volumed.volume.gcmformat; the design and the crash argument are in
-docs/FORMAT.md ("GCM volumes"). In short:
+Layout and entry encoding are in volumed.volume.gcmformat; the design, the crash argument and the
+nonce-uniqueness argument are in docs/FORMAT.md ("GCM volumes"). In short:
 
-- Each sector has two slots (nonce+tag in the group's metadata page, data in the slot's page).
-  The slot with the higher counter is the sector's current version.
+- Each session (one open) draws a random 16-byte salt; its sectors are sealed under the session
+  subkey HKDF-SHA256(data key, salt = volume UUID, info = SUBKEY_INFO || salt) (SectorKeys), and the
+  salt is stored in every slot entry it writes. So a (key, nonce) pair cannot repeat even if the
+  header's nonce reservation comes back older (a restored header, a file-level copy mounted twice):
+  a new session always has a new key.
+- Each sector has two slots (salt+counter+tag in the group's metadata page, data in the slot's
+  page). The slot with the higher counter is the sector's current version; counters still come from
+  the header's reservation, and a loaded metadata page with a counter above it makes the session
+  skip ahead (so a new write always outranks what is on disk).
 - A write goes to the *other* slot unless the sector was already written since the last flush,
   in which case it rewrites that volatile slot. So the version made durable by the last flush is
-  never touched before the next flush: after a crash each sector has its durable version plus
-  possibly a newer slot, which either verifies (a later write that fully landed) or not.
-- Counters are reserved in the header before use. The header remembers the counters that a session
-  which crashed may have left half-written ("doubtful" ranges): a doubtful slot that fails to verify
-  is crash residue and ignored; any other slot that fails is tampering (IntegrityError).
+  never touched before the next flush.
+- flush() fdatasyncs the data, then writes the nonce note (the last counter now durable) and
+  fdatasyncs again, so an acknowledged write is never doubtful. At open, counters above the last
+  durable note of an unclean session become a "doubtful" range: a doubtful slot that fails to
+  verify is crash residue and ignored; any other slot that fails is IntegrityError. More than
+  MAX_DOUBTFUL ranges are resolved (every doubtful slot verified once, residue cleared) and
+  dropped, never merged.
 - A metadata page carries a MAC, so zeroing entries or whole pages is detected; all metadata pages
   are written at create/resize, so no metadata page is legitimately a hole.
 
-flush() must be called with the device's barrier held (flush_is_barrier): it fdatasyncs, forgets
-which sectors are volatile, and records the flushed counter in the header (written after the
-fdatasync, made durable by the next one). Callers: volumed.volume.device, under its range locks;
-lock units are whole groups, because a write rewrites its group's metadata page.
+flush() must be called with the device's barrier held (flush_is_barrier). Callers:
+volumed.volume.device, under its range locks; lock units are whole groups, because a write rewrites
+its group's metadata page.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import uuid as _uuid
 
 import numpy as np
 
+from volumed.cipher import GcmCipher
 from volumed.errors import IntegrityError, StateError
 from volumed.volume import gcmformat as F
-from volumed.volume.header import compute_mac
+from volumed.volume.header import compute_mac, derive_key
 from volumed.volume.ranges import runs, scratch, zero_sectors
 
 log = logging.getLogger("volumed.volume")
@@ -38,17 +49,81 @@ log = logging.getLogger("volumed.volume")
 PAGE = F.PAGE
 G = F.GROUP_SECTORS
 RESERVE_CHUNK = 1 << 20          # counters reserved per header update (4 GiB of sector writes)
-NONCE_LIMIT = (1 << 63) - 1      # last counter ever used under one key; see docs/FORMAT.md
+NONCE_LIMIT = (1 << 63) - 1      # last counter ever used in one volume; see docs/FORMAT.md
 MAX_DOUBTFUL = 64
-META_CACHE_PAGES = 4096          # verified metadata pages kept in memory (16 MiB, 1.1 GiB of data)
-AAD_TAG = b"volumed-gcm-v1"
+META_CACHE_PAGES = 4096          # verified metadata pages kept in memory (16 MiB, 800 MiB of data)
+CIPHER_CACHE = 256               # session subkeys kept ready for reads
+AAD_TAG = b"volumed-gcm-v2"
+AAD_TAG_V1 = b"volumed-gcm-v1"
+SUBKEY_INFO = b"volumed gcm sector key v2"
+NOTE_INFO = b"volumed gcm nonce note v2"
+_NO_SALT = bytes(F.SALT_BYTES)
 
 
-def aad_prefix(volume_uuid: str) -> bytes:
+def aad_prefix(volume_uuid: str, tag: bytes = AAD_TAG) -> bytes:
     """The per-volume AAD prefix: format tag || volume UUID (16 bytes); the cipher appends n."""
-    import uuid
+    return tag + _uuid.UUID(volume_uuid).bytes
 
-    return AAD_TAG + uuid.UUID(volume_uuid).bytes
+
+class SectorKeys:
+    """The data key of a GCM volume (or snapshot) and the sector ciphers made from it.
+
+    ``salt`` is a random 16-byte salt drawn for this object (a session, or a snapshot copy) and
+    ``session()`` its cipher. ``for_salt(salt)``: the format-2 cipher of the session with that salt (subkey HKDF-SHA256(data
+    key, salt = UUID, info = SUBKEY_INFO || salt), AAD tag volumed-gcm-v2), cached. ``v1()``: the
+    format-1 cipher (the data key itself, AAD tag volumed-gcm-v1), for reading old volumes and
+    snapshots. ``derive(info)``: another subkey. Takes ownership of ``data_key`` (a bytearray);
+    close() wipes it and drops the ciphers (each wipes its key when freed)."""
+
+    def __init__(self, data_key: bytearray, volume_uuid: str):
+        self._key = data_key
+        self.uuid = volume_uuid
+        self.salt = os.urandom(F.SALT_BYTES)
+        self._ciphers: dict[bytes, object] = {}
+        self._v1 = None
+        self._lock = threading.Lock()
+
+    def _live_key(self) -> bytearray:
+        if self._key is None:
+            raise ValueError("the GCM volume key was wiped")
+        return self._key
+
+    def derive(self, info: bytes) -> bytearray:
+        return derive_key(self._live_key(), self.uuid, info)
+
+    def for_salt(self, salt: bytes):
+        c = self._ciphers.get(salt)
+        if c is not None:
+            return c
+        with self._lock:
+            c = self._ciphers.get(salt)
+            if c is None:
+                c = GcmCipher(self.derive(SUBKEY_INFO + salt), aad_prefix(self.uuid))  # wipes the subkey
+                if len(self._ciphers) >= CIPHER_CACHE:
+                    # dropped, not closed: a reader may hold it; freeing it wipes its key
+                    self._ciphers.pop(next(iter(self._ciphers)))
+                self._ciphers[salt] = c
+        return c
+
+    def session(self):
+        return self.for_salt(self.salt)
+
+    def v1(self):
+        with self._lock:
+            if self._v1 is None:
+                self._v1 = GcmCipher(bytearray(self._live_key()), aad_prefix(self.uuid, AAD_TAG_V1))
+        return self._v1
+
+    def close(self) -> None:
+        with self._lock:
+            for c in list(self._ciphers.values()) + [self._v1]:
+                if c is not None:
+                    c.close()
+            self._ciphers.clear()
+            self._v1 = None
+            if self._key is not None:
+                self._key[:] = bytes(len(self._key))
+                self._key = None
 
 
 def empty_meta_page(meta_key, group: int) -> bytearray:
@@ -63,17 +138,23 @@ def init_groups(backing, meta_key, first_group: int, end_group: int) -> None:
         backing.pwrite(F.meta_offset(g), empty_meta_page(meta_key, g))
 
 
+def _salts(arr: np.ndarray) -> list[bytes]:
+    """Distinct salts (16 bytes each) of an (n, 2) u64 array of salts."""
+    return [r.astype(">u8").tobytes() for r in np.unique(arr.reshape(-1, 2), axis=0)]
+
+
 class GcmStore:
     lock_unit = G
     flush_is_barrier = True
 
-    def __init__(self, backing, header, cipher, meta_key: bytearray, mac_key: bytearray, path: str = "",
-                 copy_damaged: bool = False):
+    def __init__(self, backing, header, keys: SectorKeys, meta_key: bytearray, mac_key: bytearray,
+                 path: str = "", copy_damaged: bool = False):
         self.backing = backing
         self.header = header
-        self.cipher = cipher
+        self.keys = keys
         self.meta_key = meta_key
         self.mac_key = mac_key
+        self.note_key = keys.derive(NOTE_INFO)
         self.path = path
         # Sectors written since the last flush, per group (only groups touched since then).
         self._dirty: dict[int, np.ndarray] = {}
@@ -82,11 +163,15 @@ class GcmStore:
         self._hdr_lock = threading.Lock()
         self._doubtful = [tuple(r) for r in header.doubtful]
         self._next = 0
+        self._note_seq = 0
         self._cache: dict[int, bytearray] = {}
         self._cache_lock = threading.Lock()
+        self.salt = keys.salt                       # this session's salt and sector cipher
+        self._salt_arr = np.frombuffer(self.salt, dtype=">u8")
+        self.cipher = keys.session()
         self._start_session(copy_damaged)
 
-    # ---- header and nonce reservation ------------------------------------------------------
+    # ---- header, nonce note and nonce reservation ------------------------------------------
 
     def _write_header(self, sync_after: bool) -> None:
         """Write the next header copy (seqid+1). Always preceded by an fdatasync, so the other copy
@@ -101,18 +186,41 @@ class GcmStore:
             if sync_after:
                 self.backing.fdatasync()
 
+    def _read_note(self) -> int | None:
+        """The flushed counter of the newest valid nonce note (None if neither copy is valid)."""
+        best = None
+        for which in (0, 1):
+            got = F.decode_note(self.note_key, self.backing.pread(F.NOTE_OFFSET + which * PAGE, PAGE), which)
+            if got is not None and (best is None or got[0] > best[0]):
+                best = got
+        if best is None:
+            return None
+        self._note_seq = best[0]
+        return best[1]
+
+    def _write_note(self, flushed: int) -> None:
+        self._note_seq += 1
+        off, page = F.encode_note(self.note_key, self._note_seq, flushed)
+        self.backing.pwrite(off, page)
+
     def _start_session(self, copy_damaged: bool) -> None:
-        """Begin a session: counters of an unclean previous session become doubtful; a fresh range
-        is reserved (durably) before any is used. Writing the header here also repairs a damaged
-        copy. If a copy was damaged it may have been the newest, whose reservation can exceed the
-        surviving copy's by at most one chunk (plus one group): skip that far."""
+        """Begin a session: counters of an unclean previous session above its last durable note
+        become doubtful; a fresh range is reserved (durably) before any is used. Writing the header
+        here also repairs a damaged copy. If a copy was damaged it may have been the newest, whose
+        reservation can exceed the surviving copy's by at most one chunk (plus one group): skip
+        that far (only for ordering: the new session's subkey is fresh anyway)."""
         h = self.header
         if copy_damaged:
             h.nonce_reserved = min(h.nonce_reserved + RESERVE_CHUNK + G, NONCE_LIMIT)
+        noted = self._read_note()
+        if noted is not None and h.nonce_flushed < noted <= h.nonce_reserved:
+            h.nonce_flushed = noted  # the unclean session's last durable flush
         if h.nonce_flushed < h.nonce_reserved:  # the last session did not close cleanly
             self._add_doubtful(h.nonce_flushed, h.nonce_reserved)
         h.nonce_flushed = h.nonce_reserved
         self._next = h.nonce_reserved + 1
+        if len(self._doubtful) > MAX_DOUBTFUL:
+            self._resolve_doubtful()
         if self._next > NONCE_LIMIT:  # exhausted: readable, never written again under this key
             self.backing.fdatasync()
             self._write_header(sync_after=True)
@@ -120,17 +228,40 @@ class GcmStore:
         self._reserve(self._next)
 
     def _add_doubtful(self, lo: int, hi: int) -> None:
-        rs = sorted(self._doubtful + [(lo, hi)])
+        """Add (lo, hi]; overlapping or touching ranges join (they cover only doubtful counters)."""
         merged: list[tuple[int, int]] = []
-        for a, b in rs:
+        for a, b in sorted(self._doubtful + [(lo, hi)]):
             if merged and a <= merged[-1][1]:
                 merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
             else:
                 merged.append((a, b))
-        while len(merged) > MAX_DOUBTFUL:  # merge across the smallest gap (fewest counters lose trust)
-            i = min(range(len(merged) - 1), key=lambda j: merged[j + 1][0] - merged[j][1])
-            merged[i:i + 2] = [(merged[i][0], merged[i + 1][1])]
         self._doubtful = merged
+
+    def _resolve_doubtful(self) -> None:
+        """Too many doubtful ranges: verify every doubtful slot once, clear the entries of those
+        that fail (crash residue: the sector's version is its other slot, or none), and drop all
+        ranges. Merging them would make counters that were never in doubt doubtful. The cleared
+        pages are made durable by the fdatasync before the header that drops the ranges; a crash
+        in between leaves the ranges, and the next open resolves again."""
+        log.warning("GCM volume %s: %d doubtful nonce ranges; verifying their slots once",
+                    self.path, len(self._doubtful))
+        cleared = 0
+        for g in range(F.groups_for(self.header.size)):
+            page = self._meta(g)
+            sub = F.slots(page)
+            bad = self._is_doubtful(sub["ctr"]) & sub["tag"].any(axis=2)
+            changed = False
+            for i, k in zip(*np.nonzero(bad)):
+                if not self._decrypt_slot(g, int(i), int(k), sub[i], memoryview(bytearray(PAGE))):
+                    o = int(i) * 2 * F.SLOT_BYTES + int(k) * F.SLOT_BYTES
+                    page[o:o + F.SLOT_BYTES] = bytes(F.SLOT_BYTES)
+                    changed = True
+                    cleared += 1
+            if changed:
+                F.seal_meta(self.meta_key, g, page)
+                self.backing.pwrite(F.meta_offset(g), page)
+        self._doubtful = []
+        log.warning("GCM volume %s: doubtful ranges resolved (%d residue slots cleared)", self.path, cleared)
 
     def _reserve(self, need_upto: int) -> None:
         h = self.header
@@ -152,6 +283,17 @@ class GcmStore:
             self._next = last + 1
         return np.arange(first, first + n, dtype=np.uint64)
 
+    def _skip_ahead(self, g: int, top: int) -> None:
+        """A loaded page holds counter ``top`` at or above the next one: the header is older than
+        the data (a restored header or file, or a copy used twice). Count on from above it, so new
+        writes outrank what is on disk; nonces stay unique anyway (this session's subkey is new)."""
+        with self._ctr_lock:
+            if top >= self._next:
+                log.warning("GCM volume %s: sectors %d-%d hold counter %d above this session's %d "
+                            "(the header is older than the data); counting on from above it",
+                            self.path, g * G, g * G + G - 1, top, self._next)
+                self._next = top + 1
+
     def _is_doubtful(self, ctr: np.ndarray) -> np.ndarray:
         m = np.zeros(ctr.shape, dtype=bool)
         for lo, hi in self._doubtful:
@@ -171,6 +313,9 @@ class GcmStore:
             log.error("GCM metadata of sectors %d-%d of %s fails its MAC", g * G, g * G + G - 1, self.path)
             raise IntegrityError(f"metadata of sectors {g * G}-{g * G + G - 1} of {self.path} fails "
                                  "authentication: the volume was altered on disk")
+        top = int(F.slots(page)["ctr"].max())
+        if top >= self._next:
+            self._skip_ahead(g, top)
         with self._cache_lock:
             if len(self._cache) >= META_CACHE_PAGES:
                 self._cache.pop(next(iter(self._cache)))
@@ -185,7 +330,8 @@ class GcmStore:
             return True
         self.backing.preadinto(F.slot_offset(g, k, i), out)
         tag = entry["tag"][k].astype(">u8").tobytes()
-        failed = self.cipher.decrypt(out, g * G + i, F.nonce_bytes(np.array([ctr], dtype=np.uint64)), tag)
+        c = self.keys.for_salt(entry["salt"][k].astype(">u8").tobytes())
+        failed = c.decrypt(out, g * G + i, F.nonce_bytes(np.array([ctr], dtype=np.uint64)), tag)
         return not failed
 
     def _fallback(self, g: int, i: int, k: int, entry, out: memoryview) -> None:
@@ -226,6 +372,7 @@ class GcmStore:
             prim = (ctr[:, 1] > ctr[:, 0]).astype(np.intp)
             pc = ctr[ar, prim]
             ptag = sub["tag"][ar, prim]
+            psalt = sub["salt"][ar, prim]
             real = (pc != 0) & ptag.any(axis=1)
             dst = out[rel * PAGE:(rel + cnt) * PAGE]
             for a, b in runs(~real):
@@ -233,16 +380,21 @@ class GcmStore:
             for k in (0, 1):
                 for a, b in runs(real & (prim == k)):
                     self.backing.preadinto(F.slot_offset(g, k, i0 + a), dst[a * PAGE:b * PAGE])
-            for a, b in runs(real):
-                failed = self.cipher.decrypt(dst[a * PAGE:b * PAGE], first + rel + a,
-                                             F.nonce_bytes(pc[a:b]), ptag[a:b].astype(">u8").tobytes())
-                for j in failed:
-                    j = a + j
-                    self._fallback(g, i0 + j, int(prim[j]), sub[j], dst[j * PAGE:(j + 1) * PAGE])
+            if not real.any():
+                continue
+            for salt in _salts(psalt[real]):
+                same = real & (psalt == np.frombuffer(salt, dtype=">u8")).all(axis=1)
+                c = self.keys.for_salt(salt)
+                for a, b in runs(same):
+                    failed = c.decrypt(dst[a * PAGE:b * PAGE], first + rel + a,
+                                       F.nonce_bytes(pc[a:b]), ptag[a:b].astype(">u8").tobytes())
+                    for j in failed:
+                        j = a + j
+                        self._fallback(g, i0 + j, int(prim[j]), sub[j], dst[j * PAGE:(j + 1) * PAGE])
 
-    def current_slots(self, first: int, n: int) -> list[tuple[int, int, bytes] | None]:
+    def current_slots(self, first: int, n: int) -> list[tuple[int, int, bytes, bytes] | None]:
         """For sectors [first, first+n) (the caller holds their groups' locks): the slot a read
-        uses, as (slot, counter, tag bytes), or None where the sector stores no data (never
+        uses, as (slot, counter, tag bytes, salt bytes), or None where the sector stores no data (never
         written, written with zeros, or neither slot ever made durable). The slot with the higher
         counter, unless it is crash residue (doubtful and fails to verify), then the other. Only
         doubtful slots are decrypted; other slots are not verified here (a read or a restore does).
@@ -255,7 +407,7 @@ class GcmStore:
                 out.append(self._current_slot(g, i0 + j, sub[j], doubtful[j]))
         return out
 
-    def _current_slot(self, g: int, i: int, entry, doubtful) -> tuple[int, int, bytes] | None:
+    def _current_slot(self, g: int, i: int, entry, doubtful) -> tuple[int, int, bytes, bytes] | None:
         ctr = entry["ctr"]
         k = 1 if ctr[1] > ctr[0] else 0
         for attempt in (k, 1 - k):
@@ -267,7 +419,8 @@ class GcmStore:
                 continue  # crash residue: the sector's version is the other slot
             if not entry["tag"][attempt].any():
                 return None  # written with zeros
-            return attempt, c, entry["tag"][attempt].astype(">u8").tobytes()
+            return (attempt, c, entry["tag"][attempt].astype(">u8").tobytes(),
+                    entry["salt"][attempt].astype(">u8").tobytes())
         return None
 
     def write_sectors(self, first: int, data: memoryview | None, n: int | None = None) -> None:
@@ -292,8 +445,8 @@ class GcmStore:
         """_write_group for one sector, in scalar code (the 4 KiB random-write case)."""
         page = self._meta(g)
         e = i * 2 * F.SLOT_BYTES
-        c0 = int.from_bytes(page[e + 4:e + 12], "big")
-        c1 = int.from_bytes(page[e + 32:e + 40], "big")
+        c0 = int.from_bytes(page[e + 16:e + 24], "big")
+        c1 = int.from_bytes(page[e + 56:e + 64], "big")
         prim = 1 if c1 > c0 else 0
         d = self._dirty_of(g)
         if d[i]:
@@ -314,8 +467,9 @@ class GcmStore:
             buf, tag = scratch(PAGE), bytearray(16)  # written out below, before returning
             self.cipher.encrypt(chunk, s, nonce, tag, out=buf)
         o = e + target * F.SLOT_BYTES
-        page[o:o + 12] = nonce
-        page[o + 12:o + 28] = tag
+        page[o:o + 16] = self.salt
+        page[o + 16:o + 24] = nonce[4:]
+        page[o + 24:o + 40] = tag
         F.seal_meta(self.meta_key, g, page)
         if zero:
             self.backing.punch_hole(F.slot_offset(g, target, i), PAGE)
@@ -356,6 +510,7 @@ class GcmStore:
             self.cipher.encrypt(chunk[a * PAGE:b * PAGE], s + a, F.nonce_bytes(counters[a:b]),
                                 tmv[a * 16:b * 16], out=buf[a * PAGE:b * PAGE])
         tag_arr = np.frombuffer(tags, dtype=">u8").reshape(cnt, 2)
+        sub["salt"][ar, target] = self._salt_arr
         sub["ctr"][ar, target] = counters
         sub["tag"][ar, target] = tag_arr
         F.seal_meta(self.meta_key, g, page)
@@ -374,14 +529,17 @@ class GcmStore:
         self.write_sectors(first, None, n)
 
     def flush(self) -> None:
-        """Durability point; the caller holds the device barrier."""
+        """Durability point; the caller holds the device barrier. The data and metadata are made
+        durable first, then the nonce note that says so: after a power cut right after flush()
+        returned, no acknowledged write is doubtful (its slot failing is IntegrityError)."""
         self.backing.fdatasync()
         self._dirty.clear()
         self._punch_stale()
         last = self._next - 1
         if last > self.header.nonce_flushed:
             self.header.nonce_flushed = last
-            self._write_header(sync_after=False)
+            self._write_note(last)
+            self.backing.fdatasync()
 
     def _punch_stale(self) -> None:
         """After an fdatasync: punch the older slot of sectors zeroed since (space comes back)."""

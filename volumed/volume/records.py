@@ -5,7 +5,7 @@ A record is a sector exactly as the volume stores it, which is what a snapshot s
 residue:
 
 - XTS: the 4096-byte ciphertext in the data area; an all-zero sector is a hole: None.
-- GCM: nonce (12) + tag (16) + ciphertext (4096) of the slot a read uses
+- GCM: session salt (16) + nonce (12) + tag (16) + ciphertext (4096) of the slot a read uses
   (GcmStore.current_slots); never-written and zero-marker sectors: None.
 
 ``read_records(vol, first, n)`` reads them; the caller provides consistency (holds the volume
@@ -53,10 +53,10 @@ def read_records(vol, first: int, n: int) -> list[bytes | None]:
         if slot is None:
             out.append(None)
             continue
-        k, counter, tag = slot
+        k, counter, tag, salt = slot
         g, i = divmod(s, F.GROUP_SECTORS)
         data = bytes(store.backing.pread(F.slot_offset(g, k, i), PAGE)).ljust(PAGE, b"\0")
-        out.append(F.nonce_bytes(np.array([counter], dtype=np.uint64)) + tag + data)
+        out.append(salt + F.nonce_bytes(np.array([counter], dtype=np.uint64)) + tag + data)
     return out
 
 
