@@ -1,4 +1,4 @@
-"""Volume commands: create, info, export --luks, resize.
+"""Volume commands: create, info, export --luks, resize, upgrade.
 
 Each prints one clear line and exits non-zero on bad input, leaving nothing on disk. The user's
 principal calls KMS through RDS (ViaService rds.<region>.amazonaws.com), as RDS does for a user.
@@ -52,6 +52,7 @@ def _summary(path: str, h) -> str:
         f"seqid:       {h.seqid}",
     ]
     if h.cipher == "gcm":
+        lines.append(f"gcm format:  v{h.format_version}")
         lines.append(f"nonces:      reserved to {h.nonce_reserved}, flushed to {h.nonce_flushed}, "
                      f"{len(h.doubtful)} doubtful range(s)")
     return "\n".join(lines)
@@ -111,8 +112,21 @@ def cmd_resize(args) -> int:
     return 0
 
 
+def cmd_upgrade(args) -> int:
+    from volumed.mount.hardening import harden_process
+    from volumed.volume.gcmupgrade import upgrade
+
+    harden_process()  # it unwraps the data key: no core dump, no ptrace, no swap (as the daemon)
+    h, done = upgrade(args.volume, kms=_user_kms(args))
+    if done:
+        print(f"upgraded {args.volume} to GCM format v{h.format_version} ({_human(h.size)}, uuid {h.uuid})")
+    else:
+        print(f"{args.volume} is already GCM format v{h.format_version}: nothing to do")
+    return 0
+
+
 def register(sub) -> None:
-    """Add create, info, export and resize to the ``volumed`` command."""
+    """Add create, info, export, resize and upgrade to the ``volumed`` command."""
     p = sub.add_parser("create", help="create an encrypted volume file (sparse)")
     p.add_argument("volume", metavar="VOLUME")
     p.add_argument("--size", required=True, metavar="SIZE", help="bytes, or with K/M/G/T (e.g. 1G)")
@@ -142,3 +156,8 @@ def register(sub) -> None:
     p.add_argument("size", metavar="SIZE")
     add_kms_options(p)
     p.set_defaults(func=cmd_resize)
+
+    p = sub.add_parser("upgrade", help="rewrite a GCM volume of an older format as the current one")
+    p.add_argument("volume", metavar="VOLUME")
+    add_kms_options(p)
+    p.set_defaults(func=cmd_upgrade)

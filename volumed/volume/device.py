@@ -79,7 +79,7 @@ def load_header(backing, path: str = ""):
 
 def refuse_old_gcm(h, path: str) -> None:
     """A GCM volume of format 1 is not opened (its nonces could repeat after a header rollback):
-    FormatError that says how to upgrade it. Callers: Volume._open, the mount daemon."""
+    FormatError that says how to upgrade it. Caller: Volume._open (the CLI and the mount daemon)."""
     if h.cipher == "gcm" and h.format_version < gcmformat.VERSION:
         raise FormatError(f"{path} is a GCM volume of format v{h.format_version}, which this volumed "
                           f"no longer writes (its nonces could repeat after a header rollback): run "
