@@ -6,7 +6,7 @@ BackingFile
 RecordingBackingFile(path, journal_path)
     The same interface for power-loss simulation. Before each pwrite or punch_hole it appends the
     pre-image of the range (offset, old bytes) to an undo journal; fdatasync truncates the journal
-    (everything before it is durable). The journal is not fsynced: a killed process leaves its
+    (everything before it is durable); pwrite_durable is durable at once, so it is not journalled. The journal is not fsynced: a killed process leaves its
     writes in the page cache, and this is a simulation of what a power cut would then lose.
 simulate_power_cut(path, journal_path, mode, seed) -> PowerCutReport
     Run after the writer died (or closed the file without flushing). Applies the crash model to the
@@ -89,6 +89,21 @@ class BackingFile:
         done = 0
         while done < len(mv):
             done += os.pwrite(self.fd, mv[done:], offset + done)
+
+    def pwrite_durable(self, offset: int, data) -> None:
+        """Write ``data`` at ``offset`` and return once it is durable (RWF_DSYNC: this write only,
+        not the others pending; on ext4 a fifth of an fdatasync for an overwritten page). Falls
+        back to pwrite + fdatasync where the flag is missing."""
+        flag = getattr(os, "RWF_DSYNC", 0)
+        if flag:
+            try:
+                if os.pwritev(self.fd, [data], offset, flag) == len(data):
+                    return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+        self.pwrite(offset, data)
+        self.fdatasync()
 
     def punch_hole(self, offset: int, length: int) -> None:
         """Deallocate [offset, offset+length): reads return zeros afterwards; size unchanged."""
@@ -175,6 +190,11 @@ class RecordingBackingFile(BackingFile):
         if length > 0:
             self._record(offset, length)
         super().punch_hole(offset, length)
+
+    def pwrite_durable(self, offset: int, data) -> None:
+        # Durable when it returns: a power cut cannot undo it, so it is not journalled. (Callers
+        # write it over a range no pending write touches.)
+        BackingFile.pwrite(self, offset, data)
 
     def fdatasync(self) -> None:
         super().fdatasync()

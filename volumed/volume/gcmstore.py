@@ -15,8 +15,8 @@ nonce-uniqueness argument are in docs/FORMAT.md ("GCM volumes"). In short:
 - A write goes to the *other* slot unless the sector was already written since the last flush,
   in which case it rewrites that volatile slot. So the version made durable by the last flush is
   never touched before the next flush.
-- flush() fdatasyncs the data, then writes the nonce note (the last counter now durable) and
-  fdatasyncs again, so an acknowledged write is never doubtful. At open, counters above the last
+- flush() fdatasyncs the data, then writes the nonce note (the last counter now durable) as one
+  durable page write (RWF_DSYNC), so an acknowledged write is never doubtful. At open, counters above the last
   durable note of an unclean session become a "doubtful" range: a doubtful slot that fails to
   verify is crash residue and ignored; any other slot that fails is IntegrityError. More than
   MAX_DOUBTFUL ranges are resolved (every doubtful slot verified once, residue cleared) and
@@ -199,9 +199,10 @@ class GcmStore:
         return best[1]
 
     def _write_note(self, flushed: int) -> None:
+        """Write the next note copy, durably (one page with RWF_DSYNC, not a second fdatasync)."""
         self._note_seq += 1
         off, page = F.encode_note(self.note_key, self._note_seq, flushed)
-        self.backing.pwrite(off, page)
+        self.backing.pwrite_durable(off, page)
 
     def _start_session(self, copy_damaged: bool) -> None:
         """Begin a session: counters of an unclean previous session above its last durable note
@@ -382,8 +383,10 @@ class GcmStore:
                     self.backing.preadinto(F.slot_offset(g, k, i0 + a), dst[a * PAGE:b * PAGE])
             if not real.any():
                 continue
-            for salt in _salts(psalt[real]):
-                same = real & (psalt == np.frombuffer(salt, dtype=">u8")).all(axis=1)
+            rs = psalt[real]
+            one = bool((rs == rs[0]).all())  # usual: every sector from one session
+            for salt in ([rs[0].astype(">u8").tobytes()] if one else _salts(rs)):
+                same = real if one else real & (psalt == np.frombuffer(salt, dtype=">u8")).all(axis=1)
                 c = self.keys.for_salt(salt)
                 for a, b in runs(same):
                     failed = c.decrypt(dst[a * PAGE:b * PAGE], first + rel + a,
@@ -534,12 +537,11 @@ class GcmStore:
         returned, no acknowledged write is doubtful (its slot failing is IntegrityError)."""
         self.backing.fdatasync()
         self._dirty.clear()
-        self._punch_stale()
         last = self._next - 1
         if last > self.header.nonce_flushed:
             self.header.nonce_flushed = last
             self._write_note(last)
-            self.backing.fdatasync()
+        self._punch_stale()
 
     def _punch_stale(self) -> None:
         """After an fdatasync: punch the older slot of sectors zeroed since (space comes back)."""
