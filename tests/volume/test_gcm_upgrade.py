@@ -120,3 +120,34 @@ def test_a_crash_during_the_upgrade_leaves_the_old_volume(tmp_path, kms, monkeyp
     gcmupgrade.upgrade(v.path, kms=kms)
     with Volume.open(v.path, kms=kms) as vol:
         assert vol.read(150 * SS, SS) == data[150]
+
+
+def test_snapshot_records_of_both_gcm_formats_decrypt():
+    """Snapshots taken before format 2 hold format-1 records (no salt, the data key itself); new
+    ones hold format-2 records (salt first, the session subkey): restore reads both."""
+    import uuid
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from volumed.snapshot import objects, recrypt
+
+    key, vol_uuid = os.urandom(32), str(uuid.uuid4())
+    plain = os.urandom(2 * SS)
+    enc = recrypt.make_cipher("gcm", bytearray(key), vol_uuid)
+    v2 = recrypt.encrypt(enc, "gcm", 10, bytearray(plain))
+    enc.close()
+    assert [len(r) for r in v2] == [objects.RECORD_SIZE["gcm"]] * 2
+    nonce = bytes(4) + (7).to_bytes(8, "big")
+    sealed = AESGCM(key).encrypt(nonce, plain[:SS], b"volumed-gcm-v1" + uuid.UUID(vol_uuid).bytes
+                                 + (10).to_bytes(8, "big"))
+    v1 = nonce + sealed[SS:] + sealed[:SS]
+    for recs in ([v1, None], v2):
+        digest, data = objects.encode_chunk("gcm", recs)
+        assert objects.decode_chunk(digest, data, "gcm", "test") == recs
+    dec = recrypt.make_cipher("gcm", bytearray(key), vol_uuid)
+    assert recrypt.decrypt(dec, "gcm", 10, [v1, v2[1]]) == plain
+    bad = bytearray(v2[0])
+    bad[0] ^= 1  # another salt: another subkey
+    with pytest.raises(IntegrityError, match="sector 10 "):
+        recrypt.decrypt(dec, "gcm", 10, [bytes(bad), None])
+    dec.close()
