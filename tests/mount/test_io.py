@@ -230,6 +230,7 @@ def test_ext4_on_loop_device(kms_env, make_volume, mounter, tmp_path):
 
 def test_gcm_tampered_sector_is_eio_and_logged(kms_env, make_volume, mounter):
     from volumed.mount import paths
+    from volumed.volume import gcmformat as F
 
     vol = make_volume(kms_env, size=16 * MiB, cipher="gcm")
     m = mounter(kms_env, vol)
@@ -241,7 +242,7 @@ def test_gcm_tampered_sector_is_eio_and_logged(kms_env, make_volume, mounter):
     fd = os.open(vol, os.O_RDWR)
     try:
         for slot in (0, 1):
-            pos = 32768 + 4096 * (1 + 72 * slot + 5) + 100
+            pos = F.slot_offset(0, slot, 5) + 100
             b = os.pread(fd, 1, pos)
             os.pwrite(fd, bytes([b[0] ^ 1]), pos)
     finally:

@@ -16,8 +16,8 @@ nonce-uniqueness argument are in docs/FORMAT.md ("GCM volumes"). In short:
   in which case it rewrites that volatile slot. So the version made durable by the last flush is
   never touched before the next flush.
 - flush() fdatasyncs the data, then writes the nonce note (the last counter now durable) as one
-  durable page write (RWF_DSYNC), so an acknowledged write is never doubtful. At open, counters above the last
-  durable note of an unclean session become a "doubtful" range: a doubtful slot that fails to
+  durable page write (RWF_DSYNC), so an acknowledged write is never doubtful. At open, counters
+  above the last durable note of an unclean session become a "doubtful" range: a doubtful slot that fails to
   verify is crash residue and ignored; any other slot that fails is IntegrityError. More than
   MAX_DOUBTFUL ranges are resolved (every doubtful slot verified once, residue cleared) and
   dropped, never merged.
@@ -57,7 +57,6 @@ AAD_TAG = b"volumed-gcm-v2"
 AAD_TAG_V1 = b"volumed-gcm-v1"
 SUBKEY_INFO = b"volumed gcm sector key v2"
 NOTE_INFO = b"volumed gcm nonce note v2"
-_NO_SALT = bytes(F.SALT_BYTES)
 
 
 def aad_prefix(volume_uuid: str, tag: bytes = AAD_TAG) -> bytes:
@@ -69,8 +68,9 @@ class SectorKeys:
     """The data key of a GCM volume (or snapshot) and the sector ciphers made from it.
 
     ``salt`` is a random 16-byte salt drawn for this object (a session, or a snapshot copy) and
-    ``session()`` its cipher. ``for_salt(salt)``: the format-2 cipher of the session with that salt (subkey HKDF-SHA256(data
-    key, salt = UUID, info = SUBKEY_INFO || salt), AAD tag volumed-gcm-v2), cached. ``v1()``: the
+    ``session()`` its cipher. ``for_salt(salt)``: the format-2 cipher of the session with that
+    salt (subkey HKDF-SHA256(data key, salt = UUID, info = SUBKEY_INFO || salt), AAD tag
+    volumed-gcm-v2), cached. ``v1()``: the
     format-1 cipher (the data key itself, AAD tag volumed-gcm-v1), for reading old volumes and
     snapshots. ``derive(info)``: another subkey. Takes ownership of ``data_key`` (a bytearray);
     close() wipes it and drops the ciphers (each wipes its key when freed)."""
