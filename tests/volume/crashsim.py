@@ -18,7 +18,8 @@ SS = 4096
 
 
 class TracingBacking(BackingFile):
-    """BackingFile recording ("w", offset, bytes) for writes and hole punches, ("s",) for syncs."""
+    """BackingFile recording ("w", offset, bytes) for writes and hole punches, ("s",) for syncs
+    (a durable write is a write and a sync)."""
 
     def __init__(self, path, trace: list):
         super().__init__(path)
@@ -35,6 +36,13 @@ class TracingBacking(BackingFile):
     def fdatasync(self):
         self.trace.append(("s",))
         super().fdatasync()
+
+    def pwrite_durable(self, offset, data):
+        # Durable when it returns; called with nothing else pending (after a sync), so a write
+        # followed by a sync is exact.
+        self.trace.append(("w", offset, bytes(data)))
+        self.trace.append(("s",))
+        super().pwrite_durable(offset, data)
 
 
 def _digests(buf: bytes) -> list[bytes]:
