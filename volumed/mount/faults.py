@@ -91,6 +91,11 @@ class FaultBacking(RecordingBackingFile):
             self._alive()
             super().punch_hole(offset, length)
 
+    def pwrite_durable(self, offset: int, data) -> None:
+        with self._lock:  # durable once it returns: a power cut after it keeps it
+            self._alive()
+            super().pwrite_durable(offset, data)
+
     def fdatasync(self) -> None:
         with self._lock:
             self._alive()
