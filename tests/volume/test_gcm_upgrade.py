@@ -54,6 +54,8 @@ def test_upgrade_through_the_cli_keeps_every_sector(tmp_path, kms):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("volumed: ")]
     assert r.returncode != 0 and len(lines) == 1 and "volumed upgrade" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and _sha(v.path) == digest
+    r = run("info", v.path)
+    assert r.returncode == 0 and "gcm format:  v1 (opens only after `volumed upgrade" in r.stdout
     (tmp_path / "mnt").mkdir()
     r = run("mount", v.path, str(tmp_path / "mnt"))  # the daemon opens it as the host: same line
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("volumed: ")]

@@ -52,7 +52,10 @@ def _summary(path: str, h) -> str:
         f"seqid:       {h.seqid}",
     ]
     if h.cipher == "gcm":
-        lines.append(f"gcm format:  v{h.format_version}")
+        from volumed.volume.gcmformat import VERSION
+
+        lines.append(f"gcm format:  v{h.format_version}" + (
+            f" (opens only after `volumed upgrade {path}`)" if h.format_version < VERSION else ""))
         lines.append(f"nonces:      reserved to {h.nonce_reserved}, flushed to {h.nonce_flushed}, "
                      f"{len(h.doubtful)} doubtful range(s)")
     return "\n".join(lines)
