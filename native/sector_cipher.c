@@ -56,6 +56,20 @@ static void cipher_wipe(CipherObject *self)
     }
 }
 
+/* Put key[0..len) into locked memory. Returns 0, or -1 with an exception set. */
+static int cipher_store_key(CipherObject *self, sc_mode mode, const unsigned char *key, size_t len)
+{
+    int err = sc_key_init(&self->key, mode, key, len);
+    if (err != 0) {
+        PyErr_Format(PyExc_MemoryError,
+                     "cannot lock memory for the key (%s); raise the locked-memory limit "
+                     "(ulimit -l / RLIMIT_MEMLOCK)", strerror(err));
+        return -1;
+    }
+    self->has_key = 1;
+    return 0;
+}
+
 /* Copy the key into locked memory and overwrite the caller's buffer if it is writable. Returns 0,
  * or -1 with an exception set (wrong length: the caller's buffer is left alone). */
 static int cipher_take_key(CipherObject *self, PyObject *keyobj, size_t want, sc_mode mode)
@@ -68,17 +82,28 @@ static int cipher_take_key(CipherObject *self, PyObject *keyobj, size_t want, sc
         PyBuffer_Release(&kb);
         return -1;
     }
-    int err = sc_key_init(&self->key, mode, kb.buf, want);
+    int rc = cipher_store_key(self, mode, kb.buf, want);
     if (!kb.readonly)
         OPENSSL_cleanse(kb.buf, (size_t)kb.len);
     PyBuffer_Release(&kb);
-    if (err != 0) {
-        PyErr_Format(PyExc_MemoryError,
-                     "cannot lock memory for the key (%s); raise the locked-memory limit "
-                     "(ulimit -l / RLIMIT_MEMLOCK)", strerror(err));
+    return rc;
+}
+
+/* Copy the AAD prefix (at most 1 MiB) into the object. Returns 0, or -1 with an exception set. */
+static int cipher_set_prefix(CipherObject *self, const Py_buffer *prefix)
+{
+    if (prefix->len > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "aad_prefix must be at most 1 MiB");
         return -1;
     }
-    self->has_key = 1;
+    PyMem_Free(self->aad_prefix); /* __init__ called again after a failed first call */
+    self->aad_prefix = PyMem_Malloc(prefix->len ? (size_t)prefix->len : 1);
+    if (self->aad_prefix == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(self->aad_prefix, prefix->buf, (size_t)prefix->len);
+    self->prefix_len = (size_t)prefix->len;
     return 0;
 }
 
@@ -395,20 +420,8 @@ static int gcm_init(CipherObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*|n:GcmCipher", kwlist, &key, &prefix, &ss))
         return -1;
     int rc = -1;
-    if (prefix.len > (1 << 20)) {
-        PyErr_SetString(PyExc_ValueError, "aad_prefix must be at most 1 MiB");
+    if (cipher_set_prefix(self, &prefix) != 0 || check_sector_size(ss, 0) != 0)
         goto done;
-    }
-    if (check_sector_size(ss, 0) != 0)
-        goto done;
-    PyMem_Free(self->aad_prefix); /* __init__ called again after a failed first call */
-    self->aad_prefix = PyMem_Malloc(prefix.len ? (size_t)prefix.len : 1);
-    if (self->aad_prefix == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    memcpy(self->aad_prefix, prefix.buf, (size_t)prefix.len);
-    self->prefix_len = (size_t)prefix.len;
     if (cipher_take_key(self, key, 32, SC_GCM) != 0)
         goto done;
     self->sector_size = ss;
@@ -540,7 +553,47 @@ static PyMethodDef xts_methods[] = {
     {NULL},
 };
 
+static PyTypeObject GcmType;
+
+/* GcmCipher.derive(salt, info, aad_prefix) -> a new GcmCipher keyed by HKDF-SHA256(this key,
+ * salt, info), with the AAD prefix given: the subkey goes from OpenSSL into locked memory, never
+ * through Python. */
+static PyObject *gcm_derive(CipherObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"salt", "info", "aad_prefix", NULL};
+    Py_buffer salt, info, prefix;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*y*:derive", kwlist, &salt, &info, &prefix))
+        return NULL;
+    PyObject *res = NULL;
+    CipherObject *o = NULL;
+    unsigned char sub[32];
+    if (check_open(self) != 0)
+        goto done;
+    if (sc_hkdf_sha256(&self->key, salt.buf, (size_t)salt.len, info.buf, (size_t)info.len, sub,
+                       sizeof sub) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "HKDF-SHA256 failed in OpenSSL");
+        goto done;
+    }
+    o = (CipherObject *)GcmType.tp_alloc(&GcmType, 0);
+    if (o == NULL || cipher_set_prefix(o, &prefix) != 0)
+        goto done;
+    o->sector_size = self->sector_size;
+    if (cipher_store_key(o, SC_GCM, sub, sizeof sub) != 0)
+        goto done;
+    res = (PyObject *)o;
+    o = NULL;
+done:
+    OPENSSL_cleanse(sub, sizeof sub);
+    Py_XDECREF(o);
+    PyBuffer_Release(&salt);
+    PyBuffer_Release(&info);
+    PyBuffer_Release(&prefix);
+    return res;
+}
+
 static PyMethodDef gcm_methods[] = {
+    {"derive", (PyCFunction)(void (*)(void))gcm_derive, METH_VARARGS | METH_KEYWORDS,
+     "derive(salt, info, aad_prefix) -> GcmCipher keyed by HKDF-SHA256(this key, salt, info)."},
     {"encrypt", (PyCFunction)(void (*)(void))gcm_encrypt, METH_VARARGS | METH_KEYWORDS,
      "encrypt(buf, first_sector, nonces, tags_out, out=None): GCM-seal consecutive sectors."},
     {"decrypt", (PyCFunction)(void (*)(void))gcm_decrypt, METH_VARARGS | METH_KEYWORDS,
@@ -564,7 +617,7 @@ static PyTypeObject XtsType = {
     .tp_getset = cipher_getset,
 };
 
-static PyTypeObject GcmType = {
+static PyTypeObject GcmType = {  /* declared above, for derive */
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "volumed._native.GcmCipher",
     .tp_doc = "GcmCipher(key, aad_prefix, sector_size=4096): AES-256-GCM per sector.",

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/kdf.h>
 
 static EVP_CIPHER *cipher_xts, *cipher_gcm, *cipher_xts128;
 
@@ -264,4 +265,25 @@ int sc_kat_gcm_open(const unsigned char *key, const unsigned char *nonce, const 
     EVP_CIPHER_CTX_free(ctx);
     ERR_clear_error();
     return rc;
+}
+
+int sc_hkdf_sha256(const sc_key *k, const unsigned char *salt, size_t saltlen,
+                   const unsigned char *info, size_t infolen, unsigned char *out, size_t outlen)
+{
+    if (k->key.bytes == NULL || saltlen > INT_MAX || infolen > INT_MAX || k->key.len > INT_MAX)
+        return -1;
+    EVP_PKEY_CTX *p = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
+    size_t n = outlen;
+    int ok = p != NULL && EVP_PKEY_derive_init(p) > 0 &&
+             EVP_PKEY_CTX_set_hkdf_md(p, EVP_sha256()) > 0 &&
+             EVP_PKEY_CTX_set1_hkdf_salt(p, salt, (int)saltlen) > 0 &&
+             EVP_PKEY_CTX_set1_hkdf_key(p, k->key.bytes, (int)k->key.len) > 0 &&
+             EVP_PKEY_CTX_add1_hkdf_info(p, info, (int)infolen) > 0 &&
+             EVP_PKEY_derive(p, out, &n) > 0 && n == outlen;
+    EVP_PKEY_CTX_free(p); /* frees its copy of the key with OPENSSL_clear_free */
+    if (!ok) {
+        OPENSSL_cleanse(out, outlen);
+        ERR_clear_error();
+    }
+    return ok ? 0 : -1;
 }

@@ -79,6 +79,12 @@ int sc_gcm_open(sc_key *k, sc_ctx *c, const unsigned char *in, unsigned char *ou
                 const unsigned char *tags, unsigned char *aad, size_t prefix_len,
                 unsigned char *failed, size_t begin, size_t end);
 
+/* HKDF-SHA256 (RFC 5869) of the key k holds: out[0..outlen) from salt and info. For subkeys that
+ * must not pass through the caller's memory as the key itself does not (GcmCipher.derive).
+ * Returns 0 or -1 (an OpenSSL error). */
+int sc_hkdf_sha256(const sc_key *k, const unsigned char *salt, size_t saltlen,
+                   const unsigned char *info, size_t infolen, unsigned char *out, size_t outlen);
+
 /* One-shot primitives for known-answer tests (fresh context, caller's key; not for volume data).
  * kat_xts: AES-128-XTS (32-byte key) or AES-256-XTS (64-byte key), 16-byte tweak, len a multiple
  * of 16. kat_gcm: AES-256-GCM with a 12-byte nonce; open returns 1 verified, 0 tag mismatch.

@@ -24,6 +24,9 @@ GcmCipher(key, aad_prefix, sector_size=4096)
     decrypt(buf, first_sector, nonces, tags, out=None) -> list[int]
         Returns the indices (relative to buf) of sectors that failed to verify; those sectors'
         output is zero-filled, never unauthenticated plaintext. Sectors that verify are decrypted.
+    derive(salt, info, aad_prefix) -> GcmCipher
+        A new cipher keyed by HKDF-SHA256(IKM = this key, salt, info) (32 bytes) with
+        ``aad_prefix``; the native core derives it from locked memory into locked memory.
     close(): wipe the key.
 
 ``implementation()`` names the active implementation ("native (OpenSSL x.y)" or "reference").

@@ -38,6 +38,9 @@ class GcmCipher:
     def decrypt(self, buf: Buffer, first_sector: int, nonces: Buffer, tags: Buffer,
                 out: Buffer | None = None) -> list[int]:
         """Indices (relative to buf) of sectors that failed to verify; those are zero-filled."""
+    def derive(self, salt: Buffer, info: Buffer, aad_prefix: Buffer) -> "GcmCipher":
+        """A new GcmCipher keyed by HKDF-SHA256(this key, salt, info); the subkey never passes
+        through Python (OpenSSL derives it into locked memory)."""
     def close(self) -> None: ...
     def __enter__(self) -> "GcmCipher": ...
     def __exit__(self, *exc: object) -> None: ...

@@ -255,6 +255,15 @@ class GcmCipher(_Keyed):
     def _aad(self, sector: int) -> bytes:
         return self._aad_prefix + struct.pack(">Q", sector)
 
+    def derive(self, salt, info, aad_prefix) -> "GcmCipher":
+        """A new GcmCipher keyed by HKDF-SHA256(this key, salt, info), with ``aad_prefix``."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        sub = bytearray(HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes(salt),
+                             info=bytes(info)).derive(bytes(self._live_key())))
+        return GcmCipher(sub, aad_prefix, self.sector_size)
+
     def encrypt(self, buf, first_sector: int, nonces, tags_out, out=None) -> None:
         """Seal whole sectors; tags_out receives one 16-byte tag per sector."""
         aead, src, dst, first, n, nv, tv = self._begin(buf, first_sector, nonces, tags_out, out, True)

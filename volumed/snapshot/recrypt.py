@@ -2,7 +2,7 @@
 
 ``make_cipher(cipher, key, aad_uuid)`` gives the sector cipher of a snapshot's data key: XTS an
 XtsCipher, GCM a gcmstore.SectorKeys (the AAD is bound to the UUID of the volume the sectors were
-written on: ``manifest["aad_uuid"]``). It takes ``key`` (wiped now or when the cipher is closed).
+written on: ``manifest["aad_uuid"]``). It wipes ``key``.
 ``decrypt(c, cipher, first, records)`` returns the plaintext of the chunk (absent = zeros); a GCM
 record is format 2 (salt || nonce || tag || ciphertext, under the session subkey of the salt) or
 format 1 (nonce || tag || ciphertext under the data key, from volumes made before format 2); one

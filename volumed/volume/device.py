@@ -30,7 +30,7 @@ from volumed.errors import FormatError, IntegrityError, KeyAccessError, StateErr
 from volumed.volume import gcmformat, luks2
 from volumed.volume.backing import BackingFile, staged_file
 from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
-from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, GCM_META_INFO, MAC_INFO, SECTOR_SIZE,
+from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, GCM_META_INFO, GCM_NOTE_INFO, MAC_INFO, SECTOR_SIZE,
                                    VolumeHeader, compute_mac, derive_key, verify_mac)
 from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
 from volumed.volume.keywrap import new_wrapped_key, unwrap
@@ -250,7 +250,7 @@ class Volume:
 
     @classmethod
     def _from_key(cls, path, backing, h, extras, copies, key: bytearray) -> "Volume":
-        mac_key = meta_key = None
+        mac_key = meta_key = note_key = None
         try:
             mac_key = derive_key(key, h.uuid, MAC_INFO)
             verify_mac(mac_key, h, path)
@@ -265,17 +265,18 @@ class Volume:
                 vol._repair_luks(copies)
             else:
                 meta_key = derive_key(key, h.uuid, GCM_META_INFO)
-                cipher = SectorKeys(bytearray(key), h.uuid)  # the Volume closes (wipes) it
+                note_key = derive_key(key, h.uuid, GCM_NOTE_INFO)
+                cipher = SectorKeys(key, h.uuid)  # wipes key; the Volume closes it
                 try:
-                    store = GcmStore(backing, h, cipher, meta_key, mac_key, path,  # repairs on start
-                                     copy_damaged=not all(c.ok for c in copies))
+                    store = GcmStore(backing, h, cipher, meta_key, mac_key, note_key, path,
+                                     copy_damaged=not all(c.ok for c in copies))  # repairs on start
                 except BaseException:
                     cipher.close()
                     raise
                 vol = cls(path, h, backing, store, cipher, mac_key, extras)
             return vol
         except BaseException:
-            _wipe(key, mac_key, meta_key)
+            _wipe(key, mac_key, meta_key, note_key)
             raise
         finally:
             _wipe(key)

@@ -41,7 +41,7 @@ import numpy as np
 from volumed.cipher import GcmCipher
 from volumed.errors import IntegrityError, StateError
 from volumed.volume import gcmformat as F
-from volumed.volume.header import compute_mac, derive_key
+from volumed.volume.header import compute_mac
 from volumed.volume.ranges import runs, scratch, zero_sectors
 
 log = logging.getLogger("volumed.volume")
@@ -56,7 +56,6 @@ CIPHER_CACHE = 256               # session subkeys kept ready for reads
 AAD_TAG = b"volumed-gcm-v2"
 AAD_TAG_V1 = b"volumed-gcm-v1"
 SUBKEY_INFO = b"volumed gcm sector key v2"
-NOTE_INFO = b"volumed gcm nonce note v2"
 
 
 def aad_prefix(volume_uuid: str, tag: bytes = AAD_TAG) -> bytes:
@@ -67,29 +66,21 @@ def aad_prefix(volume_uuid: str, tag: bytes = AAD_TAG) -> bytes:
 class SectorKeys:
     """The data key of a GCM volume (or snapshot) and the sector ciphers made from it.
 
-    ``salt`` is a random 16-byte salt drawn for this object (a session, or a snapshot copy) and
-    ``session()`` its cipher. ``for_salt(salt)``: the format-2 cipher of the session with that
-    salt (subkey HKDF-SHA256(data key, salt = UUID, info = SUBKEY_INFO || salt), AAD tag
-    volumed-gcm-v2), cached. ``v1()``: the
-    format-1 cipher (the data key itself, AAD tag volumed-gcm-v1), for reading old volumes and
-    snapshots. ``derive(info)``: another subkey. Takes ownership of ``data_key`` (a bytearray);
-    close() wipes it and drops the ciphers (each wipes its key when freed)."""
+    The data key lives only in a cipher object (locked memory, the native core): ``v1()``, the
+    format-1 cipher (the data key itself, AAD tag volumed-gcm-v1, for reading old volumes and
+    snapshots). ``for_salt(salt)``: the format-2 cipher of the session with that salt, derived from
+    it without the key passing through Python (subkey HKDF-SHA256(data key, salt = UUID, info =
+    SUBKEY_INFO || salt), AAD tag volumed-gcm-v2), cached. ``salt`` is a random 16-byte salt drawn
+    for this object (a session, or a snapshot copy) and ``session()`` its cipher. The constructor
+    wipes ``data_key`` (a bytearray); close() closes every cipher."""
 
     def __init__(self, data_key: bytearray, volume_uuid: str):
-        self._key = data_key
         self.uuid = volume_uuid
+        self._uuid_bytes = _uuid.UUID(volume_uuid).bytes
+        self._root = GcmCipher(data_key, aad_prefix(volume_uuid, AAD_TAG_V1))  # wipes data_key
         self.salt = os.urandom(F.SALT_BYTES)
         self._ciphers: dict[bytes, object] = {}
-        self._v1 = None
         self._lock = threading.Lock()
-
-    def _live_key(self) -> bytearray:
-        if self._key is None:
-            raise ValueError("the GCM volume key was wiped")
-        return self._key
-
-    def derive(self, info: bytes) -> bytearray:
-        return derive_key(self._live_key(), self.uuid, info)
 
     def for_salt(self, salt: bytes):
         c = self._ciphers.get(salt)
@@ -98,7 +89,7 @@ class SectorKeys:
         with self._lock:
             c = self._ciphers.get(salt)
             if c is None:
-                c = GcmCipher(self.derive(SUBKEY_INFO + salt), aad_prefix(self.uuid))  # wipes the subkey
+                c = self._root.derive(self._uuid_bytes, SUBKEY_INFO + salt, aad_prefix(self.uuid))
                 if len(self._ciphers) >= CIPHER_CACHE:
                     # dropped, not closed: a reader may hold it; freeing it wipes its key
                     self._ciphers.pop(next(iter(self._ciphers)))
@@ -109,21 +100,13 @@ class SectorKeys:
         return self.for_salt(self.salt)
 
     def v1(self):
-        with self._lock:
-            if self._v1 is None:
-                self._v1 = GcmCipher(bytearray(self._live_key()), aad_prefix(self.uuid, AAD_TAG_V1))
-        return self._v1
+        return self._root
 
     def close(self) -> None:
         with self._lock:
-            for c in list(self._ciphers.values()) + [self._v1]:
-                if c is not None:
-                    c.close()
+            for c in list(self._ciphers.values()) + [self._root]:
+                c.close()
             self._ciphers.clear()
-            self._v1 = None
-            if self._key is not None:
-                self._key[:] = bytes(len(self._key))
-                self._key = None
 
 
 def empty_meta_page(meta_key, group: int) -> bytearray:
@@ -148,13 +131,13 @@ class GcmStore:
     flush_is_barrier = True
 
     def __init__(self, backing, header, keys: SectorKeys, meta_key: bytearray, mac_key: bytearray,
-                 path: str = "", copy_damaged: bool = False):
+                 note_key: bytearray, path: str = "", copy_damaged: bool = False):
         self.backing = backing
         self.header = header
         self.keys = keys
         self.meta_key = meta_key
         self.mac_key = mac_key
-        self.note_key = keys.derive(NOTE_INFO)
+        self.note_key = note_key
         self.path = path
         # Sectors written since the last flush, per group (only groups touched since then).
         self._dirty: dict[int, np.ndarray] = {}

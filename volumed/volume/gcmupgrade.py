@@ -25,7 +25,8 @@ from volumed.errors import IntegrityError, UsageError
 from volumed.volume import gcmformat as F
 from volumed.volume.backing import BackingFile
 from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
-from volumed.volume.header import GCM_META_INFO, MAC_INFO, VolumeHeader, compute_mac, verify_mac
+from volumed.volume.header import (GCM_META_INFO, GCM_NOTE_INFO, MAC_INFO, VolumeHeader, compute_mac,
+                                   derive_key, verify_mac)
 from volumed.volume.keywrap import unwrap
 from volumed.volume.ranges import runs, zero_sectors
 
@@ -104,24 +105,22 @@ def upgrade(path, *, kms, grant_tokens: list[str] | None = None, progress=None) 
             raise UsageError(f"{path} is an XTS (LUKS2) volume: only GCM volumes have a format upgrade")
         if h.format_version >= F.VERSION:
             return h, False
-        keys = SectorKeys(unwrap(kms, h.key_arn, h.wrapped_key, h.context, grant_tokens, expect_len=32),
-                          h.uuid)
+        key = unwrap(kms, h.key_arn, h.wrapped_key, h.context, grant_tokens, expect_len=32)
+        subkeys = [derive_key(key, h.uuid, info) for info in (MAC_INFO, GCM_META_INFO, GCM_NOTE_INFO)]
+        keys = SectorKeys(key, h.uuid)  # wipes key
         try:
-            mac_key, meta_key = keys.derive(MAC_INFO), keys.derive(GCM_META_INFO)
-            try:
-                verify_mac(mac_key, h, path)
-                h2 = _rewrite(old, path, h, keys, meta_key, mac_key, progress)
-            finally:
-                for b in (mac_key, meta_key):
-                    b[:] = bytes(len(b))
+            verify_mac(subkeys[0], h, path)
+            h2 = _rewrite(old, path, h, keys, *subkeys, progress)
         finally:
             keys.close()
+            for b in subkeys:
+                b[:] = bytes(len(b))
         return h2, True
     finally:
         old.close()
 
 
-def _rewrite(old, path, h, keys, meta_key, mac_key, progress) -> VolumeHeader:
+def _rewrite(old, path, h, keys, mac_key, meta_key, note_key, progress) -> VolumeHeader:
     """Write the format-2 volume beside ``path`` and rename it over ``path``."""
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                        f".{os.path.basename(path)}.upgrade-{secrets.token_hex(6)}")
@@ -138,7 +137,7 @@ def _rewrite(old, path, h, keys, meta_key, mac_key, progress) -> VolumeHeader:
         for seq in (0, 1):
             h2.seqid = seq
             new.pwrite(*F.encode_copy(h2))
-        store = GcmStore(new, h2, keys, meta_key, mac_key, path)
+        store = GcmStore(new, h2, keys, meta_key, mac_key, note_key, path)
         total = F.groups_for(h.size, 1)
         for g in range(total):
             plain = read_v1_group(old, h, keys, meta_key, g, path)

@@ -29,6 +29,7 @@ CONTEXT_DB = "aws:rds:db-id"
 CONTEXT_EBS = "aws:ebs:id"
 MAC_INFO = b"volumed header mac v1"
 GCM_META_INFO = b"volumed gcm metadata mac v1"
+GCM_NOTE_INFO = b"volumed gcm nonce note v2"
 
 
 @dataclasses.dataclass
