@@ -223,3 +223,23 @@ def test_many_unclean_sessions_are_resolved_not_merged(make_volume, kms, tmp_pat
     with Volume.open(path, kms=kms) as vol:
         with pytest.raises(IntegrityError, match="sector 61 "):
             vol.read(61 * SS, SS)
+
+
+def test_resolution_skips_a_damaged_metadata_page(make_volume, kms, monkeypatch):
+    """A tampered metadata page does not stop the open that resolves the doubtful ranges; its
+    sectors still fail to read."""
+    monkeypatch.setattr(gcmstore, "MAX_DOUBTFUL", 1)
+    path = make_volume("gcm", size=SIZE)
+    with Volume.open(path, kms=kms) as vol:
+        vol.write(0, os.urandom(4 * F.GROUP_SECTORS * SS))
+    with open(path, "r+b") as f:
+        f.seek(F.meta_offset(2) + 100)
+        f.write(b"\x55")
+    for _ in range(3):
+        vol = Volume.open(path, kms=kms)
+        vol.write(0, os.urandom(SS))
+        vol._backing.close()  # killed
+    with Volume.open(path, kms=kms) as vol:
+        assert len(vol.header.doubtful) <= 1
+        with pytest.raises(IntegrityError, match="metadata of sectors 100-149"):
+            vol.read(120 * SS, SS)

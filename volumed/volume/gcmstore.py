@@ -231,7 +231,10 @@ class GcmStore:
                     self.path, len(self._doubtful))
         cleared = 0
         for g in range(F.groups_for(self.header.size)):
-            page = self._meta(g)
+            try:
+                page = self._meta(g)
+            except IntegrityError:  # logged; its sectors fail to read whatever the ranges say
+                continue
             sub = F.slots(page)
             bad = self._is_doubtful(sub["ctr"]) & sub["tag"].any(axis=2)
             changed = False
