@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from volumed.errors import VolumedError
+from volumed.kms.arn import Arn
 
 EVENT_VERSION = "1.08"
 GENESIS = "0" * 64
@@ -220,29 +221,29 @@ def _principal_id(prefix: str, arn: str) -> str:
 def user_identity(principal: str, via_service: str | None) -> dict:
     """CloudTrail's userIdentity for a caller ARN: Root, IAMUser, AssumedRole (with its session
     issuer), or AWSService; ``invokedBy`` names the service a call came through."""
-    m = re.match(r"^arn:(aws[a-z-]*):(iam|sts)::(\d{12}):(.+)$", principal or "")
-    if not m:
+    a = Arn.try_parse(principal)
+    if a is None or a.service not in ("iam", "sts") or not a.account:
         ident: dict = {"type": "AWSService" if (principal or "").endswith("amazonaws.com") else "Unknown",
                        "arn": principal}
     else:
-        part, service, account, resource = m.groups()
-        if service == "iam" and resource == "root":
+        account = a.account
+        if a.is_root:
             ident = {"type": "Root", "principalId": account, "arn": principal, "accountId": account}
-        elif service == "sts" and resource.startswith("assumed-role/"):
-            _, role, session = resource.split("/", 2)
-            role_arn = f"arn:{part}:iam::{account}:role/{role}"
+        elif a.session is not None:
+            role, session = a.session
+            role_arn = str(a.session_role())
             role_id = _principal_id("AROA", role_arn)
             ident = {"type": "AssumedRole", "principalId": f"{role_id}:{session}", "arn": principal,
                      "accountId": account,
                      "sessionContext": {"sessionIssuer": {"type": "Role", "principalId": role_id,
                                                           "arn": role_arn, "accountId": account,
                                                           "userName": role}}}
-        elif resource.startswith("role/"):
+        elif a.resource.startswith("role/"):
             ident = {"type": "AssumedRole", "principalId": _principal_id("AROA", principal),
                      "arn": principal, "accountId": account}
         else:
             ident = {"type": "IAMUser", "principalId": _principal_id("AIDA", principal),
-                     "arn": principal, "accountId": account, "userName": resource.rsplit("/", 1)[-1]}
+                     "arn": principal, "accountId": account, "userName": a.resource.rsplit("/", 1)[-1]}
     if via_service:
         ident["invokedBy"] = service_host(via_service)
     return ident

@@ -11,6 +11,8 @@ import fnmatch
 import json
 from typing import Any, Iterator
 
+from volumed.kms.arn import Arn
+
 _CONTEXT_MEMBERS = ("encryptionContext", "sourceEncryptionContext", "destinationEncryptionContext")
 
 
@@ -106,7 +108,8 @@ def query(conn, key: str | None = None, event_name: str | None = None, principal
 
 def _short_principal(ident: dict) -> str:
     arn = ident.get("arn") or "?"
-    return arn.split(":", 5)[-1] if arn.startswith("arn:") else arn
+    parsed = Arn.try_parse(arn)
+    return parsed.resource if parsed else arn
 
 
 def format_record(rec: dict) -> str:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import re
 
+from volumed.kms import arn as _arn
 from volumed.kms import authz, awsmodel, iamstore, policy
+from volumed.kms.arn import Arn
 
-_TARGET_RE = re.compile(r"^arn:aws:iam::(\d{12}):(user|role)/[\w+=,.@/-]{1,512}$")
+_TARGET_NAME_RE = re.compile(r"^(user|role)/[\w+=,.@/-]{1,512}$")
 _NAME_RE = re.compile(r"^[\w+=,.@-]{1,128}$")
 
 
@@ -29,18 +31,21 @@ def _error(code: str, message: str, operation: str):
 
 
 def check_target(arn: str, account: str, operation: str) -> str:
-    """A principal policies may be attached to: an IAM user or role ARN of this account."""
-    m = _TARGET_RE.match(arn or "")
-    if not m:
+    """A principal policies may be attached to: an IAM user or role ARN of this account, in the
+    keystore's partition (an account id of another partition is another account)."""
+    parsed = Arn.try_parse(arn)
+    if parsed is None or parsed.service != "iam" or parsed.region or not _TARGET_NAME_RE.match(parsed.resource):
         hint = ""
-        s = re.match(r"^arn:aws:sts::(\d{12}):assumed-role/([^/]+)/", arn or "")
-        if s:
-            hint = f"; attach it to the session's role arn:aws:iam::{s.group(1)}:role/{s.group(2)}"
+        role = parsed.session_role() if parsed else None
+        if role:
+            hint = f"; attach it to the session's role {role}"
         raise _error("ValidationError", f"{arn!r} is not an IAM user or role ARN "
-                                        f"(arn:aws:iam::{account}:user/NAME or :role/NAME){hint}", operation)
-    if m.group(1) != account:
-        raise _error("ValidationError", f"{arn} is in account {m.group(1)}, not this keystore's "
-                                        f"account {account}", operation)
+                                        f"(arn:{_arn.KEYSTORE_PARTITION}:iam::{account}:user/NAME or "
+                                        f":role/NAME){hint}", operation)
+    if not parsed.same_account(Arn.root(_arn.KEYSTORE_PARTITION, account)):
+        raise _error("ValidationError", f"{arn} is in account {parsed.account} of partition "
+                                        f"{parsed.partition}, not this keystore's account {account} "
+                                        f"of partition {_arn.KEYSTORE_PARTITION}", operation)
     return arn
 
 
@@ -60,7 +65,7 @@ def iam_action(verb: str, target: str) -> str:
 
 def may(conn, caller: str, account: str, verb: str, target: str) -> bool:
     """Whether ``caller`` may do the IAM ``verb`` on ``target``'s policies (see module doc)."""
-    if caller in (iamstore.admin_principal(conn), f"arn:aws:iam::{account}:root"):
+    if caller == iamstore.admin_principal(conn) or _arn.is_root_of(caller, account):
         return True
     req = policy.Request(principal_arn=caller, principal_account=policy.account_of(caller) or "",
                          action=iam_action(verb, target), resource=target)

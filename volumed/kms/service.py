@@ -26,6 +26,7 @@ from botocore.exceptions import ClientError
 from volumed.clock import SYSTEM_CLOCK
 from volumed.kms import (audit, authz, awsmodel, grantstore, iam, keys, managed, ops_aliases, ops_crypto, ops_grants,
                          ops_keys, ops_rotation, principals)
+from volumed.kms.arn import Arn
 from volumed.kms.callctx import CallContext
 from volumed.kms.keystore import Keystore
 
@@ -217,7 +218,8 @@ class EmbeddedKMS:
         for name in _KEY_REF_PARAMS:
             ref = ctx.params.get(name)
             if isinstance(ref, str):
-                alias = ref.split(":", 5)[-1] if ref.startswith("arn:") else ref
+                parsed = Arn.try_parse(ref)
+                alias = parsed.resource if parsed else ref
                 if alias in managed.MANAGED_ALIASES and not ctx.conn.execute(
                         "SELECT 1 FROM aliases WHERE name = ?", (alias,)).fetchone():
                     keys.create_managed(ctx, alias)
