@@ -139,7 +139,10 @@ def _pattern(pattern: str):
     return re.compile(pattern.removeprefix("^").removesuffix("$"))
 
 
-def _constraints(shape, value, path, errors):
+def _constraints(shape, value, path, errors, hide=False):
+    """Append every violation in ``value`` to ``errors``. Values are quoted as AWS does, except
+    sensitive members and list values and their items (``hide``): a list may hold grant tokens,
+    which must never reach an error message and through it the audit log (docs/AUDIT.md)."""
     meta = shape.metadata
     where = path or "request"
     if shape.type_name == "structure":
@@ -150,17 +153,17 @@ def _constraints(shape, value, path, errors):
         return
     if shape.type_name == "list":
         if "max" in meta and len(value) > meta["max"]:
-            errors.append(f"Value '{value}' at '{where}' failed to satisfy constraint: "
+            errors.append(f"Value of {len(value)} items at '{where}' failed to satisfy constraint: "
                           f"Member must have length less than or equal to {meta['max']}")
         for item in value:
-            _constraints(shape.member, item, where, errors)
+            _constraints(shape.member, item, where, errors, hide=True)
         return
     if shape.type_name == "map":
         for k, v in value.items():
-            _constraints(shape.key, k, where, errors)
-            _constraints(shape.value, v, where, errors)
+            _constraints(shape.key, k, where, errors, hide)
+            _constraints(shape.value, v, where, errors, hide)
         return
-    shown = "***" if meta.get("sensitive") else value
+    shown = "***" if (hide or meta.get("sensitive")) else value
     if shape.type_name == "string":
         if shape.enum and value not in shape.enum:
             errors.append(f"Value '{shown}' at '{where}' failed to satisfy constraint: "
