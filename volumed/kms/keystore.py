@@ -168,8 +168,10 @@ class Keystore:
                 "schema_version": SCHEMA_VERSION, "change_counter": "0"}
         if passphrase:
             salt = secrets.token_bytes(16)
-            root = rootkey.derive_passphrase_key(passphrase, salt)
-            meta.update(root_source="passphrase", scrypt_salt=salt.hex())
+            params = (rootkey.SCRYPT_N, rootkey.SCRYPT_R, rootkey.SCRYPT_P)
+            root = rootkey.derive_passphrase_key(passphrase, salt, params)
+            meta.update(root_source="passphrase", scrypt_salt=salt.hex(), scrypt_n=str(params[0]),
+                        scrypt_r=str(params[1]), scrypt_p=str(params[2]))
         else:
             if not os.path.exists(os.path.join(self.directory, rootkey.ROOT_KEY_FILE)):
                 rootkey.create_file_key(self.directory)
@@ -188,7 +190,8 @@ class Keystore:
             if not passphrase:
                 raise rootkey.KeystoreError(f"keystore {self.directory} is protected by a "
                                             f"passphrase; set {rootkey.PASSPHRASE_ENV}")
-            root = rootkey.derive_passphrase_key(passphrase, bytes.fromhex(meta["scrypt_salt"]))
+            root = rootkey.derive_passphrase_key(passphrase, bytes.fromhex(meta["scrypt_salt"]),
+                                                 rootkey.scrypt_params(meta))
         else:
             root = rootkey.read_file_key(self.directory)
         rootkey.verify(root, meta["root_check"], self.directory)
