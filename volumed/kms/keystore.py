@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 
-from volumed.kms import audit, iamstore, rootkey
+from volumed.kms import audit, decisions, iamstore, rootkey
 
 DB_FILE = "keystore.db"
 SCHEMA_VERSION = "1"
@@ -74,6 +74,7 @@ class Keystore:
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
         self.lock = threading.RLock()
+        self.decisions = decisions.DecisionCache()  # authorization outcomes, decided outside the lock
         try:
             self._ensure_initialised()
             self.conn = self._open()

@@ -19,13 +19,14 @@ calls (IAM's job in AWS; not in the KMS audit log; volumed.kms.iam decides who m
 from __future__ import annotations
 
 import io
+import threading
 import types
 
 from botocore.exceptions import ClientError
 
 from volumed.clock import SYSTEM_CLOCK
-from volumed.kms import (audit, authz, awsmodel, grantstore, iam, keys, managed, ops_aliases, ops_crypto, ops_grants,
-                         ops_keys, ops_rotation, principals)
+from volumed.kms import (audit, authz, awsmodel, decisions, grantstore, iam, keys, managed, ops_aliases, ops_crypto,
+                         ops_grants, ops_keys, ops_rotation, principals)
 from volumed.kms.arn import Arn
 from volumed.kms.callctx import CallContext
 from volumed.kms.keystore import Keystore
@@ -104,6 +105,7 @@ class EmbeddedKMS:
         self._store = store
         self._clock = clock or SYSTEM_CLOCK
         self.principal = principal or principals.user_arn(store.account_id, principals.current_login())
+        self._decide_inside = threading.local()  # .active: this thread's last pass decides inside
         self.via_service = via_service
         self.exceptions = awsmodel.exceptions()
         self.meta = types.SimpleNamespace(region_name=store.region, service_model=awsmodel.service_model(),
@@ -209,8 +211,21 @@ class EmbeddedKMS:
         """Decide whether ``request["principal"]`` may do ``action`` on ``key`` (a dict with
         KeyId, Arn, KeyManager, KeyState, Policy; None for calls on no key): key policy, identity
         policies, grants, as AWS KMS (volumed.kms.authz). Raises the AccessDeniedException
-        ClientError to refuse; returns to allow."""
-        authz.authorize(action, key, request)
+        ClientError to refuse; returns to allow.
+
+        Inside the transaction only the decision cache is consulted; a miss raises NeedDecision so
+        that ``_call`` decides outside the write lock and runs the call again
+        (volumed.kms.decisions). On the last pass (``self._decide_inside``) it decides here."""
+        fp = decisions.fingerprint(action, key, request)
+        outcome = self._store.decisions.get(fp)
+        if outcome is None:
+            if not getattr(self._decide_inside, "active", False):
+                raise decisions.NeedDecision(fp, action, key, request)
+            outcome = ("inside",)
+        if outcome[0] == "deny":
+            raise awsmodel.client_error(outcome[1], outcome[2], request["operation"])
+        if outcome[0] == "inside":
+            authz.authorize(action, key, request)
 
     def _prepare(self, ctx: CallContext) -> None:
         """Time effects, then AWS managed keys the call names (committed even if the call fails)."""
@@ -273,7 +288,7 @@ class EmbeddedKMS:
             return response
 
         try:
-            response = self._store.run(txn)
+            response = self._run_deciding_outside(txn)
         except ClientError as err:
             self._record_failure(operation, params, err, last_ctx.get("ctx"))
             raise
@@ -281,6 +296,21 @@ class EmbeddedKMS:
             self._store.checkpoint()
         response["ResponseMetadata"] = awsmodel.response_metadata()
         return response
+
+    def _run_deciding_outside(self, txn):
+        """``self._store.run(txn)``, deciding each authorization the transaction meets outside the
+        keystore's locks and running it again (volumed.kms.decisions); after MAX_PASSES passes
+        (inputs that keep changing under concurrent writers) the last pass decides inside."""
+        for _ in range(decisions.MAX_PASSES):
+            try:
+                return self._store.run(txn)
+            except decisions.NeedDecision as need:
+                self._store.decisions.decide(need, authz.authorize, ClientError)
+        self._decide_inside.active = True
+        try:
+            return self._store.run(txn)
+        finally:
+            self._decide_inside.active = False
 
     def _record_failure(self, operation: str, params: dict, err: ClientError, failed) -> None:
         """Audit a refused call in its own transaction (time effects and AWS managed keys the call
