@@ -51,6 +51,8 @@ GENESIS = "0" * 64
 DEFAULT_SEAL_EVERY = 100
 DEFAULT_SEAL_INTERVAL = 3600.0
 SIGNING_KEY_FILE = "audit-signing.key"  # suggested name inside the keystore directory
+PIN_FILE = "audit-signing.pub"  # the trusted public key(s), beside the database, outside it
+DIGEST_VERSION = 2  # 2: the seal schedule is signed in every digest; 1: it was not
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -134,13 +136,86 @@ def fingerprint(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(_raw_public(public_key)).hexdigest()
 
 
+def database_directory(conn: sqlite3.Connection) -> str | None:
+    """The directory of ``conn``'s main database file (None for an in-memory database)."""
+    for row in conn.execute("PRAGMA database_list").fetchall():
+        if row[1] == "main" and row[2]:
+            return os.path.dirname(os.path.abspath(row[2]))
+    return None
+
+
+def pin_path(conn: sqlite3.Connection) -> str | None:
+    """``<database directory>/audit-signing.pub``: where the trusted public keys are pinned."""
+    directory = database_directory(conn)
+    return os.path.join(directory, PIN_FILE) if directory else None
+
+
+def pin_line(public_key: Ed25519PublicKey) -> str:
+    """One line of the pin file: ``ed25519 <64 hex digits of the raw public key>``."""
+    return f"ed25519 {_raw_public(public_key).hex()}"
+
+
+def read_pin(path: str) -> list[Ed25519PublicKey]:
+    """The public keys pinned in ``path`` (lines ``ed25519 <hex>``; ``#`` comments). Raises
+    OSError if unreadable, ValueError if malformed."""
+    keys = []
+    with open(path, encoding="ascii") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            kind, _, hexkey = line.partition(" ")
+            if kind != "ed25519" or len(hexkey.strip()) != 64:
+                raise ValueError(f"{path} line {n} is not 'ed25519 <64 hex digits>'")
+            keys.append(Ed25519PublicKey.from_public_bytes(bytes.fromhex(hexkey.strip())))
+    return keys
+
+
+def _write_pin(path: str, public_key: Ed25519PublicKey) -> None:
+    """Create the pin file (0644, never overwritten) naming ``public_key``."""
+    text = ("# The audit log's signing public key(s). `volumed kms audit verify` trusts only these,\n"
+            "# never the key the database names. To rotate the signing key on purpose, add its line.\n"
+            f"{pin_line(public_key)}\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_pin(conn: sqlite3.Connection, signing_key_path: str, pub: Ed25519PublicKey) -> None:
+    """Pin ``pub`` beside the database on first use; refuse a signing key the pin does not list."""
+    path = pin_path(conn)
+    if path is None:
+        return  # an in-memory log: verify needs the public key given
+    if not os.path.exists(path):
+        try:
+            _write_pin(path, pub)
+        except FileExistsError:
+            pass  # another process pinned it first
+        except OSError as exc:
+            raise AuditError(f"cannot pin the audit signing public key in {path}: {exc.strerror}") from None
+    try:
+        pinned = read_pin(path)
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"cannot read the pinned audit public key {path}: {exc}") from None
+    if fingerprint(pub) not in {fingerprint(k) for k in pinned}:
+        raise AuditError(f"audit signing key {signing_key_path} is not the key pinned in {path}: it was "
+                         f"replaced; restore the original, or if you rotated it on purpose add the line "
+                         f"'{pin_line(pub)}' to {path}")
+
+
 def configure(conn: sqlite3.Connection, signing_key_path: str, *,
               seal_every: int = DEFAULT_SEAL_EVERY,
               seal_interval: float = DEFAULT_SEAL_INTERVAL) -> str:
-    """Turn on sealing: create the signing key file if missing (0600) and record its path, its
-    public key and the schedule in the database. Returns the key's fingerprint.
+    """Turn on sealing: create the signing key file if missing (0600), pin its public key in
+    ``audit-signing.pub`` beside the database if nothing is pinned yet (0644; the verifier's trust
+    root), and record its path, its public key and the schedule in the database. Returns the key's
+    fingerprint. AuditError if the key is not one the pin file lists.
 
-    Caller: the keystore when it opens (``<keystore dir>/audit-signing.key``). Writes two rows; in
+    Caller: the keystore when it opens (``<keystore dir>/audit-signing.key``). Writes its rows; in
     autocommit mode they commit at once, inside a transaction they commit with it."""
     if seal_every < 1 or seal_interval <= 0:
         raise ValueError("seal_every must be >= 1 and seal_interval > 0")
@@ -151,6 +226,7 @@ def configure(conn: sqlite3.Connection, signing_key_path: str, *,
         except FileExistsError:
             pass  # another process created it first
     pub = load_signing_key(signing_key_path).public_key()
+    _check_pin(conn, signing_key_path, pub)
     rows = {"signing_key_path": signing_key_path, "public_key": _raw_public(pub).hex(),
             "seal_every": str(int(seal_every)), "seal_interval": repr(float(seal_interval))}
     have = dict(conn.execute("SELECT name, value FROM audit_config").fetchall())
@@ -356,7 +432,7 @@ def _seal(conn, cfg: dict, clock, last) -> dict | None:
         return None
     key = load_signing_key(cfg["signing_key_path"])
     body = {
-        "digestVersion": 1,
+        "digestVersion": DIGEST_VERSION,
         "digestSeq": (last[0] + 1) if last else 1,
         "firstSeq": rows[0][0],
         "lastSeq": rows[-1][0],
@@ -367,6 +443,8 @@ def _seal(conn, cfg: dict, clock, last) -> dict | None:
         "previousDigestSignature": last[2] if last else "",
         "publicKeyFingerprint": fingerprint(key.public_key()),
     }
+    if DIGEST_VERSION >= 2:  # the schedule is signed: removing trailing digests cannot be hidden
+        body.update(sealEvery=cfg["seal_every"], sealInterval=cfg["seal_interval"])
     text = _canonical(body)
     signature = key.sign(text.encode()).hex()
     digest_hash = hashlib.sha256(text.encode()).hexdigest()
