@@ -21,8 +21,9 @@ Tamper evidence (modelled on CloudTrail log file integrity validation; docs/AUDI
 - on a fixed schedule (every ``seal_every`` records, and at the first append once the oldest
   unsealed record is ``seal_interval`` seconds old by the injected clock) the unsealed records are
   sealed by a digest: it lists the SHA-256 of each record's text and the chain hash of the last,
-  carries the previous digest's hash and signature, and is signed with Ed25519 by the keystore's
-  audit signing key;
+  carries the previous digest's hash and signature and (format v2) the seal schedule, and is
+  signed with Ed25519 by the keystore's audit signing key, whose public half ``configure`` pins in
+  ``audit-signing.pub`` beside the database: the verifier's trust root;
 - ``verify`` checks all of it and names the seq numbers at fault; ``latest_anchor`` gives the hash
   of the newest digest, which a user keeps elsewhere and passes back to ``verify`` to catch a
   truncated tail.

@@ -4,6 +4,10 @@ One concern: read the log and its digests and say whether anything was edited, r
 or reordered, and where. Read-only. Callers: ``volumed.kms.audit.verify`` (re-exported), the CLI.
 
 Method:
+0. The trust root: the public key given (``--public-key``), else the keys pinned in
+   ``audit-signing.pub`` beside the database (never the key the database names, which whoever can
+   write the database could replace). The key the database names must be one of them, or the
+   database was repointed.
 1. Each digest: its stored hash matches its body, its Ed25519 signature verifies under the given
    public key, it names the previous digest's hash and signature, and its range continues the
    previous one. A forged or altered digest fails here.
@@ -13,7 +17,8 @@ Method:
    records; unmatched present records are inserted ones; each is named by seq.
 3. The whole chain: each record's ``prev_hash`` is the previous record's hash, and each record's
    text matches its hash; breaks not already explained are reported, which covers the unsealed tail.
-4. The schedule: an unsealed tail longer than the schedule allows means digests were removed.
+4. The schedule: an unsealed tail longer than the schedule allows means digests were removed. The
+   schedule is the one signed in the newest (v2) digest, or the database's where stricter.
 5. The anchor, if given, must be the hash of a digest present: otherwise the log was truncated (or
    its digests replaced) after the user took the anchor.
 """

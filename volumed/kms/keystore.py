@@ -5,6 +5,7 @@ Layout of ``<dir>`` (0700):
                                  audit log, meta (incl. the administrator's ARN)
     root.key                     32 random bytes, 0600 (absent when a passphrase derives the root)
     audit-signing.key            Ed25519 key sealing the audit log, 0600 (never in the database)
+    audit-signing.pub            its public half, pinned 0644: audit verify's trust root
     .lock                        flock taken while a keystore is opened (initialisation, upgrades)
 
 Concurrency: every call of the service is one ``BEGIN IMMEDIATE`` transaction (``Keystore.run``):
