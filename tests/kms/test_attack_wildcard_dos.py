@@ -146,3 +146,34 @@ def test_a_slow_decision_does_not_block_other_clients(kms, key, keystore, clock,
         t.join(JOIN_TIMEOUT_S)
     assert not t.is_alive()
     assert result == {"code": "AccessDeniedException"}  # decided, and decided right
+
+
+def test_decisions_are_cached_by_their_inputs(kms, key, monkeypatch):
+    """A repeated call is decided once; a changed policy is decided afresh; inputs that change on
+    every pass (concurrent writers) still finish, decided inside the lock on the last pass."""
+    calls = []
+    real = authz.authorize
+
+    def counting(action, key_, request):
+        calls.append(action)
+        return real(action, key_, request)
+    monkeypatch.setattr(authz, "authorize", counting)
+    kms.encrypt(KeyId=key, Plaintext=b"x")
+    assert calls == ["kms:Encrypt"]
+    kms.encrypt(KeyId=key, Plaintext=b"x")
+    assert calls == ["kms:Encrypt"]  # same inputs: the cached decision
+    deny = json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"])
+    deny["Statement"].append({"Sid": "NoEncrypt", "Effect": "Deny", "Principal": "*",
+                              "Action": "kms:Encrypt", "Resource": "*"})
+    kms.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(deny))
+    calls.clear()
+    with pytest.raises(ClientError) as exc:
+        kms.encrypt(KeyId=key, Plaintext=b"x")
+    assert exc.value.response["Error"]["Code"] == "AccessDeniedException" and calls == ["kms:Encrypt"]
+
+    from volumed.kms import decisions
+    counter = iter(range(10**6))
+    monkeypatch.setattr(decisions, "fingerprint", lambda *a: str(next(counter)))
+    calls.clear()
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyId"] == key
+    assert len(calls) == decisions.MAX_PASSES + 1  # every pass missed; the last decided inside
