@@ -90,18 +90,6 @@ def test_rewritten_log_resealed_with_the_attackers_key_and_repointed_fails(seale
     assert "FAILED" in out and "repointed" in out
 
 
-def test_removed_trailing_digests_cannot_hide_behind_a_raised_schedule(tmp_path):
-    conn, clock, _ = open_db(str(tmp_path), seal_every=5)
-    fill(conn, clock, 13)  # digests 1 (1-5) and 2 (6-10), 11-13 unsealed
-    assert audit.verify(conn).ok
-    conn.execute("DELETE FROM audit_digest WHERE dseq = 2")
-    conn.execute("UPDATE audit_config SET value = '1000' WHERE name = 'seal_every'")
-    report = audit.verify(conn)
-    assert [p.kind for p in report.problems] == ["schedule"]
-    assert "every 5 records" in report.problems[0].message
-    conn.close()
-
-
 def test_version_1_digests_still_verify_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setattr(audit, "DIGEST_VERSION", 1)
     conn, clock, _ = open_db(str(tmp_path), seal_every=5)
@@ -141,3 +129,27 @@ def test_a_replaced_signing_key_file_is_refused_at_open(sealed_keystore, clock):
     with pytest.raises(audit.AuditError, match="not the key pinned") as exc:
         kms_pkg.connect(keystore, clock=clock)
     assert "\n" not in str(exc.value)
+
+
+def test_reordered_or_removed_seals_are_detected(tmp_path):
+    """Seals swapped, or trailing seals removed with the database's schedule raised to hide it."""
+    conn, clock, _ = open_db(str(tmp_path), seal_every=3)
+    fill(conn, clock, 10)  # digests 1..3, record 10 unsealed
+    rows = conn.execute("SELECT dseq, body, signature, hash FROM audit_digest ORDER BY dseq").fetchall()
+    # swap digests 2 and 3 (each keeps its own valid signature)
+    for (dseq, *_), (_, body, sig, h) in zip(rows[1:3], reversed(rows[1:3])):
+        conn.execute("UPDATE audit_digest SET body = ?, signature = ?, hash = ? WHERE dseq = ?",
+                     (body, sig, h, dseq))
+    report = audit.verify(conn)
+    assert not report.ok and {p.kind for p in report.problems} >= {"digest"}
+    # remove the last seal: the schedule signed in digest 2 says records 7..10 are overdue
+    for dseq, body, sig, h in rows[1:3]:
+        conn.execute("UPDATE audit_digest SET body = ?, signature = ?, hash = ? WHERE dseq = ?",
+                     (body, sig, h, dseq))
+    assert audit.verify(conn).ok
+    conn.execute("DELETE FROM audit_digest WHERE dseq = 3")
+    conn.execute("UPDATE audit_config SET value = '1000' WHERE name = 'seal_every'")
+    report = audit.verify(conn)
+    assert [p.kind for p in report.problems] == ["schedule"]
+    assert "every 3 records" in report.problems[0].message  # the signed schedule, not the database's
+    conn.close()
