@@ -25,7 +25,7 @@ key_policy, bypass_lockout_check, retiring_principal).
 from __future__ import annotations
 
 from volumed.kms import arn as _arn
-from volumed.kms import awsmodel, grants, policy
+from volumed.kms import awsmodel, grants, policy, principals
 
 LOCKOUT_MESSAGE = ("The new key policy will not allow you to update the key policy in the future.")
 
@@ -59,7 +59,7 @@ def _identity_only_policy(account: str) -> dict:
     """A resource policy that only enables the account's identity policies: how calls on no key
     (and IAM calls) are decided, since IAM has no resource policy of its own."""
     return {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+        "Effect": "Allow", "Principal": {"AWS": principals.root_arn(account)},
         "Action": "*", "Resource": "*"}]}
 
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from volumed.errors import VolumedError
 from volumed.kms import arn as _arn
-from volumed.kms import wildcard
+from volumed.kms import principals, wildcard
 from volumed.kms.arn import Arn
 
 VERSIONS = ("2012-10-17", "2008-10-17")
@@ -239,7 +239,7 @@ def _normalise_aws_principal(entry: str, where: str) -> str:
     if entry == "*":
         return "*"
     if _ACCOUNT_RE.match(entry):
-        return f"arn:aws:iam::{entry}:root"
+        return principals.root_arn(entry)
     if "*" in entry or "?" in entry:
         raise MalformedPolicyDocument(f"{where} {entry!r}: wildcards are allowed in a principal "
                                       'only as "*" on its own (use a condition on aws:PrincipalArn)')
@@ -583,7 +583,7 @@ def default_key_policy(account: str) -> dict:
         "Statement": [{
             "Sid": "Enable IAM User Permissions",
             "Effect": "Allow",
-            "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+            "Principal": {"AWS": principals.root_arn(account)},
             "Action": "kms:*",
             "Resource": "*",
         }],
@@ -614,7 +614,7 @@ def aws_managed_rds_policy(account: str, region: str) -> dict:
             {
                 "Sid": "Allow direct access to key metadata to the account",
                 "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                "Principal": {"AWS": principals.root_arn(account)},
                 "Action": ["kms:Describe*", "kms:Get*", "kms:List*", "kms:RevokeGrant"],
                 "Resource": "*",
             },
