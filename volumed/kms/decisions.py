@@ -10,6 +10,7 @@ key, its policy and grants, the caller's identity policies, the request), so it 
    in the cache, ``NeedDecision`` (carrying the inputs as read, a consistent snapshot) aborts it:
    the transaction rolls back and both locks are released.
 2. The service decides outside any lock (``DecisionCache.decide``) and runs the call again.
+   The same holds for the identity-policy decisions of the IAM extension calls.
 3. The re-run reads the inputs again under the lock. The cache is keyed by a SHA-256 of the
    inputs' canonical JSON, so a decision is used only for exactly the inputs that the committing
    transaction saw: a policy changed in between is a different key and is decided afresh.
@@ -24,6 +25,7 @@ Callers: volumed.kms.service (``_call`` and ``_authorize``); the keystore holds 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import threading
@@ -34,24 +36,33 @@ _IGNORED = ("time", "grant_tokens")  # not read by the authorizer (tokens arrive
 
 
 class NeedDecision(Exception):
-    """Internal: abort the transaction; decide ``(action, key, request)`` outside the lock."""
+    """Internal: abort the transaction; run ``decide()`` outside the lock, cache it under
+    ``fingerprint``, and run the transaction again."""
 
-    def __init__(self, fingerprint: str, action: str, key, request: dict):
+    def __init__(self, fingerprint: str, decide):
         super().__init__(fingerprint)
-        self.fingerprint, self.action, self.key, self.request = fingerprint, action, key, request
+        self.fingerprint, self.decide = fingerprint, decide
 
 
-def fingerprint(action: str, key, request: dict) -> str:
-    """SHA-256 of the canonical JSON of everything the authorizer reads."""
-    inputs = {"action": action, "key": key,
-              "request": {k: v for k, v in request.items() if k not in _IGNORED}}
-    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=repr)
+def _plain(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"__type__": type(obj).__name__, **dataclasses.asdict(obj)}
+    return repr(obj)
+
+
+def fingerprint(kind: str, *inputs) -> str:
+    """SHA-256 of the canonical JSON of a decision's kind and everything it reads. A request dict
+    (the authorizer's) loses the members no decision reads."""
+    norm = [{k: v for k, v in x.items() if k not in _IGNORED} if isinstance(x, dict) and "principal" in x
+            else x for x in inputs]
+    text = json.dumps([kind, norm], sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 class DecisionCache:
-    """Outcomes by fingerprint: ("allow",), ("deny", code, message) or ("inside",) (decide in
-    the transaction: the authorizer raised something other than a refusal). Thread-safe."""
+    """Outcomes by fingerprint: ("value", v) (the decision returned v), ("deny", code, message)
+    (it raised a refusal) or ("inside",) (it raised anything else: decide in the transaction,
+    where the error surfaces as before). Thread-safe, least recently used entries dropped."""
 
     def __init__(self, max_entries: int = MAX_ENTRIES):
         self._lock = threading.Lock()
@@ -72,14 +83,14 @@ class DecisionCache:
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
 
-    def decide(self, need: NeedDecision, authorizer, refusal_type: type) -> None:
-        """Run ``authorizer(action, key, request)`` (outside any lock) and remember the outcome."""
+    def decide(self, need: NeedDecision, refusal_type: type) -> None:
+        """Run ``need.decide()`` (outside any lock) and remember the outcome."""
         try:
-            authorizer(need.action, need.key, need.request)
+            value = need.decide()
         except refusal_type as err:
             error = err.response["Error"]
             self._put(need.fingerprint, ("deny", error["Code"], error["Message"]))
         except Exception:  # noqa: BLE001 - surfaced by deciding inside the transaction next pass
             self._put(need.fingerprint, ("inside",))
         else:
-            self._put(need.fingerprint, ("allow",))
+            self._put(need.fingerprint, ("value", value))

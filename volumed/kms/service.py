@@ -150,36 +150,38 @@ class EmbeddedKMS:
 
     # -- identity policies (extensions; volumed.kms.iam) -----------------------------------------
     def _iam(self, fn, change: bool):
-        """Run one IAM extension call in its own transaction (change counter bumped if ``change``)."""
+        """Run one IAM extension call in its own transaction (change counter bumped if ``change``),
+        its identity-policy decisions made outside the write lock (``_identity_decision``)."""
         def txn(conn):
             result = fn(conn)
             if change:
                 Keystore.bump(conn)
             return result
-        return self._store.run(txn)
+        return self._run_deciding_outside(txn)
 
     def put_principal_policy(self, *, PrincipalArn: str, PolicyName: str, PolicyDocument: str) -> dict:
         """Extension: attach (or replace) an identity policy of an IAM user or role ARN."""
         self._iam(lambda conn: iam.put_policy(conn, self.principal, self.account_id(), PrincipalArn,
-                                              PolicyName, PolicyDocument, self._clock.time()), True)
+                                              PolicyName, PolicyDocument, self._clock.time(),
+                                              self._identity_decision), True)
         return {}
 
     def get_principal_policy(self, *, PrincipalArn: str, PolicyName: str) -> dict:
         """Extension: one attached identity policy's document."""
         doc = self._iam(lambda conn: iam.get_policy(conn, self.principal, self.account_id(), PrincipalArn,
-                                                    PolicyName), False)
+                                                    PolicyName, self._identity_decision), False)
         return {"PrincipalArn": PrincipalArn, "PolicyName": PolicyName, "PolicyDocument": doc}
 
     def list_principal_policies(self, *, PrincipalArn: str | None = None) -> dict:
         """Extension: attached identity policies, of one principal or of all the caller may list."""
         rows = self._iam(lambda conn: iam.list_policies(conn, self.principal, self.account_id(),
-                                                        PrincipalArn), False)
+                                                        PrincipalArn, self._identity_decision), False)
         return {"Policies": [{"PrincipalArn": p, "PolicyName": n} for p, n in rows]}
 
     def delete_principal_policy(self, *, PrincipalArn: str, PolicyName: str) -> dict:
         """Extension: detach an identity policy."""
         self._iam(lambda conn: iam.delete_policy(conn, self.principal, self.account_id(), PrincipalArn,
-                                                 PolicyName), True)
+                                                 PolicyName, self._identity_decision), True)
         return {}
 
     def close(self) -> None:
@@ -216,16 +218,29 @@ class EmbeddedKMS:
         Inside the transaction only the decision cache is consulted; a miss raises NeedDecision so
         that ``_call`` decides outside the write lock and runs the call again
         (volumed.kms.decisions). On the last pass (``self._decide_inside``) it decides here."""
-        fp = decisions.fingerprint(action, key, request)
+        self._decided(request["operation"], lambda: authz.authorize(action, key, request),
+                      "authorize", action, key, request)
+
+    def _decided(self, operation: str, decide, *inputs):
+        """``decide()``'s outcome for these ``inputs`` (everything it reads) from the keystore's
+        decision cache; a miss raises NeedDecision, except on the last pass, which decides here.
+        A cached refusal is raised again as a fresh ClientError of ``operation``."""
+        fp = decisions.fingerprint(*inputs)
         outcome = self._store.decisions.get(fp)
         if outcome is None:
             if not getattr(self._decide_inside, "active", False):
-                raise decisions.NeedDecision(fp, action, key, request)
-            outcome = ("inside",)
+                raise decisions.NeedDecision(fp, decide)
+            return decide()
         if outcome[0] == "deny":
-            raise awsmodel.client_error(outcome[1], outcome[2], request["operation"])
+            raise awsmodel.client_error(outcome[1], outcome[2], operation)
         if outcome[0] == "inside":
-            authz.authorize(action, key, request)
+            return decide()
+        return outcome[1]
+
+    def _identity_decision(self, req, identity_policies, account: str):
+        """authz.identity_decision for the IAM extension calls, decided outside the write lock."""
+        return self._decided("iam", lambda: authz.identity_decision(req, identity_policies, account),
+                             "identity", req, list(identity_policies), account)
 
     def _prepare(self, ctx: CallContext) -> None:
         """Time effects, then AWS managed keys the call names (committed even if the call fails)."""
@@ -305,7 +320,7 @@ class EmbeddedKMS:
             try:
                 return self._store.run(txn)
             except decisions.NeedDecision as need:
-                self._store.decisions.decide(need, authz.authorize, ClientError)
+                self._store.decisions.decide(need, ClientError)
         self._decide_inside.active = True
         try:
             return self._store.run(txn)
