@@ -4,7 +4,10 @@
 ``OPERATIONS``. Every call goes through ``_call``: botocore's client-side validation, AWS's
 server-side constraints, one BEGIN IMMEDIATE transaction (time effects, KeyId resolution,
 ``_authorize``, the operation, the audit record, the change counter), commit. A ClientError rolls
-the transaction back and is recorded in the audit log in a transaction of its own.
+the transaction back and is recorded in the audit log in a transaction of its own. Policies are
+evaluated outside the transaction (volumed.kms.decisions): a call whose authorization is not yet
+decided rolls back, is decided with no lock held, and runs again (an operation may so run more
+than once in one call; only its committed run has effects).
 
 Non-AWS extensions (not in boto3; code that must also run against AWS must not rely on them):
 ``account_id()``, ``region()``, ``principal``, ``via_service``, ``change_counter()``,
