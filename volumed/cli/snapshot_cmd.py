@@ -1,4 +1,4 @@
-"""`volumed snapshot create|list|describe|delete|copy|share`, `volumed restore`, `volumed delete`.
+"""`volumed snapshot create|list|describe|delete|copy|share|seal`, `volumed restore`, `volumed delete`.
 
 The snapshot store is ``--store SPEC`` (a directory or s3://BUCKET/PREFIX), else
 $VOLUMED_SNAPSHOT_STORE, else ``snapshots`` next to the embedded keystore. The user calls KMS
@@ -115,7 +115,7 @@ def cmd_describe(args) -> int:
     from volumed.snapshot import catalog
     from volumed.snapshot.engine import describe
 
-    d = describe(catalog.load(_store(args), args.snapshot))
+    d = describe(catalog.peek(_store(args), args.snapshot))
     if args.json:
         print_json(d)
     else:
@@ -153,6 +153,20 @@ def cmd_share(args) -> int:
         print_json({"SnapshotId": args.snapshot, "SharedWith": m["shared_with"], "KeyPolicyNeeded": hint})
     else:
         print(f"shared {args.snapshot} with account {args.account}; {hint}")
+    return 0
+
+
+def cmd_seal(args) -> int:
+    from volumed.snapshot.engine import seal_snapshot
+
+    m = _with_progress(args, "seal", lambda p: seal_snapshot(_store(args), args.snapshot, kms=_kms(args),
+                                                            progress=p))
+    if args.json:
+        print_json({"SnapshotId": args.snapshot, "Sealed": True, "OwnerId": m["owner_account"],
+                    "SharedWith": m["shared_with"]})
+    else:
+        print(f"sealed {args.snapshot}: every chunk checked; owner {m['owner_account']}, shared with "
+              f"{', '.join(m['shared_with']) or 'no account'}")
     return 0
 
 
@@ -228,6 +242,13 @@ def register(sub) -> None:
     p.add_argument("--account", required=True, metavar="ID", help="12-digit AWS account id")
     _add_common(p)
     p.set_defaults(func=cmd_share)
+
+    p = ss.add_parser("seal", help="add the manifest MAC to a snapshot made by an older volumed "
+                                   "(checks every chunk under its key first)")
+    p.add_argument("snapshot", metavar="SNAP")
+    _progress_option(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_seal)
 
     p = sub.add_parser("restore", help="a new volume from a snapshot")
     p.add_argument("snapshot", metavar="SNAP")
