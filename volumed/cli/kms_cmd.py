@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 
 from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
@@ -263,22 +262,17 @@ def _read_text(path: str) -> str:
 
 
 def _write_output(path: str, data: bytes) -> None:
-    """Write all of ``data`` or nothing (temporary file + rename)."""
+    """Write all of ``data`` or nothing (volumed.safefile.write_atomic: mode 0600, a temporary
+    file opened O_EXCL|O_NOFOLLOW, so a planted symlink never receives plaintext)."""
     if path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    tmp = f"{path}.volumed-tmp-{os.getpid()}"
+    from volumed.safefile import write_atomic
+
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
