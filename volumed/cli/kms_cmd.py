@@ -15,6 +15,7 @@ import sys
 
 from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
 from volumed.errors import UsageError, VolumedError
+from volumed.hardening import holds_keys, note_key_unwrapped
 
 # AWS error code -> what the user can do about it
 _HINTS = {
@@ -276,6 +277,7 @@ def _write_output(path: str, data: bytes) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
+@holds_keys
 def _encrypt(args):
     """encrypt KEY --in --out [--context]: KMS Encrypt of a file of 1-4096 bytes."""
     data = _read_input(args.infile)
@@ -291,6 +293,7 @@ def _encrypt(args):
     return 0
 
 
+@holds_keys
 def _decrypt(args):
     """decrypt --in --out [--context] [--key]: KMS Decrypt; the plaintext buffer is wiped after writing."""
     data = _read_input(args.infile)
@@ -301,6 +304,7 @@ def _decrypt(args):
         params["KeyId"] = args.key
     r = _call(kms_client(args), "decrypt", **params)
     plaintext = bytearray(r.pop("Plaintext"))
+    note_key_unwrapped()
     try:
         _write_output(args.outfile, bytes(plaintext))
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
+from volumed.hardening import holds_keys
 
 PROGRESS_MIN_CHUNKS = 1024  # show a progress bar from 64 MiB of snapshot up
 
@@ -82,6 +83,7 @@ def _print_snapshot(args, m, extra: str = "") -> None:
           f"stored {d['StoredBytes']} bytes{extra}")
 
 
+@holds_keys
 def cmd_create(args) -> int:
     from volumed.snapshot.engine import create_snapshot
 
@@ -135,6 +137,7 @@ def cmd_delete_snapshot(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_copy(args) -> int:
     from volumed.snapshot.engine import copy_snapshot
 
@@ -145,6 +148,7 @@ def cmd_copy(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_share(args) -> int:
     from volumed.snapshot.engine import share_snapshot
 
@@ -156,6 +160,7 @@ def cmd_share(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_seal(args) -> int:
     from volumed.snapshot.engine import seal_snapshot
 
@@ -170,6 +175,7 @@ def cmd_seal(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_restore(args) -> int:
     from volumed.snapshot.restore import restore_snapshot
 

@@ -32,7 +32,7 @@ from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock
 from volumed.errors import StateError, VolumedError
 from volumed.mount import attach, control, keyservice, paths
 from volumed.mount.fs import VolumeFS, invalidate_file_cache
-from volumed.mount.hardening import current_state, harden_process
+from volumed.hardening import current_state, harden_process
 from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
 from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
 from volumed.volume.device import Volume
@@ -295,7 +295,7 @@ def serve(cfg: MountConfig, ready) -> None:
     ``ready(result: dict)`` is called exactly once: {"ok": True, "file": path} when the mount serves,
     or {"ok": False, "error": one line, "exit_code": n} when it could not start.
     """
-    harden_process()
+    harden_process(lock_memory=True)  # the daemon always tries (and logs a failure)
     clock = LiveClock(FakeClock(cfg.fake_time) if cfg.fake_time is not None else SYSTEM_CLOCK)
     grant = attach.Grant.from_json(cfg.grant)
     lock_fd = None
