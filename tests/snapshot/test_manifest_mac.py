@@ -48,6 +48,11 @@ def test_a_chunk_spliced_from_an_older_snapshot_is_refused(cipher, kms, store, m
         copy_snapshot(store, new["snapshot_id"], kms=kms)
     with pytest.raises(IntegrityError, match="fails its MAC"):  # the copier's path too
         copy_snapshot(store, new["snapshot_id"], kms=kms, key_id=kms.create_key()["KeyMetadata"]["Arn"])
+    # The migration command does not whitewash a sealed manifest that fails its MAC.
+    from volumed.snapshot.engine import seal_snapshot
+
+    with pytest.raises(IntegrityError, match="fails its MAC"):
+        seal_snapshot(store, new["snapshot_id"], kms=kms)
     # Dropping the MAC does not help: an unsealed manifest is refused with the way out.
     tamper(store, new["snapshot_id"], lambda m: None, drop_mac=True)
     with pytest.raises(UnsealedManifest, match=f"volumed snapshot seal {new['snapshot_id']}"):
@@ -104,12 +109,18 @@ def test_seal_migrates_an_unsealed_manifest_after_checking_its_chunks(cipher, cl
     sid = json.loads(out)["SnapshotId"]
     store = open_store(kms_spec=str(tmp_path / "keystore"))
     tamper(store, sid, lambda m: None, drop_mac=True)  # as an older volumed wrote it
+    rc, out, _ = cli("snapshot", "list")
+    assert "UNSEALED" in out
+    rc, out, _ = cli("snapshot", "describe", sid, "--json")
+    assert json.loads(out)["Sealed"] is False
     rc, _, err = cli("restore", sid, str(tmp_path / "r1"))
     assert rc != 0 and f"volumed snapshot seal {sid}" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r1").exists()
     rc, out, err = cli("snapshot", "seal", sid)
     assert rc == 0, err
     assert "sealed" in out
+    rc, out, _ = cli("snapshot", "list", "--json")
+    assert [d["Sealed"] for d in json.loads(out)["Snapshots"]] == [True]
     rc, _, err = cli("restore", sid, str(tmp_path / "r2"))
     assert rc == 0, err
     assert contents(kms, str(tmp_path / "r2")) == contents(kms, vol)

@@ -97,7 +97,7 @@ def cmd_list(args) -> int:
     from volumed.snapshot import catalog
     from volumed.snapshot.engine import describe
 
-    snaps = [describe(m) for m in catalog.all_manifests(_store(args))]
+    snaps = [describe(m, mac is not None) for m, mac in catalog.all_with_mac(_store(args))]
     if args.volume:
         snaps = [d for d in snaps if args.volume in (d["VolumeId"], d["VolumeUuid"], d["DbId"])]
     if args.json:
@@ -109,7 +109,8 @@ def cmd_list(args) -> int:
         print(f"{d['SnapshotId']}  {d['VolumeId']}  {d['StartTime']}  {d['Cipher']}  "
               f"{d['VolumeSize']} bytes  stored {d['StoredBytes']}"
               + (f"  copy of {d['SourceSnapshotId']}" if d["SourceSnapshotId"] else "")
-              + (f"  shared with {','.join(d['SharedWith'])}" if d["SharedWith"] else ""))
+              + (f"  shared with {','.join(d['SharedWith'])}" if d["SharedWith"] else "")
+              + ("" if d["Sealed"] else "  UNSEALED (volumed snapshot seal)"))
     return 0
 
 
@@ -117,7 +118,8 @@ def cmd_describe(args) -> int:
     from volumed.snapshot import catalog
     from volumed.snapshot.engine import describe
 
-    d = describe(catalog.peek(_store(args), args.snapshot))
+    m, mac = catalog.read_with_mac(_store(args), args.snapshot)
+    d = describe(m, mac is not None)
     if args.json:
         print_json(d)
     else:

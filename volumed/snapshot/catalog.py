@@ -103,6 +103,12 @@ def _all(store) -> list[tuple[dict, str | None]]:
     return sorted(out, key=lambda p: (p[0]["created"], p[0]["snapshot_id"]))
 
 
+def all_with_mac(store) -> list[tuple[dict, str | None]]:
+    """(manifest, MAC or None) of every readable manifest, oldest first (MACs not checked): the
+    listing, which shows which manifests still need ``volumed snapshot seal``."""
+    return _all(store)
+
+
 def all_manifests(store) -> list[dict]:
     """Every readable manifest in the store, oldest first (damaged ones logged and skipped; MACs
     not checked)."""

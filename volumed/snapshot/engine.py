@@ -427,8 +427,9 @@ def delete_snapshot(store, snap_id: str, *, kms=None) -> int:
         return _sweep(store, {c for c in m["chunks"] if c})
 
 
-def describe(m: dict) -> dict:
-    """The JSON view of a manifest for list/describe (no chunk list)."""
+def describe(m: dict, sealed: bool | None = None) -> dict:
+    """The JSON view of a manifest for list/describe (no chunk list). ``sealed``: whether the
+    stored object carries a manifest MAC (present, not verified: list and describe need no key)."""
     present = sum(1 for c in m["chunks"] if c)
     return {
         "SnapshotId": m["snapshot_id"], "StartTime": m["created"], "State": m["state"],
@@ -439,6 +440,7 @@ def describe(m: dict) -> dict:
         "ParentSnapshotId": m.get("parent"), "SourceSnapshotId": m.get("source_snapshot"),
         "Description": m.get("description", ""), "Chunks": len(m["chunks"]),
         "ChunksWithData": present, "StoredBytes": m.get("stored_bytes", 0),
+        **({} if sealed is None else {"Sealed": sealed}),
     }
 
 
