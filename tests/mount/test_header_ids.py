@@ -62,15 +62,25 @@ def test_parsers_refuse_ids_that_are_not_ids(cipher, fields, kms_env, make_volum
 @pytest.mark.parametrize("cipher", ["xts", "gcm"])
 def test_mounting_a_header_with_a_path_for_a_uuid_writes_nothing_outside(cipher, kms_env, make_volume,
                                                                         mounter, tmp_path):
+    """The chain the old code allowed: the CLI (root) read the volume's state record from
+    ``state/<uuid>.json``, found it expired and rewrote it through ``<uuid>.tmp`` opened without
+    O_NOFOLLOW. With uuid ``../outside/owned`` and a record and a symlink planted there, root
+    overwrote the symlink's target."""
     vol = make_volume(kms_env, size=4 * MiB, cipher=cipher)
-    # state/../outside/owned.json is where the old daemon's revocation record went.
     outside = tmp_path / "outside"
     outside.mkdir()
+    record = b'{"state": "available", "revoked_at": 1.0, "reason": "planted", "key_arn": ""}'
+    (outside / "owned.json").write_bytes(record)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root-owned file")
+    os.symlink(victim, outside / "owned.tmp")
     (tmp_path / "run" / "vol-..").mkdir(parents=True)  # and run/vol-../outside/owned.lock
     rewrite_header(vol, uuid=EVIL)
     p = mounter(kms_env, vol, check=False)
     assert p.returncode == 3 and "uuid" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    assert os.listdir(outside) == []
+    assert victim.read_bytes() == b"root-owned file"
+    assert (outside / "owned.json").read_bytes() == record
+    assert sorted(os.listdir(outside)) == ["owned.json", "owned.tmp"]
     assert not (tmp_path / "run" / "outside").exists()
     for d in ("run", "state"):
         for root, _dirs, files in os.walk(tmp_path / d):
