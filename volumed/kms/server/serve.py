@@ -1,0 +1,118 @@
+"""``volumed kms serve``: open the keystore, bind, print how to reach and trust the server, serve.
+
+TLS by default (the administrator's --tls-cert/--tls-key, else the self-signed certificate of
+volumed.kms.server.tls); plain HTTP only with --insecure-http and only on a loopback address.
+The HTTP server is uvicorn with httptools (pinned in pyproject.toml). The listening socket is bound
+here (port 0 picks a free port, which the ready line names). ``check(url)`` is the readiness probe
+behind ``--check``. Caller: volumed.cli.kms_cmd.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import sys
+import urllib.error
+import urllib.request
+
+from volumed.errors import UsageError
+
+DEFAULT_LISTEN = "127.0.0.1:8443"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen {listen!r} is not ADDR:PORT; use e.g. 0.0.0.0:8443 or 127.0.0.1:0")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --listen") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | None,
+          insecure_http: bool, rate: float, burst: float | None, fake_time: float | None = None) -> int:
+    import uvicorn
+
+    from volumed.clock import SYSTEM_CLOCK, FakeClock
+    from volumed.kms.server import tls
+    from volumed.kms.server.app import KeyServer
+
+    host, port = parse_listen(listen)
+    if insecure_http and not is_loopback(host):
+        raise UsageError(f"--insecure-http serves keys without TLS and is allowed only on a loopback "
+                         f"address, not {host}; drop --insecure-http to serve over TLS")
+    if bool(tls_cert) != bool(tls_key):
+        raise UsageError("--tls-cert and --tls-key go together; give both or neither")
+    clock = FakeClock(fake_time) if fake_time is not None else SYSTEM_CLOCK
+    app = KeyServer(keystore, clock=clock, rate=rate, burst=burst)
+    try:
+        ssl_args: dict = {}
+        fp = None
+        if not insecure_http:
+            if tls_cert:
+                cert, key = tls_cert, tls_key
+            else:
+                cert, key, created = tls.ensure_certificate(app.store.directory, [host])
+                if created:
+                    print(f"created a self-signed TLS certificate {cert}", file=sys.stderr)
+            fp = tls.fingerprint(cert)
+            ssl_args = {"ssl_certfile": cert, "ssl_keyfile": key}
+        sock = _bind(host, port)
+        port = sock.getsockname()[1]
+        scheme = "http" if insecure_http else "https"
+        shown = f"[{host}]" if ":" in host else host
+        ready = {"url": f"{scheme}://{shown}:{port}", "keystore": app.store.directory,
+                 "region": app.region, "account": app.account}
+        if fp:
+            ready.update(certificate=ssl_args["ssl_certfile"], sha256_fingerprint=fp)
+        print(json.dumps(ready), flush=True)
+        config = uvicorn.Config(app, http="httptools", loop="asyncio", lifespan="on", log_level="warning",
+                                access_log=False, timeout_keep_alive=75, limit_concurrency=2048,
+                                backlog=1024, **ssl_args)
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+    finally:
+        app.close()
+    return 0
+
+
+def check(url: str, ca_bundle: str | None) -> tuple[bool, str]:
+    """Readiness: GET {url}/ping answers {"status": "ok"}. TLS is verified against ``ca_bundle``
+    (or the system store)."""
+    ctx = None
+    if url.startswith("https://"):
+        ctx = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=5, context=ctx) as resp:
+            ok = json.loads(resp.read() or b"{}").get("status") == "ok"
+            return ok, f"{url} is ready" if ok else f"{url} answered but is not ready"
+    except urllib.error.HTTPError as exc:
+        return False, f"{url} is not ready (HTTP {exc.code})"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"{url} is not reachable: {reason}"
