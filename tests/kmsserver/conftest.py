@@ -138,12 +138,16 @@ def make_server(tmp_path):
         s.stop()
 
 
-@pytest.fixture
-def server(make_server):
-    return make_server()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server per test module (starting one costs seconds on a shared machine)."""
+    s = KeyServer(tmp_path_factory.mktemp("keyserver") / "keystore")
+    s.start()
+    yield s
+    s.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def alice(server):
     """User alice with kms:* (identity policy) and her access key."""
     admin_policy(server, "alice")

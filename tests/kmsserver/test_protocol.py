@@ -61,8 +61,8 @@ def test_audit_records_the_network_caller(server, alice):
         records = [json.loads(r[0]) for r in store.conn.execute("SELECT record FROM audit ORDER BY seq")]
     finally:
         store.close()
-    enc = next(r for r in records if r["eventName"] == "Encrypt")
-    assert enc["requestID"] == request_id
+    enc = next(r for r in records if r["requestID"] == request_id)
+    assert enc["eventName"] == "Encrypt"
     assert enc["sourceIPAddress"] == "127.0.0.1"
     assert "Boto3" in enc["userAgent"] or "botocore" in enc["userAgent"]
     assert enc["userIdentity"]["accessKeyId"] == alice.id
