@@ -57,8 +57,9 @@ class GroupCommitKeystore(Keystore):
         return call.result
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join(timeout=30)
+        if hasattr(self, "_writer"):  # (Keystore.__init__ closes a store it failed to open)
+            self._queue.put(None)
+            self._writer.join(timeout=30)
         super().close()
 
     # -- the writer ----------------------------------------------------------------------------
