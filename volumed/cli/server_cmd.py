@@ -43,10 +43,11 @@ def _serve(args) -> int:
         return 0 if ok else 1
     return serve.serve(keystore=_keystore_dir(args), listen=args.listen, tls_cert=args.tls_cert,
                        tls_key=args.tls_key, insecure_http=args.insecure_http, rate=args.rate_limit,
-                       burst=args.rate_burst, fake_time=args.fake_time)
+                       burst=args.rate_burst, fake_time=args.fake_time, workers=args.workers)
 
 
 def register_serve(sub) -> None:
+    from volumed.kms.server import serve as serve_mod
     from volumed.kms.server.app import DEFAULT_RATE
     from volumed.kms.server.serve import DEFAULT_LISTEN
 
@@ -68,6 +69,9 @@ def register_serve(sub) -> None:
                    help=f"requests per second per principal (default {DEFAULT_RATE:.0f}; 0 = no limit)")
     p.add_argument("--rate-burst", type=float, default=None, metavar="N",
                    help="bucket size (default twice the rate)")
+    p.add_argument("--workers", type=int, default=serve_mod.default_workers(), metavar="N",
+                   help="server processes accepting on the socket (default: CPUs, at most 4); "
+                        "rate limits apply per process")
     p.add_argument("--check", action="store_true",
                    help="readiness probe: exit 0 if the server at --listen (or --url) answers")
     p.add_argument("--url", default=None, help="with --check: the server's URL")

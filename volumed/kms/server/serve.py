@@ -56,11 +56,43 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _fork_workers(n: int) -> list[int]:
+    """Fork ``n`` worker processes (before any thread exists) that die with this process; returns
+    their pids in the parent, [] in a child."""
+    import ctypes
+    import signal
+
+    pids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            try:  # PR_SET_PDEATHSIG: a kill -9 of the server takes its workers along
+                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+            except (OSError, AttributeError):
+                pass
+            if os.getppid() == 1:
+                os._exit(0)
+            return []
+        pids.append(pid)
+    return pids
+
+
 def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | None,
-          insecure_http: bool, rate: float, burst: float | None, fake_time: float | None = None) -> int:
+          insecure_http: bool, rate: float, burst: float | None, fake_time: float | None = None,
+          workers: int = 1) -> int:
+    """Serve until SIGTERM/SIGINT. ``workers`` processes (forked after the socket is bound, each
+    with its own key service and group commit on the one keystore; SQLite serialises their
+    writes) accept on the same socket: one Python process uses about one core."""
+    import signal
+
     import uvicorn
 
     from volumed.clock import SYSTEM_CLOCK, FakeClock
+    from volumed.kms.keystore import Keystore
     from volumed.kms.server import tls
     from volumed.kms.server.app import KeyServer
 
@@ -70,21 +102,35 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
                          f"address, not {host}; drop --insecure-http to serve over TLS")
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together; give both or neither")
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
     clock = FakeClock(fake_time) if fake_time is not None else SYSTEM_CLOCK
+    Keystore(keystore).close()  # create/upgrade it once, before any worker opens it
+    ssl_args: dict = {}
+    fp = None
+    if not insecure_http:
+        if tls_cert:
+            cert, key = tls_cert, tls_key
+        else:
+            cert, key, created = tls.ensure_certificate(os.path.abspath(keystore), [host])
+            if created:
+                print(f"created a self-signed TLS certificate {cert}", file=sys.stderr)
+        fp = tls.fingerprint(cert)
+        ssl_args = {"ssl_certfile": cert, "ssl_keyfile": key}
+    sock = _bind(host, port)
+    children = _fork_workers(workers - 1) if fake_time is None else []
+    if children:
+        def stop_children(signum, _frame):
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            signal.default_int_handler(signum, _frame) if signum == signal.SIGINT else sys.exit(0)
+        signal.signal(signal.SIGTERM, stop_children)
+    is_worker = not children and workers > 1 and fake_time is None
     app = KeyServer(keystore, clock=clock, rate=rate, burst=burst)
     try:
-        ssl_args: dict = {}
-        fp = None
-        if not insecure_http:
-            if tls_cert:
-                cert, key = tls_cert, tls_key
-            else:
-                cert, key, created = tls.ensure_certificate(app.store.directory, [host])
-                if created:
-                    print(f"created a self-signed TLS certificate {cert}", file=sys.stderr)
-            fp = tls.fingerprint(cert)
-            ssl_args = {"ssl_certfile": cert, "ssl_keyfile": key}
-        sock = _bind(host, port)
         port = sock.getsockname()[1]
         scheme = "http" if insecure_http else "https"
         shown = f"[{host}]" if ":" in host else host
@@ -92,7 +138,8 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
                  "region": app.region, "account": app.account}
         if fp:
             ready.update(certificate=ssl_args["ssl_certfile"], sha256_fingerprint=fp)
-        print(json.dumps(ready), flush=True)
+        if not is_worker:
+            print(json.dumps(ready), flush=True)
         config = uvicorn.Config(app, http="httptools", loop="asyncio", lifespan="on", log_level="warning",
                                 access_log=False, timeout_keep_alive=75, limit_concurrency=2048,
                                 backlog=1024, **ssl_args)
@@ -100,6 +147,14 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
         server.run(sockets=[sock])
     finally:
         app.close()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    if is_worker:
+        os._exit(0)
     return 0
 
 
