@@ -16,6 +16,8 @@ Caller: volumed.kms.server.app (the server's EmbeddedKMS runs on it).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import queue
 import random
 import sqlite3
@@ -43,6 +45,7 @@ class GroupCommitKeystore(Keystore):
         self.batches = 0
         self.calls = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._batch_fd = os.open(os.path.join(self.directory, ".server-write.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         self._writer = threading.Thread(target=self._write_loop, name="kms-group-commit", daemon=True)
         self._writer.start()
 
@@ -60,6 +63,7 @@ class GroupCommitKeystore(Keystore):
         if hasattr(self, "_writer"):  # (Keystore.__init__ closes a store it failed to open)
             self._queue.put(None)
             self._writer.join(timeout=30)
+            os.close(self._batch_fd)
         super().close()
 
     # -- the writer ----------------------------------------------------------------------------
@@ -87,6 +91,15 @@ class GroupCommitKeystore(Keystore):
                 call.done.set()
 
     def _run_batch(self, batch: list) -> None:
+        # Several server processes (--workers) queue on one flock, which wakes the next writer as
+        # soon as a batch commits, instead of SQLite's busy handler sleeping 1, 2, 5, 10... ms.
+        fcntl.flock(self._batch_fd, fcntl.LOCK_EX)
+        try:
+            self._run_batch_locked(batch)
+        finally:
+            fcntl.flock(self._batch_fd, fcntl.LOCK_UN)
+
+    def _run_batch_locked(self, batch: list) -> None:
         conn = self.conn
         with self.lock:
             for attempt in range(MAX_ATTEMPTS):
