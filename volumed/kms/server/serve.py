@@ -129,7 +129,12 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
             signal.default_int_handler(signum, _frame) if signum == signal.SIGINT else sys.exit(0)
         signal.signal(signal.SIGTERM, stop_children)
     is_worker = not children and workers > 1 and fake_time is None
-    app = KeyServer(keystore, clock=clock, rate=rate, burst=burst)
+    try:
+        app = KeyServer(keystore, clock=clock, rate=rate, burst=burst)
+    except BaseException:
+        if is_worker:  # the server process reports the same failure once, as one line
+            os._exit(1)
+        raise
     try:
         port = sock.getsockname()[1]
         scheme = "http" if insecure_http else "https"
@@ -147,14 +152,14 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
         server.run(sockets=[sock])
     finally:
         app.close()
+        if is_worker:
+            os._exit(0)
         for pid in children:
             try:
                 os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-    if is_worker:
-        os._exit(0)
     return 0
 
 
