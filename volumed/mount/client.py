@@ -144,9 +144,11 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
 def _remote_host_principal(kms_spec: str, host_profile: str | None, user) -> str | None:
     """The principal of the host's credentials (AWS profile ``host_profile``) as a ``volumed kms
     serve`` endpoint knows it (STS GetCallerIdentity there); None for other key services."""
-    from volumed.kms.server.remote import caller_arn, is_volumed_endpoint
+    from volumed.kms.server.remote import caller_arn, change_counter_fn
 
-    if not str(kms_spec).startswith(("http://", "https://")) or not is_volumed_endpoint(user):
+    # Only a volumed key server answers its change counter (not AWS, moto, or nothing at all,
+    # whose failure create_grant reports as before).
+    if not str(kms_spec).startswith(("http://", "https://")) or change_counter_fn(user) is None:
         return None
     import boto3
 
