@@ -462,3 +462,6 @@ def register(subparsers) -> None:
     from volumed.cli.audit_cmd import register_audit
 
     register_audit(sub)
+    from volumed.cli import server_cmd
+
+    server_cmd.register_serve(sub)

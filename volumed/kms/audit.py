@@ -7,7 +7,8 @@ transaction as the change it describes. The service calls, for every KMS call, a
     configure(conn, signing_key_path)        once per keystore open (creates the 0600 Ed25519 key)
     record_call(conn, *, clock, account_id, region, event_name, principal, via_service,
                 request_parameters, response_elements, error_code, error_message,
-                key_arn, read_only, source_ip="127.0.0.1", user_agent="volumed")
+                key_arn, read_only, source_ip="127.0.0.1", user_agent="volumed",
+                access_key_id=None, request_id=None)
 
 ``record_call`` runs inside the caller's open write transaction (BEGIN IMMEDIATE) and never
 commits. If it raises, the call fails: the log is never silently incomplete. Members named like
@@ -350,8 +351,11 @@ def chain_hash(prev_hash: str, record_text: str) -> str:
 
 def record_call(conn, *, clock, account_id, region, event_name, principal, via_service,
                 request_parameters, response_elements, error_code, error_message, key_arn,
-                read_only, source_ip="127.0.0.1", user_agent="volumed") -> dict:
+                read_only, source_ip="127.0.0.1", user_agent="volumed", access_key_id=None,
+                request_id=None) -> dict:
     """Append one CloudTrail-shaped record for a KMS call, allowed or denied, and seal on schedule.
+    Over the network (volumed.kms.server) the caller's address, user agent, access key id and the
+    request id it was answered with are passed in; the embedded service leaves the defaults.
 
     Runs inside the caller's write transaction and does not commit. Raises (sqlite3.Error or
     AuditError) if the record cannot be written or sealed; the caller then fails the call. Returns
@@ -368,7 +372,7 @@ def record_call(conn, *, clock, account_id, region, event_name, principal, via_s
         "userAgent": via_host or user_agent,
         "requestParameters": scrub(request_parameters) if request_parameters is not None else None,
         "responseElements": scrub(response_elements) if response_elements is not None else None,
-        "requestID": str(uuid.uuid4()),
+        "requestID": request_id or str(uuid.uuid4()),
         "eventID": str(uuid.uuid4()),
         "readOnly": bool(read_only),
         "eventType": "AwsApiCall",
@@ -376,6 +380,8 @@ def record_call(conn, *, clock, account_id, region, event_name, principal, via_s
         "recipientAccountId": account_id,
         "eventCategory": "Management",
     }
+    if access_key_id:
+        record["userIdentity"]["accessKeyId"] = access_key_id
     if key_arn:
         record["resources"] = [{"accountId": account_id, "type": "AWS::KMS::Key", "ARN": key_arn}]
     if error_code:

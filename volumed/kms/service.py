@@ -110,6 +110,9 @@ class EmbeddedKMS:
         self.principal = principal or principals.user_arn(store.account_id, principals.current_login())
         self._decide_inside = threading.local()  # .active: this thread's last pass decides inside
         self.via_service = via_service
+        # Extension: what a network call's audit record carries (source_ip, user_agent,
+        # access_key_id, request_id: audit.record_call); set by volumed.kms.server per request.
+        self.request_meta: dict = {}
         self.exceptions = awsmodel.exceptions()
         self.meta = types.SimpleNamespace(region_name=store.region, service_model=awsmodel.service_model(),
                                           endpoint_url=None)
@@ -278,7 +281,7 @@ class EmbeddedKMS:
             error_code=error.response["Error"]["Code"] if error else None,
             error_message=error.response["Error"]["Message"] if error else None,
             key_arn=ctx.key_arns[0] if ctx.key_arns else None,
-            read_only=op.startswith(_READ_ONLY_PREFIXES) or op in _CRYPTO_OPS)
+            read_only=op.startswith(_READ_ONLY_PREFIXES) or op in _CRYPTO_OPS, **self.request_meta)
 
     def _call(self, method: str, params: dict) -> dict:
         """The one path of every operation (see the module docstring); returns the boto3-shaped response."""

@@ -55,6 +55,7 @@ class MountConfig:
     fake_time: float | None = None
     recording_journal: str | None = None
     threads: int = 4
+    host_profile: str | None = None  # AWS profile of the host's key-server access key
 
 
 class LiveClock(Clock):
@@ -305,7 +306,8 @@ def serve(cfg: MountConfig, ready) -> None:
     try:
         header = Volume.read_header(cfg.volume)  # unverified: only its uuid (shape-checked) to lock
         lock_fd = _lock_volume(header.uuid)
-        host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock)
+        host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock,
+                                         profile=cfg.host_profile)
         backing = _open_backing(cfg)
         try:
             volume = Volume.open(cfg.volume, kms=host_client, grant_tokens=[grant.token],
