@@ -10,6 +10,7 @@ import os
 
 from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
 from volumed.errors import UsageError
+from volumed.hardening import holds_keys
 
 
 def _region() -> str:
@@ -61,6 +62,7 @@ def _summary(path: str, h) -> str:
     return "\n".join(lines)
 
 
+@holds_keys
 def cmd_create(args) -> int:
     from volumed.volume import Volume, parse_size
 
@@ -85,6 +87,7 @@ def cmd_info(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_export(args) -> int:
     from volumed.volume import Volume
     from volumed.volume.export import export_luks
@@ -102,6 +105,7 @@ def cmd_export(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_resize(args) -> int:
     from volumed.volume import Volume, parse_size
 

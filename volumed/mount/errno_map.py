@@ -4,7 +4,12 @@
   - pyfuse3.FUSEError passes through (the handler chose the errno itself);
   - KeyAccessError (the key is gone: revoked, wiped, refused) -> EIO;
   - IntegrityError (a sector failed to verify) -> EIO and one log line naming the sector;
-  - anything else -> EIO and a logged traceback (a bug; never data in the message).
+  - OSError of the backing file whose errno a block device's user can act on (PASSED_THROUGH:
+    ENOSPC of a full disk, EDQUOT, EROFS, EFBIG, EIO of the disk below, ENOMEM) -> that errno,
+    logged as a warning without a traceback (the first time and then at 2, 4, 8, ... occurrences
+    per errno: a full disk does not flood the log);
+  - anything else, another OSError included -> EIO and a logged traceback (a bug; never data in
+    the message).
 Cancellation (trio.Cancelled, a BaseException) is not caught.
 """
 
@@ -19,6 +24,23 @@ import pyfuse3
 from volumed.errors import IntegrityError, KeyAccessError
 
 log = logging.getLogger("volumed.mount")
+
+PASSED_THROUGH = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO,
+                            errno.ENOMEM})
+_seen: dict[int, int] = {}
+
+
+def os_errno(exc: OSError) -> int | None:
+    """The errno to return for a backing file's OSError, or None if it is a bug (EIO + traceback)."""
+    return exc.errno if exc.errno in PASSED_THROUGH else None
+
+
+def _log_os_error(where: str, exc: OSError) -> None:
+    n = _seen[exc.errno] = _seen.get(exc.errno, 0) + 1
+    if n & (n - 1) == 0:  # 1, 2, 4, 8, ...
+        log.warning("%s: the backing file reported %s (%s; %d time(s) so far): returned to the "
+                    "caller as that errno", where, errno.errorcode.get(exc.errno, exc.errno),
+                    exc.strerror, n)
 
 
 def fuse_errors(handler):
@@ -35,6 +57,13 @@ def fuse_errors(handler):
         except IntegrityError as exc:
             log.error("integrity failure in %s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as exc:
+            code = os_errno(exc)
+            if code is None:
+                log.exception("unexpected error in %s; returning EIO", handler.__name__)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            _log_os_error(handler.__name__, exc)
+            raise pyfuse3.FUSEError(code) from None
         except Exception:
             log.exception("unexpected error in %s; returning EIO", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None

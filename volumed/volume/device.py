@@ -30,8 +30,9 @@ from volumed.errors import FormatError, IntegrityError, KeyAccessError, StateErr
 from volumed.volume import gcmformat, luks2
 from volumed.volume.backing import BackingFile, staged_file
 from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
-from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, GCM_META_INFO, GCM_NOTE_INFO, MAC_INFO, SECTOR_SIZE,
-                                   VolumeHeader, compute_mac, derive_key, verify_mac)
+from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, GCM_META_INFO, GCM_NOTE_INFO, MAC_INFO,
+                                   SECTOR_SIZE, VolumeHeader, compute_mac, derive_key,
+                                   snapshot_root_key, verify_mac)
 from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
 from volumed.volume.keywrap import new_wrapped_key, unwrap
 from volumed.volume.ranges import RangeLock
@@ -147,6 +148,7 @@ class Volume:
         self._extras = extras
         self._locks = RangeLock()
         self._capture: CaptureSession | None = None   # the open capture session, if any
+        self._snap_root: bytearray | None = None        # header.snapshot_root_key of the data key
 
     # ---- creation and opening --------------------------------------------------------------
 
@@ -250,10 +252,11 @@ class Volume:
 
     @classmethod
     def _from_key(cls, path, backing, h, extras, copies, key: bytearray) -> "Volume":
-        mac_key = meta_key = note_key = None
+        mac_key = meta_key = note_key = snap_root = None
         try:
             mac_key = derive_key(key, h.uuid, MAC_INFO)
             verify_mac(mac_key, h, path)
+            snap_root = snapshot_root_key(key)  # before the cipher takes (and wipes) the key
             if h.cipher == "xts":
                 salt, digest = extras
                 if luks2.volume_key_digest(key, salt) != digest:
@@ -274,9 +277,10 @@ class Volume:
                     cipher.close()
                     raise
                 vol = cls(path, h, backing, store, cipher, mac_key, extras)
+            vol._snap_root = snap_root
             return vol
         except BaseException:
-            _wipe(key, mac_key, meta_key, note_key)
+            _wipe(key, mac_key, meta_key, note_key, snap_root)
             raise
         finally:
             _wipe(key)
@@ -469,6 +473,16 @@ class Volume:
         rather than on its event loop (volumed.mount.fs reads this)."""
         return self._capture is not None
 
+    def snapshot_root(self) -> bytearray:
+        """A copy of the root of this volume's snapshot manifest MAC keys (the caller wipes it);
+        KeyAccessError once the key was wiped. Caller: volumed.snapshot.engine (seal a manifest,
+        verify its parent)."""
+        root = self._snap_root
+        if root is None:
+            raise KeyAccessError(f"the key of volume {self.path} has been wiped (access revoked or "
+                                 "volume closed)")
+        return bytearray(root)
+
     def _end_capture(self, session: CaptureSession) -> None:
         """CaptureSession.close: writes stop calling it (one in flight finds it closed)."""
         if self._capture is session:
@@ -484,8 +498,9 @@ class Volume:
             self._store.retire()
         if self._cipher is not None:
             self._cipher.close()
-        _wipe(self._mac_key, getattr(self._store, "meta_key", None), getattr(self._store, "note_key", None))
-        self._cipher = self._store = None
+        _wipe(self._mac_key, getattr(self._store, "meta_key", None), getattr(self._store, "note_key", None),
+              self._snap_root)
+        self._cipher = self._store = self._snap_root = None
 
     def close(self) -> None:
         """Flush (if the key is present), wipe the key and close the backing file."""
