@@ -110,6 +110,6 @@ def test_the_marked_commands_are_the_key_holders():
             marked.add(" ".join(prefix))
 
     walk(parser, [])
-    assert marked == {"create", "resize", "export", "restore", "snapshot create", "snapshot copy",
+    assert marked == {"create", "resize", "export", "upgrade", "restore", "snapshot create", "snapshot copy",
                       "snapshot share", "snapshot seal", "kms encrypt", "kms decrypt"}
     assert holds_keys(lambda a: 0).holds_keys is True

@@ -119,11 +119,10 @@ def cmd_resize(args) -> int:
     return 0
 
 
+@holds_keys  # it unwraps the data key: hardened at dispatch, like the mount daemon
 def cmd_upgrade(args) -> int:
-    from volumed.mount.hardening import harden_process
     from volumed.volume.gcmupgrade import upgrade
 
-    harden_process()  # it unwraps the data key: no core dump, no ptrace, no swap (as the daemon)
     h, done = upgrade(args.volume, kms=_user_kms(args))
     if done:
         print(f"upgraded {args.volume} to GCM format v{h.format_version} ({_human(h.size)}, uuid {h.uuid})")
