@@ -6,7 +6,8 @@ with the pure-Python reference core (volumed.volume.refcore). Interleaved rounds
 4 KiB reads and writes at sector-aligned offsets of a --size file that stays in the page cache (the
 request path and the cipher, not the disk), on one thread. Per round: mean microseconds per call
 through Volume.read/write (what the Python API pays) and, for the native core, straight on the
-VolumeCore object (what the FUSE engine's C path pays plus one Python call). Every figure is the
+VolumeCore object (what the FUSE engine's C path pays plus one Python call), beside os.pread /
+os.pwrite of a plain file of the same size (the syscall floor, measured in the same rounds). Every figure is the
 median over --rounds; the ratio is the median of per-round ratios. Results on stdout and in --json
 (default bench/results/core.json). No target: the bench reports the ratio in one run.
 """
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
     from volumed.volume.keywrap import unwrap
 
     samples: dict[str, list[float]] = {k: [] for k in (
-        "native_read", "native_write", "core_read", "core_write", "reference_read", "reference_write")}
+        "native_read", "native_write", "core_read", "core_write", "reference_read", "reference_write",
+        "raw_read", "raw_write")}
     with tempfile.TemporaryDirectory(prefix="volumed-bench-core-") as tmp:
         kms = kmsmod.connect(os.path.join(tmp, "keystore"), via_service=rds_via("us-east-1"))
         path = os.path.join(tmp, "vol.xts")
@@ -62,8 +64,12 @@ def main(argv=None) -> int:
             vol.flush()
         rng = random.Random(1)
         data = os.urandom(SS)
+        raw = os.open(os.path.join(tmp, "raw"), os.O_RDWR | os.O_CREAT, 0o600)  # the syscall floor
+        os.pwrite(raw, os.urandom(args.size), 0)
         for _ in range(args.rounds):
             offsets = [rng.randrange(args.size // SS) * SS for _ in range(args.ops)]
+            samples["raw_read"].append(_round(lambda off, n: os.pread(raw, n, off), offsets, None))
+            samples["raw_write"].append(_round(lambda off, d: os.pwrite(raw, d, off), offsets, data))
             for core in ("native", "reference"):
                 with Volume._open_with_key(path, bytearray(key), core=core) as vol:
                     samples[f"{core}_read"].append(_round(vol.read, offsets, None))
@@ -77,10 +83,11 @@ def main(argv=None) -> int:
     ratios = {op: statistics.median(r / n for r, n in zip(samples[f"reference_{op}"], samples[f"native_{op}"]))
               for op in ("read", "write")}
     print(f"4 KiB calls, page cache, one thread, median of {args.rounds} rounds x {args.ops} calls (us per call):")
-    print(f"{'':>10} {'native Volume':>14} {'native core':>12} {'reference':>10} {'ref/native':>11}")
+    print(f"{'':>6} {'os.pread/pwrite':>16} {'native core':>12} {'native Volume':>14} {'reference Volume':>17} "
+          f"{'ref/native':>11}")
     for op in ("read", "write"):
-        print(f"{op:>10} {med['native_' + op]:>14.2f} {med['core_' + op]:>12.2f} "
-              f"{med['reference_' + op]:>10.2f} {ratios[op]:>10.2f}x")
+        print(f"{op:>6} {med['raw_' + op]:>16.2f} {med['core_' + op]:>12.2f} {med['native_' + op]:>14.2f} "
+              f"{med['reference_' + op]:>17.2f} {ratios[op]:>10.2f}x")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"median_us": med, "reference_over_native": ratios,
                                      "samples_us": samples, "ops": args.ops, "rounds": args.rounds,
