@@ -177,8 +177,9 @@ class FaultVolume:
     """A Volume seen through the fault plan (see the module docstring). Other attributes pass
     through to the wrapped Volume. Thread-safe."""
 
-    def __init__(self, volume, *, to_error=None, sleep=time.sleep):
+    def __init__(self, volume, *, to_error=None, sleep=time.sleep, backing=None):
         self.volume = volume
+        self.backing = backing  # the FaultBacking whose power cut ``gate`` reports
         self.to_error = to_error or (lambda e: OSError(e, os.strerror(e)))
         self.sleep = sleep
         self._lock = threading.Lock()
@@ -218,6 +219,32 @@ class FaultVolume:
                 self.injected += 1
         if fail is not None:
             raise self.to_error(fail)
+
+    @property
+    def active(self) -> bool:
+        """True while any fault is set or the power is off: the native engine then sends every
+        read, write and flush through ``gate`` first (volumed.mount.engine)."""
+        return bool(self.rules or self.bad or self.latency > 0 or self.throttle is not None
+                    or self.power_lost())
+
+    def power_lost(self) -> bool:
+        """True after a simulated power cut of the backing file (FaultBacking.lost)."""
+        return self.backing is not None and self.backing.lost
+
+    def gate(self, op: int, offset: int, length: int) -> int:
+        """The native engine's fault hook: ``op`` 0 read, 1 write, 2 flush (checked before the
+        native I/O, as ``_before``), 3 heal (after a successful write, as ``_heal``). Returns the
+        errno to fail the request with, or 0. The same rules as the Python path, one copy."""
+        if op == 3:
+            self._heal(offset, length)
+            return 0
+        if self.power_lost():
+            return _errno.EIO
+        try:
+            self._before(("read", "write", "flush")[op], offset, length)
+        except Exception as exc:
+            return getattr(exc, "errno", None) or _errno.EIO
+        return 0
 
     def read(self, offset: int, length: int) -> bytes:
         self._before("read", offset, length)
