@@ -306,7 +306,7 @@ def _open_backing(cfg: MountConfig):
         return None
     from volumed.mount.faults import FaultBacking
 
-    return FaultBacking(cfg.volume, _journal_path(cfg))
+    return FaultBacking(cfg.volume, _journal_path(cfg), native=cfg.engine != "python")
 
 
 def serve(cfg: MountConfig, ready) -> None:

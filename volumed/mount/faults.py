@@ -52,12 +52,21 @@ class PowerLost(OSError):
 class FaultBacking(RecordingBackingFile):
     """The backing file of a fault-enabled mount (see the module docstring)."""
 
-    def __init__(self, path, journal_path, **kw):
+    def __init__(self, path, journal_path, *, native: bool = False, **kw):
         super().__init__(path, journal_path, **kw)
         os.ftruncate(self._jfd, 0)  # a journal left by a killed daemon: its writes all happened
         self._lock = threading.RLock()
         self._previous: dict[int, bytes] = {}
         self.lost = False
+        self.native = native
+
+    def native_spec(self) -> tuple[int, int] | None:
+        """For a mount served by the native engine (``native``): (fd, journal fd), so the native
+        core serves the file and keeps the undo journal itself (the same records); a power cut
+        first routes the engine's requests through FaultVolume.gate (EIO once the power is off)
+        and drains them. Rollback's previous page images are then not remembered (rollback needs
+        ``--engine python``). None: the reference core serves the file through these hooks."""
+        return (self.fd, self._jfd) if self.native else None
 
     def _alive(self) -> None:
         if self.lost:
