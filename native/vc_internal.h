@@ -69,7 +69,9 @@ typedef struct {
     int (*write)(vc_store *s, uint64_t first, size_t n, const unsigned char *in);
     int (*discard)(vc_store *s, uint64_t first, uint64_t n);
     int (*flush)(vc_store *s);
-    void (*wipe)(vc_store *s); /* wipe the key; no call may be running */
+    void (*wipe)(vc_store *s);
+    /* Encrypt n all-zero sectors from first in place (holes made explicit for export). */
+    int (*seal_zeros)(vc_store *s, uint64_t first, size_t n, unsigned char *buf); /* wipe the key; no call may be running */
 } vc_store_ops;
 
 struct vc_store {

@@ -338,6 +338,35 @@ int vc_read_records(vcore *c, uint64_t first, size_t n, unsigned char *out, unsi
     return rc;
 }
 
+int vc_read_sealed(vcore *c, uint64_t first, size_t n, unsigned char *out)
+{
+    if (first > vc_size(c) / c->ss || n > vc_size(c) / c->ss - first)
+        return out_of_range(c, "sealed read", first * c->ss, (uint64_t)n * c->ss);
+    int rc = enter(c);
+    if (rc)
+        return rc;
+    unsigned char *present = malloc(n ? n : 1);
+    rc = present ? rl_lock(&c->locks, first, first + n) : vc_fail(VC_E_NOMEM, "no memory");
+    if (rc == 0) {
+        rc = vc_store_records(&c->store, first, n, out, present);
+        size_t i = 0, ss = c->ss;
+        while (rc == 0 && i < n) {
+            if (present[i]) {
+                i++;
+                continue;
+            }
+            size_t a = i;
+            while (i < n && !present[i])
+                i++;
+            rc = c->store.ops->seal_zeros(&c->store, first + a, i - a, out + a * ss);
+        }
+        rl_unlock(&c->locks, first, first + n);
+    }
+    free(present);
+    leave(c);
+    return rc;
+}
+
 /* ---- capture session ------------------------------------------------------------------------ */
 
 int vc_capture_begin(vcore *c, uint64_t max_kept_bytes)

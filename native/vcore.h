@@ -102,6 +102,11 @@ int vc_set_size(vcore *c, uint64_t size);
  * volume still. VC_E_KEY once the key was wiped. */
 int vc_read_records(vcore *c, uint64_t first, size_t n, unsigned char *out, unsigned char *present);
 
+/* Sectors [first, first+n) as a standard LUKS2 reader expects them (n*ss bytes into out): the stored
+ * ciphertext, and for a hole the encryption of zeros (XTS; null: the bytes). Takes the range lock.
+ * For exporting a volume to a plain LUKS2 image. */
+int vc_read_sealed(vcore *c, uint64_t first, size_t n, unsigned char *out);
+
 /* Capture session (volumed.volume.records.CaptureSession's contract): vc_capture_begin, under the
  * barrier, flushes and opens the session (VC_E_STATE if one is open); from then on every write or
  * discard first preserves, under the range lock it holds, the old records of the sectors it changes

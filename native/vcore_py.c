@@ -293,6 +293,29 @@ static PyObject *vcpy_capture_read(VolumeCoreObject *self, PyObject *args)
     return records(self, args, vc_capture_read);
 }
 
+static PyObject *vcpy_read_sealed(VolumeCoreObject *self, PyObject *args)
+{
+    unsigned long long first;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "Kn", &first, &n) || ready(self))
+        return NULL;
+    if (n < 0)
+        return PyErr_Format(PyExc_ValueError, "negative count %zd", n);
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)vc_sector_size(self->core));
+    if (out == NULL)
+        return NULL;
+    int rc;
+    unsigned char *buf = (unsigned char *)PyByteArray_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    rc = vc_read_sealed(self->core, first, (size_t)n, buf);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        Py_DECREF(out);
+        return raise_code(rc);
+    }
+    return out;
+}
+
 static PyObject *vcpy_capture_begin(VolumeCoreObject *self, PyObject *args)
 {
     unsigned long long max_kept;
@@ -353,6 +376,7 @@ static PyMethodDef vcpy_methods[] = {
     {"wipe_key", (PyCFunction)vcpy_wipe_key, METH_NOARGS, "wait for calls in flight, wipe the key"},
     {"set_size", (PyCFunction)vcpy_set_size, METH_VARARGS, "grow the volume"},
     {"read_records", (PyCFunction)vcpy_read_records, METH_VARARGS, "records as stored"},
+    {"read_sealed", (PyCFunction)vcpy_read_sealed, METH_VARARGS, "sectors as LUKS2 expects"},
     {"capture_begin", (PyCFunction)vcpy_capture_begin, METH_VARARGS, "open a capture session"},
     {"capture_read", (PyCFunction)vcpy_capture_read, METH_VARARGS, "records at the barrier"},
     {"capture_stats", (PyCFunction)vcpy_capture_stats, METH_NOARGS, "the session's counters"},

@@ -85,6 +85,8 @@ class VolumeCore:
         """Grow the volume (the caller grew the file and wrote the header first)."""
     def read_records(self, first: int, n: int) -> list[bytes | None]:
         """Sectors as stored (None for a hole); no lock: the caller holds the volume still."""
+    def read_sealed(self, first: int, n: int) -> bytearray:
+        """Sectors as a LUKS2 reader expects them: stored ciphertext, holes encrypted zeros."""
     def capture_begin(self, max_kept_bytes: int) -> None:
         """Under the barrier: flush, then preserve old records before writes (StateError if open)."""
     def capture_read(self, first: int, n: int) -> list[bytes | None]:

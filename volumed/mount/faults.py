@@ -207,7 +207,7 @@ class FaultVolume:
         block (a snapshot's capture session): the FUSE side should then run them in worker
         threads rather than on its event loop."""
         return (self.latency > 0 or self.throttle is not None
-                or bool(getattr(self.volume, "may_block", False)))
+                or self.volume.may_block)
 
     def _before(self, op: str, offset: int, length: int) -> None:
         throttle = self.throttle
@@ -291,14 +291,11 @@ class FaultVolume:
 
 
 def backing_pages(header, sectors) -> list[int]:
-    """Backing-file offsets of the 4 KiB pages holding the data of volume ``sectors`` (XTS: the
-    sector in place; GCM: both of its slots)."""
-    if header.cipher == "xts":
-        return [header.data_offset + s * header.sector_size for s in sectors]
-    from volumed.volume import gcmformat as F
+    """Backing-file offsets of the 4 KiB pages holding the data of volume ``sectors`` (the
+    format's rule: volumed.volume.formats)."""
+    from volumed.volume.formats import format_of
 
-    return [F.slot_offset(s // F.GROUP_SECTORS, k, s % F.GROUP_SECTORS)
-            for s in sectors for k in (0, 1)]
+    return format_of(header.cipher).backing_pages(header, sectors)
 
 
 def handle(msg: dict, fvol: FaultVolume, backing: FaultBacking, header) -> dict:

@@ -98,8 +98,7 @@ class VolumeFS(pyfuse3.Operations):
         self._sync_fhs: set[int] = set()
         self._token = None  # the trio loop's token, taken at the first open
         # A barrier flush (GCM) waits for other requests and must not hold up the loop.
-        header = getattr(volume, "header", None)
-        self._flush_size = THREAD if getattr(header, "cipher", None) == "gcm" else INLINE
+        self._flush_size = THREAD if volume.flush_is_barrier else INLINE
         if hasattr(latch, "on_close"):
             latch.on_close(self._on_latch_closed)
 
@@ -126,7 +125,7 @@ class VolumeFS(pyfuse3.Operations):
         the volume does not say it may block (``may_block``: the fault layer while a latency or
         throttle is set), else in a worker thread behind the limiter (THREAD forces a thread)."""
         self.latch.check_serving()
-        if nbytes <= INLINE_BYTES and not getattr(self.volume, "may_block", False):
+        if nbytes <= INLINE_BYTES and not self.volume.may_block:
             return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 

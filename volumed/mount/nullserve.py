@@ -36,6 +36,9 @@ FILE_NAME = "bench-null"
 class NullVolume:
     """The Volume interface (read/write/flush/wipe_key/close) over a plain file: no encryption."""
 
+    flush_is_barrier = False   # a plain fdatasync
+    may_block = False
+
     def __init__(self, path: str, size: int):
         self.size = size
         self._fd = os.open(path, os.O_RDWR)

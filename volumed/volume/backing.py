@@ -66,6 +66,12 @@ class BackingFile:
         self.fd = os.open(self.path, flags, 0o600)
         self.readonly = readonly
 
+    def native_spec(self) -> tuple[int, int] | None:
+        """(fd, journal fd or -1) for the native core to serve this file itself, or None when a
+        subclass hooks the calls (the fault layer, test tracers): then the reference core serves
+        it, so every call still goes through the hooks."""
+        return (self.fd, -1) if type(self) is BackingFile else None
+
     def pread(self, offset: int, length: int) -> bytearray:
         """Exactly ``length`` bytes at ``offset``; bytes past end of file read as zeros."""
         buf = bytearray(length)
@@ -161,6 +167,10 @@ class RecordingBackingFile(BackingFile):
         super().__init__(path, **kw)
         self.journal_path = os.fspath(journal_path)
         self._jfd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def native_spec(self) -> tuple[int, int] | None:
+        """The native core keeps the journal itself (vc_backing.c: same records, same rules)."""
+        return (self.fd, self._jfd) if type(self) is RecordingBackingFile else None
 
     def _record(self, offset: int, length: int) -> None:
         old = self.pread(offset, length)
