@@ -107,7 +107,7 @@ class Daemon:
         self.file = os.path.join(cfg.mountpoint, self.name)
         self.latch = AccessLatch(clock, paths.volume_state_path(self.uuid), grant.key_arn)
         self.fs = None
-        core = volume.native_core()
+        core = volume.native_core
         io_threads = cfg.io_threads or engine.default_io_threads()
         if engine.choose(cfg.engine, core) == "native":
             self.engine = engine.NativeEngine(core, mountpoint=cfg.mountpoint,
@@ -207,6 +207,10 @@ class Daemon:
             return {"ok": True, "time": self.clock.time()}
         if op == "fault":
             return await self._fault(msg)
+        if op == "hold-gil":  # tests: the native engine serves while Python holds the GIL
+            if not self.cfg.allow_faults:
+                return {"ok": False, "error": "hold-gil needs a daemon started with --allow-faults"}
+            return {"ok": True, **hold_gil(min(float(msg.get("seconds", 1.0)), 10.0))}
         if op == "snapshot":  # volumed.snapshot.mounted: flush + capture under a short pause, copy
             from volumed.snapshot.mounted import daemon_snapshot
 
@@ -271,6 +275,41 @@ class Daemon:
                 self.volume.close()
             except OSError as exc:  # a simulated power loss: the disk is gone
                 log.warning("closing the volume: %s", exc)
+
+
+def hold_gil(seconds: float) -> dict:
+    """Keep the GIL in this (the loop's) thread for ``seconds``: a pure-Python busy loop with the
+    switch interval raised above it, so no other Python thread runs meanwhile. Returns the
+    CLOCK_MONOTONIC interval held and how often another Python thread ran in between (0 unless
+    something dropped the GIL)."""
+    import sys
+    import threading
+
+    ran = [0]
+    stop = threading.Event()
+
+    def other():
+        while not stop.is_set():
+            ran[0] += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    time.sleep(0.05)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(seconds + 5.0)
+    try:
+        t0 = time.monotonic()
+        before = ran[0]
+        while time.monotonic() - t0 < seconds:
+            pass
+        t1 = time.monotonic()
+        during = ran[0] - before
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+    t.join()
+    return {"held_from": t0, "held_until": t1, "other_python_ran": during}
 
 
 async def _call_soon(fn) -> None:

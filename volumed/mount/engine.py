@@ -43,7 +43,7 @@ def default_io_threads() -> int:
 
 
 def choose(requested: str | None, native_core) -> str:
-    """"native" or "python" for a volume whose native core is ``native_core`` (Volume.native_core():
+    """"native" or "python" for a volume whose native core is ``native_core`` (Volume.native_core:
     None when the Python reference core serves it, as for GCM). UsageError when the native engine
     is asked for a volume it cannot serve (one clear line)."""
     if requested is not None and requested not in ENGINES:
