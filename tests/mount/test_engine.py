@@ -276,6 +276,21 @@ def test_requests_are_served_while_python_holds_the_gil(kms_env, make_volume, mo
     assert reply["held_from"] < t0 and t1 < reply["held_until"], (reply, t0, t1)
 
 
+def test_fixture_mounts_of_xts_volumes_are_native(kms_env, make_volume, mounter):
+    """The fixtures mount with --allow-faults and no --engine: XTS is served natively, with one
+    worker thread per CPU at most; a fault set goes through the gate and clearing it turns it off."""
+    vol = make_volume(kms_env, size=16 * MiB)
+    m = mounter(kms_env, vol)
+    st = _status(m)
+    assert st["engine"] == "native" and st["io_threads"] == len(os.sched_getaffinity(0))
+    m.control({"op": "fault", "kind": "bad-sector", "sectors": [3]})
+    with pytest.raises(OSError) as exc:
+        direct_read(m.file, 3 * 4096, 4096)
+    assert exc.value.errno == errno.EIO
+    m.control({"op": "fault", "kind": "clear"})
+    assert direct_read(m.file, 3 * 4096, 4096) == bytes(4096)
+
+
 def test_gcm_volumes_are_served_by_the_python_engine(kms_env, make_volume, mounter):
     vol = make_volume(kms_env, size=16 * MiB, cipher="gcm")
     p = mounter(kms_env, vol, "--engine", "native", check=False)
