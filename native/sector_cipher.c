@@ -745,6 +745,8 @@ static int default_threads(void)
     return n > MAX_THREADS ? MAX_THREADS : n;
 }
 
+int fuse_engine_py_register(PyObject *module); /* fuse_engine_py.c */
+
 PyMODINIT_FUNC PyInit__native(void)
 {
     if (sc_init() != 0) {
@@ -761,7 +763,7 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddObjectRef(m, "GcmCipher", (PyObject *)&GcmType) < 0 ||
         PyModule_AddIntConstant(m, "PARALLEL_MIN_BYTES", PAR_MIN_BYTES) < 0 ||
         PyModule_AddIntConstant(m, "MAX_SECTOR_SIZE", MAX_SECTOR_SIZE) < 0 ||
-        vcore_py_register(m) < 0) {
+        vcore_py_register(m) < 0 || fuse_engine_py_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

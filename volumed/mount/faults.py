@@ -57,21 +57,28 @@ class PowerLost(OSError):
 class FaultBacking(RecordingBackingFile):
     """The backing file of a fault-enabled mount (see the module docstring)."""
 
-    def __init__(self, path, journal_path, **kw):
+    def __init__(self, path, journal_path, *, native: bool = False, **kw):
         super().__init__(path, journal_path, **kw)
         os.ftruncate(self._jfd, 0)  # a journal left by a killed daemon: its writes all happened
         self._lock = threading.RLock()
         self._previous: dict[int, bytes] = {}
         self.lost = False
+        self.native = native
         self._core = None           # the native core serving the data area, once told
         self.history_path = self.journal_path + ".history"
-        self._hfd = os.open(self.history_path,
-                            os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._hfd = -1
+        if native:
+            self._hfd = os.open(self.history_path,
+                                os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
     def native_spec(self) -> dict | None:
-        """The native core serves the data area and writes the journal and the history of previous
-        page images (the journal's records, kept across flushes) itself."""
-        if type(self) is not FaultBacking:
+        """For a mount served by the native engine (``native``): the native core serves the file
+        and writes the undo journal (the same records) and the history of previous page images
+        (the journal's records, kept across flushes; rollback reads it) itself. A power cut first
+        routes the engine's requests through FaultVolume.gate (EIO once the power is off), stops
+        the core's backing (``fail_backing``: in-flight writes drain, later ones fail) and then
+        applies the journal. None: the reference core serves the file through these hooks."""
+        if not self.native:
             return None
         return {"fd": self.fd, "journal_fd": self._jfd, "history_fd": self._hfd,
                 "history_max_bytes": 2 * ROLLBACK_PAGES * (PAGE + _REC.size)}
@@ -223,8 +230,9 @@ class FaultVolume:
     """A Volume seen through the fault plan (see the module docstring). Other attributes pass
     through to the wrapped Volume. Thread-safe."""
 
-    def __init__(self, volume, *, to_error=None, sleep=time.sleep):
+    def __init__(self, volume, *, to_error=None, sleep=time.sleep, backing=None):
         self.volume = volume
+        self.backing = backing  # the FaultBacking whose power cut ``gate`` reports
         self.to_error = to_error or (lambda e: OSError(e, os.strerror(e)))
         self.sleep = sleep
         self._lock = threading.Lock()
@@ -264,6 +272,32 @@ class FaultVolume:
                 self.injected += 1
         if fail is not None:
             raise self.to_error(fail)
+
+    @property
+    def active(self) -> bool:
+        """True while any fault is set or the power is off: the native engine then sends every
+        read, write and flush through ``gate`` first (volumed.mount.engine)."""
+        return bool(self.rules or self.bad or self.latency > 0 or self.throttle is not None
+                    or self.power_lost())
+
+    def power_lost(self) -> bool:
+        """True after a simulated power cut of the backing file (FaultBacking.lost)."""
+        return self.backing is not None and self.backing.lost
+
+    def gate(self, op: int, offset: int, length: int) -> int:
+        """The native engine's fault hook: ``op`` 0 read, 1 write, 2 flush (checked before the
+        native I/O, as ``_before``), 3 heal (after a successful write, as ``_heal``). Returns the
+        errno to fail the request with, or 0. The same rules as the Python path, one copy."""
+        if op == 3:
+            self._heal(offset, length)
+            return 0
+        if self.power_lost():
+            return _errno.EIO
+        try:
+            self._before(("read", "write", "flush")[op], offset, length)
+        except Exception as exc:
+            return getattr(exc, "errno", None) or _errno.EIO
+        return 0
 
     def read(self, offset: int, length: int) -> bytes:
         self._before("read", offset, length)

@@ -64,9 +64,11 @@ async def invalidate_file_cache(log=None) -> None:
 
 
 class IOCounters:
-    """Bytes read and written through the mount (reported by status)."""
+    """Requests served (reads, writes, fsyncs) and bytes read and written through the mount
+    (reported by status)."""
 
     def __init__(self):
+        self.requests = 0
         self.bytes_read = 0
         self.bytes_written = 0
 
@@ -237,6 +239,7 @@ class VolumeFS(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh, off, size):
+        self.counters.requests += 1
         if off >= self.size:
             self.latch.check_serving()
             return b""
@@ -247,6 +250,7 @@ class VolumeFS(pyfuse3.Operations):
 
     @fuse_errors
     async def write(self, fh, off, buf):
+        self.counters.requests += 1
         if off + len(buf) > self.size:
             # Past the end. With the writeback cache this is a write-back of pages the kernel
             # accepted beyond the size: refuse it and set the kernel's size back.
@@ -261,6 +265,7 @@ class VolumeFS(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh, datasync):
         """The durability point: returns only when every earlier write is on stable storage."""
+        self.counters.requests += 1
         await self._flush()
 
     async def _flush(self) -> None:
