@@ -114,11 +114,12 @@ struct vcore {
     _Atomic uint64_t size;
     size_t ss;
     vc_rangelock locks;
-    pthread_mutex_t mu; /* the key latch: keyed, inflight, capture pointer */
+    pthread_mutex_t mu; /* the key latch's wake-up (with cv); the capture pointer's changes */
     pthread_cond_t cv;
-    int keyed;          /* key present and not being wiped */
-    long inflight;
-    vc_capture *cap;    /* open capture session (changed under the barrier and mu) */
+    atomic_int keyed;   /* key present and not being wiped */
+    atomic_long inflight;
+    vc_capture *cap;    /* open capture session: changed only under the barrier (and mu), so a
+                           request holding a range lock reads it without mu */
     char *name;         /* for messages: the volume's path */
 };
 

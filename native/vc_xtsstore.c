@@ -65,6 +65,14 @@ static int run_job(xts_job *j, size_t n)
 {
     size_t bytes = n * j->s->ss;
     int threads = bytes >= PAR_MIN_BYTES ? native_pool_threads() : 1;
+    if (threads <= 1) { /* the common small request: no pool bookkeeping */
+        sc_ctx *ctx = sc_ctx_get(&j->s->key);
+        if (ctx == NULL)
+            return vc_fail(VC_E_NOMEM, "no memory for a cipher context");
+        int rc = job_run(j, ctx, 0, n);
+        sc_ctx_put(&j->s->key, ctx);
+        return rc ? vc_fail(VC_E_NOMEM, "the XTS cipher failed (OpenSSL error)") : 0;
+    }
     size_t chunk = threads > 1 ? PAR_CHUNK_BYTES / j->s->ss : n;
     wp_batch b = {.n = n, .chunk = chunk ? chunk : 1, .arg = j, .enter = job_enter,
                   .run = job_run, .leave = job_leave};
@@ -85,7 +93,8 @@ static int xts_read(vc_store *s, uint64_t first, size_t n, unsigned char *out)
 static int xts_write(vc_store *s, uint64_t first, size_t n, const unsigned char *in)
 {
     size_t ss = s->ss;
-    unsigned char *buf = malloc(n * ss);
+    unsigned char small[4 * 4096]; /* ciphertext of a small write: no allocation */
+    unsigned char *buf = n * ss <= sizeof small ? small : malloc(n * ss);
     if (buf == NULL)
         return vc_fail(VC_E_NOMEM, "no memory for %zu sectors of ciphertext", n);
     xts_job j = {s, 1, in, buf, first};
@@ -99,7 +108,8 @@ static int xts_write(vc_store *s, uint64_t first, size_t n, const unsigned char 
         uint64_t off = s->base + (first + a) * ss;
         rc = zero ? vb_punch(s->b, off, (i - a) * ss) : vb_pwrite(s->b, off, (i - a) * ss, buf + a * ss);
     }
-    free(buf);
+    if (buf != small)
+        free(buf);
     return rc;
 }
 

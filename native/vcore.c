@@ -96,7 +96,8 @@ int vc_open(const vc_config *cfg, vcore **out)
     atomic_store(&c->refs, 1);
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
-    c->keyed = 1;
+    atomic_store(&c->inflight, 0);
+    atomic_store(&c->keyed, 1);
     *out = c;
     return 0;
 }
@@ -109,31 +110,35 @@ static int key_gone(vcore *c)
                    "closed); reopen it once access is restored", c->name);
 }
 
-static int enter(vcore *c)
-{
-    pthread_mutex_lock(&c->mu);
-    int ok = c->keyed;
-    if (ok)
-        c->inflight++;
-    pthread_mutex_unlock(&c->mu);
-    return ok ? 0 : key_gone(c);
-}
-
+/* The latch without a mutex on the request path (seq_cst atomics, Dekker style): a request adds
+ * itself to inflight, then checks keyed; the wiper clears keyed, then waits for inflight to reach 0.
+ * Either the request sees keyed == 0 and backs out, or the wiper sees it in flight and waits for
+ * its leave(), which wakes the wiper (under mu, so the wake-up cannot be lost) once keyed is 0. */
 static void leave(vcore *c)
 {
-    pthread_mutex_lock(&c->mu);
-    if (--c->inflight == 0)
+    if (atomic_fetch_sub(&c->inflight, 1) == 1 && !atomic_load(&c->keyed)) {
+        pthread_mutex_lock(&c->mu);
         pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
+        pthread_mutex_unlock(&c->mu);
+    }
+}
+
+static int enter(vcore *c)
+{
+    atomic_fetch_add(&c->inflight, 1);
+    if (atomic_load(&c->keyed))
+        return 0;
+    leave(c);
+    return key_gone(c);
 }
 
 void vc_wipe_key(vcore *c)
 {
     pthread_mutex_lock(&c->mu);
-    c->keyed = 0; /* new calls answer VC_E_KEY from here on */
-    while (c->inflight > 0)
+    atomic_store(&c->keyed, 0); /* new calls answer VC_E_KEY from here on */
+    while (atomic_load(&c->inflight) > 0)
         pthread_cond_wait(&c->cv, &c->mu);
-    c->store.ops->wipe(&c->store);
+    c->store.ops->wipe(&c->store); /* idempotent; a second wiper waits here for the first */
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -174,9 +179,7 @@ static int in_range(vcore *c, uint64_t off, uint64_t len)
 /* Before a write or discard changes sectors [first, last) (their lock held). */
 static void before_change(vcore *c, uint64_t first, uint64_t last)
 {
-    pthread_mutex_lock(&c->mu);
-    vc_capture *cap = c->cap; /* only replaced under the barrier, which our lock excludes */
-    pthread_mutex_unlock(&c->mu);
+    vc_capture *cap = c->cap; /* only replaced under the barrier, which our range lock excludes */
     if (cap != NULL)
         cap_before_write(cap, &c->store, first, last);
 }

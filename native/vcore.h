@@ -70,7 +70,8 @@ const char *vc_last_error(void);
 /* ---- Additions (issue 12, the core's side; additive only) -------------------------------------
  * Opening a core, its geometry, resizing, the raw records a snapshot copies and the copy-on-write
  * capture session of a snapshot of a live volume. The engine needs none of these: it gets its
- * core from a volumed._native.VolumeCore object (vcore_py.h). */
+ * core from a volumed._native.VolumeCore object (vcore_py.h). Stores built so far: XTS and null;
+ * GCM volumes are still served by the Python reference core (volumed/volume/refcore.py). */
 
 typedef enum { VC_CIPHER_NULL = 0, VC_CIPHER_XTS = 1 } vc_cipher;
 
