@@ -319,3 +319,43 @@ def test_stress_threads_against_a_model(make_volume, kms):
         vol.close()
     with Volume.open(path, kms=kms) as again:
         assert again.read(0, size) == model
+
+
+def test_wipe_key_under_many_threads(make_volume, kms):
+    """8 threads reading and writing while the key is wiped: every call either completes with
+    the right bytes or raises KeyAccessError; none started after wipe_key returned succeeds."""
+    path = make_volume("xts", size=8 << 20)
+    vol = Volume.open(path, kms=kms)
+    try:
+        vol.write(0, b"k" * (8 << 20))
+        core = vol.native_core
+        wiped_at = []
+        bad = []
+
+        def worker(i):
+            rng = random.Random(i)
+            while True:
+                off = rng.randrange(0, (8 << 20) - 3 * SS)
+                late = bool(wiped_at)    # wipe_key had returned before this call began
+                try:
+                    if i % 2:
+                        if core.read(off, 3 * SS) != b"k" * (3 * SS):
+                            bad.append(("data", off))
+                    else:
+                        core.write(off, b"k" * (3 * SS))
+                    if late:
+                        bad.append(("after", off))
+                except KeyAccessError:
+                    return
+
+        ts = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in ts:
+            t.start()
+        time.sleep(0.3)
+        vol.wipe_key()
+        wiped_at.append(time.monotonic())
+        for t in ts:
+            t.join()
+        assert not bad, bad[:5]
+    finally:
+        vol.close()
