@@ -10,22 +10,33 @@
 
 #include "vc_internal.h"
 
-int vb_open(vc_backing *b, int fd, int journal_fd)
+int vb_open(vc_backing *b, int fd, int journal_fd, int history_fd, uint64_t history_max)
 {
+    b->jfd = b->hfd = -1;
+    b->hbytes = 0;
+    b->hmax = history_max;
+    atomic_store(&b->dead, 0);
     b->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (b->fd < 0)
         return -errno;
-    b->jfd = -1;
-    if (journal_fd >= 0) {
-        b->jfd = fcntl(journal_fd, F_DUPFD_CLOEXEC, 0);
-        if (b->jfd < 0) {
-            int err = -errno;
-            close(b->fd);
-            return err;
-        }
-    }
+    if (journal_fd >= 0 && (b->jfd = fcntl(journal_fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        goto fail;
+    if (journal_fd >= 0 && history_fd >= 0 && (b->hfd = fcntl(history_fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        goto fail;
     pthread_mutex_init(&b->jmu, NULL);
     return 0;
+fail:;
+    int err = -errno;
+    close(b->fd);
+    if (b->jfd >= 0)
+        close(b->jfd);
+    return err;
+}
+
+static int dead(vc_backing *b)
+{
+    int err = atomic_load(&b->dead);
+    return err ? vc_fail(-err, "simulated power loss: the disk is gone until remounted") : 0;
 }
 
 void vb_close(vc_backing *b)
@@ -34,12 +45,16 @@ void vb_close(vc_backing *b)
         close(b->fd);
     if (b->jfd >= 0)
         close(b->jfd);
-    b->fd = b->jfd = -1;
+    if (b->hfd >= 0)
+        close(b->hfd);
+    b->fd = b->jfd = b->hfd = -1;
     pthread_mutex_destroy(&b->jmu);
 }
 
 int vb_pread(vc_backing *b, uint64_t off, size_t len, unsigned char *buf)
 {
+    if (dead(b))
+        return dead(b);
     size_t done = 0;
     while (done < len) {
         ssize_t n = pread(b->fd, buf + done, len - done, (off_t)(off + done));
@@ -74,7 +89,31 @@ static int write_all(int fd, const unsigned char *buf, size_t len, uint64_t off)
     return 0;
 }
 
-/* Append (u64 offset, u64 length, old bytes) to the journal: one writev under the journal mutex. */
+/* Append one record (u64 offset, u64 length, old bytes) to fd; the journal mutex is held. */
+static int append(int fd, uint64_t off, const unsigned char *old, uint64_t len)
+{
+    uint64_t hdr[2] = {htole64(off), htole64(len)};
+    struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)old, len}};
+    size_t want = sizeof hdr + len, done = 0;
+    while (done < want) {
+        ssize_t n = writev(fd, iov, 2);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return vc_fail(-errno, "power-loss journal write failed: %s", strerror(errno));
+        done += (size_t)n;
+        size_t k = (size_t)n; /* advance past what was written (short writes are rare) */
+        for (int i = 0; i < 2; i++) {
+            size_t t = k < iov[i].iov_len ? k : iov[i].iov_len;
+            iov[i].iov_base = (char *)iov[i].iov_base + t;
+            iov[i].iov_len -= t;
+            k -= t;
+        }
+    }
+    return 0;
+}
+
+/* The pre-image of [off, off+len) to the journal (and the history), under the journal mutex. */
 static int record(vc_backing *b, uint64_t off, uint64_t len)
 {
     unsigned char *old = malloc(len ? len : 1);
@@ -82,27 +121,15 @@ static int record(vc_backing *b, uint64_t off, uint64_t len)
         return vc_fail(VC_E_NOMEM, "no memory for the power-loss recorder");
     int rc = vb_pread(b, off, len, old);
     if (rc == 0) {
-        uint64_t hdr[2] = {htole64(off), htole64(len)};
-        struct iovec iov[2] = {{hdr, sizeof hdr}, {old, len}};
-        size_t want = sizeof hdr + len, done = 0;
         pthread_mutex_lock(&b->jmu);
-        while (done < want) {
-            ssize_t n = writev(b->jfd, iov, 2);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0) {
-                rc = vc_fail(-errno, "power-loss journal write failed: %s", strerror(errno));
-                break;
+        rc = append(b->jfd, off, old, len);
+        if (rc == 0 && b->hfd >= 0) {
+            if (b->hbytes + 16 + len > b->hmax) { /* forget the oldest history wholesale */
+                if (ftruncate(b->hfd, 0) == 0)
+                    b->hbytes = 0;
             }
-            done += (size_t)n;
-            /* advance the iovecs past what was written (rare: short writes to a regular file) */
-            size_t k = (size_t)n;
-            for (int i = 0; i < 2; i++) {
-                size_t t = k < iov[i].iov_len ? k : iov[i].iov_len;
-                iov[i].iov_base = (char *)iov[i].iov_base + t;
-                iov[i].iov_len -= t;
-                k -= t;
-            }
+            rc = append(b->hfd, off, old, len);
+            b->hbytes += 16 + len;
         }
         pthread_mutex_unlock(&b->jmu);
     }
@@ -112,6 +139,8 @@ static int record(vc_backing *b, uint64_t off, uint64_t len)
 
 int vb_pwrite(vc_backing *b, uint64_t off, size_t len, const unsigned char *buf)
 {
+    if (dead(b))
+        return dead(b);
     if (b->jfd >= 0 && len) {
         int rc = record(b, off, len);
         if (rc)
@@ -124,6 +153,8 @@ int vb_punch(vc_backing *b, uint64_t off, uint64_t len)
 {
     if (len == 0)
         return 0;
+    if (dead(b))
+        return dead(b);
     if (b->jfd >= 0) {
         int rc = record(b, off, len);
         if (rc)
@@ -137,6 +168,8 @@ int vb_punch(vc_backing *b, uint64_t off, uint64_t len)
 
 int vb_sync(vc_backing *b)
 {
+    if (dead(b))
+        return dead(b);
     if (fdatasync(b->fd) != 0)
         return vc_fail(-errno, "backing fdatasync failed: %s", strerror(errno));
     if (b->jfd >= 0) { /* everything before the sync is durable: the journal starts over */

@@ -30,10 +30,14 @@ int vc_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 typedef struct {
     int fd;              /* the core's own descriptor */
     int jfd;             /* undo journal (O_APPEND) or -1 */
+    int hfd;             /* history: the journal's records, never emptied by a flush; or -1 */
+    uint64_t hbytes, hmax;
+    _Atomic int dead;    /* errno every call fails with after a simulated power loss, or 0 */
     pthread_mutex_t jmu; /* one journal record at a time; flush's truncate */
 } vc_backing;
 
-int vb_open(vc_backing *b, int fd, int journal_fd); /* dups both; 0 or -errno */
+int vb_open(vc_backing *b, int fd, int journal_fd, int history_fd, uint64_t history_max);
+/* dups the descriptors; 0 or -errno */
 void vb_close(vc_backing *b);
 int vb_pread(vc_backing *b, uint64_t off, size_t len, unsigned char *buf); /* zeros past EOF */
 int vb_pwrite(vc_backing *b, uint64_t off, size_t len, const unsigned char *buf);

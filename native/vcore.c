@@ -68,7 +68,7 @@ int vc_open(const vc_config *cfg, vcore **out)
         free(c);
         return vc_fail(VC_E_NOMEM, "no memory for the volume core");
     }
-    rc = vb_open(&c->backing, cfg->fd, cfg->journal_fd);
+    rc = vb_open(&c->backing, cfg->fd, cfg->journal_fd, cfg->history_fd, cfg->history_max_bytes);
     if (rc != 0) {
         rl_destroy(&c->locks);
         free(c->name);
@@ -313,6 +313,13 @@ int vc_flush(vcore *c)
     rc = c->store.ops->flush(&c->store);
     leave(c);
     return rc;
+}
+
+void vc_fail_backing(vcore *c, int err)
+{
+    rl_exclusive(&c->locks);
+    atomic_store(&c->backing.dead, err > 0 ? err : EIO);
+    rl_exclusive_end(&c->locks);
 }
 
 int vc_set_size(vcore *c, uint64_t size)

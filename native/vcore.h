@@ -86,12 +86,21 @@ typedef struct {
     uint64_t size;            /* volume bytes, a multiple of sector_size */
     uint32_t sector_size;     /* 4096 (a multiple of 512) */
     const char *name;         /* the volume's path, for messages (copied) */
+    int history_fd;           /* -1, or (with journal_fd) a second, append-only copy of every journal
+                                 record that flushes do not empty: the fault layer's memory of each
+                                 page's previous image (rollback). Emptied whenever it would pass
+                                 history_max_bytes. Set 0 fields to -1/0 when unused. */
+    uint64_t history_max_bytes;
 } vc_config;
 
 /* A new core with one reference. 0, or a negative code (VC_E_RANGE for a bad config, -errno). */
 int vc_open(const vc_config *cfg, vcore **out);
 
 uint32_t vc_sector_size(const vcore *c);
+
+/* Simulated power loss (the fault layer): waits for requests in flight (the barrier), then every
+ * later backing call fails with -err until the core is closed. */
+void vc_fail_backing(vcore *c, int err);
 
 /* Grow the volume (under the barrier: no request in flight). VC_E_RANGE if smaller or unaligned.
  * The caller has grown the backing file and written the new header first. */

@@ -54,14 +54,16 @@ static PyObject *raise_code(int rc)
 static int vcpy_init(VolumeCoreObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"fd", "cipher", "key", "data_offset", "size", "sector_size",
-                             "journal_fd", "name", NULL};
-    int fd, journal_fd = -1;
+                             "journal_fd", "name", "history_fd", "history_max_bytes", NULL};
+    int fd, journal_fd = -1, history_fd = -1;
+    unsigned long long history_max = 32u << 20;
     const char *cipher = NULL, *name = "";
     PyObject *keyobj = Py_None;
     unsigned long long data_offset = 0, size = 0;
     unsigned int sector_size = 4096;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|$sOKKIis", kwlist, &fd, &cipher, &keyobj,
-                                     &data_offset, &size, &sector_size, &journal_fd, &name))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|$sOKKIisiK", kwlist, &fd, &cipher, &keyobj,
+                                     &data_offset, &size, &sector_size, &journal_fd, &name,
+                                     &history_fd, &history_max))
         return -1;
     if (cipher == NULL || size == 0) {
         PyErr_SetString(PyExc_TypeError, "VolumeCore needs cipher= and size=");
@@ -72,7 +74,8 @@ static int vcpy_init(VolumeCoreObject *self, PyObject *args, PyObject *kw)
         return -1;
     }
     vc_config cfg = {.fd = fd, .journal_fd = journal_fd, .data_offset = data_offset, .size = size,
-                     .sector_size = sector_size, .name = name};
+                     .sector_size = sector_size, .name = name, .history_fd = history_fd,
+                     .history_max_bytes = history_max};
     if (strcmp(cipher, "xts") == 0) {
         cfg.cipher = VC_CIPHER_XTS;
     } else if (strcmp(cipher, "null") == 0) {
@@ -229,6 +232,17 @@ static PyObject *vcpy_wipe_key(VolumeCoreObject *self, PyObject *Py_UNUSED(ignor
     Py_RETURN_NONE;
 }
 
+static PyObject *vcpy_fail_backing(VolumeCoreObject *self, PyObject *args)
+{
+    int err;
+    if (!PyArg_ParseTuple(args, "i", &err) || ready(self))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    vc_fail_backing(self->core, err);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *vcpy_set_size(VolumeCoreObject *self, PyObject *args)
 {
     unsigned long long size;
@@ -374,6 +388,7 @@ static PyMethodDef vcpy_methods[] = {
     {"discard", (PyCFunction)vcpy_discard, METH_VARARGS, "discard(offset, length)"},
     {"flush", (PyCFunction)vcpy_flush, METH_NOARGS, "the durability point"},
     {"wipe_key", (PyCFunction)vcpy_wipe_key, METH_NOARGS, "wait for calls in flight, wipe the key"},
+    {"fail_backing", (PyCFunction)vcpy_fail_backing, METH_VARARGS, "simulated power loss"},
     {"set_size", (PyCFunction)vcpy_set_size, METH_VARARGS, "grow the volume"},
     {"read_records", (PyCFunction)vcpy_read_records, METH_VARARGS, "records as stored"},
     {"read_sealed", (PyCFunction)vcpy_read_sealed, METH_VARARGS, "sectors as LUKS2 expects"},

@@ -68,10 +68,13 @@ class VolumeCore:
     sector_size: Final[int]
     cipher: Final[str]
     def __init__(self, fd: int, *, cipher: str, key: Buffer | None = None, data_offset: int = 0,
-                 size: int, sector_size: int = 4096, journal_fd: int = -1, name: str = "") -> None:
+                 size: int, sector_size: int = 4096, journal_fd: int = -1, name: str = "",
+                 history_fd: int = -1, history_max_bytes: int = 32 << 20) -> None:
         """fd: the backing file (the core keeps its own dup; yours stays yours). key: 64 bytes for
         xts (copied into locked memory, a writable buffer is overwritten with zeros), None for null.
-        journal_fd: the power-loss recorder's undo journal (RecordingBackingFile's format), or -1."""
+        journal_fd: the power-loss recorder's undo journal (RecordingBackingFile's format), or -1.
+        history_fd: with a journal, an append-only copy of its records that flushes leave alone
+        (the fault layer's previous page images, for rollback), emptied past history_max_bytes."""
     def read(self, offset: int, length: int) -> bytearray:
         """Exactly ``length`` bytes; the range must lie inside the volume (UsageError)."""
     def readinto(self, offset: int, buf: Buffer) -> None: ...
@@ -81,6 +84,8 @@ class VolumeCore:
         """The durability point: every write or discard that returned before is durable."""
     def wipe_key(self) -> None:
         """Wait for calls in flight, wipe the key; later calls raise KeyAccessError. Idempotent."""
+    def fail_backing(self, errno: int) -> None:
+        """Simulated power loss: after calls in flight, every backing call fails with errno."""
     def set_size(self, size: int) -> None:
         """Grow the volume (the caller grew the file and wrote the header first)."""
     def read_records(self, first: int, n: int) -> list[bytes | None]:

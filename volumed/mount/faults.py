@@ -6,7 +6,11 @@ FaultBacking (around the volume's backing file, below the cipher)
     "torn" at 4 KiB) while the daemon still runs; from then on every backing call fails with EIO
     (the disk is gone) until the volume is unmounted and mounted again. It also remembers the
     previous on-disk image of each 4 KiB page written (at most ``ROLLBACK_PAGES``), so
-    ``rollback(offsets)`` can put an older, validly encrypted version of a sector back.
+    ``rollback(offsets)`` can put an older, validly encrypted version of a sector back. On an XTS
+    volume the native core serves the data area through it (``native_spec``): the core writes the
+    journal's records itself, and a second copy of them that flushes leave alone (the history
+    file beside the journal) from which rollback takes the previous images; a power cut first
+    fails the core's backing (``VolumeCore.fail_backing``), so no native write lands after it.
 FaultVolume (around the opened Volume, above the cipher; offsets are the decrypted file's)
     Before each read/write/discard/flush: the throttle (volumed.mount.throttle), a fixed latency,
     then the error plan: errno on byte ranges, on the Nth matching operation, or with a
@@ -19,6 +23,7 @@ Callers: volumed.mount.daemon (builds both and answers the "fault" control op vi
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import os
 import random
@@ -59,14 +64,42 @@ class FaultBacking(RecordingBackingFile):
         self._previous: dict[int, bytes] = {}
         self.lost = False
         self.native = native
+        self._core = None           # the native core serving the data area, once told
+        self.history_path = self.journal_path + ".history"
+        self._hfd = -1
+        if native:
+            self._hfd = os.open(self.history_path,
+                                os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
-    def native_spec(self) -> tuple[int, int] | None:
-        """For a mount served by the native engine (``native``): (fd, journal fd), so the native
-        core serves the file and keeps the undo journal itself (the same records); a power cut
-        first routes the engine's requests through FaultVolume.gate (EIO once the power is off)
-        and drains them. Rollback's previous page images are then not remembered (rollback needs
-        ``--engine python``). None: the reference core serves the file through these hooks."""
-        return (self.fd, self._jfd) if self.native else None
+    def native_spec(self) -> dict | None:
+        """For a mount served by the native engine (``native``): the native core serves the file
+        and writes the undo journal (the same records) and the history of previous page images
+        (the journal's records, kept across flushes; rollback reads it) itself. A power cut first
+        routes the engine's requests through FaultVolume.gate (EIO once the power is off), stops
+        the core's backing (``fail_backing``: in-flight writes drain, later ones fail) and then
+        applies the journal. None: the reference core serves the file through these hooks."""
+        if not self.native:
+            return None
+        return {"fd": self.fd, "journal_fd": self._jfd, "history_fd": self._hfd,
+                "history_max_bytes": 2 * ROLLBACK_PAGES * (PAGE + _REC.size)}
+
+    def served_by(self, core) -> None:
+        self._core = core
+
+    def _history(self) -> dict[int, bytes]:
+        """Previous images of whole pages the native core wrote (the latest record wins)."""
+        images: dict[int, bytes] = {}
+        data = os.pread(self._hfd, os.fstat(self._hfd).st_size, 0)
+        pos = 0
+        while pos + _REC.size <= len(data):
+            off, ln = _REC.unpack_from(data, pos)
+            pos += _REC.size
+            old = data[pos:pos + ln]
+            pos += ln
+            for poff in range(off - off % PAGE, off + ln, PAGE):
+                if poff >= off and poff + PAGE <= off + ln:
+                    images[poff] = old[poff - off:poff - off + PAGE]
+        return images
 
     def _alive(self) -> None:
         if self.lost:
@@ -105,6 +138,14 @@ class FaultBacking(RecordingBackingFile):
             self._alive()
             super().fdatasync()
 
+    def close(self) -> None:
+        super().close()
+        if self._hfd >= 0:
+            os.close(self._hfd)
+            self._hfd = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.history_path)
+
     def power_cut(self, mode: str = "all", seed=None) -> dict:
         """Lose power now: later calls fail with EIO; the writes not yet fdatasync'ed are dropped
         by ``mode``. Returns the PowerCutReport as a dict. Only once per mount."""
@@ -114,6 +155,8 @@ class FaultBacking(RecordingBackingFile):
             if self.lost:
                 raise UsageError("the power is already off: unmount and mount the volume again")
             self.lost = True
+            if self._core is not None:  # in-flight native writes finish, later ones fail (EIO)
+                self._core.fail_backing(_errno.EIO)
             report = simulate_power_cut(self.path, self.journal_path, mode, seed)
             os.ftruncate(self._jfd, 0)
         return {"writes": report.writes, "dropped": report.dropped, "torn": report.torn,
@@ -125,8 +168,9 @@ class FaultBacking(RecordingBackingFile):
         done = 0
         with self._lock:
             self._alive()
+            previous = {**self._history(), **self._previous} if self._core is not None else self._previous
             for poff in page_offsets:
-                image = self._previous.get(poff)
+                image = previous.get(poff)
                 if image is None:
                     continue
                 os.pwrite(self.fd, image, poff)

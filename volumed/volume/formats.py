@@ -134,9 +134,10 @@ class XtsFormat:
         spec = backing.native_spec()
         native = cores.native_module() if cores.choose(core) == "native" and spec else None
         if native is not None:
-            fd, jfd = spec
-            opened = XtsOpened(native.VolumeCore(fd, cipher="xts", key=key, data_offset=h.data_offset,
-                                                 size=h.size, journal_fd=jfd, name=path), True)
+            core = native.VolumeCore(cipher="xts", key=key, data_offset=h.data_offset, size=h.size,
+                                     name=path, **spec)
+            backing.served_by(core)
+            opened = XtsOpened(core, True)
         else:
             cipher = XtsCipher(key)
             store = XtsStore(backing, h, cipher)
