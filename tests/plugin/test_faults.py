@@ -94,7 +94,6 @@ def test_power_cut_modes_keep_each_page_old_or_new(encrypted_volume_factory, cip
             assert page in (b"A" * 4096, bytes([66 + i % 20]) * 4096)
 
 
-@pytest.mark.volumed(engine="python")  # rollback's previous images live in the Python FaultBacking
 def test_rollback_puts_an_older_sector_back_unnoticed_by_xts(encrypted_volume):
     v = encrypted_volume
     _write_sync(v.path, 8 * 4096, b"old!" * 1024)
