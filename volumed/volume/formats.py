@@ -7,9 +7,14 @@ XtsFormat   LUKS2 (aes-xts-plain64), the production default; served by the nativ
 GcmFormat   volumed's authenticated format (docs/FORMAT.md); served by the reference core over the
             Python GcmStore (not native yet).
 
+Each format also says how its snapshot records are sealed and opened under a snapshot's key
+(``snapshot_cipher``, ``open_record``, ``seal_record``: volumed.snapshot.recrypt) and whether a
+record is the sector as stored (``records_are_sectors``: a restore under the same key copies it).
+
 ``format_of(name)`` gives the format of a header's ``cipher``. ``open_volume`` (Format.open) returns
 an ``Opened``: the core, and the format's rules for resize, close and key wiping. Package-internal:
-Volume (volumed.volume.device) is the caller, and these read its header and backing file.
+Volume (volumed.volume.device), the snapshot recrypt and restore code and the fault layer are the
+callers; Opened reads the Volume's header and backing file.
 """
 
 from __future__ import annotations
@@ -178,6 +183,26 @@ class XtsFormat:
         """Backing-file offsets of the 4 KiB pages holding ``sectors``' data (in place)."""
         return [header.data_offset + s * header.sector_size for s in sectors]
 
+    # Snapshot records (volumed.snapshot.recrypt): a record is the sector's ciphertext, so a
+    # restore under the snapshot's own key copies records into place (``records_are_sectors``).
+    records_are_sectors = True
+
+    @staticmethod
+    def snapshot_cipher(key: bytearray, aad_uuid: str):
+        return XtsCipher(key)
+
+    @staticmethod
+    def open_record(c, out, sector: int, rec: bytes, where: str) -> None:
+        """Decrypt one record into ``out`` (one sector)."""
+        out[:] = rec
+        c.decrypt(out, sector)
+
+    @staticmethod
+    def seal_record(c, plain, sector: int, nonce_base: int) -> bytes:
+        buf = bytearray(PAGE)
+        c.encrypt(plain, sector, out=buf)
+        return bytes(buf)
+
 
 # ---- GCM -----------------------------------------------------------------------------------------
 
@@ -283,6 +308,31 @@ class GcmFormat:
         F = gcmformat
         return [F.slot_offset(s // F.GROUP_SECTORS, k, s % F.GROUP_SECTORS)
                 for s in sectors for k in (0, 1)]
+
+    # Snapshot records: nonce (12) + tag (16) + ciphertext; the AAD binds the UUID of the volume
+    # the sectors were written on. Never copied into place (a restore re-encrypts).
+    records_are_sectors = False
+
+    @staticmethod
+    def snapshot_cipher(key: bytearray, aad_uuid: str):
+        return GcmCipher(key, aad_prefix(aad_uuid))
+
+    @staticmethod
+    def open_record(c, out, sector: int, rec: bytes, where: str) -> None:
+        out[:] = rec[28:]
+        if c.decrypt(out, sector, rec[:12], rec[12:28]):
+            raise IntegrityError(f"sector {sector} of {where} fails authentication: the "
+                                 "snapshot does not match its key; do not restore it")
+
+    @staticmethod
+    def seal_record(c, plain, sector: int, nonce_base: int) -> bytes:
+        import numpy as np
+
+        buf = bytearray(PAGE)
+        nonce = gcmformat.nonce_bytes(np.array([nonce_base + sector], dtype=np.uint64))
+        tag = bytearray(16)
+        c.encrypt(plain, sector, nonce, tag, out=buf)
+        return nonce + bytes(tag) + bytes(buf)
 
 
 XTS = XtsFormat()
