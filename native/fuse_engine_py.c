@@ -122,15 +122,21 @@ static PyObject *engine_wait(EngineObject *self, PyObject *args)
     return PyBool_FromLong(ended);
 }
 
-static PyObject *engine_exit(EngineObject *self, PyObject *unused)
+/* fn(engine) with the GIL released (it may wait for the kernel or for requests in flight). */
+static PyObject *call_nogil(EngineObject *self, void (*fn)(fe_engine *))
 {
-    (void)unused;
     if (need(self) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    fe_exit(self->e);
+    fn(self->e);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
+}
+
+static PyObject *engine_exit(EngineObject *self, PyObject *unused)
+{
+    (void)unused;
+    return call_nogil(self, fe_exit);
 }
 
 static PyObject *engine_close_latch(EngineObject *self, PyObject *unused)
@@ -145,12 +151,7 @@ static PyObject *engine_close_latch(EngineObject *self, PyObject *unused)
 static PyObject *engine_drain(EngineObject *self, PyObject *unused)
 {
     (void)unused;
-    if (need(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    fe_drain(self->e);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return call_nogil(self, fe_drain);
 }
 
 static PyObject *engine_invalidate(EngineObject *self, PyObject *unused)
