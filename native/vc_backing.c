@@ -21,7 +21,7 @@ int vb_open(vc_backing *b, int fd, int journal_fd, int history_fd, uint64_t hist
         return -errno;
     if (journal_fd >= 0 && (b->jfd = fcntl(journal_fd, F_DUPFD_CLOEXEC, 0)) < 0)
         goto fail;
-    if (journal_fd >= 0 && history_fd >= 0 && (b->hfd = fcntl(history_fd, F_DUPFD_CLOEXEC, 0)) < 0)
+    if (journal_fd >= 0 && history_fd >= 0 && history_max > 0 && (b->hfd = fcntl(history_fd, F_DUPFD_CLOEXEC, 0)) < 0)
         goto fail;
     pthread_mutex_init(&b->jmu, NULL);
     return 0;

@@ -78,7 +78,8 @@ typedef enum { VC_CIPHER_NULL = 0, VC_CIPHER_XTS = 1 } vc_cipher;
 typedef struct {
     int fd;                   /* the backing file, read-write; the core keeps its own dup */
     int journal_fd;           /* -1, or the power-loss recorder's undo journal (O_APPEND; dup'd):
-                                 the RecordingBackingFile record format and semantics */
+                                 the RecordingBackingFile record format and semantics. Set it
+                                 explicitly: 0 is a descriptor. */
     vc_cipher cipher;
     const unsigned char *key; /* XTS: 64 bytes (halves must differ), copied into locked memory;
                                  the caller wipes its copy. NULL for the null cipher. */
@@ -90,7 +91,7 @@ typedef struct {
     int history_fd;           /* -1, or (with journal_fd) a second, append-only copy of every journal
                                  record that flushes do not empty: the fault layer's memory of each
                                  page's previous image (rollback). Emptied whenever it would pass
-                                 history_max_bytes. Set 0 fields to -1/0 when unused. */
+                                 history_max_bytes (0: no history, whatever history_fd says). */
     uint64_t history_max_bytes;
 } vc_config;
 
