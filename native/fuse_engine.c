@@ -119,9 +119,16 @@ int fe_errno_of(int rc)
     case VC_E_NOMEM:
         return ENOMEM;
     }
-    if (rc > -4096)
-        return -rc; /* the backing file's errno, as the system call reported it */
-    return EIO;
+    switch (-rc) { /* the backing file's errno a block device's user can act on (PASSED_THROUGH) */
+    case ENOSPC:
+    case EDQUOT:
+    case EROFS:
+    case EFBIG:
+    case EIO:
+    case ENOMEM:
+        return -rc;
+    }
+    return EIO; /* any other errno of the backing file is a bug: EIO */
 }
 
 /* Enter a request that touches the volume: counted in flight first, then the latch checked, so

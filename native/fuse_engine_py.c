@@ -285,14 +285,16 @@ static PyObject *mod_engine_errno_table(PyObject *m, PyObject *unused)
 {
     (void)m;
     (void)unused;
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
                          "VC_E_KEY", fe_errno_of(VC_E_KEY),
                          "VC_E_INTEGRITY", fe_errno_of(VC_E_INTEGRITY),
                          "VC_E_RANGE", fe_errno_of(VC_E_RANGE),
                          "VC_E_STATE", fe_errno_of(VC_E_STATE),
                          "VC_E_NOMEM", fe_errno_of(VC_E_NOMEM),
                          "ENOSPC", fe_errno_of(-ENOSPC), "EDQUOT", fe_errno_of(-EDQUOT),
-                         "EIO", fe_errno_of(-EIO), "EROFS", fe_errno_of(-EROFS));
+                         "EIO", fe_errno_of(-EIO), "EROFS", fe_errno_of(-EROFS),
+                         "EFBIG", fe_errno_of(-EFBIG), "ENOMEM", fe_errno_of(-ENOMEM),
+                         "EBADF", fe_errno_of(-EBADF));
 }
 
 static PyMethodDef engine_module_methods[] = {

@@ -617,6 +617,18 @@ static PyObject *mod_pool_stats(PyObject *m, PyObject *Py_UNUSED(ignored))
                          st.helped_chunks, "invited_chunks", st.invited_chunks);
 }
 
+/* The known-answer helpers hand whole buffers to one EVP_CipherUpdate, whose length is an int:
+ * longer buffers are refused here, before any allocation, with a clear error (never truncated). */
+static int kat_len_ok(const char *fn, const char *what, Py_ssize_t len)
+{
+    if (len > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: %s of %zd bytes is longer than INT_MAX (%d bytes)", fn,
+                     what, len, INT_MAX);
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *mod_kat_xts(PyObject *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"key", "tweak", "data", "encrypt", NULL};
@@ -629,6 +641,7 @@ static PyObject *mod_kat_xts(PyObject *m, PyObject *args, PyObject *kw)
     if ((key.len != 32 && key.len != 64) || tweak.len != 16 || data.len % 16 || data.len == 0) {
         PyErr_SetString(PyExc_ValueError,
                         "kat_xts needs a 32- or 64-byte key, a 16-byte tweak and whole blocks");
+    } else if (!kat_len_ok("kat_xts", "data", data.len)) {
     } else if ((res = PyBytes_FromStringAndSize(NULL, data.len)) != NULL &&
                sc_kat_xts(key.buf, (size_t)key.len, tweak.buf, encrypt, data.buf,
                           (unsigned char *)PyBytes_AS_STRING(res), (size_t)data.len) != 0) {
@@ -641,13 +654,14 @@ static PyObject *mod_kat_xts(PyObject *m, PyObject *args, PyObject *kw)
     return res;
 }
 
-static int kat_gcm_args_ok(Py_buffer *key, Py_buffer *nonce)
+static int kat_gcm_args_ok(const char *fn, Py_buffer *key, Py_buffer *nonce, Py_buffer *aad,
+                           Py_buffer *data)
 {
     if (key->len != 32 || nonce->len != SC_GCM_NONCE) {
         PyErr_SetString(PyExc_ValueError, "kat_gcm needs a 32-byte key and a 12-byte nonce");
         return 0;
     }
-    return 1;
+    return kat_len_ok(fn, "aad", aad->len) && kat_len_ok(fn, "data", data->len);
 }
 
 static PyObject *mod_kat_gcm_seal(PyObject *m, PyObject *args, PyObject *kw)
@@ -659,7 +673,7 @@ static PyObject *mod_kat_gcm_seal(PyObject *m, PyObject *args, PyObject *kw)
         return NULL;
     PyObject *ct = NULL, *res = NULL;
     unsigned char tag[SC_GCM_TAG];
-    if (kat_gcm_args_ok(&key, &nonce) &&
+    if (kat_gcm_args_ok("kat_gcm_seal", &key, &nonce, &aad, &data) &&
         (ct = PyBytes_FromStringAndSize(NULL, data.len)) != NULL) {
         if (sc_kat_gcm_seal(key.buf, nonce.buf, aad.buf, (size_t)aad.len, data.buf,
                             (unsigned char *)PyBytes_AS_STRING(ct), (size_t)data.len, tag) == 0)
@@ -683,7 +697,7 @@ static PyObject *mod_kat_gcm_open(PyObject *m, PyObject *args, PyObject *kw)
                                      &aad, &data, &tag))
         return NULL;
     PyObject *pt = NULL, *res = NULL;
-    if (!kat_gcm_args_ok(&key, &nonce)) {
+    if (!kat_gcm_args_ok("kat_gcm_open", &key, &nonce, &aad, &data)) {
     } else if (tag.len != SC_GCM_TAG) {
         PyErr_SetString(PyExc_ValueError, "kat_gcm_open needs a 16-byte tag");
     } else if ((pt = PyBytes_FromStringAndSize(NULL, data.len)) != NULL) {

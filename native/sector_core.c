@@ -117,7 +117,7 @@ static EVP_CIPHER_CTX *keyed(sc_key *k, sc_ctx *c, int encrypt)
 int sc_xts(sc_key *k, sc_ctx *c, int encrypt, const unsigned char *in, unsigned char *out,
            size_t sector_size, uint64_t first_unit, uint64_t step, size_t begin, size_t end)
 {
-    EVP_CIPHER_CTX *ctx = keyed(k, c, encrypt);
+    EVP_CIPHER_CTX *ctx = sector_size <= INT_MAX ? keyed(k, c, encrypt) : NULL;
     if (ctx == NULL)
         goto fail;
     unsigned char iv[16] = {0};
@@ -135,6 +135,13 @@ fail:
     return -1;
 }
 
+/* EVP_CipherUpdate takes an int length: a sector, and the AAD (prefix + 8-byte sector number),
+ * must fit one. The Python constructors bound both far lower; the core checks for any caller. */
+static int gcm_lengths_ok(size_t sector_size, size_t prefix_len)
+{
+    return sector_size <= INT_MAX && prefix_len <= (size_t)INT_MAX - 8;
+}
+
 /* Start sector i: nonce and additional data. */
 static int gcm_start(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, unsigned char *aad,
                      size_t prefix_len, uint64_t sector)
@@ -150,7 +157,7 @@ int sc_gcm_seal(sc_key *k, sc_ctx *c, const unsigned char *in, unsigned char *ou
                 unsigned char *tags, unsigned char *aad, size_t prefix_len, size_t begin,
                 size_t end)
 {
-    EVP_CIPHER_CTX *ctx = keyed(k, c, 1);
+    EVP_CIPHER_CTX *ctx = gcm_lengths_ok(sector_size, prefix_len) ? keyed(k, c, 1) : NULL;
     if (ctx == NULL)
         goto fail;
     int outl, finl;
@@ -173,7 +180,7 @@ int sc_gcm_open(sc_key *k, sc_ctx *c, const unsigned char *in, unsigned char *ou
                 const unsigned char *tags, unsigned char *aad, size_t prefix_len,
                 unsigned char *failed, size_t begin, size_t end)
 {
-    EVP_CIPHER_CTX *ctx = keyed(k, c, 0);
+    EVP_CIPHER_CTX *ctx = gcm_lengths_ok(sector_size, prefix_len) ? keyed(k, c, 0) : NULL;
     if (ctx == NULL)
         goto fail;
     if (c->scratch_len < sector_size) {
@@ -227,6 +234,8 @@ int sc_kat_xts(const unsigned char *key, size_t keylen, const unsigned char *twe
 static EVP_CIPHER_CTX *kat_gcm_start(const unsigned char *key, const unsigned char *nonce,
                                      const unsigned char *aad, size_t aadlen, int encrypt)
 {
+    if (aadlen > INT_MAX)
+        return NULL;
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int outl;
     if (ctx != NULL && EVP_CipherInit_ex(ctx, cipher_gcm, NULL, key, nonce, encrypt) &&
@@ -242,7 +251,8 @@ int sc_kat_gcm_seal(const unsigned char *key, const unsigned char *nonce, const 
 {
     EVP_CIPHER_CTX *ctx = kat_gcm_start(key, nonce, aad, aadlen, 1);
     int outl = 0, finl;
-    int ok = ctx != NULL && (len == 0 || EVP_CipherUpdate(ctx, out, &outl, in, (int)len)) &&
+    int ok = ctx != NULL && len <= INT_MAX &&
+             (len == 0 || EVP_CipherUpdate(ctx, out, &outl, in, (int)len)) &&
              EVP_CipherFinal_ex(ctx, out + outl, &finl) &&
              EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, SC_GCM_TAG, tag);
     EVP_CIPHER_CTX_free(ctx);
@@ -258,7 +268,8 @@ int sc_kat_gcm_open(const unsigned char *key, const unsigned char *nonce, const 
     unsigned char t[SC_GCM_TAG];
     memcpy(t, tag, SC_GCM_TAG);
     int outl = 0, finl, rc = -1;
-    if (ctx != NULL && (len == 0 || EVP_CipherUpdate(ctx, out, &outl, in, (int)len)) &&
+    if (ctx != NULL && len <= INT_MAX &&
+        (len == 0 || EVP_CipherUpdate(ctx, out, &outl, in, (int)len)) &&
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, SC_GCM_TAG, t))
         rc = EVP_CipherFinal_ex(ctx, out + outl, &finl) > 0 ? 1 : 0;
     EVP_CIPHER_CTX_free(ctx);

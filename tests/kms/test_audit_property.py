@@ -37,7 +37,7 @@ def build(key_path: str, n: int) -> sqlite3.Connection:
 @given(n=st.integers(6, 14), data=st.data())
 def test_any_tampering_of_sealed_records_is_found_and_placed(key_path, n, data):
     conn = build(key_path, n)
-    sealed = audit.verify(conn).sealed_through
+    sealed = audit.verify(conn, public_key=key_path).sealed_through
     target = data.draw(st.integers(1, sealed), label="target")
     action = data.draw(st.sampled_from(["edit", "delete", "insert", "swap"]), label="action")
     rechain = data.draw(st.booleans(), label="rechain")
@@ -61,7 +61,7 @@ def test_any_tampering_of_sealed_records_is_found_and_placed(key_path, n, data):
         conn.execute("UPDATE audit SET record = ? WHERE seq = ?", (texts[target], other))
     if rechain:
         rehash_from(conn, max(1, target - 1))
-    report = audit.verify(conn)
+    report = audit.verify(conn, public_key=key_path)
     assert not report.ok
     named = report.seqs()
     assert named, report.format()

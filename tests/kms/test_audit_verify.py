@@ -266,17 +266,22 @@ def test_public_key_forms_and_a_wrong_key(log, tmp_path):
     assert {p.kind for p in report.problems} == {"key"}
 
 
-def test_replaced_signing_key_is_reported(log, tmp_path):
-    conn, clock, _ = log
-    # Someone replaces the key file and points the config at it: old digests no longer verify
-    # under the configured key, which the report says.
+def test_replaced_signing_key_is_refused_unless_pinned(log, tmp_path):
+    conn, clock, key_path = log
+    # A key file that is not the pinned one is refused: the log is not sealed with it.
     other = str(tmp_path / "other.key")
+    with pytest.raises(audit.AuditError, match="not the key pinned"):
+        audit.configure(conn, other, seal_every=5)
+    # A rotation on purpose: the owner adds the new key's line to the pin file.
+    pin = tmp_path / audit.PIN_FILE
+    pin.write_text(pin.read_text() + audit.pin_line(audit.load_signing_key(other).public_key()) + "\n")
     audit.configure(conn, other, seal_every=5)
     call(conn, clock, 14)
     call(conn, clock, 15)
-    report = audit.verify(conn)
-    assert {p.digest for p in report.problems if p.kind == "key"} == {1, 2}
-    assert audit.verify(conn, public_key=[str(other), log[2]]).ok
+    assert audit.verify(conn).ok  # old digests under the old key, digest 3 under the new one
+    report = audit.verify(conn, public_key=key_path)  # a verifier that trusts the old key only
+    assert {p.digest for p in report.problems if p.kind == "key"} >= {3}
+    assert audit.verify(conn, public_key=[str(other), key_path]).ok
 
 
 def test_removed_unsealed_records_show_as_a_numbering_gap_once_the_log_goes_on(log):

@@ -45,12 +45,13 @@ def test_errno_tables_of_both_engines_agree():
     python = {"VC_E_KEY": KeyAccessError("x"), "VC_E_INTEGRITY": IntegrityError("x"),
               "VC_E_RANGE": UsageError("x"), "VC_E_STATE": StateError("x"),
               "VC_E_NOMEM": MemoryError("x")}
-    for name in ("ENOSPC", "EDQUOT", "EIO", "EROFS"):
+    for name in ("ENOSPC", "EDQUOT", "EIO", "EROFS", "EFBIG", "ENOMEM", "EBADF"):
         code = getattr(errno, name)
         python[name] = OSError(code, os.strerror(code))
     assert set(native) == set(python)
     assert {k: errno_for(v) for k, v in python.items()} == native
     assert native["ENOSPC"] == errno.ENOSPC and native["VC_E_KEY"] == errno.EIO
+    assert native["EBADF"] == errno.EIO  # an errno outside PASSED_THROUGH is a bug: EIO
 
 
 # ---- the differential test ---------------------------------------------------------------------

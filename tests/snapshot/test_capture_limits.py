@@ -145,7 +145,7 @@ def test_a_live_snapshot_is_dated_at_its_barrier_not_when_its_manifest_is_writte
     finally:
         vol.close()
     assert reply["ok"] is True
-    m = catalog.load(store, key["snapshot_id"])
+    m = catalog.peek(store, key["snapshot_id"])
     assert m["created"] == "2027-01-15T08:00:00.000000Z"
     assert describe(m)["StartTime"] == m["created"]
 
@@ -249,7 +249,7 @@ def test_a_resize_during_the_copy_leaves_the_point_in_time_alone(cipher, kms, st
         assert vol.size == 2 * MiB
     finally:
         vol.close()
-    m = catalog.load(store, key["snapshot_id"])
+    m = catalog.peek(store, key["snapshot_id"])
     assert m["volume"]["size"] == 1 * MiB and len(m["chunks"]) == 16
     out = str(tmp_path / "restored")
     restore_snapshot(store, key["snapshot_id"], out, kms=kms)

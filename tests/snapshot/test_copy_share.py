@@ -72,7 +72,7 @@ def test_sharing_a_snapshot_under_the_aws_managed_key_is_refused(kms, store, mak
     with pytest.raises(StateError, match="You can't share a snapshot that has been encrypted using "
                                          "the AWS managed key"):
         share_snapshot(store, m["snapshot_id"], OTHER, kms=kms)
-    assert catalog.load(store, m["snapshot_id"])["shared_with"] == []
+    assert catalog.peek(store, m["snapshot_id"])["shared_with"] == []
 
 
 def test_share_under_a_customer_key_records_and_requires_a_copy(kms, store, make_volume, cmk, tmp_path):
@@ -81,7 +81,7 @@ def test_share_under_a_customer_key_records_and_requires_a_copy(kms, store, make
     rec, hint = share_snapshot(store, m["snapshot_id"], OTHER, kms=kms)
     assert rec["shared_with"] == [OTHER]
     assert f"arn:aws:iam::{OTHER}:root" in hint and "kms:Decrypt" in hint and "kms:CreateGrant" in hint
-    assert catalog.load(store, m["snapshot_id"])["shared_with"] == [OTHER]
+    assert catalog.peek(store, m["snapshot_id"])["shared_with"] == [OTHER]
     other = kms.with_identity(principal=f"arn:aws:iam::{OTHER}:user/alice")
     with pytest.raises(StateError, match="copy it first"):
         restore_snapshot(store, m["snapshot_id"], str(tmp_path / "x"), kms=other)

@@ -143,10 +143,21 @@ def xts_units(key, tweaks: bytes, data, encrypt: bool) -> memoryview:
     return memoryview(x.reshape(-1)).cast("B")
 
 
+INT_MAX = 2**31 - 1
+
+
+def _kat_len_ok(fn: str, what: str, n: int) -> None:
+    """The native helpers hand a whole buffer to one int-sized OpenSSL call; both sides refuse
+    longer ones with the same error."""
+    if n > INT_MAX:
+        raise ValueError(f"{fn}: {what} of {n} bytes is longer than INT_MAX ({INT_MAX} bytes)")
+
+
 def kat_xts(key, tweak, data, encrypt: bool) -> bytes:
     """One XTS data unit, for known-answer tests only (mirrors volumed._native.kat_xts)."""
     if len(key) not in (32, 64) or len(tweak) != 16 or len(data) % 16 or not len(data):
         raise ValueError("kat_xts needs a 32- or 64-byte key, a 16-byte tweak and whole blocks")
+    _kat_len_ok("kat_xts", "data", len(data))
     return bytes(xts_units(bytes(key), bytes(tweak), data, encrypt))
 
 
@@ -154,6 +165,8 @@ def kat_gcm_seal(key, nonce, aad, data) -> tuple[bytes, bytes]:
     """AES-256-GCM seal, for known-answer tests only (mirrors volumed._native.kat_gcm_seal)."""
     if len(key) != 32 or len(nonce) != 12:
         raise ValueError("kat_gcm needs a 32-byte key and a 12-byte nonce")
+    _kat_len_ok("kat_gcm_seal", "aad", len(aad))
+    _kat_len_ok("kat_gcm_seal", "data", len(data))
     ct = AESGCM(bytes(key)).encrypt(bytes(nonce), bytes(data), bytes(aad))
     return ct[:-16], ct[-16:]
 
@@ -162,6 +175,8 @@ def kat_gcm_open(key, nonce, aad, data, tag) -> bytes | None:
     """AES-256-GCM open; None when the tag does not verify (known-answer tests only)."""
     if len(key) != 32 or len(nonce) != 12:
         raise ValueError("kat_gcm needs a 32-byte key and a 12-byte nonce")
+    _kat_len_ok("kat_gcm_open", "aad", len(aad))
+    _kat_len_ok("kat_gcm_open", "data", len(data))
     if len(tag) != 16:
         raise ValueError("kat_gcm_open needs a 16-byte tag")
     try:

@@ -3,7 +3,8 @@
 Each command group lives in its own module with a ``register(subparsers)`` function that adds its
 subcommands; each subcommand sets ``func`` (``args -> int``) with ``set_defaults``. ``main`` turns
 every expected error into one line on stderr (what failed, why, what to do) and an exit code, never
-a traceback.
+a traceback. A ``func`` marked ``volumed.hardening.holds_keys`` (it unwraps a data key or handles
+KMS plaintext) runs in a hardened process: not dumpable, no core, memory locked where possible.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
+    if getattr(func, "holds_keys", False):  # volumed.hardening.holds_keys
+        from volumed.hardening import harden_process
+
+        harden_process()
     try:
         return int(func(args) or 0)
     except VolumedError as exc:

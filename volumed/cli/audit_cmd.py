@@ -123,13 +123,15 @@ def register_audit(kms_subparsers) -> None:
     sub = p.add_subparsers(dest="audit_command", metavar="COMMAND")
     v = sub.add_parser("verify", help="check the audit log for tampering",
                        description="Check every record against the hash chain and the signed digests; "
-                                   "name each record edited, removed, inserted or reordered. Exit 4 "
-                                   "when the log fails verification.")
+                                   "name each record edited, removed, inserted or reordered. The "
+                                   "digests are checked against --public-key or the keys pinned in "
+                                   "<keystore>/audit-signing.pub, never against the key the database "
+                                   "names. Exit 4 when the log fails verification.")
     _common(v, inherited=True)
     v.add_argument("--anchor", metavar="HASH", help="a digest hash kept elsewhere (catches a truncated tail)")
     v.add_argument("--public-key", metavar="FILE|HEX",
                    help="the signing key's public key (PEM file or 64 hex digits); default: the "
-                        "keystore's signing key")
+                        "keys pinned in <keystore>/audit-signing.pub (never the key the database names)")
     v.set_defaults(func=_verify)
 
 

@@ -23,6 +23,18 @@ def add_kms_options(parser: argparse.ArgumentParser) -> None:
                    help="calling principal ARN (default: $VOLUMED_PRINCIPAL, else the keystore's user for your login)")
     g.add_argument("--via-service", metavar="NAME", default=os.environ.get("VOLUMED_VIA_SERVICE"),
                    help="the service the call comes through, e.g. rds.us-east-1.amazonaws.com")
+    g.add_argument("--ca-bundle", metavar="FILE", default=None, type=_ca_bundle,
+                   help="with an https --kms: the certificate(s) to trust (sets AWS_CA_BUNDLE, "
+                        "e.g. the certificate 'volumed kms serve' printed)")
+
+
+def _ca_bundle(path: str) -> str:
+    """--ca-bundle: exported as AWS_CA_BUNDLE, which boto3 reads (here and in a mount's daemon)."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path} is not a file")
+    os.environ["AWS_CA_BUNDLE"] = path
+    return path
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

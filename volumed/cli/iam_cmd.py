@@ -82,3 +82,6 @@ def register(subparsers) -> None:
          target_optional=True)
     p = _cmd(sub, "delete-policy", _delete, "detach an identity policy")
     p.add_argument("name", metavar="NAME")
+    from volumed.cli import server_cmd
+
+    server_cmd.register_access_keys(sub)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 
 from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
 from volumed.errors import UsageError, VolumedError
+from volumed.hardening import holds_keys, note_key_unwrapped
 
 # AWS error code -> what the user can do about it
 _HINTS = {
@@ -263,25 +263,21 @@ def _read_text(path: str) -> str:
 
 
 def _write_output(path: str, data: bytes) -> None:
-    """Write all of ``data`` or nothing (temporary file + rename)."""
+    """Write all of ``data`` or nothing (volumed.safefile.write_atomic: mode 0600, a temporary
+    file opened O_EXCL|O_NOFOLLOW, so a planted symlink never receives plaintext)."""
     if path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    tmp = f"{path}.volumed-tmp-{os.getpid()}"
+    from volumed.safefile import write_atomic
+
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
+@holds_keys
 def _encrypt(args):
     """encrypt KEY --in --out [--context]: KMS Encrypt of a file of 1-4096 bytes."""
     data = _read_input(args.infile)
@@ -297,6 +293,7 @@ def _encrypt(args):
     return 0
 
 
+@holds_keys
 def _decrypt(args):
     """decrypt --in --out [--context] [--key]: KMS Decrypt; the plaintext buffer is wiped after writing."""
     data = _read_input(args.infile)
@@ -307,6 +304,7 @@ def _decrypt(args):
         params["KeyId"] = args.key
     r = _call(kms_client(args), "decrypt", **params)
     plaintext = bytearray(r.pop("Plaintext"))
+    note_key_unwrapped()
     try:
         _write_output(args.outfile, bytes(plaintext))
     finally:
@@ -464,3 +462,6 @@ def register(subparsers) -> None:
     from volumed.cli.audit_cmd import register_audit
 
     register_audit(sub)
+    from volumed.cli import server_cmd
+
+    server_cmd.register_serve(sub)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from volumed.cli.common import add_kms_options, print_json
 
@@ -28,6 +29,10 @@ def register(sub) -> None:
     p.add_argument("--io-threads", type=int, default=None, metavar="N",
                    help="native engine: worker threads, each on its own /dev/fuse clone "
                         "(default: the number of CPUs)")
+    p.add_argument("--host-profile", default=os.environ.get("VOLUMED_HOST_PROFILE"), metavar="PROFILE",
+                   help="with --kms https://SERVER: the AWS profile holding this host's access key, "
+                        "which the daemon signs with (default: $VOLUMED_HOST_PROFILE, else the same "
+                        "credentials as the user); the grant names that key's principal")
     p.add_argument("--allow-faults", action="store_true",
                    help="enable test hooks (clock injection, power-cut recording); never in production")
     p.add_argument("--bench-null-cipher", default=None, metavar="SIZE",
@@ -60,8 +65,8 @@ def _mount(args) -> int:
         principal=args.principal, via_service=args.via_service, foreground=args.foreground,
         allow_faults=args.allow_faults, recovery_window=args.recovery_window * 86400.0,
         grace=args.kms_grace, interval=args.check_interval, fake_time=args.fake_time,
-        recording_journal=args.test_recording_journal, engine=args.engine,
-        io_threads=args.io_threads)
+        recording_journal=args.test_recording_journal, host_profile=args.host_profile,
+        engine=args.engine, io_threads=args.io_threads)
     if rc == 0 and not args.foreground:
         from volumed.mount.tuning import tune_mount
 

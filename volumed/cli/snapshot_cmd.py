@@ -1,4 +1,4 @@
-"""`volumed snapshot create|list|describe|delete|copy|share`, `volumed restore`, `volumed delete`.
+"""`volumed snapshot create|list|describe|delete|copy|share|seal`, `volumed restore`, `volumed delete`.
 
 The snapshot store is ``--store SPEC`` (a directory or s3://BUCKET/PREFIX), else
 $VOLUMED_SNAPSHOT_STORE, else ``snapshots`` next to the embedded keystore. The user calls KMS
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
+from volumed.hardening import holds_keys
 
 PROGRESS_MIN_CHUNKS = 1024  # show a progress bar from 64 MiB of snapshot up
 
@@ -82,6 +83,7 @@ def _print_snapshot(args, m, extra: str = "") -> None:
           f"stored {d['StoredBytes']} bytes{extra}")
 
 
+@holds_keys
 def cmd_create(args) -> int:
     from volumed.snapshot.engine import create_snapshot
 
@@ -95,7 +97,7 @@ def cmd_list(args) -> int:
     from volumed.snapshot import catalog
     from volumed.snapshot.engine import describe
 
-    snaps = [describe(m) for m in catalog.all_manifests(_store(args))]
+    snaps = [describe(m, mac is not None) for m, mac in catalog.all_with_mac(_store(args))]
     if args.volume:
         snaps = [d for d in snaps if args.volume in (d["VolumeId"], d["VolumeUuid"], d["DbId"])]
     if args.json:
@@ -107,7 +109,8 @@ def cmd_list(args) -> int:
         print(f"{d['SnapshotId']}  {d['VolumeId']}  {d['StartTime']}  {d['Cipher']}  "
               f"{d['VolumeSize']} bytes  stored {d['StoredBytes']}"
               + (f"  copy of {d['SourceSnapshotId']}" if d["SourceSnapshotId"] else "")
-              + (f"  shared with {','.join(d['SharedWith'])}" if d["SharedWith"] else ""))
+              + (f"  shared with {','.join(d['SharedWith'])}" if d["SharedWith"] else "")
+              + ("" if d["Sealed"] else "  UNSEALED (volumed snapshot seal)"))
     return 0
 
 
@@ -115,7 +118,8 @@ def cmd_describe(args) -> int:
     from volumed.snapshot import catalog
     from volumed.snapshot.engine import describe
 
-    d = describe(catalog.load(_store(args), args.snapshot))
+    m, mac = catalog.read_with_mac(_store(args), args.snapshot)
+    d = describe(m, mac is not None)
     if args.json:
         print_json(d)
     else:
@@ -135,6 +139,7 @@ def cmd_delete_snapshot(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_copy(args) -> int:
     from volumed.snapshot.engine import copy_snapshot
 
@@ -145,6 +150,7 @@ def cmd_copy(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_share(args) -> int:
     from volumed.snapshot.engine import share_snapshot
 
@@ -156,6 +162,22 @@ def cmd_share(args) -> int:
     return 0
 
 
+@holds_keys
+def cmd_seal(args) -> int:
+    from volumed.snapshot.engine import seal_snapshot
+
+    m = _with_progress(args, "seal", lambda p: seal_snapshot(_store(args), args.snapshot, kms=_kms(args),
+                                                            progress=p))
+    if args.json:
+        print_json({"SnapshotId": args.snapshot, "Sealed": True, "OwnerId": m["owner_account"],
+                    "SharedWith": m["shared_with"]})
+    else:
+        print(f"sealed {args.snapshot}: every chunk checked; owner {m['owner_account']}, shared with "
+              f"{', '.join(m['shared_with']) or 'no account'}")
+    return 0
+
+
+@holds_keys
 def cmd_restore(args) -> int:
     from volumed.snapshot.restore import restore_snapshot
 
@@ -228,6 +250,13 @@ def register(sub) -> None:
     p.add_argument("--account", required=True, metavar="ID", help="12-digit AWS account id")
     _add_common(p)
     p.set_defaults(func=cmd_share)
+
+    p = ss.add_parser("seal", help="add the manifest MAC to a snapshot made by an older volumed "
+                                   "(checks every chunk under its key first)")
+    p.add_argument("snapshot", metavar="SNAP")
+    _progress_option(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_seal)
 
     p = sub.add_parser("restore", help="a new volume from a snapshot")
     p.add_argument("snapshot", metavar="SNAP")

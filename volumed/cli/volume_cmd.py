@@ -10,6 +10,7 @@ import os
 
 from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
 from volumed.errors import UsageError
+from volumed.hardening import holds_keys
 
 
 def _region() -> str:
@@ -57,6 +58,7 @@ def _summary(path: str, h) -> str:
     return "\n".join(lines)
 
 
+@holds_keys
 def cmd_create(args) -> int:
     from volumed.volume import Volume, parse_size
 
@@ -81,6 +83,7 @@ def cmd_info(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_export(args) -> int:
     from volumed.volume import Volume
     from volumed.volume.export import export_luks
@@ -98,6 +101,7 @@ def cmd_export(args) -> int:
     return 0
 
 
+@holds_keys
 def cmd_resize(args) -> int:
     from volumed.volume import Volume, parse_size
 

@@ -33,16 +33,22 @@ def default_spec() -> str:
 
 
 def connect(spec: str | None = None, principal: str | None = None, via_service: str | None = None,
-            clock=None):
+            clock=None, profile: str | None = None):
     """A KMS client for ``spec`` (default ``default_spec()``). For the embedded service,
     ``principal`` defaults to the keystore's user for the current login; ``clock`` (a
     volumed.clock.Clock) drives rotation and deletion windows. For AWS, principal and via_service
-    come from the boto3 credentials and are ignored here."""
+    come from the boto3 credentials (of AWS profile ``profile`` if given) and are ignored here;
+    an endpoint URL (``volumed kms serve``) with no region configured gets $VOLUMED_REGION or
+    us-east-1, and its CA bundle comes from AWS_CA_BUNDLE or the profile's ca_bundle."""
     spec = spec or default_spec()
     if spec == "aws" or spec.startswith(("https://", "http://")):
         import boto3
 
-        return boto3.client("kms", endpoint_url=None if spec == "aws" else spec)
+        session = boto3.Session(profile_name=profile)
+        if spec == "aws":
+            return session.client("kms")
+        region = session.region_name or os.environ.get("VOLUMED_REGION") or "us-east-1"
+        return session.client("kms", endpoint_url=spec, region_name=region)
     from volumed.kms.keystore import Keystore
     from volumed.kms.service import EmbeddedKMS
 

@@ -7,7 +7,8 @@ transaction as the change it describes. The service calls, for every KMS call, a
     configure(conn, signing_key_path)        once per keystore open (creates the 0600 Ed25519 key)
     record_call(conn, *, clock, account_id, region, event_name, principal, via_service,
                 request_parameters, response_elements, error_code, error_message,
-                key_arn, read_only, source_ip="127.0.0.1", user_agent="volumed")
+                key_arn, read_only, source_ip="127.0.0.1", user_agent="volumed",
+                access_key_id=None, request_id=None)
 
 ``record_call`` runs inside the caller's open write transaction (BEGIN IMMEDIATE) and never
 commits. If it raises, the call fails: the log is never silently incomplete. Members named like
@@ -21,8 +22,9 @@ Tamper evidence (modelled on CloudTrail log file integrity validation; docs/AUDI
 - on a fixed schedule (every ``seal_every`` records, and at the first append once the oldest
   unsealed record is ``seal_interval`` seconds old by the injected clock) the unsealed records are
   sealed by a digest: it lists the SHA-256 of each record's text and the chain hash of the last,
-  carries the previous digest's hash and signature, and is signed with Ed25519 by the keystore's
-  audit signing key;
+  carries the previous digest's hash and signature and (format v2) the seal schedule, and is
+  signed with Ed25519 by the keystore's audit signing key, whose public half ``configure`` pins in
+  ``audit-signing.pub`` beside the database: the verifier's trust root;
 - ``verify`` checks all of it and names the seq numbers at fault; ``latest_anchor`` gives the hash
   of the newest digest, which a user keeps elsewhere and passes back to ``verify`` to catch a
   truncated tail.
@@ -44,12 +46,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from volumed.errors import VolumedError
+from volumed.kms.arn import Arn
 
 EVENT_VERSION = "1.08"
 GENESIS = "0" * 64
 DEFAULT_SEAL_EVERY = 100
 DEFAULT_SEAL_INTERVAL = 3600.0
 SIGNING_KEY_FILE = "audit-signing.key"  # suggested name inside the keystore directory
+PIN_FILE = "audit-signing.pub"  # the trusted public key(s), beside the database, outside it
+DIGEST_VERSION = 2  # 2: the seal schedule is signed in every digest; 1: it was not
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -133,13 +138,86 @@ def fingerprint(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(_raw_public(public_key)).hexdigest()
 
 
+def database_directory(conn: sqlite3.Connection) -> str | None:
+    """The directory of ``conn``'s main database file (None for an in-memory database)."""
+    for row in conn.execute("PRAGMA database_list").fetchall():
+        if row[1] == "main" and row[2]:
+            return os.path.dirname(os.path.abspath(row[2]))
+    return None
+
+
+def pin_path(conn: sqlite3.Connection) -> str | None:
+    """``<database directory>/audit-signing.pub``: where the trusted public keys are pinned."""
+    directory = database_directory(conn)
+    return os.path.join(directory, PIN_FILE) if directory else None
+
+
+def pin_line(public_key: Ed25519PublicKey) -> str:
+    """One line of the pin file: ``ed25519 <64 hex digits of the raw public key>``."""
+    return f"ed25519 {_raw_public(public_key).hex()}"
+
+
+def read_pin(path: str) -> list[Ed25519PublicKey]:
+    """The public keys pinned in ``path`` (lines ``ed25519 <hex>``; ``#`` comments). Raises
+    OSError if unreadable, ValueError if malformed."""
+    keys = []
+    with open(path, encoding="ascii") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            kind, _, hexkey = line.partition(" ")
+            if kind != "ed25519" or len(hexkey.strip()) != 64:
+                raise ValueError(f"{path} line {n} is not 'ed25519 <64 hex digits>'")
+            keys.append(Ed25519PublicKey.from_public_bytes(bytes.fromhex(hexkey.strip())))
+    return keys
+
+
+def _write_pin(path: str, public_key: Ed25519PublicKey) -> None:
+    """Create the pin file (0644, never overwritten) naming ``public_key``."""
+    text = ("# The audit log's signing public key(s). `volumed kms audit verify` trusts only these,\n"
+            "# never the key the database names. To rotate the signing key on purpose, add its line.\n"
+            f"{pin_line(public_key)}\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_pin(conn: sqlite3.Connection, signing_key_path: str, pub: Ed25519PublicKey) -> None:
+    """Pin ``pub`` beside the database on first use; refuse a signing key the pin does not list."""
+    path = pin_path(conn)
+    if path is None:
+        return  # an in-memory log: verify needs the public key given
+    if not os.path.exists(path):
+        try:
+            _write_pin(path, pub)
+        except FileExistsError:
+            pass  # another process pinned it first
+        except OSError as exc:
+            raise AuditError(f"cannot pin the audit signing public key in {path}: {exc.strerror}") from None
+    try:
+        pinned = read_pin(path)
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"cannot read the pinned audit public key {path}: {exc}") from None
+    if fingerprint(pub) not in {fingerprint(k) for k in pinned}:
+        raise AuditError(f"audit signing key {signing_key_path} is not the key pinned in {path}: it was "
+                         f"replaced; restore the original, or if you rotated it on purpose add the line "
+                         f"'{pin_line(pub)}' to {path}")
+
+
 def configure(conn: sqlite3.Connection, signing_key_path: str, *,
               seal_every: int = DEFAULT_SEAL_EVERY,
               seal_interval: float = DEFAULT_SEAL_INTERVAL) -> str:
-    """Turn on sealing: create the signing key file if missing (0600) and record its path, its
-    public key and the schedule in the database. Returns the key's fingerprint.
+    """Turn on sealing: create the signing key file if missing (0600), pin its public key in
+    ``audit-signing.pub`` beside the database if nothing is pinned yet (0644; the verifier's trust
+    root), and record its path, its public key and the schedule in the database. Returns the key's
+    fingerprint. AuditError if the key is not one the pin file lists.
 
-    Caller: the keystore when it opens (``<keystore dir>/audit-signing.key``). Writes two rows; in
+    Caller: the keystore when it opens (``<keystore dir>/audit-signing.key``). Writes its rows; in
     autocommit mode they commit at once, inside a transaction they commit with it."""
     if seal_every < 1 or seal_interval <= 0:
         raise ValueError("seal_every must be >= 1 and seal_interval > 0")
@@ -150,6 +228,7 @@ def configure(conn: sqlite3.Connection, signing_key_path: str, *,
         except FileExistsError:
             pass  # another process created it first
     pub = load_signing_key(signing_key_path).public_key()
+    _check_pin(conn, signing_key_path, pub)
     rows = {"signing_key_path": signing_key_path, "public_key": _raw_public(pub).hex(),
             "seal_every": str(int(seal_every)), "seal_interval": repr(float(seal_interval))}
     have = dict(conn.execute("SELECT name, value FROM audit_config").fetchall())
@@ -220,29 +299,29 @@ def _principal_id(prefix: str, arn: str) -> str:
 def user_identity(principal: str, via_service: str | None) -> dict:
     """CloudTrail's userIdentity for a caller ARN: Root, IAMUser, AssumedRole (with its session
     issuer), or AWSService; ``invokedBy`` names the service a call came through."""
-    m = re.match(r"^arn:(aws[a-z-]*):(iam|sts)::(\d{12}):(.+)$", principal or "")
-    if not m:
+    a = Arn.try_parse(principal)
+    if a is None or a.service not in ("iam", "sts") or not a.account:
         ident: dict = {"type": "AWSService" if (principal or "").endswith("amazonaws.com") else "Unknown",
                        "arn": principal}
     else:
-        part, service, account, resource = m.groups()
-        if service == "iam" and resource == "root":
+        account = a.account
+        if a.is_root:
             ident = {"type": "Root", "principalId": account, "arn": principal, "accountId": account}
-        elif service == "sts" and resource.startswith("assumed-role/"):
-            _, role, session = resource.split("/", 2)
-            role_arn = f"arn:{part}:iam::{account}:role/{role}"
+        elif a.session is not None:
+            role, session = a.session
+            role_arn = str(a.session_role())
             role_id = _principal_id("AROA", role_arn)
             ident = {"type": "AssumedRole", "principalId": f"{role_id}:{session}", "arn": principal,
                      "accountId": account,
                      "sessionContext": {"sessionIssuer": {"type": "Role", "principalId": role_id,
                                                           "arn": role_arn, "accountId": account,
                                                           "userName": role}}}
-        elif resource.startswith("role/"):
+        elif a.resource.startswith("role/"):
             ident = {"type": "AssumedRole", "principalId": _principal_id("AROA", principal),
                      "arn": principal, "accountId": account}
         else:
             ident = {"type": "IAMUser", "principalId": _principal_id("AIDA", principal),
-                     "arn": principal, "accountId": account, "userName": resource.rsplit("/", 1)[-1]}
+                     "arn": principal, "accountId": account, "userName": a.resource.rsplit("/", 1)[-1]}
     if via_service:
         ident["invokedBy"] = service_host(via_service)
     return ident
@@ -272,8 +351,11 @@ def chain_hash(prev_hash: str, record_text: str) -> str:
 
 def record_call(conn, *, clock, account_id, region, event_name, principal, via_service,
                 request_parameters, response_elements, error_code, error_message, key_arn,
-                read_only, source_ip="127.0.0.1", user_agent="volumed") -> dict:
+                read_only, source_ip="127.0.0.1", user_agent="volumed", access_key_id=None,
+                request_id=None) -> dict:
     """Append one CloudTrail-shaped record for a KMS call, allowed or denied, and seal on schedule.
+    Over the network (volumed.kms.server) the caller's address, user agent, access key id and the
+    request id it was answered with are passed in; the embedded service leaves the defaults.
 
     Runs inside the caller's write transaction and does not commit. Raises (sqlite3.Error or
     AuditError) if the record cannot be written or sealed; the caller then fails the call. Returns
@@ -290,7 +372,7 @@ def record_call(conn, *, clock, account_id, region, event_name, principal, via_s
         "userAgent": via_host or user_agent,
         "requestParameters": scrub(request_parameters) if request_parameters is not None else None,
         "responseElements": scrub(response_elements) if response_elements is not None else None,
-        "requestID": str(uuid.uuid4()),
+        "requestID": request_id or str(uuid.uuid4()),
         "eventID": str(uuid.uuid4()),
         "readOnly": bool(read_only),
         "eventType": "AwsApiCall",
@@ -298,6 +380,8 @@ def record_call(conn, *, clock, account_id, region, event_name, principal, via_s
         "recipientAccountId": account_id,
         "eventCategory": "Management",
     }
+    if access_key_id:
+        record["userIdentity"]["accessKeyId"] = access_key_id
     if key_arn:
         record["resources"] = [{"accountId": account_id, "type": "AWS::KMS::Key", "ARN": key_arn}]
     if error_code:
@@ -355,7 +439,7 @@ def _seal(conn, cfg: dict, clock, last) -> dict | None:
         return None
     key = load_signing_key(cfg["signing_key_path"])
     body = {
-        "digestVersion": 1,
+        "digestVersion": DIGEST_VERSION,
         "digestSeq": (last[0] + 1) if last else 1,
         "firstSeq": rows[0][0],
         "lastSeq": rows[-1][0],
@@ -366,6 +450,8 @@ def _seal(conn, cfg: dict, clock, last) -> dict | None:
         "previousDigestSignature": last[2] if last else "",
         "publicKeyFingerprint": fingerprint(key.public_key()),
     }
+    if DIGEST_VERSION >= 2:  # the schedule is signed: removing trailing digests cannot be hidden
+        body.update(sealEvery=cfg["seal_every"], sealInterval=cfg["seal_interval"])
     text = _canonical(body)
     signature = key.sign(text.encode()).hex()
     digest_hash = hashlib.sha256(text.encode()).hexdigest()

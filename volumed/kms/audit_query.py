@@ -7,9 +7,11 @@ Read-only. Callers: ``volumed.kms.audit.query``/``format_records`` (re-exported)
 from __future__ import annotations
 
 import datetime as _dt
-import fnmatch
 import json
 from typing import Any, Iterator
+
+from volumed.kms import wildcard
+from volumed.kms.arn import Arn
 
 _CONTEXT_MEMBERS = ("encryptionContext", "sourceEncryptionContext", "destinationEncryptionContext")
 
@@ -56,7 +58,7 @@ def _principal_matches(record: dict, principal: str) -> bool:
     ident = record.get("userIdentity") or {}
     issuer = ((ident.get("sessionContext") or {}).get("sessionIssuer") or {}).get("arn")
     for cand in (ident.get("arn"), issuer):
-        if cand and (cand == principal or fnmatch.fnmatchcase(cand, principal)):
+        if cand and (cand == principal or wildcard.match(principal, cand)):
             return True
     return False
 
@@ -106,7 +108,8 @@ def query(conn, key: str | None = None, event_name: str | None = None, principal
 
 def _short_principal(ident: dict) -> str:
     arn = ident.get("arn") or "?"
-    return arn.split(":", 5)[-1] if arn.startswith("arn:") else arn
+    parsed = Arn.try_parse(arn)
+    return parsed.resource if parsed else arn
 
 
 def format_record(rec: dict) -> str:

@@ -4,6 +4,10 @@ One concern: read the log and its digests and say whether anything was edited, r
 or reordered, and where. Read-only. Callers: ``volumed.kms.audit.verify`` (re-exported), the CLI.
 
 Method:
+0. The trust root: the public key given (``--public-key``), else the keys pinned in
+   ``audit-signing.pub`` beside the database (never the key the database names, which whoever can
+   write the database could replace). The key the database names must be one of them, or the
+   database was repointed.
 1. Each digest: its stored hash matches its body, its Ed25519 signature verifies under the given
    public key, it names the previous digest's hash and signature, and its range continues the
    previous one. A forged or altered digest fails here.
@@ -13,7 +17,8 @@ Method:
    records; unmatched present records are inserted ones; each is named by seq.
 3. The whole chain: each record's ``prev_hash`` is the previous record's hash, and each record's
    text matches its hash; breaks not already explained are reported, which covers the unsealed tail.
-4. The schedule: an unsealed tail longer than the schedule allows means digests were removed.
+4. The schedule: an unsealed tail longer than the schedule allows means digests were removed. The
+   schedule is the one signed in the newest (v2) digest, or the database's where stricter.
 5. The anchor, if given, must be the hash of a digest present: otherwise the log was truncated (or
    its digests replaced) after the user took the anchor.
 """
@@ -59,6 +64,7 @@ class VerifyReport:
     anchor_found: bool | None = None
     latest_anchor: str | None = None
     public_key: str | None = None  # hex of the (first) key digests were checked against
+    trust_root: str | None = None  # where the trusted keys came from: the pin file or --public-key
     problems: list[Finding] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
@@ -80,6 +86,7 @@ class VerifyReport:
                 "sealedThrough": self.sealed_through, "unsealed": self.unsealed,
                 "anchor": self.anchor, "anchorFound": self.anchor_found,
                 "latestAnchor": self.latest_anchor, "publicKey": self.public_key,
+                "trustRoot": self.trust_root,
                 "problems": [dataclasses.asdict(p) for p in self.problems],
                 "warnings": list(self.warnings)}
 
@@ -97,6 +104,8 @@ class VerifyReport:
             lines.append(f"latest anchor (keep it elsewhere): {self.latest_anchor}")
         if self.public_key:
             lines.append(f"signing public key (for --public-key): {self.public_key}")
+        if self.trust_root:
+            lines.append(f"trusted keys from: {self.trust_root}")
         return "\n".join(lines)
 
 
@@ -145,36 +154,79 @@ def load_public_keys(public_key: Any) -> list[Ed25519PublicKey]:
     raise TypeError(f"cannot use {type(public_key).__name__} as an audit public key")
 
 
-def _default_keys(conn, report: VerifyReport) -> list[Ed25519PublicKey]:
-    cfg = _audit._config(conn)
-    if cfg is None:
-        return []
+def _pinned_keys(conn, report: VerifyReport) -> list[Ed25519PublicKey]:
+    """The trust root when no public key is given: the keys pinned in ``audit-signing.pub``
+    beside the database (never the key the database names, which its writer could replace).
+    Reports a "key" problem when there is none, or it could have been replaced by others."""
+    path = _audit.pin_path(conn)
+    where = path or "the pin file (the database is not a file)"
     try:
-        return [_audit.load_signing_key(cfg["signing_key_path"]).public_key()]
+        if path is None:
+            raise FileNotFoundError
+        mode = os.stat(path).st_mode & 0o777
+        keys = _audit.read_pin(path)
+    except FileNotFoundError:
+        report.add("key", f"no trusted public key: {where} is missing; pass --public-key, or open the "
+                          "keystore once with this version to pin its signing key (the key the database "
+                          "names is not trusted: whoever can write the database could have replaced it)")
+        return []
+    except (OSError, ValueError) as exc:
+        report.add("key", f"cannot read the pinned public key {path}: {exc}")
+        return []
+    if mode & 0o022:
+        report.add("key", f"the pinned public key {path} has mode {mode:04o}: others could replace it, "
+                          f"so it is no trust root; run 'chmod 644 {path}'")
+        return []
+    report.trust_root = path
+    return keys
+
+
+def _check_configured_key(conn, keys: list[Ed25519PublicKey], report: VerifyReport) -> None:
+    """The signing key the database names (its public key row, and the key file its path names)
+    must be a trusted one: otherwise the database was repointed at someone else's key."""
+    cfg = _audit._config(conn)
+    if cfg is None or not keys:
+        return
+    trusted = {_audit.fingerprint(k) for k in keys}
+    named = []
+    if cfg.get("public_key"):
+        try:
+            named += load_public_keys(cfg["public_key"])
+        except ValueError:
+            report.add("key", "the database's audit public key is malformed (altered)")
+    try:
+        named.append(_audit.load_signing_key(cfg["signing_key_path"]).public_key())
     except _audit.AuditError:
-        if cfg.get("public_key"):
-            report.warnings.append("signing key file unreadable: digests checked against the public "
-                                   "key recorded in the database, which its writer could replace; "
-                                   "pass --public-key for an independent check")
-            return load_public_keys(cfg["public_key"])
-    return []
+        pass  # unreadable here (another user's key): the public key row was checked
+    for k in named:
+        fp = _audit.fingerprint(k)
+        if fp not in trusted:
+            report.add("key", f"the database names signing key {fp[:16]}... ({cfg['signing_key_path']}), "
+                              "which is not a trusted key: the database was repointed at another key")
+            return
 
 
 def verify(conn, anchor: str | None = None, public_key: Any = None) -> "VerifyReport":
     """Check the audit log in ``conn`` (see module doc) and return a VerifyReport naming every
-    problem by seq (records) or digest number. ``public_key`` defaults to the configured signing
-    key's; ``anchor`` is a digest hash the user kept (from ``latest_anchor``)."""
+    problem by seq (records) or digest number. ``public_key`` (the trust root) defaults to the
+    keys pinned in ``audit-signing.pub`` beside the database, never to the key the database
+    names; ``anchor`` is a digest hash the user kept (from ``latest_anchor``)."""
     report = VerifyReport(anchor=anchor)
     rows = conn.execute("SELECT seq, record, prev_hash, hash, appended FROM audit ORDER BY seq").fetchall()
     digests = conn.execute("SELECT dseq, body, signature, hash FROM audit_digest ORDER BY dseq").fetchall()
     report.records, report.digests = len(rows), len(digests)
-    keys = load_public_keys(public_key) if public_key is not None else _default_keys(conn, report)
-    if not keys and digests:
-        report.warnings.append("no public key: digest signatures were not checked")
+    if public_key is not None:
+        keys = load_public_keys(public_key)
+        report.trust_root = "--public-key"
+    elif digests or _audit._config(conn) is not None:
+        keys = _pinned_keys(conn, report)
+    else:
+        keys = []  # nothing was ever signed: the hash chain is all there is
     if keys:
         report.public_key = _audit._raw_public(keys[0]).hex()
+    _check_configured_key(conn, keys, report)
 
-    expected, digest_hashes, last_hashes = _check_digests(digests, keys, report)
+    expected, digest_hashes, last_hashes, schedule = _check_digests(digests, keys, report)
     report.latest_anchor = digest_hashes[-1] if digest_hashes else None
     sealed_through = max(expected) if expected else 0
     report.sealed_through = sealed_through
@@ -187,7 +239,7 @@ def verify(conn, anchor: str | None = None, public_key: Any = None) -> "VerifyRe
     _check_sealed(rows, ident, expected, report)
     _check_sealed_chain(rows, last_hashes, report)
     _check_chain(rows, report)
-    _check_schedule(conn, rows, sealed_through, report)
+    _check_schedule(conn, rows, sealed_through, schedule, report)
 
     if anchor is not None:
         report.anchor_found = anchor in digest_hashes
@@ -206,8 +258,11 @@ def _safe_hash(prev: str, text: str) -> str | None:
 
 def _check_digests(digests, keys, report: VerifyReport):
     """Check each digest; return {sealed seq: (content hash, digest number)}, the digests'
-    recomputed hashes in order, and (first, last, chain hash of last, digest) per digest."""
+    recomputed hashes in order, (first, last, chain hash of last, digest) per digest, and the seal
+    schedule (every, interval) signed in the newest version-2 digest (None if there is none)."""
     by_fp = {_audit.fingerprint(k): k for k in keys}
+    schedule = None
+    v1 = []
     expected: dict[int, tuple[str, int]] = {}
     hashes: list[str] = []
     last_hashes: list[tuple[int, int, str | None, int]] = []
@@ -261,7 +316,18 @@ def _check_digests(digests, keys, report: VerifyReport):
             expected[first + i] = (rh, dseq)
         last_hashes.append((first, last, body.get("lastHash"), dseq))
         prev = (dseq, body, signature, h)
-    return expected, hashes, last_hashes
+        if body.get("digestVersion", 1) >= 2:
+            try:
+                schedule = (int(body["sealEvery"]), float(body["sealInterval"]))
+            except (KeyError, TypeError, ValueError):
+                report.add("digest", f"digest {dseq} has no readable seal schedule (altered)", digest=dseq)
+        else:
+            v1.append(dseq)
+    if v1:
+        report.warnings.append(f"{len(v1)} digest{'s' * (len(v1) != 1)} ({v1[0]}..{v1[-1]}) are format v1, made "
+                               "before the seal schedule was signed: for them the schedule is the "
+                               "database's, which its writer could change")
+    return expected, hashes, last_hashes, schedule
 
 
 def _check_sealed(rows, ident: dict[int, str], expected: dict[int, tuple[str, int]],
@@ -333,23 +399,28 @@ def _check_chain(rows, report: VerifyReport) -> None:
         prev_seq, prev_hash = seq, h
 
 
-def _check_schedule(conn, rows, sealed_through: int, report: VerifyReport) -> None:
+def _check_schedule(conn, rows, sealed_through: int, signed, report: VerifyReport) -> None:
+    """An unsealed tail longer than the schedule allows means trailing digests were removed. The
+    schedule is the one signed in the newest digest (a database writer cannot raise it to hide
+    the removal), or the database's where it is stricter or no digest signs one."""
     tail = [r for r in rows if r[0] > sealed_through]
     report.unsealed = len(tail)
     cfg = _audit._config(conn)
     if not tail:
         return
-    if cfg is None:
+    if cfg is None and signed is None:
         report.warnings.append(f"sealing is not configured: {len(tail)} records are protected by the "
                                "hash chain only")
         return
+    every, interval = signed if signed else (cfg["seal_every"], cfg["seal_interval"])
+    if cfg is not None:
+        every, interval = min(every, cfg["seal_every"]), min(interval, cfg["seal_interval"])
     times = [r[4] for r in tail if r[4] is not None]
-    overdue = len(tail) >= cfg["seal_every"] or (times and max(times) - min(times) >= cfg["seal_interval"])
+    overdue = len(tail) >= every or (times and max(times) - min(times) >= interval)
     if overdue:
         report.add("schedule", f"records {tail[0][0]}..{tail[-1][0]} should have been sealed by the "
-                               f"schedule (every {cfg['seal_every']} records or "
-                               f"{cfg['seal_interval']:g} s) but no digest covers them (digests removed)",
-                   seq=tail[0][0])
+                               f"schedule (every {every} records or {interval:g} s) but no digest covers "
+                               "them (digests removed)", seq=tail[0][0])
     else:
         report.warnings.append(f"records {tail[0][0]}..{tail[-1][0]} are not sealed yet: only the hash "
                                "chain protects them until the next digest")

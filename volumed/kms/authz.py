@@ -24,7 +24,8 @@ key_policy, bypass_lockout_check, retiring_principal).
 
 from __future__ import annotations
 
-from volumed.kms import awsmodel, grants, policy
+from volumed.kms import arn as _arn
+from volumed.kms import awsmodel, grants, policy, principals
 
 LOCKOUT_MESSAGE = ("The new key policy will not allow you to update the key policy in the future.")
 
@@ -58,7 +59,7 @@ def _identity_only_policy(account: str) -> dict:
     """A resource policy that only enables the account's identity policies: how calls on no key
     (and IAM calls) are decided, since IAM has no resource policy of its own."""
     return {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+        "Effect": "Allow", "Principal": {"AWS": principals.root_arn(account)},
         "Action": "*", "Resource": "*"}]}
 
 
@@ -93,13 +94,11 @@ def _grant_allows(action: str, key: dict, request: dict) -> bool:
                    for g in key_grants)
     if action == "kms:RetireGrant":
         g = request.get("grant") or {}
-        account = policy.account_of(caller)
         return bool(
             (g.get("RetiringPrincipal") and grants.grantee_matches(g["RetiringPrincipal"], caller))
             or (grants.grantee_matches(g.get("GranteePrincipal", ""), caller)
                 and "RetireGrant" in (g.get("Operations") or ()))
-            or (account and caller == f"arn:aws:iam::{account}:root"
-                and g.get("IssuingAccount") == caller))
+            or (g.get("IssuingAccount") == caller and _arn.is_account_root(caller)))
     return grants.allowing_grant(key_grants, caller, action, request.get("encryption_context")) is not None
 
 

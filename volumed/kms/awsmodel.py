@@ -119,13 +119,34 @@ def _check_output_values(shape, value, path):
         assert isinstance(value, _dt.datetime) and value.tzinfo is not None, f"{path}: naive time"
 
 
+MAX_ENCRYPTION_CONTEXT_CHARS = 8192  # keys and values together, as AWS KMS limits them
+_CONTEXT_PARAMS = ("EncryptionContext", "SourceEncryptionContext", "DestinationEncryptionContext")
+
+
+def _context_sizes(params: dict):
+    """(where, characters) of every encryption context in a request, grant constraints included."""
+    for name in _CONTEXT_PARAMS:
+        if isinstance(params.get(name), dict):
+            yield name[0].lower() + name[1:], params[name]
+    for name, ctx in (params.get("Constraints") or {}).items():
+        if isinstance(ctx, dict):
+            yield f"constraints.{name[0].lower() + name[1:]}", ctx
+
+
 def check_constraints(operation: str, params: dict) -> None:
     """The server-side checks AWS applies after boto3's (enum values, max lengths, integer and
-    list ranges); raise ValidationException with AWS's message layout naming every violation."""
+    list ranges, an encryption context of at most MAX_ENCRYPTION_CONTEXT_CHARS characters, which
+    also bounds the text a policy's StringLike patterns are matched against); raise
+    ValidationException with AWS's message layout naming every violation."""
     shape = service_model().operation_model(operation).input_shape
     errors: list[str] = []
     if shape is not None:
         _constraints(shape, params, "", errors)
+    for where, ctx in _context_sizes(params):
+        n = sum(len(str(k)) + len(str(v)) for k, v in ctx.items())
+        if n > MAX_ENCRYPTION_CONTEXT_CHARS:
+            errors.append(f"Value at '{where}' failed to satisfy constraint: Member must have keys and "
+                          f"values of at most {MAX_ENCRYPTION_CONTEXT_CHARS} characters in total ({n})")
     if errors:
         n = len(errors)
         msg = f"{n} validation error{'s' if n > 1 else ''} detected: " + "; ".join(errors)
@@ -139,7 +160,10 @@ def _pattern(pattern: str):
     return re.compile(pattern.removeprefix("^").removesuffix("$"))
 
 
-def _constraints(shape, value, path, errors):
+def _constraints(shape, value, path, errors, hide=False):
+    """Append every violation in ``value`` to ``errors``. Values are quoted as AWS does, except
+    sensitive members and list values and their items (``hide``): a list may hold grant tokens,
+    which must never reach an error message and through it the audit log (docs/AUDIT.md)."""
     meta = shape.metadata
     where = path or "request"
     if shape.type_name == "structure":
@@ -150,17 +174,17 @@ def _constraints(shape, value, path, errors):
         return
     if shape.type_name == "list":
         if "max" in meta and len(value) > meta["max"]:
-            errors.append(f"Value '{value}' at '{where}' failed to satisfy constraint: "
+            errors.append(f"Value of {len(value)} items at '{where}' failed to satisfy constraint: "
                           f"Member must have length less than or equal to {meta['max']}")
         for item in value:
-            _constraints(shape.member, item, where, errors)
+            _constraints(shape.member, item, where, errors, hide=True)
         return
     if shape.type_name == "map":
         for k, v in value.items():
-            _constraints(shape.key, k, where, errors)
-            _constraints(shape.value, v, where, errors)
+            _constraints(shape.key, k, where, errors, hide)
+            _constraints(shape.value, v, where, errors, hide)
         return
-    shown = "***" if meta.get("sensitive") else value
+    shown = "***" if (hide or meta.get("sensitive")) else value
     if shape.type_name == "string":
         if shape.enum and value not in shape.enum:
             errors.append(f"Value '{shown}' at '{where}' failed to satisfy constraint: "

@@ -11,6 +11,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 
 from volumed.kms import awsmodel
+from volumed.kms.arn import KEYSTORE_PARTITION, Arn
 
 
 @dataclass
@@ -51,10 +52,10 @@ class CallContext:
         self.changed = True
 
     def key_arn(self, key_id: str) -> str:
-        return f"arn:aws:kms:{self.region}:{self.account}:key/{key_id}"
+        return str(Arn(KEYSTORE_PARTITION, "kms", self.region, self.account, f"key/{key_id}"))
 
     def alias_arn(self, alias: str) -> str:
-        return f"arn:aws:kms:{self.region}:{self.account}:{alias}"
+        return str(Arn(KEYSTORE_PARTITION, "kms", self.region, self.account, alias))
 
     def authorize(self, action: str, key: dict | None, **extra) -> None:
         """Ask the authorizer whether the caller may do ``action`` on ``key`` (None for calls on

@@ -16,10 +16,10 @@ Rules (AWS KMS GrantConstraints):
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable, Mapping
 
 from volumed.errors import UsageError
+from volumed.kms import arn as _arn
 
 GRANT_OPERATIONS = frozenset({
     "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
@@ -155,12 +155,8 @@ def is_as_strict(parent_grant: Mapping, new_grant: Mapping) -> bool:
 def grantee_matches(grantee_principal: str, caller_arn: str) -> bool:
     """Whether a grant's GranteePrincipal covers the caller: the same ARN, or the caller is an
     assumed-role session of the grantee role (``arn:aws:sts::A:assumed-role/R/S`` for
-    ``arn:aws:iam::A:role/[path/]R``)."""
-    if grantee_principal == caller_arn:
-        return True
-    m = re.match(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/", caller_arn)
-    r = re.match(r"^arn:(aws[a-z-]*):iam::(\d{12}):role/(?:.*/)?([^/]+)$", grantee_principal)
-    return bool(m and r and m.groups() == r.groups())
+    ``arn:aws:iam::A:role/[path/]R``, same partition): the one rule of volumed.kms.arn.covers."""
+    return _arn.covers(grantee_principal, caller_arn)
 
 
 def allowing_grant(grants: Iterable[Mapping], caller_arn: str, operation: str,

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import re
 
+from volumed.kms import arn as _arn
 from volumed.kms import authz, awsmodel, iamstore, policy
+from volumed.kms.arn import Arn
 
-_TARGET_RE = re.compile(r"^arn:aws:iam::(\d{12}):(user|role)/[\w+=,.@/-]{1,512}$")
+_TARGET_NAME_RE = re.compile(r"^(user|role)/[\w+=,.@/-]{1,512}$")
 _NAME_RE = re.compile(r"^[\w+=,.@-]{1,128}$")
 
 
@@ -29,18 +31,21 @@ def _error(code: str, message: str, operation: str):
 
 
 def check_target(arn: str, account: str, operation: str) -> str:
-    """A principal policies may be attached to: an IAM user or role ARN of this account."""
-    m = _TARGET_RE.match(arn or "")
-    if not m:
+    """A principal policies may be attached to: an IAM user or role ARN of this account, in the
+    keystore's partition (an account id of another partition is another account)."""
+    parsed = Arn.try_parse(arn)
+    if parsed is None or parsed.service != "iam" or parsed.region or not _TARGET_NAME_RE.match(parsed.resource):
         hint = ""
-        s = re.match(r"^arn:aws:sts::(\d{12}):assumed-role/([^/]+)/", arn or "")
-        if s:
-            hint = f"; attach it to the session's role arn:aws:iam::{s.group(1)}:role/{s.group(2)}"
+        role = parsed.session_role() if parsed else None
+        if role:
+            hint = f"; attach it to the session's role {role}"
         raise _error("ValidationError", f"{arn!r} is not an IAM user or role ARN "
-                                        f"(arn:aws:iam::{account}:user/NAME or :role/NAME){hint}", operation)
-    if m.group(1) != account:
-        raise _error("ValidationError", f"{arn} is in account {m.group(1)}, not this keystore's "
-                                        f"account {account}", operation)
+                                        f"(arn:{_arn.KEYSTORE_PARTITION}:iam::{account}:user/NAME or "
+                                        f":role/NAME){hint}", operation)
+    if not parsed.same_account(Arn.root(_arn.KEYSTORE_PARTITION, account)):
+        raise _error("ValidationError", f"{arn} is in account {parsed.account} of partition "
+                                        f"{parsed.partition}, not this keystore's account {account} "
+                                        f"of partition {_arn.KEYSTORE_PARTITION}", operation)
     return arn
 
 
@@ -58,28 +63,33 @@ def iam_action(verb: str, target: str) -> str:
     return f"iam:{verb}{kind}Polic{'ies' if verb == 'List' else 'y'}"
 
 
-def may(conn, caller: str, account: str, verb: str, target: str) -> bool:
-    """Whether ``caller`` may do the IAM ``verb`` on ``target``'s policies (see module doc)."""
-    if caller in (iamstore.admin_principal(conn), f"arn:aws:iam::{account}:root"):
+def may(conn, caller: str, account: str, verb: str, target: str, decide=None) -> bool:
+    """Whether ``caller`` may do the IAM ``verb`` on ``target``'s policies (see module doc).
+    ``decide(request, identity_policies, account)`` makes the identity-policy decision
+    (authz.identity_decision unless the service passes its own, which decides outside the write
+    lock)."""
+    if caller == iamstore.admin_principal(conn) or _arn.is_root_of(caller, account):
         return True
     req = policy.Request(principal_arn=caller, principal_account=policy.account_of(caller) or "",
                          action=iam_action(verb, target), resource=target)
-    return authz.identity_decision(req, iamstore.policies_for_caller(conn, caller), account).allowed
+    decide = decide or authz.identity_decision
+    return decide(req, iamstore.policies_for_caller(conn, caller), account).allowed
 
 
-def _require(conn, caller: str, account: str, verb: str, target: str, operation: str) -> None:
-    if not may(conn, caller, account, verb, target):
+def _require(conn, caller: str, account: str, verb: str, target: str, operation: str, decide) -> None:
+    if not may(conn, caller, account, verb, target, decide):
         action = iam_action(verb, target)
         raise _error("AccessDenied", policy.access_denied_message(caller, action, target, False,
                                                                   "identity-based policy"), operation)
 
 
-def put_policy(conn, caller: str, account: str, target: str, name: str, document: str, now: float) -> None:
+def put_policy(conn, caller: str, account: str, target: str, name: str, document: str, now: float,
+               decide=None) -> None:
     """Attach or replace ``name`` on ``target`` after validating the document as an identity policy."""
     op = "PutPrincipalPolicy"
     check_target(target, account, op)
     check_name(name, op)
-    _require(conn, caller, account, "Put", target, op)
+    _require(conn, caller, account, "Put", target, op, decide)
     try:
         policy.parse_policy(document, kind="identity")
     except policy.MalformedPolicyDocument as exc:
@@ -87,39 +97,39 @@ def put_policy(conn, caller: str, account: str, target: str, name: str, document
     iamstore.put(conn, target, name, document, now)
 
 
-def get_policy(conn, caller: str, account: str, target: str, name: str) -> str:
+def get_policy(conn, caller: str, account: str, target: str, name: str, decide=None) -> str:
     """The document of ``name`` on ``target``; NoSuchEntity if none."""
     op = "GetPrincipalPolicy"
     check_target(target, account, op)
     check_name(name, op)
-    _require(conn, caller, account, "Get", target, op)
+    _require(conn, caller, account, "Get", target, op, decide)
     doc = iamstore.get(conn, target, name)
     if doc is None:
         raise _error("NoSuchEntity", f"The principal {target} has no policy named {name}", op)
     return doc
 
 
-def list_policies(conn, caller: str, account: str, target: str | None) -> list[tuple[str, str]]:
+def list_policies(conn, caller: str, account: str, target: str | None, decide=None) -> list[tuple[str, str]]:
     """(principal, name) pairs: of ``target``, or of every principal the caller may list (all
     of them for the administrator). AccessDenied when the caller may list none that exist."""
     op = "ListPrincipalPolicies"
     if target is not None:
         check_target(target, account, op)
-        _require(conn, caller, account, "List", target, op)
+        _require(conn, caller, account, "List", target, op, decide)
         return iamstore.listing(conn, target)
     rows = iamstore.listing(conn)
-    visible = [r for r in rows if may(conn, caller, account, "List", r[0])]
+    visible = [r for r in rows if may(conn, caller, account, "List", r[0], decide)]
     if rows and not visible:
         raise _error("AccessDenied", f"User: {caller} is not authorized to perform: iam:ListUserPolicies "
                                      f"or iam:ListRolePolicies on any principal of this keystore", op)
     return visible
 
 
-def delete_policy(conn, caller: str, account: str, target: str, name: str) -> None:
+def delete_policy(conn, caller: str, account: str, target: str, name: str, decide=None) -> None:
     """Detach ``name`` from ``target``; NoSuchEntity if it is not attached."""
     op = "DeletePrincipalPolicy"
     check_target(target, account, op)
     check_name(name, op)
-    _require(conn, caller, account, "Delete", target, op)
+    _require(conn, caller, account, "Delete", target, op, decide)
     if not iamstore.delete(conn, target, name):
         raise _error("NoSuchEntity", f"The principal {target} has no policy named {name}", op)

@@ -14,9 +14,8 @@ volumed.kms.iam.
 from __future__ import annotations
 
 import json
-import re
 
-from volumed.kms import principals
+from volumed.kms import arn as _arn, principals
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS identity_policies (
@@ -25,7 +24,6 @@ CREATE TABLE IF NOT EXISTS identity_policies (
 """
 
 ADMIN_POLICY_NAME = "volumed-keystore-admin"
-_SESSION_RE = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/.+$")
 
 
 def admin_policy_document() -> str:
@@ -64,21 +62,13 @@ def admin_principal(conn) -> str | None:
     return row[0] if row else None
 
 
-def attachment_targets(caller_arn: str) -> list[str]:
-    """The ARNs whose policies apply to a caller: itself, and for an assumed-role session its role."""
-    m = _SESSION_RE.match(caller_arn)
-    if m:
-        return [caller_arn, f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}"]
-    return [caller_arn]
-
-
 def policies_for_caller(conn, caller_arn: str) -> list[str]:
-    """The policy documents (text) that apply to ``caller_arn``, in name order."""
-    targets = attachment_targets(caller_arn)
-    marks = ",".join("?" * len(targets))
-    rows = conn.execute(f"SELECT document FROM identity_policies WHERE principal IN ({marks}) "
-                        "ORDER BY principal, name", targets).fetchall()
-    return [r[0] for r in rows]
+    """The policy documents (text) that apply to ``caller_arn``, in (principal, name) order: those
+    attached to a principal that covers the caller by volumed.kms.arn.covers (itself, or for an
+    assumed-role session its role, with any path, in the same partition and account)."""
+    rows = conn.execute("SELECT principal, document FROM identity_policies "
+                        "ORDER BY principal, name").fetchall()
+    return [r[1] for r in rows if _arn.covers(r[0], caller_arn)]
 
 
 def put(conn, principal: str, name: str, document: str, now: float) -> None:

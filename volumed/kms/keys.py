@@ -13,11 +13,11 @@ import re
 import uuid
 
 from volumed.kms import grantstore, managed, rootkey
+from volumed.kms.arn import KEYSTORE_PARTITION, Arn
 from volumed.kms.callctx import CallContext, to_datetime
 
 DAY = 86400.0
 ALIAS_RE = re.compile(r"^alias/[A-Za-z0-9/_-]{1,256}$")
-_ARN_RE = re.compile(r"^arn:aws:kms:([a-z0-9-]+):(\d{12}):(key/.+|alias/.+)$")
 
 
 # -- lookup ------------------------------------------------------------------------------------
@@ -44,11 +44,12 @@ def resolve(ctx: CallContext, ref: str) -> dict:
     """The key a KeyId names: key id, key ARN, alias name or alias ARN (AWS managed aliases are
     created on first reference). NotFoundException / InvalidArnException as AWS."""
     if ref.startswith("arn:"):
-        m = _ARN_RE.match(ref)
-        if not m:
+        arn = Arn.try_parse(ref)
+        if (arn is None or arn.service != "kms" or not arn.region or not arn.account
+                or not arn.resource.startswith(("key/", "alias/")) or arn.resource in ("key/", "alias/")):
             raise ctx.error("InvalidArnException", f"Invalid arn {ref}")
-        region, account, rest = m.groups()
-        if region != ctx.region or account != ctx.account:
+        rest = arn.resource
+        if (arn.partition, arn.region, arn.account) != (KEYSTORE_PARTITION, ctx.region, ctx.account):
             raise ctx.error("NotFoundException", f"Key '{ref}' does not exist" if rest.startswith("key/")
                             else f"Alias {ref} is not found.")
         ref = rest[4:] if rest.startswith("key/") else rest

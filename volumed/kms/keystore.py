@@ -5,6 +5,7 @@ Layout of ``<dir>`` (0700):
                                  audit log, meta (incl. the administrator's ARN)
     root.key                     32 random bytes, 0600 (absent when a passphrase derives the root)
     audit-signing.key            Ed25519 key sealing the audit log, 0600 (never in the database)
+    audit-signing.pub            its public half, pinned 0644: audit verify's trust root
     .lock                        flock taken while a keystore is opened (initialisation, upgrades)
 
 Concurrency: every call of the service is one ``BEGIN IMMEDIATE`` transaction (``Keystore.run``):
@@ -24,7 +25,7 @@ import sqlite3
 import threading
 import time
 
-from volumed.kms import audit, iamstore, rootkey
+from volumed.kms import audit, decisions, iamstore, rootkey
 
 DB_FILE = "keystore.db"
 SCHEMA_VERSION = "1"
@@ -74,6 +75,7 @@ class Keystore:
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
         self.lock = threading.RLock()
+        self.decisions = decisions.DecisionCache()  # authorization outcomes, decided outside the lock
         try:
             self._ensure_initialised()
             self.conn = self._open()
@@ -168,8 +170,10 @@ class Keystore:
                 "schema_version": SCHEMA_VERSION, "change_counter": "0"}
         if passphrase:
             salt = secrets.token_bytes(16)
-            root = rootkey.derive_passphrase_key(passphrase, salt)
-            meta.update(root_source="passphrase", scrypt_salt=salt.hex())
+            params = (rootkey.SCRYPT_N, rootkey.SCRYPT_R, rootkey.SCRYPT_P)
+            root = rootkey.derive_passphrase_key(passphrase, salt, params)
+            meta.update(root_source="passphrase", scrypt_salt=salt.hex(), scrypt_n=str(params[0]),
+                        scrypt_r=str(params[1]), scrypt_p=str(params[2]))
         else:
             if not os.path.exists(os.path.join(self.directory, rootkey.ROOT_KEY_FILE)):
                 rootkey.create_file_key(self.directory)
@@ -188,7 +192,8 @@ class Keystore:
             if not passphrase:
                 raise rootkey.KeystoreError(f"keystore {self.directory} is protected by a "
                                             f"passphrase; set {rootkey.PASSPHRASE_ENV}")
-            root = rootkey.derive_passphrase_key(passphrase, bytes.fromhex(meta["scrypt_salt"]))
+            root = rootkey.derive_passphrase_key(passphrase, bytes.fromhex(meta["scrypt_salt"]),
+                                                 rootkey.scrypt_params(meta))
         else:
             root = rootkey.read_file_key(self.directory)
         rootkey.verify(root, meta["root_check"], self.directory)

@@ -8,7 +8,7 @@ import json
 import re
 
 from volumed.errors import UsageError
-from volumed.kms import grants, grantstore, keys
+from volumed.kms import grants, grantstore, keys, principals
 from volumed.kms.callctx import CallContext
 from volumed.kms.paging import page
 
@@ -50,7 +50,7 @@ def create_grant(ctx: CallContext, p: dict) -> dict:
         grantstore.insert(ctx.conn, grant_id=grant_id, key_id=key["key_id"], name=p.get("Name"),
                           created=ctx.now(), grantee=p["GranteePrincipal"],
                           retiring=p.get("RetiringPrincipal"), operations=operations,
-                          constraints=constraints, issuing_account=f"arn:aws:iam::{ctx.account}:root")
+                          constraints=constraints, issuing_account=principals.root_arn(ctx.account))
     token = grantstore.add_token(ctx.conn, grant_id)
     ctx.change()
     return {"GrantToken": token, "GrantId": grant_id}

@@ -27,6 +27,9 @@ import re
 from typing import Any, Iterable
 
 from volumed.errors import VolumedError
+from volumed.kms import arn as _arn
+from volumed.kms import principals, wildcard
+from volumed.kms.arn import Arn
 
 VERSIONS = ("2012-10-17", "2008-10-17")
 MAX_POLICY_BYTES = 32768  # AWS's key policy size limit
@@ -52,11 +55,6 @@ _OPERATORS = {
 _SET_PREFIXES = ("ForAnyValue:", "ForAllValues:")
 
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
-_PRINCIPAL_ARN_RE = re.compile(
-    r"^arn:aws[a-z-]*:(?:iam::(\d{12}):(?:root|user/.+|role/.+|federated-user/.+)"
-    r"|sts::(\d{12}):(?:assumed-role/[^/]+/.+|federated-user/.+))$")
-_SESSION_RE = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/(.+)$")
-_ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/(?:.*/)?([^/]+)$")
 _ACTION_RE = re.compile(r"^[A-Za-z0-9-]+:[A-Za-z0-9*?]+$")
 
 
@@ -241,11 +239,12 @@ def _normalise_aws_principal(entry: str, where: str) -> str:
     if entry == "*":
         return "*"
     if _ACCOUNT_RE.match(entry):
-        return f"arn:aws:iam::{entry}:root"
+        return principals.root_arn(entry)
     if "*" in entry or "?" in entry:
         raise MalformedPolicyDocument(f"{where} {entry!r}: wildcards are allowed in a principal "
                                       'only as "*" on its own (use a condition on aws:PrincipalArn)')
-    if not _PRINCIPAL_ARN_RE.match(entry):
+    parsed = Arn.try_parse(entry)
+    if parsed is None or not parsed.is_principal:
         raise MalformedPolicyDocument(f"{where} {entry!r} is not a valid principal (an account id, or "
                                       "an ARN of a root, user, role or assumed-role session)")
     return entry
@@ -374,33 +373,20 @@ class Request:
 
 def principal_arn_key(arn: str) -> str:
     """The aws:PrincipalArn value of a caller: an assumed-role session counts as its role."""
-    m = _SESSION_RE.match(arn)
-    if m:
-        return f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}"
-    return arn
+    return _arn.principal_key(arn)
 
 
-def account_of(arn: str) -> str | None:
-    """The 12-digit account of an IAM/STS principal ARN (or a bare account id), else None."""
-    if _ACCOUNT_RE.match(arn):
-        return arn
-    m = re.match(r"^arn:aws[a-z-]*:(?:iam|sts)::(\d{12}):", arn)
-    return m.group(1) if m else None
+account_of = _arn.account_of
 
 
 # ---------------------------------------------------------------------------------------------
 # Matching
 
 
-@functools.lru_cache(maxsize=1024)
-def _glob_rx(pattern: str, ignore_case: bool) -> re.Pattern:
-    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(rx, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-
-
 def _glob(pattern: str, text: str, *, ignore_case: bool = False) -> bool:
-    """IAM wildcard match: ``*`` any run of characters, ``?`` one character, nothing else special."""
-    return _glob_rx(pattern, ignore_case).fullmatch(text) is not None
+    """IAM wildcard match: ``*`` any run of characters, ``?`` one character, nothing else special;
+    linear in the text (volumed.kms.wildcard), never a backtracking regex."""
+    return wildcard.match(pattern, text, ignore_case=ignore_case)
 
 
 def _compare(kind: str, actual: str, wanted: str) -> bool:
@@ -447,19 +433,9 @@ def _names_directly(entry: str, arn: str) -> bool:
     caller is an assumed-role session (matched by account and role name, any path), or a service."""
     if entry == "*":
         return True
-    if entry == arn:
-        return True
-    m = _SESSION_RE.match(arn)
-    if m:
-        r = _ROLE_RE.match(entry)
-        return bool(r and r.group(1) == m.group(2) and r.group(2) == m.group(3))
     if entry.startswith("service:"):
         return entry[len("service:"):] == arn
-    return False
-
-
-def _is_account_entry(entry: str, account: str) -> bool:
-    return entry == f"arn:aws:iam::{account}:root"
+    return _arn.covers(entry, arn)
 
 
 def _action_matches(st: Statement, action: str) -> bool:
@@ -488,14 +464,15 @@ def _principal_match(st: Statement, request: Request) -> str | None:
     (names the caller's account, not the caller) or None.
 
     For Deny, naming the account covers every principal of the account. NotPrincipal covers every
-    caller it does not name directly (an account entry in NotPrincipal exempts only the root)."""
-    arn, account = request.principal_arn, request.principal_account
+    caller it does not name directly (an account entry in NotPrincipal exempts only the root).
+    An account entry covers only callers of its own partition and account (volumed.kms.arn)."""
+    arn = request.principal_arn
     if st.not_principals is not None:
         return None if any(_names_directly(e, arn) for e in st.not_principals) else "direct"
     entries = st.principals or ()
     if any(_names_directly(e, arn) for e in entries):
         return "direct"
-    if any(_is_account_entry(e, account) for e in entries):
+    if any(_arn.account_covers(e, arn) for e in entries):
         return "account"
     return None
 
@@ -606,7 +583,7 @@ def default_key_policy(account: str) -> dict:
         "Statement": [{
             "Sid": "Enable IAM User Permissions",
             "Effect": "Allow",
-            "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+            "Principal": {"AWS": principals.root_arn(account)},
             "Action": "kms:*",
             "Resource": "*",
         }],
@@ -637,7 +614,7 @@ def aws_managed_rds_policy(account: str, region: str) -> dict:
             {
                 "Sid": "Allow direct access to key metadata to the account",
                 "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                "Principal": {"AWS": principals.root_arn(account)},
                 "Action": ["kms:Describe*", "kms:Get*", "kms:List*", "kms:RevokeGrant"],
                 "Resource": "*",
             },

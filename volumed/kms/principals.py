@@ -9,20 +9,22 @@ from __future__ import annotations
 import getpass
 import socket
 
+from volumed.kms.arn import KEYSTORE_PARTITION, Arn
+
 
 def user_arn(account: str, login: str) -> str:
     """The IAM user ARN of ``login`` in ``account``."""
-    return f"arn:aws:iam::{account}:user/{login}"
+    return str(Arn(KEYSTORE_PARTITION, "iam", "", account, f"user/{login}"))
 
 
 def host_arn(account: str, hostname: str) -> str:
     """The assumed-role session ARN a host serving mounts calls as (role ``volumed-host``)."""
-    return f"arn:aws:sts::{account}:assumed-role/volumed-host/{hostname}"
+    return str(Arn(KEYSTORE_PARTITION, "sts", "", account, f"assumed-role/volumed-host/{hostname}"))
 
 
 def root_arn(account: str) -> str:
     """The account principal named in default key policies."""
-    return f"arn:aws:iam::{account}:root"
+    return str(Arn.root(KEYSTORE_PARTITION, account))
 
 
 def rds_via(region: str) -> str:

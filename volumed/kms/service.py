@@ -4,7 +4,10 @@
 ``OPERATIONS``. Every call goes through ``_call``: botocore's client-side validation, AWS's
 server-side constraints, one BEGIN IMMEDIATE transaction (time effects, KeyId resolution,
 ``_authorize``, the operation, the audit record, the change counter), commit. A ClientError rolls
-the transaction back and is recorded in the audit log in a transaction of its own.
+the transaction back and is recorded in the audit log in a transaction of its own. Policies are
+evaluated outside the transaction (volumed.kms.decisions): a call whose authorization is not yet
+decided rolls back, is decided with no lock held, and runs again (an operation may so run more
+than once in one call; only its committed run has effects).
 
 Non-AWS extensions (not in boto3; code that must also run against AWS must not rely on them):
 ``account_id()``, ``region()``, ``principal``, ``via_service``, ``change_counter()``,
@@ -19,13 +22,15 @@ calls (IAM's job in AWS; not in the KMS audit log; volumed.kms.iam decides who m
 from __future__ import annotations
 
 import io
+import threading
 import types
 
 from botocore.exceptions import ClientError
 
 from volumed.clock import SYSTEM_CLOCK
-from volumed.kms import (audit, authz, awsmodel, grantstore, iam, keys, managed, ops_aliases, ops_crypto, ops_grants,
-                         ops_keys, ops_rotation, principals)
+from volumed.kms import (audit, authz, awsmodel, decisions, grantstore, iam, keys, managed, ops_aliases, ops_crypto,
+                         ops_grants, ops_keys, ops_rotation, principals)
+from volumed.kms.arn import Arn
 from volumed.kms.callctx import CallContext
 from volumed.kms.keystore import Keystore
 
@@ -103,7 +108,11 @@ class EmbeddedKMS:
         self._store = store
         self._clock = clock or SYSTEM_CLOCK
         self.principal = principal or principals.user_arn(store.account_id, principals.current_login())
+        self._decide_inside = threading.local()  # .active: this thread's last pass decides inside
         self.via_service = via_service
+        # Extension: what a network call's audit record carries (source_ip, user_agent,
+        # access_key_id, request_id: audit.record_call); set by volumed.kms.server per request.
+        self.request_meta: dict = {}
         self.exceptions = awsmodel.exceptions()
         self.meta = types.SimpleNamespace(region_name=store.region, service_model=awsmodel.service_model(),
                                           endpoint_url=None)
@@ -147,36 +156,38 @@ class EmbeddedKMS:
 
     # -- identity policies (extensions; volumed.kms.iam) -----------------------------------------
     def _iam(self, fn, change: bool):
-        """Run one IAM extension call in its own transaction (change counter bumped if ``change``)."""
+        """Run one IAM extension call in its own transaction (change counter bumped if ``change``),
+        its identity-policy decisions made outside the write lock (``_identity_decision``)."""
         def txn(conn):
             result = fn(conn)
             if change:
                 Keystore.bump(conn)
             return result
-        return self._store.run(txn)
+        return self._run_deciding_outside(txn)
 
     def put_principal_policy(self, *, PrincipalArn: str, PolicyName: str, PolicyDocument: str) -> dict:
         """Extension: attach (or replace) an identity policy of an IAM user or role ARN."""
         self._iam(lambda conn: iam.put_policy(conn, self.principal, self.account_id(), PrincipalArn,
-                                              PolicyName, PolicyDocument, self._clock.time()), True)
+                                              PolicyName, PolicyDocument, self._clock.time(),
+                                              self._identity_decision), True)
         return {}
 
     def get_principal_policy(self, *, PrincipalArn: str, PolicyName: str) -> dict:
         """Extension: one attached identity policy's document."""
         doc = self._iam(lambda conn: iam.get_policy(conn, self.principal, self.account_id(), PrincipalArn,
-                                                    PolicyName), False)
+                                                    PolicyName, self._identity_decision), False)
         return {"PrincipalArn": PrincipalArn, "PolicyName": PolicyName, "PolicyDocument": doc}
 
     def list_principal_policies(self, *, PrincipalArn: str | None = None) -> dict:
         """Extension: attached identity policies, of one principal or of all the caller may list."""
         rows = self._iam(lambda conn: iam.list_policies(conn, self.principal, self.account_id(),
-                                                        PrincipalArn), False)
+                                                        PrincipalArn, self._identity_decision), False)
         return {"Policies": [{"PrincipalArn": p, "PolicyName": n} for p, n in rows]}
 
     def delete_principal_policy(self, *, PrincipalArn: str, PolicyName: str) -> dict:
         """Extension: detach an identity policy."""
         self._iam(lambda conn: iam.delete_policy(conn, self.principal, self.account_id(), PrincipalArn,
-                                                 PolicyName), True)
+                                                 PolicyName, self._identity_decision), True)
         return {}
 
     def close(self) -> None:
@@ -208,8 +219,34 @@ class EmbeddedKMS:
         """Decide whether ``request["principal"]`` may do ``action`` on ``key`` (a dict with
         KeyId, Arn, KeyManager, KeyState, Policy; None for calls on no key): key policy, identity
         policies, grants, as AWS KMS (volumed.kms.authz). Raises the AccessDeniedException
-        ClientError to refuse; returns to allow."""
-        authz.authorize(action, key, request)
+        ClientError to refuse; returns to allow.
+
+        Inside the transaction only the decision cache is consulted; a miss raises NeedDecision so
+        that ``_call`` decides outside the write lock and runs the call again
+        (volumed.kms.decisions). On the last pass (``self._decide_inside``) it decides here."""
+        self._decided(request["operation"], lambda: authz.authorize(action, key, request),
+                      "authorize", action, key, request)
+
+    def _decided(self, operation: str, decide, *inputs):
+        """``decide()``'s outcome for these ``inputs`` (everything it reads) from the keystore's
+        decision cache; a miss raises NeedDecision, except on the last pass, which decides here.
+        A cached refusal is raised again as a fresh ClientError of ``operation``."""
+        fp = decisions.fingerprint(*inputs)
+        outcome = self._store.decisions.get(fp)
+        if outcome is None:
+            if not getattr(self._decide_inside, "active", False):
+                raise decisions.NeedDecision(fp, decide)
+            return decide()
+        if outcome[0] == "deny":
+            raise awsmodel.client_error(outcome[1], outcome[2], operation)
+        if outcome[0] == "inside":
+            return decide()
+        return outcome[1]
+
+    def _identity_decision(self, req, identity_policies, account: str):
+        """authz.identity_decision for the IAM extension calls, decided outside the write lock."""
+        return self._decided("iam", lambda: authz.identity_decision(req, identity_policies, account),
+                             "identity", req, list(identity_policies), account)
 
     def _prepare(self, ctx: CallContext) -> None:
         """Time effects, then AWS managed keys the call names (committed even if the call fails)."""
@@ -217,7 +254,8 @@ class EmbeddedKMS:
         for name in _KEY_REF_PARAMS:
             ref = ctx.params.get(name)
             if isinstance(ref, str):
-                alias = ref.split(":", 5)[-1] if ref.startswith("arn:") else ref
+                parsed = Arn.try_parse(ref)
+                alias = parsed.resource if parsed else ref
                 if alias in managed.MANAGED_ALIASES and not ctx.conn.execute(
                         "SELECT 1 FROM aliases WHERE name = ?", (alias,)).fetchone():
                     keys.create_managed(ctx, alias)
@@ -243,7 +281,7 @@ class EmbeddedKMS:
             error_code=error.response["Error"]["Code"] if error else None,
             error_message=error.response["Error"]["Message"] if error else None,
             key_arn=ctx.key_arns[0] if ctx.key_arns else None,
-            read_only=op.startswith(_READ_ONLY_PREFIXES) or op in _CRYPTO_OPS)
+            read_only=op.startswith(_READ_ONLY_PREFIXES) or op in _CRYPTO_OPS, **self.request_meta)
 
     def _call(self, method: str, params: dict) -> dict:
         """The one path of every operation (see the module docstring); returns the boto3-shaped response."""
@@ -271,7 +309,7 @@ class EmbeddedKMS:
             return response
 
         try:
-            response = self._store.run(txn)
+            response = self._run_deciding_outside(txn)
         except ClientError as err:
             self._record_failure(operation, params, err, last_ctx.get("ctx"))
             raise
@@ -279,6 +317,21 @@ class EmbeddedKMS:
             self._store.checkpoint()
         response["ResponseMetadata"] = awsmodel.response_metadata()
         return response
+
+    def _run_deciding_outside(self, txn):
+        """``self._store.run(txn)``, deciding each authorization the transaction meets outside the
+        keystore's locks and running it again (volumed.kms.decisions); after MAX_PASSES passes
+        (inputs that keep changing under concurrent writers) the last pass decides inside."""
+        for _ in range(decisions.MAX_PASSES):
+            try:
+                return self._store.run(txn)
+            except decisions.NeedDecision as need:
+                self._store.decisions.decide(need, ClientError)
+        self._decide_inside.active = True
+        try:
+            return self._store.run(txn)
+        finally:
+            self._decide_inside.active = False
 
     def _record_failure(self, operation: str, params: dict, err: ClientError, failed) -> None:
         """Audit a refused call in its own transaction (time effects and AWS managed keys the call

@@ -9,7 +9,6 @@ Modules, one concern each:
   attach     the EBS attach flow: DescribeKey + CreateGrant as the user, RetireGrant as the host
   monitor    the key-access monitor (a trio task)
   control    the root-only unix-socket control channel (line-delimited JSON)
-  hardening  keep keys out of core dumps and swap
   daemon     the daemon's lifecycle: open, serve, monitor, unmount, clean up
   client     what the CLI uses: start a daemon and wait until ready, unmount, status
   helper     the mount(8) helper (mount -t fuse.volumed, /etc/fstab)

@@ -54,14 +54,15 @@ def host_principal(key_arn: str, hostname: str | None = None) -> str:
 
 
 def create_grant(user_client, *, key_arn: str, context: dict, volume_uuid: str,
-                 volume_name: str, hostname: str | None = None) -> Grant:
+                 volume_name: str, hostname: str | None = None, grantee: str | None = None) -> Grant:
     """DescribeKey then CreateGrant as the user; the grant lets the host use the key for this
-    volume's context only. Raises KeyAccessError (with the AWS code) when the user may not attach."""
+    volume's context only. ``grantee`` overrides the hostname's principal (a key server's
+    host access key). Raises KeyAccessError (with the AWS code) when the user may not attach."""
     hostname = hostname or socket.gethostname()
     try:
         meta = user_client.describe_key(KeyId=key_arn)["KeyMetadata"]
         arn = meta["Arn"]
-        host = host_principal(arn, hostname)
+        host = grantee or host_principal(arn, hostname)
         resp = user_client.create_grant(
             KeyId=arn, GranteePrincipal=host, RetiringPrincipal=host,
             Operations=list(HOST_OPERATIONS),

@@ -95,7 +95,8 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
           via_service: str | None, foreground: bool = False, allow_faults: bool = False,
           recovery_window: float, grace: float, interval: float | None,
           fake_time: float | None = None, recording_journal: str | None = None,
-          engine: str | None = None, io_threads: int | None = None, out=sys.stdout) -> int:
+          host_profile: str | None = None, engine: str | None = None,
+          io_threads: int | None = None, out=sys.stdout) -> int:
     """``volumed mount``: check the record, attach (grant to the host), start the daemon, wait
     until it serves, print the file's path. Raises VolumedError with one line on failure."""
     from volumed.kms.principals import rds_via
@@ -117,9 +118,12 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
     clean_stale_mountpoint(mountpoint)
     region, _ = keyservice.arn_parts(key_arn)
     user = keyservice.connect(kms_spec, principal=principal, via_service=via_service or rds_via(region))
+    # Through a key server (volumed kms serve) the grantee is whoever the host's access key is.
+    grantee = _remote_host_principal(kms_spec, host_profile, user)
     try:
         grant = attach.create_grant(user, key_arn=key_arn, context=dict(header.context),
-                                    volume_uuid=uuid, volume_name=volume)
+                                    volume_uuid=uuid, volume_name=volume, grantee=grantee,
+                                    hostname=grantee.rsplit("/", 1)[-1] if grantee else None)
     except VolumedError as exc:
         # A revoked volume whose key is now gone is terminal. (A key not found for a volume never
         # revoked is only reported: a wrong --kms gives the same answer.)
@@ -133,11 +137,30 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
     cfg = MountConfig(volume=os.path.realpath(volume), mountpoint=paths.real_mountpoint(mountpoint),
                       kms=kms_spec, grant=grant.to_json(), allow_faults=allow_faults,
                       recovery_window=recovery_window, grace=grace, interval=interval,
-                      fake_time=fake_time, recording_journal=recording_journal, engine=engine,
-                      io_threads=io_threads)
+                      fake_time=fake_time, recording_journal=recording_journal,
+                      host_profile=host_profile, engine=engine, io_threads=io_threads)
     if foreground:
         return _foreground(cfg, out)
     return _background(cfg, out)
+
+
+def _remote_host_principal(kms_spec: str, host_profile: str | None, user) -> str | None:
+    """The principal of the host's credentials (AWS profile ``host_profile``) as a ``volumed kms
+    serve`` endpoint knows it (STS GetCallerIdentity there); None for other key services."""
+    from volumed.kms.server.remote import caller_arn, change_counter_fn
+
+    # Only a volumed key server answers its change counter (not AWS, moto, or nothing at all,
+    # whose failure create_grant reports as before).
+    if not str(kms_spec).startswith(("http://", "https://")) or change_counter_fn(user) is None:
+        return None
+    import boto3
+
+    try:
+        return caller_arn(boto3.Session(profile_name=host_profile), str(kms_spec), user.meta.region_name)
+    except Exception as exc:
+        raise VolumedError(f"cannot learn the host's principal from {kms_spec}: "
+                           f"{keyservice.error_message(exc)}; check --host-profile and its access key",
+                           code=keyservice.error_code(exc) or "KMSUnreachable") from None
 
 
 def _foreground(cfg, out) -> int:

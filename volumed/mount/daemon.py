@@ -31,9 +31,9 @@ import trio
 
 from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock
 from volumed.errors import StateError, VolumedError
+from volumed.hardening import current_state, harden_process
 from volumed.mount import attach, control, engine, keyservice, paths
 from volumed.mount.fs import VolumeFS
-from volumed.mount.hardening import current_state, harden_process
 from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
 from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
 from volumed.volume.device import Volume
@@ -58,6 +58,7 @@ class MountConfig:
     threads: int = 4
     engine: str | None = None       # "native", "python" or None (native where the core allows)
     io_threads: int | None = None   # native worker threads (default: the CPUs)
+    host_profile: str | None = None  # AWS profile of the host's key-server access key
 
 
 class LiveClock(Clock):
@@ -82,10 +83,13 @@ class LiveClock(Clock):
 class Daemon:
     """One mount being served. Built by ``serve``; its methods run on the trio loop."""
 
-    def __init__(self, cfg: MountConfig, volume, header, host_client, grant, clock: LiveClock,
+    def __init__(self, cfg: MountConfig, volume, host_client, grant, clock: LiveClock,
                  backing=None):
+        """Everything about the volume comes from ``volume.header``: the header Volume.open
+        verified (MAC under the unwrapped key, context), never an earlier unverified read."""
         self.cfg = cfg
         self.volume = volume
+        header = volume.header
         # Faults (--allow-faults only): the FUSE side sees the Volume through the fault layer.
         self.backing = backing
         self.faults = None
@@ -354,7 +358,7 @@ def serve(cfg: MountConfig, ready) -> None:
     ``ready(result: dict)`` is called exactly once: {"ok": True, "file": path} when the mount serves,
     or {"ok": False, "error": one line, "exit_code": n} when it could not start.
     """
-    harden_process()
+    harden_process(lock_memory=True)  # the daemon always tries (and logs a failure)
     clock = LiveClock(FakeClock(cfg.fake_time) if cfg.fake_time is not None else SYSTEM_CLOCK)
     grant = attach.Grant.from_json(cfg.grant)
     lock_fd = None
@@ -362,9 +366,10 @@ def serve(cfg: MountConfig, ready) -> None:
     daemon = None
     mid = paths.mount_id(cfg.mountpoint)
     try:
-        header = Volume.read_header(cfg.volume)
+        header = Volume.read_header(cfg.volume)  # unverified: only its uuid (shape-checked) to lock
         lock_fd = _lock_volume(header.uuid)
-        host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock)
+        host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock,
+                                         profile=cfg.host_profile)
         backing = _open_backing(cfg)
         try:
             volume = Volume.open(cfg.volume, kms=host_client, grant_tokens=[grant.token],
@@ -377,7 +382,11 @@ def serve(cfg: MountConfig, ready) -> None:
                 raise
             raise VolumedError(f"cannot open {cfg.volume} as the host: {keyservice.error_message(exc)}",
                                code=keyservice.error_code(exc)) from None
-        daemon = Daemon(cfg, volume, header, host_client, grant, clock, backing)
+        if volume.header.uuid != header.uuid:  # the lock above was taken for the uuid read first
+            volume.close()
+            attach.retire_grant(host_client, grant)
+            raise StateError(f"the header of {cfg.volume} changed while it was being mounted: retry")
+        daemon = Daemon(cfg, volume, host_client, grant, clock, backing)
         daemon.latch.mark_ok()
         daemon.latch.clear_record()
         daemon.engine.mount()

@@ -2,7 +2,10 @@
 
 The mount point is a directory holding exactly one regular file, named after the volume's EBS id and
 sized as the volume: the decrypted view. Every handler checks the access latch first, so once the
-key is revoked every request fails with EIO (volumed.mount.errno_map does the mapping).
+key is revoked every request fails with EIO (volumed.mount.errno_map does the mapping). An
+OSError of the backing file reaches the caller as its own errno where that means something to it
+(ENOSPC of a full disk under a sparse file, EDQUOT, EROFS, ...), not as EIO: handlers let it
+propagate to errno_map unchanged.
 
 Tuned for throughput (docs/MOUNT.md, "Concurrency invariants"; docs/PERFORMANCE.md):
 - the kernel's writeback cache is on: write(2) fills the page cache and returns; the kernel writes

@@ -23,12 +23,13 @@ REVOKED_CODES = frozenset({
 DELETED_CODES = frozenset({"NotFoundException"})
 
 
-def connect(spec, *, principal=None, via_service=None, clock=None):
+def connect(spec, *, principal=None, via_service=None, clock=None, profile=None):
     """A client of the key service named by ``spec`` (see volumed.kms.connect); ``clock`` drives
-    the embedded service's deletion windows (the daemon passes its injectable clock)."""
+    the embedded service's deletion windows (the daemon passes its injectable clock); ``profile``
+    is the AWS profile whose credentials sign calls to an endpoint (a host's access key)."""
     from volumed import kms
 
-    return kms.connect(spec, principal=principal, via_service=via_service, clock=clock)
+    return kms.connect(spec, principal=principal, via_service=via_service, clock=clock, profile=profile)
 
 
 def default_spec():
@@ -75,6 +76,11 @@ def arn_parts(key_arn: str) -> tuple[str, str]:
 
 
 def change_counter(client):
-    """The embedded keystore's change counter callable, or None for AWS KMS (no such thing)."""
+    """The keystore's change counter callable: the embedded service's, or a ``volumed kms serve``
+    endpoint's (volumed.kms.server.remote); None for AWS KMS (no such thing)."""
     fn = getattr(client, "change_counter", None)
-    return fn if callable(fn) else None
+    if callable(fn):
+        return fn
+    from volumed.kms.server.remote import change_counter_fn
+
+    return change_counter_fn(client)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from volumed.errors import KeyAccessError
+from volumed.safefile import write_atomic
 
 AVAILABLE = "available"
 KMS_UNREACHABLE = "kms-unreachable"
@@ -57,20 +57,8 @@ class VolumeRecord:
         return cls(**{k: data[k] for k in ("state", "revoked_at", "reason", "key_arn") if k in data})
 
     def save(self, path: Path) -> None:
-        """Write atomically and durably (temp file, fsync, rename, fsync of the directory)."""
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(asdict(self), sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        """Write atomically and durably (volumed.safefile.write_atomic)."""
+        write_atomic(path, json.dumps(asdict(self), sort_keys=True).encode())
 
     def expired(self, now: float, window: float) -> bool:
         """True when access was lost more than ``window`` seconds before ``now``."""

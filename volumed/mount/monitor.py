@@ -92,7 +92,9 @@ class KeyMonitor:
         due = now >= self._next
         if self.counter is not None:
             c = await self._read_counter()
-            if c is not None and c != self._last_counter:
+            # A counter that answers again after failures (a key server back from an outage)
+            # makes the real check due at once, so the mount leaves kms-unreachable promptly.
+            if c is not None and (c != self._last_counter or self.failures):
                 self._last_counter = c
                 due = True
         if due:

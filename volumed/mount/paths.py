@@ -62,9 +62,20 @@ def log_path(mid: str) -> Path:
     return run_dir() / f"{mid}.log"
 
 
+def _checked_uuid(volume_uuid: str) -> str:
+    """``volume_uuid`` if it is a canonical UUID (the header parsers refuse any other, so this is
+    a second line of defence: nothing outside these directories is ever named)."""
+    from volumed.errors import FormatError
+    from volumed.volume.ids import is_uuid
+
+    if not is_uuid(volume_uuid):
+        raise FormatError(f"malformed volume uuid {str(volume_uuid)[:80]!r}: refusing to name a file after it")
+    return volume_uuid
+
+
 def volume_lock_path(volume_uuid: str) -> Path:
-    return run_dir() / f"vol-{volume_uuid}.lock"
+    return run_dir() / f"vol-{_checked_uuid(volume_uuid)}.lock"
 
 
 def volume_state_path(volume_uuid: str) -> Path:
-    return state_dir() / f"{volume_uuid}.json"
+    return state_dir() / f"{_checked_uuid(volume_uuid)}.json"

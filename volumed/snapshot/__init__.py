@@ -4,11 +4,12 @@ Modules, one concern each (format and key handling in docs/SNAPSHOTS.md):
 
 - ``ids``      snapshot ids (``snap-`` + 17 hex)
 - ``store``    the object store interface; a local directory and S3 (boto3); ``open_store(spec)``
-- ``objects``  the byte formats of manifests and chunks, with their SHA-256 checks
+- ``objects``  the byte formats of manifests and chunks, with their SHA-256 (damage) checks
 - ``keys``     the snapshot's wrapped data key: context, ReEncrypt, fresh keys, unwrap
 - ``recrypt``  records <-> plaintext under a data key (restore and copy under another key)
-- ``catalog``  listing, finding and loading manifests of a store
-- ``engine``   create, copy, share, delete of snapshots; ``latest_snapshot_hint``
+- ``seal``     manifest MACs: the key derived from the snapshot's data key and id, verification
+- ``catalog``  listing, finding and loading (MAC-verified) manifests of a store
+- ``engine``   create, copy, share, delete, seal (migration) of snapshots; ``latest_snapshot_hint``
 - ``mounted``  snapshots of mounted volumes (the CLI side and the daemon side)
 - ``restore``  a new volume from a snapshot
 - ``erase``    ``volumed delete``: retire the volume's grants, crypto-erase its header

@@ -22,7 +22,7 @@ import re
 
 from volumed.clock import SYSTEM_CLOCK
 from volumed.errors import IntegrityError, KeyAccessError, StateError, UsageError
-from volumed.snapshot import catalog, keys, recrypt
+from volumed.snapshot import catalog, keys, recrypt, seal
 from volumed.snapshot.ids import new_snapshot_id
 from volumed.snapshot.objects import (MANIFEST_FORMAT, MANIFEST_VERSION, RECORD_SIZE, chunk_name,
                                       decode_chunk, encode_chunk, manifest_name)
@@ -147,36 +147,47 @@ def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, des
     any failure no manifest is written and the chunks this call stored that no manifest names are
     removed; the session always ends. ``progress(done, total)`` runs after each chunk is stored,
     holding no volume lock."""
-    if key["context"].get("aws:rds:db-id") != vol.header.db_id:
+    if key["context"] != keys.snapshot_context(vol.header.db_id, key["snapshot_id"]):
         raise UsageError(f"snapshot key was made for another volume than {vol.path}")
-    with store.lock():
-        previous = catalog.of_volume(store, vol.header.uuid)
-        parent = previous[-1] if previous else None
-        known = {c for c in (parent["chunks"] if parent else []) if c}
-        added: list[str] = []
+    root = vol.snapshot_root()
+    try:
+        with store.lock():
+            return _write_snapshot_locked(vol, store, key, root, live, clock, description, progress,
+                                          max_kept_bytes)
+    finally:
+        seal.wipe(root)
+
+
+def _write_snapshot_locked(vol, store, key, root, live, clock, description, progress, max_kept_bytes):
+    """write_snapshot under the store lock; ``root`` is the volume's manifest MAC root: the parent
+    is the newest snapshot of the volume whose MAC verifies under it, the manifest is sealed with it."""
+    previous = catalog.of_volume(store, vol.header.uuid, root)
+    parent = previous[-1] if previous else None
+    known = {c for c in (parent["chunks"] if parent else []) if c}
+    added: list[str] = []
+    try:
+        if live:
+            source = vol.begin_capture(clock=clock, max_kept_bytes=max_kept_bytes or max_preserved())
+            created = _stamp(source.started)
+        else:
+            source, created = contextlib.nullcontext(vol), _now(clock)
+        with source as src:
+            chunks, stored = _copy_records(src, store, known, added, progress)
+        _check_reused(store, chunks, added, key["snapshot_id"])
+        h = src.header
+        m = _manifest(key["snapshot_id"], {**vars(h), "path": src.path}, key_arn=key["key_arn"],
+                      wrapped=base64.b64decode(key["wrapped_key"]), ctx=key["context"],
+                      owner=key["owner_account"], clock=clock, aad_uuid=h.uuid, chunks=chunks,
+                      stored_bytes=stored, parent=parent["snapshot_id"] if parent else None,
+                      description=description, created=created)
+        catalog.save(store, m, root)
+    except BaseException:
         try:
-            if live:
-                source = vol.begin_capture(clock=clock, max_kept_bytes=max_kept_bytes or max_preserved())
-                created = _stamp(source.started)
-            else:
-                source, created = contextlib.nullcontext(vol), _now(clock)
-            with source as src:
-                chunks, stored = _copy_records(src, store, known, added, progress)
-            _check_reused(store, chunks, added, key["snapshot_id"])
-            h = src.header
-            m = _manifest(key["snapshot_id"], {**vars(h), "path": src.path}, key_arn=key["key_arn"],
-                          wrapped=base64.b64decode(key["wrapped_key"]), ctx=key["context"],
-                          owner=key["owner_account"], clock=clock, aad_uuid=h.uuid, chunks=chunks,
-                          stored_bytes=stored, parent=parent["snapshot_id"] if parent else None,
-                          description=description, created=created)
-            catalog.save(store, m)
-        except BaseException:
-            try:
-                _sweep(store, added)
-            except Exception as exc:  # the failure to report is the snapshot's own
-                logging.getLogger("volumed.snapshot").warning(
-                    "could not remove the chunks of a failed snapshot from %s: %s", store.spec, exc)
-            raise
+            _sweep(store, added)
+        except Exception as exc:  # the failure to report is the snapshot's own
+            logging.getLogger("volumed.snapshot").warning(
+                "could not remove the chunks of a failed snapshot from %s: %s", store.spec, exc)
+        raise
     return m
 
 
@@ -278,9 +289,20 @@ def copy_snapshot(store, snap_id: str, *, kms, key_id: str | None = None, clock=
                   description: str = "", progress=None) -> dict:
     """A new snapshot with the same data. Same KMS key: it shares the data key (ReEncrypt to the
     new snapshot id's context) and every chunk. Another key: a new data key and every sector
-    re-encrypted (a full copy). Returns the new manifest."""
-    src = catalog.load(store, snap_id)
-    check_access(src, kms, for_restore=False)
+    re-encrypted (a full copy). The source's manifest MAC is verified first (a Decrypt of its
+    key); the copy is sealed under its own data key. Returns the new manifest."""
+    check_access(catalog.peek(store, snap_id), kms, for_restore=False)  # refuse early, before KMS
+    src, src_root = catalog.load_with_root(store, snap_id, kms=kms)
+    try:
+        check_access(src, kms, for_restore=False)
+        return _copy_verified(store, src, src_root, kms=kms, key_id=key_id, clock=clock,
+                              description=description, progress=progress)
+    finally:
+        seal.wipe(src_root)
+
+
+def _copy_verified(store, src, src_root, *, kms, key_id, clock, description, progress) -> dict:
+    snap_id = src["snapshot_id"]
     cipher = src["volume"]["cipher"]
     new_id = new_snapshot_id()
     ctx = keys.snapshot_context(src["volume"]["db_id"], new_id)
@@ -294,29 +316,66 @@ def copy_snapshot(store, snap_id: str, *, kms, key_id: str | None = None, clock=
             m = _manifest(new_id, src["volume"], key_arn=arn, wrapped=wrapped,
                           chunks=list(src["chunks"]), **common)
             _check_reused(store, m["chunks"], (), new_id)
-        else:
-            wrapped, arn = keys.fresh(kms, dst_arn, cipher, ctx)
-            old = recrypt.make_cipher(cipher, keys.open_snapshot_key(kms, src), src["aad_uuid"])
-            new = recrypt.make_cipher(cipher, keys.open_key(kms, arn, wrapped, ctx, cipher), src["aad_uuid"])
+            catalog.save(store, m, src_root)  # the same data key: the same root
+            return m
+        wrapped, arn = keys.fresh(kms, dst_arn, cipher, ctx)
+        old = recrypt.make_cipher(cipher, keys.open_snapshot_key(kms, src), src["aad_uuid"])
+        new_key = keys.open_key(kms, arn, wrapped, ctx, cipher)
+        new_root = seal.root_from_key(new_key)
+        new = recrypt.make_cipher(cipher, new_key, src["aad_uuid"])
+        try:
+            chunks, stored, known = [], 0, set()
+            total = len(src["chunks"])
+            for ci in range(total):
+                recs = chunk_records(store, src, ci)
+                first = ci * CHUNK_SECTORS
+                plain = recrypt.decrypt(old, cipher, first, recs, snap_id)
+                digest, n = _put_chunk(store, cipher, recrypt.encrypt(new, cipher, first, plain), known)
+                plain[:] = bytes(len(plain))
+                chunks.append(digest)
+                stored += n
+                if progress:
+                    progress(ci + 1, total)
+            m = _manifest(new_id, src["volume"], key_arn=arn, wrapped=wrapped, chunks=chunks,
+                          stored_bytes=stored, **common)
+            catalog.save(store, m, new_root)
+        finally:
+            old.close()
+            new.close()
+            seal.wipe(new_root)
+    return m
+
+
+def seal_snapshot(store, snap_id: str, *, kms, progress=None) -> dict:
+    """Migration: give a manifest written before manifest MACs existed its MAC. Needs the
+    snapshot's data key (Decrypt). Every chunk is fetched and checked first (its SHA-256 and
+    format; for GCM every sector's tag under the key), so a seal never vouches for a chunk that does
+    not belong to the key; the operator running it vouches for the chunk list, owner and sharing
+    as they stand (XTS sectors carry no tag: a chunk of another snapshot of the same volume would
+    pass). A manifest that is already sealed is verified and returned unchanged."""
+    m = catalog.peek(store, snap_id)
+    root = seal.root_from_kms(kms, m)
+    try:
+        with store.lock():
+            m, mac = catalog.read_with_mac(store, snap_id)
+            if mac is not None:
+                return catalog.load(store, snap_id, root=root)
+            cipher = m["volume"]["cipher"]
+            c = recrypt.make_cipher(cipher, keys.open_snapshot_key(kms, m), m["aad_uuid"])
             try:
-                chunks, stored, known = [], 0, set()
-                total = len(src["chunks"])
+                total = len(m["chunks"])
                 for ci in range(total):
-                    recs = chunk_records(store, src, ci)
-                    first = ci * CHUNK_SECTORS
-                    plain = recrypt.decrypt(old, cipher, first, recs, snap_id)
-                    digest, n = _put_chunk(store, cipher, recrypt.encrypt(new, cipher, first, plain), known)
-                    plain[:] = bytes(len(plain))
-                    chunks.append(digest)
-                    stored += n
+                    if m["chunks"][ci] is not None:
+                        plain = recrypt.decrypt(c, cipher, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
+                                                snap_id)
+                        plain[:] = bytes(len(plain))
                     if progress:
                         progress(ci + 1, total)
             finally:
-                old.close()
-                new.close()
-            m = _manifest(new_id, src["volume"], key_arn=arn, wrapped=wrapped, chunks=chunks,
-                          stored_bytes=stored, **common)
-        catalog.save(store, m)
+                c.close()
+            catalog.save(store, m, root)
+    finally:
+        seal.wipe(root)
     return m
 
 
@@ -328,16 +387,20 @@ def share_snapshot(store, snap_id: str, account: str, *, kms) -> tuple[dict, str
     allow). Refused (StateError, nothing recorded) for a snapshot under the AWS managed key."""
     if not ACCOUNT_RE.match(account or ""):
         raise UsageError(f"invalid account id {account!r}: expected 12 digits")
-    m = catalog.load(store, snap_id)
-    check_access(m, kms, for_restore=True)
-    arn, manager = keys.key_manager(kms, m["key_arn"])
-    if manager == "AWS":
-        raise StateError(f"cannot share {snap_id}: {MANAGED_KEY_REFUSAL}", code="InvalidParameterValue")
-    with store.lock():
-        m = catalog.load(store, snap_id)
-        if account not in m["shared_with"]:
-            m["shared_with"] = sorted(m["shared_with"] + [account])
-            catalog.save(store, m)
+    check_access(catalog.peek(store, snap_id), kms, for_restore=True)  # refuse early, before KMS
+    m, root = catalog.load_with_root(store, snap_id, kms=kms)
+    try:
+        check_access(m, kms, for_restore=True)
+        arn, manager = keys.key_manager(kms, m["key_arn"])
+        if manager == "AWS":
+            raise StateError(f"cannot share {snap_id}: {MANAGED_KEY_REFUSAL}", code="InvalidParameterValue")
+        with store.lock():
+            m = catalog.load(store, snap_id, root=root)
+            if account not in m["shared_with"]:
+                m["shared_with"] = sorted(m["shared_with"] + [account])
+                catalog.save(store, m, root)
+    finally:
+        seal.wipe(root)
     return m, policy_hint(arn, account)
 
 
@@ -357,15 +420,16 @@ def delete_snapshot(store, snap_id: str, *, kms=None) -> int:
     snapshots stay restorable). Returns the bytes freed. If any manifest is unreadable no chunk
     is removed (its chunks cannot be told apart), and the manifest alone goes."""
     with store.lock():
-        m = catalog.load(store, snap_id)
+        m = catalog.peek(store, snap_id)  # no chunk is used; its owner is as trusted as the store
         if kms is not None:
             check_access(m, kms, for_restore=True)
         store.delete(manifest_name(snap_id))
         return _sweep(store, {c for c in m["chunks"] if c})
 
 
-def describe(m: dict) -> dict:
-    """The JSON view of a manifest for list/describe (no chunk list)."""
+def describe(m: dict, sealed: bool | None = None) -> dict:
+    """The JSON view of a manifest for list/describe (no chunk list). ``sealed``: whether the
+    stored object carries a manifest MAC (present, not verified: list and describe need no key)."""
     present = sum(1 for c in m["chunks"] if c)
     return {
         "SnapshotId": m["snapshot_id"], "StartTime": m["created"], "State": m["state"],
@@ -376,6 +440,7 @@ def describe(m: dict) -> dict:
         "ParentSnapshotId": m.get("parent"), "SourceSnapshotId": m.get("source_snapshot"),
         "Description": m.get("description", ""), "Chunks": len(m["chunks"]),
         "ChunksWithData": present, "StoredBytes": m.get("stored_bytes", 0),
+        **({} if sealed is None else {"Sealed": sealed}),
     }
 
 

@@ -16,8 +16,10 @@ A record is the sector as it is on the volume: XTS, the 4096-byte ciphertext; GC
 nonce, the 16-byte tag and the 4096-byte ciphertext of the sector's current slot. An absent sector
 reads as zeros (an XTS hole, a GCM empty or zero-marker slot).
 
-Manifest ``snapshots/<snap-id>.json``: UTF-8 JSON ``{"manifest": M, "sha256": hex}`` where hex is
-SHA-256 of M's canonical JSON (sorted keys, no spaces). Callers: engine, restore, catalog.
+Manifest ``snapshots/<snap-id>.json``: UTF-8 JSON ``{"manifest": M, "sha256": hex, "mac": hex}``
+where sha256 is SHA-256 of M's canonical JSON (sorted keys, no spaces), a damage check anyone can
+recompute, and mac the manifest MAC (volumed.snapshot.seal), which only a holder of the snapshot's
+data key can compute. Callers: catalog.
 """
 
 from __future__ import annotations
@@ -92,29 +94,38 @@ def decode_chunk(digest_hex: str, data: bytes, cipher: str, where: str) -> list[
     return out
 
 
-def _canonical(manifest: dict) -> bytes:
+def canonical(manifest: dict) -> bytes:
+    """The canonical JSON of a manifest (sorted keys, no spaces): what its SHA-256 and MAC cover."""
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
-def encode_manifest(manifest: dict) -> bytes:
-    """The manifest object's bytes (the manifest and the SHA-256 of its canonical JSON)."""
-    return json.dumps({"manifest": manifest, "sha256": hashlib.sha256(_canonical(manifest)).hexdigest()},
-                      sort_keys=True, indent=1).encode()
+def encode_manifest(manifest: dict, mac: str) -> bytes:
+    """The manifest object's bytes: the manifest, the SHA-256 of its canonical JSON and its MAC
+    (volumed.snapshot.seal)."""
+    return json.dumps({"manifest": manifest, "sha256": hashlib.sha256(canonical(manifest)).hexdigest(),
+                       "mac": mac}, sort_keys=True, indent=1).encode()
 
 
-def decode_manifest(data: bytes, where: str) -> dict:
-    """The manifest in a manifest object; IntegrityError if it fails its SHA-256, FormatError if it
-    is not a volumed snapshot manifest of a known version."""
+def decode_manifest(data: bytes, where: str) -> tuple[dict, str | None]:
+    """(manifest, MAC hex or None if it has none) of a manifest object; IntegrityError if it fails
+    its SHA-256, FormatError if it is not a volumed snapshot manifest of a known version. The MAC
+    is not checked here (it needs the snapshot's key: volumed.snapshot.seal)."""
     try:
         outer = json.loads(data.decode())
         manifest, digest = outer["manifest"], outer["sha256"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        mac = outer.get("mac")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
         raise IntegrityError(f"the manifest of {where} is damaged (not readable JSON)") from None
-    if not isinstance(manifest, dict) or hashlib.sha256(_canonical(manifest)).hexdigest() != digest:
+    if not isinstance(manifest, dict) or hashlib.sha256(canonical(manifest)).hexdigest() != digest:
         raise IntegrityError(f"the manifest of {where} is damaged (its SHA-256 does not match)")
+    if mac is not None and not isinstance(mac, str):
+        raise IntegrityError(f"the manifest of {where} is damaged (its MAC is not a string)")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise FormatError(f"{where} is not a volumed snapshot manifest")
     if manifest.get("version") != MANIFEST_VERSION:
         raise FormatError(f"snapshot {where} has manifest version {manifest.get('version')}; this "
                           f"volumed reads version {MANIFEST_VERSION}")
-    return manifest
+    if manifest.get("snapshot_id") != where:
+        raise IntegrityError(f"the manifest stored as {where} names snapshot "
+                             f"{manifest.get('snapshot_id')!r}: the store was altered")
+    return manifest, mac

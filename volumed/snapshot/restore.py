@@ -48,9 +48,10 @@ def restore_snapshot(store, snap_id: str, volume_path: str, *, kms, key_id: str 
     """Create the volume ``volume_path`` holding exactly the snapshot's data; return its header.
     New ids unless given. Leaves nothing behind on failure."""
     volume_path = os.fspath(volume_path)
-    m = catalog.load(store, snap_id)
-    check_access(m, kms, for_restore=True)
     _check_target(volume_path)
+    check_access(catalog.peek(store, snap_id), kms, for_restore=True)  # refuse early, before KMS
+    m = catalog.load(store, snap_id, kms=kms)  # its MAC, before any chunk is read
+    check_access(m, kms, for_restore=True)  # and again on what the MAC vouches for
     db_id = validate_db_id(db_id) if db_id else new_db_id()
     ebs_id = validate_ebs_id(ebs_id) if ebs_id else new_ebs_id()
     target = keys.key_manager(kms, key_id)[0] if key_id else m["key_arn"]

@@ -1,7 +1,8 @@
 """Snapshot stores: named immutable-ish objects (bytes) with put/get/list/delete/exists.
 
-``LocalStore(dir)`` keeps each object as a file under the directory (written to a temporary name,
-fsynced, then renamed, so a reader never sees half an object). ``S3Store(bucket, prefix)`` keeps
+``LocalStore(dir)`` keeps each object as a file under the directory (volumed.safefile.write_atomic:
+a new temporary file that is never a planted link, then a rename, so a reader never sees half an
+object). ``S3Store(bucket, prefix)`` keeps
 objects in S3 through boto3 (``s3://bucket/prefix``). ``open_store(spec)`` picks one the way the
 key service is picked: ``--store SPEC``, else ``$VOLUMED_SNAPSHOT_STORE``, else the directory
 ``snapshots`` next to the embedded keystore. Names are ``/``-separated relative paths.
@@ -25,6 +26,7 @@ import socket
 import time
 
 from volumed.errors import StateError, UsageError, VolumedError
+from volumed.safefile import is_temp_name, write_atomic
 
 ENV_STORE = "VOLUMED_SNAPSHOT_STORE"
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -58,10 +60,7 @@ class LocalStore:
         path = self._path(name)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.rename(tmp, path)
+            write_atomic(path, data, durable=False)  # sync() makes the batch durable
         except OSError as exc:
             raise VolumedError(f"cannot write {name} to the snapshot store {self.root}: "
                                f"{exc.strerror}") from None
@@ -98,7 +97,7 @@ class LocalStore:
         for dirpath, _dirs, files in os.walk(self.root):
             rel = os.path.relpath(dirpath, self.root)
             for fn in files:
-                if ".tmp-" in fn or fn == ".lock":
+                if is_temp_name(fn) or fn == ".lock":
                     continue
                 name = fn if rel == "." else f"{rel.replace(os.sep, '/')}/{fn}"
                 if name.startswith(prefix):

@@ -30,7 +30,7 @@ from volumed.volume.backing import BackingFile, staged_file
 from volumed.volume.cores import VolumeCore
 from volumed.volume.formats import format_of
 from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, MAC_INFO, SECTOR_SIZE, VolumeHeader,
-                                   derive_key, verify_mac)
+                                   derive_key, snapshot_root_key, verify_mac)
 from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
 from volumed.volume.keywrap import new_wrapped_key, unwrap
 from volumed.volume.records import CaptureSession
@@ -144,6 +144,7 @@ class Volume:
         self._mac_key = mac_key
         self._extras = extras
         self._capture: CaptureSession | None = None   # the open capture session, if any
+        self._snap_root: bytearray | None = None        # header.snapshot_root_key of the data key
 
     # ---- creation and opening --------------------------------------------------------------
 
@@ -232,17 +233,19 @@ class Volume:
 
     @classmethod
     def _from_key(cls, path, backing, h, extras, copies, key: bytearray, core=None) -> "Volume":
-        mac_key = None
+        mac_key = snap_root = None
         try:
             mac_key = derive_key(key, h.uuid, MAC_INFO)
             verify_mac(mac_key, h, path)
+            snap_root = snapshot_root_key(key)  # before the core takes (and wipes) the key
             fmt = format_of(h.cipher)
             opened = fmt.open(path, backing, h, extras, copies, key, mac_key, core)
             vol = cls(path, h, backing, opened, mac_key, extras)
+            vol._snap_root = snap_root
             fmt.repair(vol, copies)
             return vol
         except BaseException:
-            _wipe(key, mac_key)
+            _wipe(key, mac_key, snap_root)
             raise
         finally:
             _wipe(key)
@@ -335,6 +338,16 @@ class Volume:
         rather than on its event loop (volumed.mount.fs reads this)."""
         return self._capture is not None
 
+    def snapshot_root(self) -> bytearray:
+        """A copy of the root of this volume's snapshot manifest MAC keys (the caller wipes it);
+        KeyAccessError once the key was wiped. Caller: volumed.snapshot.engine (seal a manifest,
+        verify its parent)."""
+        root = self._snap_root
+        if root is None:
+            raise KeyAccessError(f"the key of volume {self.path} has been wiped (access revoked or "
+                                 "volume closed)")
+        return bytearray(root)
+
     def _end_capture(self, session: CaptureSession) -> None:
         """CaptureSession.close: writes stop calling it (one in flight finds it closed)."""
         if self._capture is session:
@@ -347,8 +360,9 @@ class Volume:
         self._drop_key()
 
     def _drop_key(self) -> None:
-        _wipe(self._mac_key)
+        _wipe(self._mac_key, self._snap_root)
         self._core = None
+        self._snap_root = None
 
     def close(self) -> None:
         """Flush (if the key is present), wipe the key and close the backing file."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from volumed.errors import FormatError
 from volumed.volume.header import HeaderCopy as Copy, VolumeHeader, require
+from volumed.volume.ids import check_header_ids
 
 MAGIC = b"VOLUMEDG"
 VERSION = 1
@@ -166,6 +167,7 @@ def _header_from_json(j: dict, seqid: int) -> VolumeHeader:
     require(h.data_offset == DATA_OFFSET, "bad data offset")
     require(0 <= h.size < 1 << 60 and h.size % PAGE == 0, "volume size is not a whole number of sectors")
     require(0 <= h.nonce_flushed <= h.nonce_reserved < 1 << 64, "inconsistent nonce counters")
+    check_header_ids(h)
     return h
 
 

@@ -29,6 +29,7 @@ CONTEXT_DB = "aws:rds:db-id"
 CONTEXT_EBS = "aws:ebs:id"
 MAC_INFO = b"volumed header mac v1"
 GCM_META_INFO = b"volumed gcm metadata mac v1"
+SNAPSHOT_ROOT_INFO = b"volumed snapshot manifest root v1"
 
 
 @dataclasses.dataclass
@@ -95,6 +96,14 @@ class VolumeHeader:
 def derive_key(data_key, volume_uuid: str, info: bytes) -> bytearray:
     """HKDF-SHA256 subkey (32 bytes) of the data key, bound to the volume UUID and ``info``."""
     hk = HKDF(algorithm=hashes.SHA256(), length=32, salt=_uuid.UUID(volume_uuid).bytes, info=info)
+    return bytearray(hk.derive(bytes(data_key)))
+
+
+def snapshot_root_key(data_key) -> bytearray:
+    """HKDF-SHA256 subkey (32 bytes, no salt, info "volumed snapshot manifest root v1") of a data
+    key: the root of snapshot manifest MAC keys (volumed.snapshot.seal). A volume's snapshots share
+    its data key, so the open Volume keeps this root and no snapshot needs another Decrypt."""
+    hk = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SNAPSHOT_ROOT_INFO)
     return bytearray(hk.derive(bytes(data_key)))
 
 

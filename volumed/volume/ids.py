@@ -2,7 +2,11 @@
 
 ``new_db_id()`` gives ``db-`` + 26 characters (RDS DbiResourceId: upper-case letters and digits),
 ``new_ebs_id()`` gives ``vol-`` + 17 lower-case hex digits. The validators raise UsageError with one
-line saying what shape was expected. Callers: Volume.create (ids the user did not give), the CLI.
+line saying what shape was expected. ``check_header_ids(h)`` is the parsers' check (luks2, gcmformat):
+every id a header names (uuid, db id, EBS id) has its shape, else FormatError, before anything
+(a lock file, a state file, a file name in the mount) is built from it: a uuid like
+``../outside/owned`` never reaches a path. Callers: Volume.create (ids the user did not give), the
+CLI, the header parsers, volumed.mount.paths.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import re
 import secrets
 
-from volumed.errors import UsageError
+from volumed.errors import FormatError, UsageError
 
 _DB_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 DB_ID_RE = re.compile(r"^db-[A-Z0-9]{26}$")
 EBS_ID_RE = re.compile(r"^vol-[0-9a-f]{17}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def new_db_id() -> str:
@@ -49,3 +54,19 @@ def validate_ebs_id(value: str) -> str:
     if not is_ebs_id(value):
         raise UsageError(f"invalid EBS volume id {value!r}: expected 'vol-' followed by 17 lower-case hex digits")
     return value
+
+
+def is_uuid(value: str) -> bool:
+    """True if ``value`` is a UUID in canonical lower-case form (what Volume.create writes)."""
+    return isinstance(value, str) and UUID_RE.match(value) is not None
+
+
+def check_header_ids(h) -> None:
+    """FormatError unless the header's uuid, db_id and ebs_id have their shapes (a header parser's
+    last check: these values become file names)."""
+    for field, ok in (("uuid", is_uuid(h.uuid)), ("db id", is_db_id(h.db_id)),
+                      ("EBS id", is_ebs_id(h.ebs_id))):
+        if not ok:
+            value = {"uuid": h.uuid, "db id": h.db_id, "EBS id": h.ebs_id}[field]
+            raise FormatError(f"the volume header's {field} {value[:80]!r} is malformed: the header "
+                              "was altered or is not volumed's; do not use it")

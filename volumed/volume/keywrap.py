@@ -11,6 +11,7 @@ code and naming what was wrong (key, context, access). Callers: volumed.volume.d
 from __future__ import annotations
 
 from volumed.errors import KeyAccessError
+from volumed.hardening import note_key_unwrapped
 
 _HINTS = {
     "AccessDeniedException": "the caller has no permission or grant for this key (check the key policy and grants)",
@@ -89,4 +90,5 @@ def unwrap(kms, key_arn: str, wrapped: bytes, context: dict, grant_tokens=None,
         key[:] = bytes(len(key))
         raise KeyAccessError(f"the key service returned a {len(key)}-byte key, expected {expect_len}",
                              code="InvalidCiphertextException")
+    note_key_unwrapped()
     return key

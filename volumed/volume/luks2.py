@@ -20,6 +20,7 @@ import struct
 
 from volumed.errors import FormatError
 from volumed.volume.header import HeaderCopy as Copy, VolumeHeader, require
+from volumed.volume.ids import check_header_ids
 
 HDR_SIZE = 16384
 BIN_SIZE = 4096
@@ -159,6 +160,7 @@ def _header_from_json(j: dict, seqid: int) -> tuple[VolumeHeader, bytes, bytes]:
     require(h.sector_size == 4096, f"unsupported sector size {h.sector_size}")
     require(h.size >= 0 and h.size % h.sector_size == 0, "volume size is not a whole number of sectors")
     require(h.data_offset >= 2 * HDR_SIZE and h.data_offset % 4096 == 0, "bad data offset")
+    check_header_ids(h)
     return h, salt, digest
 
 

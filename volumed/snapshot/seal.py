@@ -1,0 +1,103 @@
+"""Snapshot manifest MACs: who may vouch for a manifest, and the check before any chunk is used.
+
+A manifest's SHA-256 only detects damage: anyone who can write the store can edit a manifest (splice
+a chunk of an older snapshot of the same volume into a newer one, add an account to
+``shared_with``, change ``owner_account``) and recompute it. So each manifest object also carries
+``"mac"``: HMAC-SHA256 over the manifest's canonical JSON (every field: ids, owner_account,
+shared_with, the wrapped key and its context, the chunk list, parent, sizes) under
+
+    root    = HKDF-SHA256(data key, salt = none, info = "volumed snapshot manifest root v1")
+    mac key = HKDF-SHA256(root, salt = UTF-8 snapshot id, info = "volumed snapshot manifest mac v1")
+
+where the data key is the snapshot's plaintext data key (the volume's own for snapshots of it and
+same-key copies). Only a holder of that key can seal: the store alone cannot. The root comes from
+an open Volume (Volume.snapshot_root) or from a Decrypt of the snapshot's wrapped key
+(``root_from_kms``); nothing read from the store is trusted to name the key it is checked with
+except the wrapped key itself, which KMS only unwraps under the context naming this snapshot id.
+
+A manifest without a MAC (written before this check existed) is refused with the command that
+seals it (``volumed snapshot seal SNAP``, run by an operator with access to the key after the
+chunks are checked: engine.seal_snapshot). Callers: catalog (verify, seal), engine, restore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from volumed.errors import IntegrityError
+from volumed.snapshot import keys
+from volumed.volume.header import snapshot_root_key
+
+MAC_INFO = b"volumed snapshot manifest mac v1"
+
+
+class UnsealedManifest(IntegrityError):
+    """A manifest with no MAC (written by an older volumed)."""
+
+    code = "UnsealedManifest"
+
+
+def wipe(*bufs) -> None:
+    for b in bufs:
+        if isinstance(b, bytearray):
+            b[:] = bytes(len(b))
+
+
+def mac_key(root, snap_id: str) -> bytearray:
+    """The manifest MAC key of ``snap_id`` under ``root``."""
+    hk = HKDF(algorithm=hashes.SHA256(), length=32, salt=snap_id.encode(), info=MAC_INFO)
+    return bytearray(hk.derive(bytes(root)))
+
+
+def compute(root, snap_id: str, canonical: bytes) -> str:
+    """HMAC-SHA256 (hex) of a manifest's canonical JSON."""
+    k = mac_key(root, snap_id)
+    try:
+        return hmac.new(bytes(k), canonical, hashlib.sha256).hexdigest()
+    finally:
+        wipe(k)
+
+
+def matches(root, snap_id: str, canonical: bytes, mac: str | None) -> bool:
+    """True if ``mac`` is the MAC of the manifest under ``root``."""
+    return isinstance(mac, str) and hmac.compare_digest(compute(root, snap_id, canonical), mac)
+
+
+def unsealed_message(snap_id: str) -> str:
+    return (f"snapshot {snap_id} has no manifest MAC (written by an older volumed), so its chunk "
+            "list, owner and sharing cannot be trusted: someone with access to its KMS key checks "
+            f"it and seals it with `volumed snapshot seal {snap_id}` (docs/SNAPSHOTS.md)")
+
+
+def verify(root, snap_id: str, canonical: bytes, mac: str | None) -> None:
+    """IntegrityError unless ``mac`` verifies (UnsealedManifest if there is none)."""
+    if mac is None:
+        raise UnsealedManifest(unsealed_message(snap_id))
+    if not matches(root, snap_id, canonical, mac):
+        raise IntegrityError(f"the manifest of snapshot {snap_id} fails its MAC: it was altered in "
+                             "the snapshot store (chunk list, owner, sharing or key); do not use it")
+
+
+def root_from_key(data_key) -> bytearray:
+    """The MAC root of a plaintext data key (the caller still wipes ``data_key``)."""
+    return snapshot_root_key(data_key)
+
+
+def root_from_kms(kms, manifest: dict) -> bytearray:
+    """The MAC root of a snapshot's own data key (one Decrypt under the snapshot's context). The
+    context must name this snapshot: KMS binds the wrapped key to it, so a wrapped key moved from
+    another snapshot's manifest does not unwrap here."""
+    ctx = manifest.get("context") or {}
+    want = keys.snapshot_context(manifest["volume"]["db_id"], manifest["snapshot_id"])
+    if ctx != want:
+        raise IntegrityError(f"the manifest of snapshot {manifest['snapshot_id']} names a key context "
+                             f"{ctx} that is not the snapshot's own: it was altered; do not use it")
+    key = keys.open_snapshot_key(kms, manifest)
+    try:
+        return root_from_key(key)
+    finally:
+        wipe(key)
