@@ -131,6 +131,33 @@ int fe_errno_of(int rc)
     return EIO; /* any other errno of the backing file is a bug: EIO */
 }
 
+/* A backing file's errno passed through to the caller: one line on stderr (the daemon's log) the
+ * first time and then at 2, 4, 8, ... occurrences per errno, as errno_map.py logs it for pyfuse3. */
+static void log_passed_through(int err)
+{
+    static _Atomic unsigned long seen[6];
+    static const int codes[6] = {ENOSPC, EDQUOT, EROFS, EFBIG, EIO, ENOMEM};
+    static const char *names[6] = {"ENOSPC", "EDQUOT", "EROFS", "EFBIG", "EIO", "ENOMEM"};
+    for (int i = 0; i < 6; i++) {
+        if (codes[i] != err)
+            continue;
+        unsigned long n = atomic_fetch_add(&seen[i], 1) + 1;
+        if ((n & (n - 1)) == 0)
+            fprintf(stderr, "volumed-engine: the backing file reported %s (%s; %lu time(s) so far): "
+                    "returned to the caller as that errno\n", names[i], strerror(err), n);
+        return;
+    }
+}
+
+/* A core return code as the errno of a request, logging backing errors passed through. */
+static int request_errno(int rc)
+{
+    int err = fe_errno_of(rc);
+    if (rc < 0 && rc > -4096 && err == -rc)
+        log_passed_through(err);
+    return err;
+}
+
 /* Enter a request that touches the volume: counted in flight first, then the latch checked, so
  * fe_drain after fe_close_latch waits for every request that saw the latch open. */
 static int enter(fe_engine *e)
@@ -344,7 +371,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     if (err == 0) {
         err = hook(e, FE_OP_READ, (uint64_t)off, n);
         if (err == 0)
-            err = fe_errno_of(vc_read(e->core, (uint64_t)off, n, buf));
+            err = request_errno(vc_read(e->core, (uint64_t)off, n, buf));
         err = leave(e, err);
     }
     if (err != 0) {
@@ -389,7 +416,7 @@ static int flush_checked(fe_engine *e)
         return err;
     err = hook(e, FE_OP_FLUSH, 0, 0);
     if (err == 0)
-        err = fe_errno_of(vc_flush(e->core));
+        err = request_errno(vc_flush(e->core));
     return leave(e, err);
 }
 
@@ -412,7 +439,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     if (err == 0) {
         err = hook(e, FE_OP_WRITE, (uint64_t)off, size);
         if (err == 0)
-            err = fe_errno_of(vc_write(e->core, (uint64_t)off, (const unsigned char *)buf, size));
+            err = request_errno(vc_write(e->core, (uint64_t)off, (const unsigned char *)buf, size));
         err = leave(e, err);
     }
     if (err == 0)
