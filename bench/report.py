@@ -25,12 +25,19 @@ def build(results: dict) -> dict:
         for target, samples in by_target.items():
             s = summarize([x["value"] for x in samples])
             s["unit"] = samples[0]["unit"]
+            cpu = [x["daemon_cpu_us_per_request"] for x in samples if "daemon_cpu_us_per_request" in x]
+            s["daemon_cpu_us_per_request"] = statistics.median(cpu) if cpu else None
             summary[job][target] = s
         for target, s in summary[job].items():
             s["ratios"] = {ref: (s["median"] / summary[job][ref]["median"]
                                  if ref in summary[job] and summary[job][ref]["median"] else None)
                            for ref, _ in RATIO_TO}
     results["summary"] = summary
+    # --io-threads 2 against 1 (issue 12: at least 1.6x on random reads at QD16).
+    results["io_threads_ratio"] = {
+        job: summary[job]["xts-io2"]["median"] / summary[job]["xts-io1"]["median"]
+        for job in summary if {"xts-io1", "xts-io2"} <= set(summary[job])
+        and summary[job]["xts-io1"]["median"]}
     pg = results.get("pgbench") or {}
     if pg:
         tps = {k: summarize(v) for k, v in pg.items()}
@@ -60,13 +67,18 @@ def markdown(results: dict, labels: dict) -> str:
              f"{meta['repeats']} runs per "
              f"configuration in interleaved order, caches dropped before each run. Median (spread = "
              f"(max-min)/median).", "",
-             "| job | target | median | spread | vs gocryptfs | vs null cipher | vs raw file |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| job | target | median | spread | vs gocryptfs | vs null cipher | vs raw file | "
+             "daemon CPU/request |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for job, by_target in results["summary"].items():
         for target, s in by_target.items():
             r = s["ratios"]
+            cpu = s.get("daemon_cpu_us_per_request")
             lines.append(f"| {job} | {labels.get(target, target)} | {_fmt(s['median'], s['unit'])} | "
-                         f"{s['spread'] * 100:.0f}% | {_r(r['gocryptfs'])} | {_r(r['null'])} | {_r(r['raw'])} |")
+                         f"{s['spread'] * 100:.0f}% | {_r(r['gocryptfs'])} | {_r(r['null'])} | {_r(r['raw'])} | "
+                         f"{'-' if cpu is None else f'{cpu:.1f} us'} |")
+    for job, ratio in (results.get("io_threads_ratio") or {}).items():
+        lines.append(f"\n{job}: --io-threads 2 / --io-threads 1 = {ratio:.2f}x")
     pg = results.get("pgbench_summary")
     if pg:
         lines += ["", f"pgbench (scale {meta['pg_scale']}, 4 clients, {meta['pg_seconds']} s; ext4 on "
@@ -92,7 +104,7 @@ def chart(results: dict, labels: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(11, 4.5))
     width = 0.8 / len(targets)
     for i, t in enumerate(targets):
-        vals = [summary[j][t]["ratios"]["raw"] or 0 for j in jobs]
+        vals = [(summary[j].get(t) or {"ratios": {"raw": 0}})["ratios"]["raw"] or 0 for j in jobs]
         ax.bar([x + i * width for x in range(len(jobs))], vals, width, label=labels.get(t, t))
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(jobs))], jobs, rotation=15, fontsize=8)
     ax.set_ylabel("median relative to the raw file")

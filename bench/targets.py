@@ -33,10 +33,12 @@ def volumed_env(work: Path) -> dict:
 
 
 class Target:
-    """One configuration: ``start(size)`` makes ``self.file`` (size bytes, usable by fio)."""
+    """One configuration: ``start(size)`` makes ``self.file`` (size bytes, usable by fio).
+    ``jobs``: the fio jobs it runs (None: all of them)."""
 
     name = ""
     label = ""
+    jobs = None
 
     def __init__(self, work: Path):
         self.work = work / self.name
@@ -51,6 +53,11 @@ class Target:
             run(["fusermount3", "-u", self.mnt], check=False)
             if os.path.ismount(self.mnt):
                 run(["fusermount3", "-uz", self.mnt], check=False)
+
+    def daemon_sample(self) -> dict | None:
+        """{"cpu": CPU seconds of the serving daemon so far, "requests": requests it served}, or
+        None when this target has no volumed daemon (gocryptfs, the raw file)."""
+        return None
 
     def _fresh(self) -> None:
         self.stop()
@@ -68,16 +75,35 @@ class Raw(Target):
         return self.file
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` (all its threads) so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class VolumedTarget(Target):
     cipher = "xts"
+    io_threads = None  # --io-threads (None: the daemon's default, the CPUs)
 
     def start(self, size: int) -> str:
         self._fresh()
         env = volumed_env(self.work.parent)
         vol = self.work / "volume.img"
         run(VOLUMED + ["create", vol, "--size", str(size), "--cipher", self.cipher], env=env)
-        self.file = run(VOLUMED + ["mount", vol, self.mnt], env=env).stdout.strip().splitlines()[-1]
+        extra = [] if self.io_threads is None else ["--io-threads", str(self.io_threads)]
+        self.file = run(VOLUMED + ["mount", vol, self.mnt, *extra],
+                        env=env).stdout.strip().splitlines()[-1]
         return self.file
+
+    def daemon_sample(self) -> dict | None:
+        import json
+
+        out = run(VOLUMED + ["status", "--json"], env=volumed_env(self.work.parent)).stdout
+        for m in json.loads(out):
+            if m.get("mountpoint") == os.path.realpath(self.mnt):
+                return {"cpu": process_cpu_seconds(m["pid"]), "requests": m.get("requests", 0),
+                        "engine": m.get("engine")}
+        return None
 
     def stop(self) -> None:
         if os.path.ismount(self.mnt):
@@ -91,6 +117,18 @@ class Xts(VolumedTarget):
 
 class Gcm(VolumedTarget):
     name, label, cipher = "gcm", "volumed GCM", "gcm"
+
+
+RAND_READ_QD16 = ("rand-read-4K-qd16", "rand-read-4K-qd16-direct")
+
+
+class XtsIo1(VolumedTarget):
+    """``--io-threads 1`` (random reads at QD16 only: the issue's 2-vs-1 thread ratio)."""
+    name, label, cipher, io_threads, jobs = "xts-io1", "volumed XTS, 1 I/O thread", "xts", 1, RAND_READ_QD16
+
+
+class XtsIo2(VolumedTarget):
+    name, label, cipher, io_threads, jobs = "xts-io2", "volumed XTS, 2 I/O threads", "xts", 2, RAND_READ_QD16
 
 
 class Null(Target):
@@ -119,6 +157,7 @@ class Gocryptfs(Target):
 
 
 ALL = [Xts, Gcm, Null, Gocryptfs, Raw]
+EXTRA = [XtsIo1, XtsIo2]  # chosen by name with --targets (or --io-threads-ab)
 
 
 def prefill(path: str, size: int) -> None:

@@ -23,6 +23,7 @@
 #include <openssl/opensslv.h>
 
 #include "sector_core.h"
+#include "vcore_py.h"
 #include "workpool.h"
 
 /* Batches below this many bytes stay on the calling thread; larger ones are cut into chunks of
@@ -811,6 +812,8 @@ static int default_threads(void)
     return n > MAX_THREADS ? MAX_THREADS : n;
 }
 
+int fuse_engine_py_register(PyObject *module); /* fuse_engine_py.c */
+
 PyMODINIT_FUNC PyInit__native(void)
 {
     if (sc_init() != 0) {
@@ -826,9 +829,16 @@ PyMODINIT_FUNC PyInit__native(void)
     if (PyModule_AddObjectRef(m, "XtsCipher", (PyObject *)&XtsType) < 0 ||
         PyModule_AddObjectRef(m, "GcmCipher", (PyObject *)&GcmType) < 0 ||
         PyModule_AddIntConstant(m, "PARALLEL_MIN_BYTES", PAR_MIN_BYTES) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_SECTOR_SIZE", MAX_SECTOR_SIZE) < 0) {
+        PyModule_AddIntConstant(m, "MAX_SECTOR_SIZE", MAX_SECTOR_SIZE) < 0 ||
+        vcore_py_register(m) < 0 || fuse_engine_py_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
     return m;
+}
+
+/* For the volume core's XTS store (vc_xtsstore.c): the same thread setting as the cipher objects. */
+int native_pool_threads(void)
+{
+    return n_threads;
 }

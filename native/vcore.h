@@ -67,4 +67,74 @@ void vc_unref(vcore *c);
 /* The calling thread's message for its last failed call ("" if none). */
 const char *vc_last_error(void);
 
+/* ---- Additions (issue 12, the core's side; additive only) -------------------------------------
+ * Opening a core, its geometry, resizing, the raw records a snapshot copies and the copy-on-write
+ * capture session of a snapshot of a live volume. The engine needs none of these: it gets its
+ * core from a volumed._native.VolumeCore object (vcore_py.h). Stores built so far: XTS and null;
+ * GCM volumes are still served by the Python reference core (volumed/volume/refcore.py). */
+
+typedef enum { VC_CIPHER_NULL = 0, VC_CIPHER_XTS = 1 } vc_cipher;
+
+typedef struct {
+    int fd;                   /* the backing file, read-write; the core keeps its own dup */
+    int journal_fd;           /* -1, or the power-loss recorder's undo journal (O_APPEND; dup'd):
+                                 the RecordingBackingFile record format and semantics. Set it
+                                 explicitly: 0 is a descriptor. */
+    vc_cipher cipher;
+    const unsigned char *key; /* XTS: 64 bytes (halves must differ), copied into locked memory;
+                                 the caller wipes its copy. NULL for the null cipher. */
+    size_t key_len;
+    uint64_t data_offset;     /* byte offset of sector 0 in the backing file */
+    uint64_t size;            /* volume bytes, a multiple of sector_size */
+    uint32_t sector_size;     /* 4096 (a multiple of 512) */
+    const char *name;         /* the volume's path, for messages (copied) */
+    int history_fd;           /* -1, or (with journal_fd) a second, append-only copy of every journal
+                                 record that flushes do not empty: the fault layer's memory of each
+                                 page's previous image (rollback). Emptied whenever it would pass
+                                 history_max_bytes (0: no history, whatever history_fd says). */
+    uint64_t history_max_bytes;
+} vc_config;
+
+/* A new core with one reference. 0, or a negative code (VC_E_RANGE for a bad config, -errno). */
+int vc_open(const vc_config *cfg, vcore **out);
+
+uint32_t vc_sector_size(const vcore *c);
+
+/* Simulated power loss (the fault layer): waits for requests in flight (the barrier), then every
+ * later backing call fails with -err until the core is closed. */
+void vc_fail_backing(vcore *c, int err);
+
+/* Grow the volume (under the barrier: no request in flight). VC_E_RANGE if smaller or unaligned.
+ * The caller has grown the backing file and written the new header first. */
+int vc_set_size(vcore *c, uint64_t size);
+
+/* The records of sectors [first, first+n) as stored (XTS ciphertext; null: the bytes), n*ss bytes
+ * into out; present[i] = 0 for a hole (an all-zero sector). No lock taken: the caller holds the
+ * volume still. VC_E_KEY once the key was wiped. */
+int vc_read_records(vcore *c, uint64_t first, size_t n, unsigned char *out, unsigned char *present);
+
+/* Sectors [first, first+n) as a standard LUKS2 reader expects them (n*ss bytes into out): the stored
+ * ciphertext, and for a hole the encryption of zeros (XTS; null: the bytes). Takes the range lock.
+ * For exporting a volume to a plain LUKS2 image. */
+int vc_read_sealed(vcore *c, uint64_t first, size_t n, unsigned char *out);
+
+/* Capture session (volumed.volume.records.CaptureSession's contract): vc_capture_begin, under the
+ * barrier, flushes and opens the session (VC_E_STATE if one is open); from then on every write or
+ * discard first preserves, under the range lock it holds, the old records of the sectors it changes
+ * that the copier has not passed (at most max_kept_bytes held; past it the session fails, never the
+ * write). vc_capture_read returns the records as they were at the barrier for consecutive ranges
+ * from sector 0 (VC_E_STATE with vc_last_error's reason if the session failed, VC_E_RANGE if not
+ * consecutive). vc_capture_end closes it and frees what it holds. */
+typedef struct {
+    uint64_t captured;   /* sectors preserved before a write */
+    uint64_t peak_kept;  /* most records held at once */
+    uint64_t kept_bytes; /* bytes held now */
+    int failed;
+} vc_capture_stats;
+
+int vc_capture_begin(vcore *c, uint64_t max_kept_bytes);
+int vc_capture_read(vcore *c, uint64_t first, size_t n, unsigned char *out, unsigned char *present);
+int vc_capture_stats_get(vcore *c, vc_capture_stats *st); /* VC_E_STATE if no session */
+void vc_capture_end(vcore *c);
+
 #endif

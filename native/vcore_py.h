@@ -15,4 +15,7 @@
  * TypeError set when obj is not a VolumeCore. Call with the GIL held. */
 vcore *vcore_from_pyobject(PyObject *obj);
 
+/* Add the VolumeCore type to the module volumed._native (called from its PyInit). 0 or -1. */
+int vcore_py_register(PyObject *module);
+
 #endif

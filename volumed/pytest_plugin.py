@@ -37,8 +37,9 @@ RECOVERABLE = "inaccessible-encryption-credentials-recoverable"
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "volumed(cipher='xts', size='64M', volume_type=None, iops=None, throughput_mib=None): "
-        "how the encrypted_volume / encrypted_fs fixtures create and throttle the volume")
+        "markers", "volumed(cipher='xts', size='64M', volume_type=None, iops=None, throughput_mib=None, "
+        "engine=None): how the encrypted_volume / encrypted_fs fixtures create, throttle and serve "
+        "the volume (engine: native or python; default: the daemon's choice)")
 
 
 def skip_reason() -> str | None:
@@ -123,7 +124,7 @@ class EncryptedVolume:
     """A volume mounted by a background daemon. ``path`` is the decrypted file."""
 
     def __init__(self, root: Path, kms: VolumedKMS, *, cipher="xts", size="64M", key_arn=None,
-                 volume_type=None, iops=None, throughput_mib=None):
+                 volume_type=None, iops=None, throughput_mib=None, engine=None):
         from volumed.kms.principals import rds_via
         from volumed.volume.device import Volume, parse_size
 
@@ -143,6 +144,7 @@ class EncryptedVolume:
         self.throttle_args = None if volume_type is None else dict(
             volume_type=volume_type, iops=iops, throughput_mib=throughput_mib)
         self.fault = Faults(self)
+        self.engine = engine  # None: the daemon's default (native for XTS, python for GCM)
         self.path: str | None = None
         self.pids: list[int] = []
         self._undo = None
@@ -155,7 +157,8 @@ class EncryptedVolume:
 
     def mount(self) -> str:
         """Mount (with --allow-faults), apply the volume type's throttle; returns ``path``."""
-        p = self.cli("mount", self.image, self.mountpoint, "--allow-faults", check=False)
+        engine = ["--engine", self.engine] if self.engine else []
+        p = self.cli("mount", self.image, self.mountpoint, "--allow-faults", *engine, check=False)
         if p.returncode != 0:
             logs = "".join(Path(f).read_text(errors="replace")[-2000:]
                            for f in sorted(Path(self.run_dir).glob("*.log")))

@@ -16,31 +16,37 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.mount,
-    pytest.mark.timeout(120),
+    pytest.mark.timeout(180),
     pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"),
     pytest.mark.skipif(not (shutil.which("fio") and shutil.which("gocryptfs")), reason="needs fio and gocryptfs"),
 ]
 
-JOBS = "seq-write-1M,rand-rw70-4K-qd16"
+JOBS = "seq-write-1M,rand-rw70-4K-qd16,rand-read-4K-qd16-direct"
 
 
 def test_quick_suite_writes_json_markdown_and_png(tmp_path):
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, "-m", "bench.suite", "--quick", "--jobs", JOBS, "--out", str(out),
-                        "--dir", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=110)
+                        "--io-threads-ab", "--dir", str(tmp_path / "work")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=170)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads((out / "fio.json").read_text())
     targets = {"xts", "gcm", "null", "gocryptfs", "raw"}
     assert set(res["summary"]) == set(JOBS.split(","))
     for job, by_target in res["summary"].items():
-        assert set(by_target) == targets
+        # --io-threads-ab: XTS with 1 and 2 I/O threads run the random reads at QD16 only.
+        extra = {"xts-io1", "xts-io2"} if job == "rand-read-4K-qd16-direct" else set()
+        assert set(by_target) == targets | extra
+        # The daemon's CPU time per request served, for every volumed mount.
+        assert by_target["xts"]["daemon_cpu_us_per_request"] > 0
         for s in by_target.values():
             assert s["median"] > 0 and s["unit"] in ("MB/s", "IOPS")
             assert set(s["ratios"]) == {"gocryptfs", "null", "raw"}
         assert by_target["raw"]["ratios"]["raw"] == pytest.approx(1.0)
+    assert set(res["io_threads_ratio"]) == {"rand-read-4K-qd16-direct"}
     md = (out / "fio.md").read_text()
     assert md.count("\n| seq-write-1M |") == len(targets)
+    assert "daemon CPU/request" in md and "--io-threads 2 / --io-threads 1" in md
     assert "vs gocryptfs" in md and "vs null cipher" in md and "vs raw file" in md
     assert (out / "fio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Every mount it made is gone.

@@ -94,7 +94,9 @@ def test_power_cut_modes_keep_each_page_old_or_new(encrypted_volume_factory, cip
             assert page in (b"A" * 4096, bytes([66 + i % 20]) * 4096)
 
 
-def test_rollback_puts_an_older_sector_back_unnoticed_by_xts(encrypted_volume):
+@pytest.mark.parametrize("engine", [  # native: the core's history file; python: FaultBacking's memory
+    pytest.param(e, marks=pytest.mark.volumed(engine=e)) for e in ("native", "python")])
+def test_rollback_puts_an_older_sector_back_unnoticed_by_xts(encrypted_volume, engine):
     v = encrypted_volume
     _write_sync(v.path, 8 * 4096, b"old!" * 1024)
     _write_sync(v.path, 8 * 4096, b"new!" * 1024)

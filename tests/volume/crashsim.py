@@ -89,7 +89,7 @@ class Run:
                 model[off:off + ln] = data
             self.ops.append((start, len(self.trace), _digests(bytes(model))))
         # Leave the volume unflushed and unclosed: the process "dies" here.
-        vol._backing.close()
+        vol.abandon()
 
     def crash_state(self, k: int, rng: random.Random, torn: bool) -> tuple[bytearray, int]:
         """File bytes after a power cut at trace index k; also the index of the last sync < k."""
@@ -137,6 +137,6 @@ class Run:
         got = _digests(data)
         for s, d in enumerate(got):
             assert d in allowed[s], f"sector {s} reads neither its durable version nor a later one (k={k})"
-        vol._backing.close()  # crash again right after recovery: no clean close
+        vol.abandon()  # crash again right after recovery: no clean close
         with open(path, "rb") as fh:
             return fh.read(), got

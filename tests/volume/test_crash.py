@@ -76,7 +76,7 @@ def test_power_cut_recorder(cipher, mode, make_volume, kms, tmp_path):
     assert os.path.getsize(journal) <= 16 + 16384  # GCM: the header note of the flushed counter
     for off in range(0, 1 << 20, 64 << 10):  # 16 multi-page writes after the flush
         vol.write(off, new[off:off + (64 << 10)])
-    vol._backing.close()  # the process dies: no flush, no close
+    vol.abandon()  # the process dies: no flush, no close
     report = simulate_power_cut(path, journal, mode=mode, seed=7)
     assert report.writes >= 16
     assert report.dropped > 0 or report.torn > 0
@@ -99,7 +99,7 @@ def test_power_cut_after_flush_loses_nothing(make_volume, kms, tmp_path):
     vol = Volume.open(path, kms=kms, backing=RecordingBackingFile(path, journal))
     vol.write(12345, data)
     vol.flush()
-    vol._backing.close()
+    vol.abandon()
     report = simulate_power_cut(path, journal, mode="all")
     assert report.dropped <= 1  # at most the unsynced header note of the flushed counter
     with Volume.open(path, kms=kms) as vol:
@@ -123,7 +123,7 @@ def test_power_cut_at_every_point_of_a_resize(cipher, make_volume, kms, tmp_path
     vol = Volume._open_with_key(path, bytearray(key), backing=TracingBacking(path, trace))
     start = len(trace)
     vol.resize(300 * 4096)
-    vol._backing.close()
+    vol.abandon()
     with open(path, "rb") as f:
         grown_len = len(f.read())
     rng = random.Random(cipher)

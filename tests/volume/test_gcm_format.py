@@ -164,7 +164,7 @@ def test_nonces_never_repeat_across_sessions_and_crashes(make_volume, kms):
         if session % 2:
             vol.close()
         else:
-            vol._backing.close()  # killed: no clean close
+            vol.abandon()  # killed: no clean close
     ctrs = _all_counters(path, size)
     assert len(ctrs) == len(np.unique(ctrs))
     assert seen_reserved == sorted(set(seen_reserved))
@@ -286,6 +286,6 @@ def test_doubtful_ranges_stay_bounded(make_volume, kms, monkeypatch):
     for _ in range(6):
         vol = Volume.open(path, kms=kms)
         vol.write(0, os.urandom(SS))
-        vol._backing.close()  # killed
+        vol.abandon()  # killed
     h = Volume.read_header(path)
     assert 1 <= len(h.doubtful) <= 3

@@ -42,7 +42,7 @@ def test_one_gib_volume_survives_a_torn_power_cut(cipher, make_volume, kms, tmp_
         vol.write(s * SS, data)
         for i in range(256):
             later.setdefault(s + i, []).append(data[i * SS:(i + 1) * SS])
-    vol._backing.close()
+    vol.abandon()
     report = simulate_power_cut(path, journal, mode="torn", seed=3)
     assert report.torn > 0 and report.pages_dropped > 0
     with Volume.open(path, kms=kms) as vol:
@@ -123,7 +123,7 @@ def test_a_thousand_crash_points_on_a_sparse_gib_volume(cipher, make_volume, kms
                 vol.flush()
                 durable.update({t: versions[-1] for t, versions in pending.items()})
                 pending = {}
-        vol._backing.close()  # the power goes: no flush, no clean close
+        vol.abandon()  # the power goes: no flush, no clean close
         report = simulate_power_cut(path, journal, mode="torn" if point % 2 else "random", seed=point)
         torn_total += report.torn
         vol = Volume._open_with_key(path, bytearray(key))
@@ -135,7 +135,7 @@ def test_a_thousand_crash_points_on_a_sparse_gib_volume(cipher, make_volume, kms
             if s not in durable:
                 hot.append(s)
             durable[s] = bytes(got)
-        vol._backing.close()  # and again right after recovery: no clean close either
+        vol.abandon()  # and again right after recovery: no clean close either
     assert torn_total > 0
     with Volume._open_with_key(path, bytearray(key)) as vol:  # a last full check of every sector
         for s, want in durable.items():

@@ -60,3 +60,45 @@ def pool_workers() -> int:
 def kat_xts(key: Buffer, tweak: Buffer, data: Buffer, encrypt: bool) -> bytes: ...
 def kat_gcm_seal(key: Buffer, nonce: Buffer, aad: Buffer, data: Buffer) -> tuple[bytes, bytes]: ...
 def kat_gcm_open(key: Buffer, nonce: Buffer, aad: Buffer, data: Buffer, tag: Buffer) -> bytes | None: ...
+
+class VolumeCore:
+    """One open volume's decrypted bytes served by the native core (native/vcore.h): XTS (LUKS2
+    aes-xts-plain64, all-zero on-disk sector = hole) or the null cipher (benchmarks). Thread-safe;
+    the GIL is released around every I/O call. Errors: volumed.errors.KeyAccessError (key wiped),
+    UsageError (outside the volume), StateError, OSError (the backing file's errno), MemoryError."""
+
+    size: Final[int]
+    sector_size: Final[int]
+    cipher: Final[str]
+    def __init__(self, fd: int, *, cipher: str, key: Buffer | None = None, data_offset: int = 0,
+                 size: int, sector_size: int = 4096, journal_fd: int = -1, name: str = "",
+                 history_fd: int = -1, history_max_bytes: int = 32 << 20) -> None:
+        """fd: the backing file (the core keeps its own dup; yours stays yours). key: 64 bytes for
+        xts (copied into locked memory, a writable buffer is overwritten with zeros), None for null.
+        journal_fd: the power-loss recorder's undo journal (RecordingBackingFile's format), or -1.
+        history_fd: with a journal, an append-only copy of its records that flushes leave alone
+        (the fault layer's previous page images, for rollback), emptied past history_max_bytes."""
+    def read(self, offset: int, length: int) -> bytearray:
+        """Exactly ``length`` bytes; the range must lie inside the volume (UsageError)."""
+    def readinto(self, offset: int, buf: Buffer) -> None: ...
+    def write(self, offset: int, data: Buffer) -> None: ...
+    def discard(self, offset: int, length: int) -> None: ...
+    def flush(self) -> None:
+        """The durability point: every write or discard that returned before is durable."""
+    def wipe_key(self) -> None:
+        """Wait for calls in flight, wipe the key; later calls raise KeyAccessError. Idempotent."""
+    def fail_backing(self, errno: int) -> None:
+        """Simulated power loss: after calls in flight, every backing call fails with errno."""
+    def set_size(self, size: int) -> None:
+        """Grow the volume (the caller grew the file and wrote the header first)."""
+    def read_records(self, first: int, n: int) -> list[bytes | None]:
+        """Sectors as stored (None for a hole); no lock: the caller holds the volume still."""
+    def read_sealed(self, first: int, n: int) -> bytearray:
+        """Sectors as a LUKS2 reader expects them: stored ciphertext, holes encrypted zeros."""
+    def capture_begin(self, max_kept_bytes: int) -> None:
+        """Under the barrier: flush, then preserve old records before writes (StateError if open)."""
+    def capture_read(self, first: int, n: int) -> list[bytes | None]:
+        """Records at the barrier, consecutive ranges from 0 (StateError once the session failed)."""
+    def capture_stats(self) -> dict[str, int]:
+        """captured, peak_kept, kept_bytes, failed."""
+    def capture_end(self) -> None: ...

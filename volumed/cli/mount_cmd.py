@@ -23,6 +23,12 @@ def register(sub) -> None:
     p.add_argument("--check-interval", type=float, default=None, metavar="SECONDS",
                    help="seconds between key checks (default: 60 against AWS KMS; 300 with the "
                         "embedded service, which is also watched for changes every 100 ms)")
+    p.add_argument("--engine", choices=("native", "python"), default=None,
+                   help="who serves the FUSE requests: native worker threads (the default for XTS "
+                        "volumes) or pyfuse3 on the daemon's event loop (GCM volumes' only engine)")
+    p.add_argument("--io-threads", type=int, default=None, metavar="N",
+                   help="native engine: worker threads, each on its own /dev/fuse clone "
+                        "(default: the number of CPUs)")
     p.add_argument("--host-profile", default=os.environ.get("VOLUMED_HOST_PROFILE"), metavar="PROFILE",
                    help="with --kms https://SERVER: the AWS profile holding this host's access key, "
                         "which the daemon signs with (default: $VOLUMED_HOST_PROFILE, else the same "
@@ -59,7 +65,8 @@ def _mount(args) -> int:
         principal=args.principal, via_service=args.via_service, foreground=args.foreground,
         allow_faults=args.allow_faults, recovery_window=args.recovery_window * 86400.0,
         grace=args.kms_grace, interval=args.check_interval, fake_time=args.fake_time,
-        recording_journal=args.test_recording_journal, host_profile=args.host_profile)
+        recording_journal=args.test_recording_journal, host_profile=args.host_profile,
+        engine=args.engine, io_threads=args.io_threads)
     if rc == 0 and not args.foreground:
         from volumed.mount.tuning import tune_mount
 
@@ -77,7 +84,8 @@ def _mount_null(args) -> int:
     from volumed.volume.device import parse_size
 
     size = parse_size(args.bench_null_cipher)
-    cmd = [sys.executable, "-m", "volumed.mount.nullserve", str(size), args.volume, args.mountpoint]
+    cmd = [sys.executable, "-m", "volumed.mount.nullserve", str(size), args.volume, args.mountpoint,
+           args.engine or "native", str(args.io_threads or 0)]
     if args.foreground:
         os.execv(sys.executable, cmd)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -111,8 +119,8 @@ def _status(args) -> int:
     for m in mounts:
         print(f"{m.get('file')}  {m.get('state')}")
         for key in ("volume", "key_arn", "encryption_context", "grant_id", "state_since", "reason",
-                    "kms_unreachable_since", "last_successful_check", "bytes_read", "bytes_written",
-                    "pid"):
+                    "kms_unreachable_since", "last_successful_check", "engine", "io_threads",
+                    "requests", "bytes_read", "bytes_written", "pid"):
             if m.get(key) not in (None, ""):
                 print(f"    {key}: {m[key]}")
     return 0

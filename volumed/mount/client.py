@@ -95,7 +95,8 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
           via_service: str | None, foreground: bool = False, allow_faults: bool = False,
           recovery_window: float, grace: float, interval: float | None,
           fake_time: float | None = None, recording_journal: str | None = None,
-          host_profile: str | None = None, out=sys.stdout) -> int:
+          host_profile: str | None = None, engine: str | None = None,
+          io_threads: int | None = None, out=sys.stdout) -> int:
     """``volumed mount``: check the record, attach (grant to the host), start the daemon, wait
     until it serves, print the file's path. Raises VolumedError with one line on failure."""
     from volumed.kms.principals import rds_via
@@ -104,6 +105,8 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
 
     if (fake_time is not None or recording_journal) and not allow_faults:
         raise UsageError("test options need --allow-faults")
+    if io_threads is not None and not 1 <= io_threads <= 64:
+        raise UsageError(f"--io-threads {io_threads} out of range: 1 to 64")
     if not os.path.exists(volume):
         raise UsageError(f"volume {volume} does not exist")
     header = Volume.read_header(volume)
@@ -135,7 +138,7 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
                       kms=kms_spec, grant=grant.to_json(), allow_faults=allow_faults,
                       recovery_window=recovery_window, grace=grace, interval=interval,
                       fake_time=fake_time, recording_journal=recording_journal,
-                      host_profile=host_profile)
+                      host_profile=host_profile, engine=engine, io_threads=io_threads)
     if foreground:
         return _foreground(cfg, out)
     return _background(cfg, out)

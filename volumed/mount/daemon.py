@@ -4,8 +4,9 @@ Lifecycle (``serve``):
   1. harden the process (no core dumps, not dumpable, memory locked);
   2. take the volume's lock (one daemon per volume) and unwrap the data key as the host principal
      with the grant token (Volume.open);
-  3. mount (pyfuse3.init) and run, on one trio loop: the FUSE request tasks, the key-access monitor,
-     the control channel and a signal watcher; report readiness (``ready``) once all are up;
+  3. mount and serve the FUSE requests with the chosen engine (volumed.mount.engine: native worker
+     threads, or pyfuse3 tasks on the loop) and run, on one trio loop, the key-access monitor, the
+     control channel and a signal watcher; report readiness (``ready``) once all are up;
   4. when the file system is unmounted (``volumed unmount``, ``fusermount3 -u``, SIGTERM/SIGINT):
      flush, retire the grant, wipe the key, unmount, remove the run-time files.
 
@@ -30,9 +31,9 @@ import trio
 
 from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock
 from volumed.errors import StateError, VolumedError
-from volumed.mount import attach, control, keyservice, paths
-from volumed.mount.fs import VolumeFS, invalidate_file_cache
 from volumed.hardening import current_state, harden_process
+from volumed.mount import attach, control, engine, keyservice, paths
+from volumed.mount.fs import VolumeFS
 from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
 from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
 from volumed.volume.device import Volume
@@ -55,6 +56,8 @@ class MountConfig:
     fake_time: float | None = None
     recording_journal: str | None = None
     threads: int = 4
+    engine: str | None = None       # "native", "python" or None (native where the core allows)
+    io_threads: int | None = None   # native worker threads (default: the CPUs)
     host_profile: str | None = None  # AWS profile of the host's key-server access key
 
 
@@ -93,7 +96,7 @@ class Daemon:
         if cfg.allow_faults and backing is not None:
             from volumed.mount.faults import FaultVolume
 
-            self.faults = FaultVolume(volume, to_error=pyfuse3.FUSEError)
+            self.faults = FaultVolume(volume, to_error=pyfuse3.FUSEError, backing=backing)
         self.header = header
         self.host_client = host_client
         self.grant = grant
@@ -107,8 +110,17 @@ class Daemon:
         # (a request to itself from the loop thread would deadlock).
         self.file = os.path.join(cfg.mountpoint, self.name)
         self.latch = AccessLatch(clock, paths.volume_state_path(self.uuid), grant.key_arn)
-        self.fs = VolumeFS(self.faults or volume, name=self.name, size=self.size, latch=self.latch,
-                           threads=cfg.threads)
+        self.fs = None
+        core = volume.native_core
+        io_threads = cfg.io_threads or engine.default_io_threads()
+        if engine.choose(cfg.engine, core) == "native":
+            self.engine = engine.NativeEngine(core, mountpoint=cfg.mountpoint,
+                                              file_name=self.name, threads=io_threads)
+        else:
+            self.fs = VolumeFS(self.faults or volume, name=self.name, size=self.size,
+                               latch=self.latch, threads=cfg.threads)
+            self.engine = engine.PythonEngine(self.fs, mountpoint=cfg.mountpoint,
+                                              threads=cfg.threads)
         self.monitor = KeyMonitor(
             check=self._check, counter=keyservice.change_counter(host_client), latch=self.latch,
             clock=clock, interval=cfg.interval, grace=cfg.grace, window=cfg.recovery_window)
@@ -124,19 +136,24 @@ class Daemon:
             GrantTokens=[self.grant.token])
 
     def _on_revoked(self) -> None:
-        """Latch closed (trio thread; new requests already fail): wipe the key, then invalidate the
-        kernel's cached pages, in worker threads (wipe_key waits for requests in flight)."""
+        """Latch closed (in the closing thread; new requests already fail, the native engine's
+        latch is closed here too): wipe the key, then invalidate the kernel's cached pages, in
+        worker threads (the engine drains its requests in flight; wipe_key waits for the core's)."""
+        self.engine.close_latch()
         if self._nursery is None:
             self.volume.wipe_key()
             self.cut_off = True
             return
+        if self.fs is None:  # the native engine: drop cached pages at once, as VolumeFS does
+            self._nursery.start_soon(self.engine.invalidate, log)
         self._nursery.start_soon(self._revoke_actions)
 
     async def _revoke_actions(self) -> None:
-        """Wipe the key, then drop the kernel's cached pages and attributes of the file."""
+        """Drain, wipe the key, then drop the kernel's cached pages and attributes of the file."""
+        await trio.to_thread.run_sync(self.engine.drain)
         await trio.to_thread.run_sync(self.volume.wipe_key)
         log.info("data key wiped")
-        await invalidate_file_cache(log)
+        await self.engine.invalidate(log)
         self.cut_off = True
 
     def status(self) -> dict:
@@ -163,8 +180,7 @@ class Daemon:
             "revoked_at": iso(latch.revoked_at),
             "last_successful_check": iso(latch.last_ok),
             "checks": self.monitor.checks,
-            "bytes_read": self.fs.counters.bytes_read,
-            "bytes_written": self.fs.counters.bytes_written,
+            **self.engine.stats(),  # engine, io_threads, requests, bytes_read, bytes_written, ...
             "pid": os.getpid(),
             "hardening": current_state(),
             "kms": self.cfg.kms,
@@ -178,7 +194,7 @@ class Daemon:
             return {"ok": True, "status": self.status()}
         if op == "unmount":
             log.info("unmount requested over the control channel")
-            pyfuse3.terminate()
+            self.engine.terminate()
             return {"ok": True}
         if op == "check":
             self.monitor.request_check()
@@ -195,6 +211,10 @@ class Daemon:
             return {"ok": True, "time": self.clock.time()}
         if op == "fault":
             return await self._fault(msg)
+        if op == "hold-gil":  # tests: the native engine serves while Python holds the GIL
+            if not self.cfg.allow_faults:
+                return {"ok": False, "error": "hold-gil needs a daemon started with --allow-faults"}
+            return {"ok": True, **hold_gil(min(float(msg.get("seconds", 1.0)), 10.0))}
         if op == "snapshot":  # volumed.snapshot.mounted: flush + capture under a short pause, copy
             from volumed.snapshot.mounted import daemon_snapshot
 
@@ -207,14 +227,21 @@ class Daemon:
             return {"ok": False, "error": "fault injection needs a mount started with --allow-faults"}
         from volumed.mount import faults
 
+        if msg.get("kind") in ("power-cut", "rollback"):
+            # No native request may touch the backing file meanwhile: route them through the gate
+            # (which fails them once the power is off) and wait for those in flight.
+            self.engine.set_fault_hook(self.faults.gate)
+            await trio.to_thread.run_sync(self.engine.drain)
         try:
             reply = await trio.to_thread.run_sync(faults.handle, msg, self.faults, self.backing,
                                                   self.header)
         except VolumedError as exc:
             return {"ok": False, "error": str(exc)}
+        finally:
+            self.engine.set_fault_hook(self.faults.gate if self.faults.active else None)
         if msg.get("kind") in ("power-cut", "rollback"):
             log.warning("fault injected: %s", json.dumps({k: v for k, v in msg.items() if k != "op"}))
-            await invalidate_file_cache(log)  # the kernel's cached pages no longer match the disk
+            await self.engine.invalidate(log)  # the kernel's cached pages no longer match the disk
         return reply
 
     async def _signals(self) -> None:
@@ -222,7 +249,7 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
             async for sig in sigs:
                 log.info("signal %d: unmounting", sig)
-                pyfuse3.terminate()
+                self.engine.terminate()
 
     async def run(self, ready) -> None:
         """Serve until unmounted. ``ready()`` is called once the mount answers requests."""
@@ -233,7 +260,7 @@ class Daemon:
             nursery.start_soon(self.monitor.run)
             nursery.start_soon(self._signals)
             nursery.start_soon(_call_soon, ready)
-            await pyfuse3.main(min_tasks=2, max_tasks=64)
+            await self.engine.serve()
             nursery.cancel_scope.cancel()
 
     def shutdown(self) -> None:
@@ -252,6 +279,41 @@ class Daemon:
                 self.volume.close()
             except OSError as exc:  # a simulated power loss: the disk is gone
                 log.warning("closing the volume: %s", exc)
+
+
+def hold_gil(seconds: float) -> dict:
+    """Keep the GIL in this (the loop's) thread for ``seconds``: a pure-Python busy loop with the
+    switch interval raised above it, so no other Python thread runs meanwhile. Returns the
+    CLOCK_MONOTONIC interval held and how often another Python thread ran in between (0 unless
+    something dropped the GIL)."""
+    import sys
+    import threading
+
+    ran = [0]
+    stop = threading.Event()
+
+    def other():
+        while not stop.is_set():
+            ran[0] += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    time.sleep(0.05)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(seconds + 5.0)
+    try:
+        t0 = time.monotonic()
+        before = ran[0]
+        while time.monotonic() - t0 < seconds:
+            pass
+        t1 = time.monotonic()
+        during = ran[0] - before
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+    t.join()
+    return {"held_from": t0, "held_until": t1, "other_python_ran": during}
 
 
 async def _call_soon(fn) -> None:
@@ -287,7 +349,7 @@ def _open_backing(cfg: MountConfig):
         return None
     from volumed.mount.faults import FaultBacking
 
-    return FaultBacking(cfg.volume, _journal_path(cfg))
+    return FaultBacking(cfg.volume, _journal_path(cfg), native=cfg.engine != "python")
 
 
 def serve(cfg: MountConfig, ready) -> None:
@@ -327,14 +389,14 @@ def serve(cfg: MountConfig, ready) -> None:
         daemon = Daemon(cfg, volume, host_client, grant, clock, backing)
         daemon.latch.mark_ok()
         daemon.latch.clear_record()
-        opts = {"fsname=volumed", "subtype=volumed", "allow_other", "default_permissions"}
-        pyfuse3.init(daemon.fs, cfg.mountpoint, opts)
+        daemon.engine.mount()
         mounted = True
         paths.record_path(mid).write_text(json.dumps({
             "pid": os.getpid(), "mountpoint": cfg.mountpoint, "volume": cfg.volume,
             "file": daemon.file}))
-        log.info("serving %s at %s (key %s, grant %s)", cfg.volume, daemon.file,
-                 grant.key_arn, grant.grant_id)
+        log.info("serving %s at %s (key %s, grant %s, %s engine, %d threads)", cfg.volume,
+                 daemon.file, grant.key_arn, grant.grant_id, daemon.engine.name,
+                 daemon.engine.threads)
     except VolumedError as exc:
         _abort(daemon, mounted, lock_fd)
         ready({"ok": False, "error": str(exc), "exit_code": exc.exit_code})
@@ -350,7 +412,7 @@ def serve(cfg: MountConfig, ready) -> None:
         try:
             daemon.shutdown()
         finally:
-            pyfuse3.close(unmount=True)
+            daemon.engine.close()
             for p in (paths.socket_path(mid), paths.record_path(mid)):
                 p.unlink(missing_ok=True)
             if cfg.allow_faults and not cfg.recording_journal:
@@ -371,7 +433,7 @@ def _abort(daemon, mounted, lock_fd) -> None:
         except Exception:
             log.exception("while aborting")
     if mounted:
-        pyfuse3.close(unmount=True)
+        daemon.engine.close()
     if lock_fd is not None:
         os.close(lock_fd)
 

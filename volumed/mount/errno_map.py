@@ -1,9 +1,10 @@
-"""The FUSE boundary: the one place where errors become errno values.
+"""The FUSE boundary of the pyfuse3 engine: the one place where its errors become errno values.
 
 ``fuse_errors`` wraps every request handler of volumed.mount.fs.VolumeFS:
   - pyfuse3.FUSEError passes through (the handler chose the errno itself);
-  - KeyAccessError (the key is gone: revoked, wiped, refused) -> EIO;
-  - IntegrityError (a sector failed to verify) -> EIO and one log line naming the sector;
+  - the domain errors by ``ERRNO_OF`` (KeyAccessError: the key is gone, revoked, wiped, refused;
+    IntegrityError: a sector failed to verify, with one log line naming the sector; UsageError,
+    StateError, MemoryError);
   - OSError of the backing file whose errno a block device's user can act on (PASSED_THROUGH:
     ENOSPC of a full disk, EDQUOT, EROFS, EFBIG, EIO of the disk below, ENOMEM) -> that errno,
     logged as a warning without a traceback (the first time and then at 2, 4, 8, ... occurrences
@@ -11,6 +12,10 @@
   - anything else, another OSError included -> EIO and a logged traceback (a bug; never data in
     the message).
 Cancellation (trio.Cancelled, a BaseException) is not caught.
+
+The native engine maps the core's return codes in native/fuse_engine.c (fe_errno_of) by the same
+table; tests/mount/test_engine.py checks the two agree through
+``volumed._native.engine_errno_table()``.
 """
 
 from __future__ import annotations
@@ -21,10 +26,19 @@ import logging
 
 import pyfuse3
 
-from volumed.errors import IntegrityError, KeyAccessError
+from volumed.errors import IntegrityError, KeyAccessError, StateError, UsageError
 
 log = logging.getLogger("volumed.mount")
 
+# Domain error -> errno (the native table is keyed by the core's codes: VC_E_KEY, VC_E_INTEGRITY,
+# VC_E_RANGE, VC_E_STATE, VC_E_NOMEM in that order).
+ERRNO_OF = (
+    (KeyAccessError, errno.EIO),
+    (IntegrityError, errno.EIO),
+    (UsageError, errno.EINVAL),
+    (StateError, errno.EROFS),
+    (MemoryError, errno.ENOMEM),
+)
 PASSED_THROUGH = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO,
                             errno.ENOMEM})
 _seen: dict[int, int] = {}
@@ -33,6 +47,16 @@ _seen: dict[int, int] = {}
 def os_errno(exc: OSError) -> int | None:
     """The errno to return for a backing file's OSError, or None if it is a bug (EIO + traceback)."""
     return exc.errno if exc.errno in PASSED_THROUGH else None
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno the kernel gets for ``exc`` raised by a Volume call inside a request."""
+    for cls, value in ERRNO_OF:
+        if isinstance(exc, cls):
+            return value
+    if isinstance(exc, OSError):
+        return os_errno(exc) or errno.EIO
+    return errno.EIO
 
 
 def _log_os_error(where: str, exc: OSError) -> None:
@@ -52,11 +76,11 @@ def fuse_errors(handler):
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except KeyAccessError:
-            raise pyfuse3.FUSEError(errno.EIO) from None
         except IntegrityError as exc:
             log.error("integrity failure in %s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except (KeyAccessError, UsageError, StateError, MemoryError) as exc:
+            raise pyfuse3.FUSEError(errno_for(exc)) from None
         except OSError as exc:
             code = os_errno(exc)
             if code is None:

@@ -6,7 +6,11 @@ FaultBacking (around the volume's backing file, below the cipher)
     "torn" at 4 KiB) while the daemon still runs; from then on every backing call fails with EIO
     (the disk is gone) until the volume is unmounted and mounted again. It also remembers the
     previous on-disk image of each 4 KiB page written (at most ``ROLLBACK_PAGES``), so
-    ``rollback(offsets)`` can put an older, validly encrypted version of a sector back.
+    ``rollback(offsets)`` can put an older, validly encrypted version of a sector back. On an XTS
+    volume the native core serves the data area through it (``native_spec``): the core writes the
+    journal's records itself, and a second copy of them that flushes leave alone (the history
+    file beside the journal) from which rollback takes the previous images; a power cut first
+    fails the core's backing (``VolumeCore.fail_backing``), so no native write lands after it.
 FaultVolume (around the opened Volume, above the cipher; offsets are the decrypted file's)
     Before each read/write/discard/flush: the throttle (volumed.mount.throttle), a fixed latency,
     then the error plan: errno on byte ranges, on the Nth matching operation, or with a
@@ -19,6 +23,7 @@ Callers: volumed.mount.daemon (builds both and answers the "fault" control op vi
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import os
 import random
@@ -52,12 +57,49 @@ class PowerLost(OSError):
 class FaultBacking(RecordingBackingFile):
     """The backing file of a fault-enabled mount (see the module docstring)."""
 
-    def __init__(self, path, journal_path, **kw):
+    def __init__(self, path, journal_path, *, native: bool = False, **kw):
         super().__init__(path, journal_path, **kw)
         os.ftruncate(self._jfd, 0)  # a journal left by a killed daemon: its writes all happened
         self._lock = threading.RLock()
         self._previous: dict[int, bytes] = {}
         self.lost = False
+        self.native = native
+        self._core = None           # the native core serving the data area, once told
+        self.history_path = self.journal_path + ".history"
+        self._hfd = -1
+        if native:
+            self._hfd = os.open(self.history_path,
+                                os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def native_spec(self) -> dict | None:
+        """For a mount served by the native engine (``native``): the native core serves the file
+        and writes the undo journal (the same records) and the history of previous page images
+        (the journal's records, kept across flushes; rollback reads it) itself. A power cut first
+        routes the engine's requests through FaultVolume.gate (EIO once the power is off), stops
+        the core's backing (``fail_backing``: in-flight writes drain, later ones fail) and then
+        applies the journal. None: the reference core serves the file through these hooks."""
+        if not self.native:
+            return None
+        return {"fd": self.fd, "journal_fd": self._jfd, "history_fd": self._hfd,
+                "history_max_bytes": 2 * ROLLBACK_PAGES * (PAGE + _REC.size)}
+
+    def served_by(self, core) -> None:
+        self._core = core
+
+    def _history(self) -> dict[int, bytes]:
+        """Previous images of whole pages the native core wrote (the latest record wins)."""
+        images: dict[int, bytes] = {}
+        data = os.pread(self._hfd, os.fstat(self._hfd).st_size, 0)
+        pos = 0
+        while pos + _REC.size <= len(data):
+            off, ln = _REC.unpack_from(data, pos)
+            pos += _REC.size
+            old = data[pos:pos + ln]
+            pos += ln
+            for poff in range(off - off % PAGE, off + ln, PAGE):
+                if poff >= off and poff + PAGE <= off + ln:
+                    images[poff] = old[poff - off:poff - off + PAGE]
+        return images
 
     def _alive(self) -> None:
         if self.lost:
@@ -101,6 +143,14 @@ class FaultBacking(RecordingBackingFile):
             self._alive()
             super().fdatasync()
 
+    def close(self) -> None:
+        super().close()
+        if self._hfd >= 0:
+            os.close(self._hfd)
+            self._hfd = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.history_path)
+
     def power_cut(self, mode: str = "all", seed=None) -> dict:
         """Lose power now: later calls fail with EIO; the writes not yet fdatasync'ed are dropped
         by ``mode``. Returns the PowerCutReport as a dict. Only once per mount."""
@@ -110,6 +160,8 @@ class FaultBacking(RecordingBackingFile):
             if self.lost:
                 raise UsageError("the power is already off: unmount and mount the volume again")
             self.lost = True
+            if self._core is not None:  # in-flight native writes finish, later ones fail (EIO)
+                self._core.fail_backing(_errno.EIO)
             report = simulate_power_cut(self.path, self.journal_path, mode, seed)
             os.ftruncate(self._jfd, 0)
         return {"writes": report.writes, "dropped": report.dropped, "torn": report.torn,
@@ -121,8 +173,9 @@ class FaultBacking(RecordingBackingFile):
         done = 0
         with self._lock:
             self._alive()
+            previous = {**self._history(), **self._previous} if self._core is not None else self._previous
             for poff in page_offsets:
-                image = self._previous.get(poff)
+                image = previous.get(poff)
                 if image is None:
                     continue
                 os.pwrite(self.fd, image, poff)
@@ -182,8 +235,9 @@ class FaultVolume:
     """A Volume seen through the fault plan (see the module docstring). Other attributes pass
     through to the wrapped Volume. Thread-safe."""
 
-    def __init__(self, volume, *, to_error=None, sleep=time.sleep):
+    def __init__(self, volume, *, to_error=None, sleep=time.sleep, backing=None):
         self.volume = volume
+        self.backing = backing  # the FaultBacking whose power cut ``gate`` reports
         self.to_error = to_error or (lambda e: OSError(e, os.strerror(e)))
         self.sleep = sleep
         self._lock = threading.Lock()
@@ -202,7 +256,7 @@ class FaultVolume:
         block (a snapshot's capture session): the FUSE side should then run them in worker
         threads rather than on its event loop."""
         return (self.latency > 0 or self.throttle is not None
-                or bool(getattr(self.volume, "may_block", False)))
+                or self.volume.may_block)
 
     def _before(self, op: str, offset: int, length: int) -> None:
         throttle = self.throttle
@@ -223,6 +277,32 @@ class FaultVolume:
                 self.injected += 1
         if fail is not None:
             raise self.to_error(fail)
+
+    @property
+    def active(self) -> bool:
+        """True while any fault is set or the power is off: the native engine then sends every
+        read, write and flush through ``gate`` first (volumed.mount.engine)."""
+        return bool(self.rules or self.bad or self.latency > 0 or self.throttle is not None
+                    or self.power_lost())
+
+    def power_lost(self) -> bool:
+        """True after a simulated power cut of the backing file (FaultBacking.lost)."""
+        return self.backing is not None and self.backing.lost
+
+    def gate(self, op: int, offset: int, length: int) -> int:
+        """The native engine's fault hook: ``op`` 0 read, 1 write, 2 flush (checked before the
+        native I/O, as ``_before``), 3 heal (after a successful write, as ``_heal``). Returns the
+        errno to fail the request with, or 0. The same rules as the Python path, one copy."""
+        if op == 3:
+            self._heal(offset, length)
+            return 0
+        if self.power_lost():
+            return _errno.EIO
+        try:
+            self._before(("read", "write", "flush")[op], offset, length)
+        except Exception as exc:
+            return getattr(exc, "errno", None) or _errno.EIO
+        return 0
 
     def read(self, offset: int, length: int) -> bytes:
         self._before("read", offset, length)
@@ -260,14 +340,11 @@ class FaultVolume:
 
 
 def backing_pages(header, sectors) -> list[int]:
-    """Backing-file offsets of the 4 KiB pages holding the data of volume ``sectors`` (XTS: the
-    sector in place; GCM: both of its slots)."""
-    if header.cipher == "xts":
-        return [header.data_offset + s * header.sector_size for s in sectors]
-    from volumed.volume import gcmformat as F
+    """Backing-file offsets of the 4 KiB pages holding the data of volume ``sectors`` (the
+    format's rule: volumed.volume.formats)."""
+    from volumed.volume.formats import format_of
 
-    return [F.slot_offset(s // F.GROUP_SECTORS, k, s % F.GROUP_SECTORS)
-            for s in sectors for k in (0, 1)]
+    return format_of(header.cipher).backing_pages(header, sectors)
 
 
 def handle(msg: dict, fvol: FaultVolume, backing: FaultBacking, header) -> dict:

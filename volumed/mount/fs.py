@@ -67,9 +67,11 @@ async def invalidate_file_cache(log=None) -> None:
 
 
 class IOCounters:
-    """Bytes read and written through the mount (reported by status)."""
+    """Requests served (reads, writes, fsyncs) and bytes read and written through the mount
+    (reported by status)."""
 
     def __init__(self):
+        self.requests = 0
         self.bytes_read = 0
         self.bytes_written = 0
 
@@ -99,8 +101,7 @@ class VolumeFS(pyfuse3.Operations):
         self._sync_fhs: set[int] = set()
         self._token = None  # the trio loop's token, taken at the first open
         # A barrier flush (GCM) waits for other requests and must not hold up the loop.
-        header = getattr(volume, "header", None)
-        self._flush_size = THREAD if getattr(header, "cipher", None) == "gcm" else INLINE
+        self._flush_size = THREAD if volume.flush_is_barrier else INLINE
         if hasattr(latch, "on_close"):
             latch.on_close(self._on_latch_closed)
 
@@ -127,7 +128,7 @@ class VolumeFS(pyfuse3.Operations):
         the volume does not say it may block (``may_block``: the fault layer while a latency or
         throttle is set), else in a worker thread behind the limiter (THREAD forces a thread)."""
         self.latch.check_serving()
-        if nbytes <= INLINE_BYTES and not getattr(self.volume, "may_block", False):
+        if nbytes <= INLINE_BYTES and not self.volume.may_block:
             return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
@@ -241,6 +242,7 @@ class VolumeFS(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh, off, size):
+        self.counters.requests += 1
         if off >= self.size:
             self.latch.check_serving()
             return b""
@@ -251,6 +253,7 @@ class VolumeFS(pyfuse3.Operations):
 
     @fuse_errors
     async def write(self, fh, off, buf):
+        self.counters.requests += 1
         if off + len(buf) > self.size:
             # Past the end. With the writeback cache this is a write-back of pages the kernel
             # accepted beyond the size: refuse it and set the kernel's size back.
@@ -265,6 +268,7 @@ class VolumeFS(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh, datasync):
         """The durability point: returns only when every earlier write is on stable storage."""
+        self.counters.requests += 1
         await self._flush()
 
     async def _flush(self) -> None:

@@ -1,8 +1,10 @@
 """Benchmark only: the mount's FUSE code over a plain file, with no cipher at all.
 
 ``volumed mount --bench-null-cipher SIZE FILE MOUNTPOINT`` serves FILE (a plain sparse file,
-created at SIZE if missing) through exactly the same ``VolumeFS`` as a real mount, so a benchmark
-can separate the FUSE request path's cost from the cipher's. It exists for ``scripts/bench`` only:
+created at SIZE if missing) through exactly the same request engine as a real mount (``--engine
+native``, the default: the native engine over the native core's null cipher; ``--engine python``:
+``VolumeFS`` on pyfuse3), so a benchmark can separate the FUSE request path's cost from the
+cipher's. It exists for ``scripts/bench`` only:
 
 - it never reads or writes a volume header, and there is no "null" cipher in ``volumed.cipher``, so
   no volume can name it (no downgrade path);
@@ -22,7 +24,6 @@ import os
 import signal
 import sys
 
-import pyfuse3
 import trio
 
 from volumed.errors import UsageError
@@ -36,30 +37,48 @@ FILE_NAME = "bench-null"
 class NullVolume:
     """The Volume interface (read/write/flush/wipe_key/close) over a plain file: no encryption."""
 
+    flush_is_barrier = False   # a plain fdatasync
+    may_block = False
+
     def __init__(self, path: str, size: int):
         self.size = size
-        self._fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            # The native core's null store: the same request path as an XTS volume's, without the
+            # cipher (so XTS vs null measures the cipher alone). It keeps its own descriptor.
+            self.native_core = _native_module().VolumeCore(fd, cipher="null", size=size, name=path)
+        finally:
+            os.close(fd)
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int):
         """``length`` bytes at ``offset`` (short only at the end)."""
-        return os.pread(self._fd, min(length, self.size - offset), offset)
+        length = min(length, self.size - offset)
+        return self.native_core.read(offset, length) if length > 0 else b""
 
     def write(self, offset: int, data) -> None:
         """Write all of ``data`` at ``offset``."""
-        mv = memoryview(data)
-        while len(mv):
-            n = os.pwrite(self._fd, mv, offset)
-            mv, offset = mv[n:], offset + n
+        self.native_core.write(offset, data)
 
     def flush(self) -> None:
         """Durability point, as Volume.flush."""
-        os.fdatasync(self._fd)
+        self.native_core.flush()
 
     def wipe_key(self) -> None:
         """No key to wipe."""
 
     def close(self) -> None:
-        os.close(self._fd)
+        self.native_core = None
+
+
+def _native_module():
+    from volumed.errors import VolumedError
+    from volumed.volume.cores import native_module
+
+    native = native_module()
+    if native is None:
+        raise VolumedError("the null-cipher mount needs the native extension (volumed._native); "
+                           "rebuild it with native/rebuild")
+    return native
 
 
 class OpenLatch:
@@ -105,20 +124,40 @@ def prepare_file(path: str, size: int) -> None:
     os.truncate(path, size)
 
 
-def serve(size: int, path: str, mountpoint: str, ready) -> None:
-    """Serve ``path`` at ``mountpoint`` through VolumeFS until unmounted; ``ready(file)`` once up."""
+def serve(size: int, path: str, mountpoint: str, ready, *, engine: str = "native",
+          io_threads: int = 0) -> None:
+    """Serve ``path`` at ``mountpoint`` until unmounted; ``ready(file)`` once up. ``engine``:
+    "native" (the native engine over the native core's null cipher, as XTS volumes are served) or
+    "python" (VolumeFS over NullVolume on pyfuse3)."""
+    from volumed.mount.engine import NativeEngine, PythonEngine, default_io_threads
+
     prepare_file(path, size)
-    vol = NullVolume(path, size)
-    fs = VolumeFS(vol, name=FILE_NAME, size=size, latch=OpenLatch())
-    pyfuse3.init(fs, mountpoint, {"fsname=volumed-bench-null", "subtype=volumed", "allow_other",
-                                  "default_permissions"})
+    options = ("fsname=volumed-bench-null", "subtype=volumed", "allow_other", "default_permissions")
+    threads = io_threads or default_io_threads()
+    if engine == "native":
+        from volumed.volume.cores import native_module
+
+        mod = native_module()
+        if mod is None:
+            raise UsageError("the native engine needs the native extension (volumed._native)")
+        fd = os.open(path, os.O_RDWR)
+        vol = None
+        core = mod.VolumeCore(fd, cipher="null", size=size, name=path)
+        os.close(fd)  # the core keeps its own descriptor
+        server = NativeEngine(core, mountpoint=mountpoint, file_name=FILE_NAME, threads=threads,
+                              options=options)
+    else:
+        vol = core = NullVolume(path, size)
+        fs = VolumeFS(vol, name=FILE_NAME, size=size, latch=OpenLatch())
+        server = PythonEngine(fs, mountpoint=mountpoint, threads=4, options=options)
+    server.mount()
 
     async def run():
         async with trio.open_nursery() as nursery:
             async def signals():
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
                     async for _ in sigs:
-                        pyfuse3.terminate()
+                        server.terminate()
 
             async def announce():
                 await trio.sleep(0)
@@ -127,20 +166,23 @@ def serve(size: int, path: str, mountpoint: str, ready) -> None:
 
             nursery.start_soon(signals)
             nursery.start_soon(announce)
-            await pyfuse3.main(min_tasks=2, max_tasks=64)
+            await server.serve()
             nursery.cancel_scope.cancel()
 
     try:
         trio.run(run)
     finally:
-        vol.flush()
-        vol.close()
-        pyfuse3.close(unmount=True)
+        core.flush()
+        if vol is not None:
+            vol.close()
+        server.close()
 
 
 def main(argv: list[str]) -> int:
-    """``python -m volumed.mount.nullserve SIZE FILE MOUNTPOINT``."""
+    """``python -m volumed.mount.nullserve SIZE FILE MOUNTPOINT [ENGINE [IO_THREADS]]``."""
     size, path, mountpoint = int(argv[0]), os.path.abspath(argv[1]), os.path.realpath(argv[2])
+    engine = argv[3] if len(argv) > 3 else "native"
+    io_threads = int(argv[4]) if len(argv) > 4 else 0
     out = os.fdopen(os.dup(1), "w")
 
     def ready(file: str) -> None:
@@ -148,7 +190,7 @@ def main(argv: list[str]) -> int:
         out.flush()
 
     try:
-        serve(size, path, mountpoint, ready)
+        serve(size, path, mountpoint, ready, engine=engine, io_threads=io_threads)
     except (UsageError, RuntimeError, OSError) as exc:  # one line for the CLI, no traceback
         out.write(f"error {exc}\n")
         out.flush()

@@ -22,6 +22,7 @@ from volumed.errors import UsageError, VolumedError
 from volumed.snapshot import catalog, keys, recrypt
 from volumed.snapshot.engine import CHUNK_SECTORS, check_access, chunk_records
 from volumed.volume import luks2
+from volumed.volume.formats import format_of
 from volumed.volume.header import CONTEXT_DB, CONTEXT_EBS, MAC_INFO, VolumeHeader, compute_mac, derive_key
 from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
 
@@ -54,7 +55,7 @@ def restore_snapshot(store, snap_id: str, volume_path: str, *, kms, key_id: str 
     db_id = validate_db_id(db_id) if db_id else new_db_id()
     ebs_id = validate_ebs_id(ebs_id) if ebs_id else new_ebs_id()
     target = keys.key_manager(kms, key_id)[0] if key_id else m["key_arn"]
-    if target == m["key_arn"] and m["volume"]["cipher"] == "xts":
+    if target == m["key_arn"] and format_of(m["volume"]["cipher"]).records_are_sectors:
         return _restore_shared_key(store, m, volume_path, kms, db_id, ebs_id, progress)
     return _restore_new_key(store, m, volume_path, kms, target, db_id, ebs_id, progress)
 

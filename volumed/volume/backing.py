@@ -66,6 +66,16 @@ class BackingFile:
         self.fd = os.open(self.path, flags, 0o600)
         self.readonly = readonly
 
+    def native_spec(self) -> dict | None:
+        """The descriptors the native core serves this file with (VolumeCore keyword arguments:
+        fd, journal_fd, ...), or None when a subclass hooks the calls (test tracers): then the
+        reference core serves it, so every call still goes through the hooks."""
+        return {"fd": self.fd} if type(self) is BackingFile else None
+
+    def served_by(self, core) -> None:
+        """Told by the format when a native core serves this file (it then does its I/O itself)."""
+        return None
+
     def pread(self, offset: int, length: int) -> bytearray:
         """Exactly ``length`` bytes at ``offset``; bytes past end of file read as zeros."""
         buf = bytearray(length)
@@ -176,6 +186,12 @@ class RecordingBackingFile(BackingFile):
         super().__init__(path, **kw)
         self.journal_path = os.fspath(journal_path)
         self._jfd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def native_spec(self) -> dict | None:
+        """The native core keeps the journal itself (vc_backing.c: same records, same rules)."""
+        if type(self) is not RecordingBackingFile:
+            return None
+        return {"fd": self.fd, "journal_fd": self._jfd}
 
     def _record(self, offset: int, length: int) -> None:
         old = self.pread(offset, length)

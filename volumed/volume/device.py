@@ -2,21 +2,20 @@
 
 Volume.create makes a backing file (XTS = LUKS2, GCM = volumed's own format), Volume.open unwraps
 the key through KMS and verifies the header MAC, and the instance serves read/write/discard/flush
-from any number of threads:
+from any number of threads through its core (volumed.volume.cores: the native core for XTS by
+default, the Python reference core for GCM). What depends on the format is in
+volumed.volume.formats; the I/O rules (range locks, read-modify-write of partial sectors, the key
+latch, the capture session) are the core's:
 
-- Every request locks the lock units it touches (RangeLock): one sector for XTS, one metadata
-  group (72 sectors) for GCM. Overlapping requests serialize; disjoint ones run in parallel (the
-  cipher and the pread/pwrite syscalls release the GIL).
-- flush() is fdatasync for XTS; for GCM it takes the barrier (RangeLock.exclusive) so that no write
-  is in flight while the volatile slots are declared durable.
-- wipe_key() takes the barrier, closes the cipher (which overwrites its key) and drops the store;
-  later requests raise KeyAccessError.
+- Overlapping requests serialize; disjoint ones run in parallel.
+- flush() is the durability point (fdatasync for XTS; GCM's is a barrier).
+- wipe_key() waits for in-flight requests and wipes the key; later requests raise KeyAccessError.
 - read_records() returns sectors as stored (what a snapshot keeps); begin_capture() starts a
-  copy-on-write session (volumed.volume.records) under the barrier: while it is open, write and
-  discard first preserve the old records of the sectors they change that it has not copied yet.
+  copy-on-write session (volumed.volume.records): while it is open, write and discard first
+  preserve the old records of the sectors they change that it has not copied yet.
 
-Partial sectors are read-modify-written under the lock; whole sectors go straight to the store in
-one batch. Callers: the CLI (volumed.cli.volume_cmd), the mount daemon, tests.
+The header (LUKS2 or GCM copies, resize, repair) is written here through the Python BackingFile.
+Callers: the CLI (volumed.cli.volume_cmd), the mount daemon, tests.
 """
 
 from __future__ import annotations
@@ -25,21 +24,28 @@ import datetime as _dt
 import os
 import uuid as _uuid
 
-from volumed.cipher import XtsCipher
-from volumed.errors import FormatError, IntegrityError, KeyAccessError, StateError, UsageError, VolumedError
+from volumed.errors import FormatError, KeyAccessError, StateError, UsageError, VolumedError
 from volumed.volume import gcmformat, luks2
 from volumed.volume.backing import BackingFile, staged_file
-from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
-from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, GCM_META_INFO, GCM_NOTE_INFO, MAC_INFO,
-                                   SECTOR_SIZE, VolumeHeader, compute_mac, derive_key,
-                                   snapshot_root_key, verify_mac)
+from volumed.volume.cores import VolumeCore
+from volumed.volume.formats import format_of
+from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, MAC_INFO, SECTOR_SIZE, VolumeHeader,
+                                   derive_key, snapshot_root_key, verify_mac)
 from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
 from volumed.volume.keywrap import new_wrapped_key, unwrap
-from volumed.volume.ranges import RangeLock
-from volumed.volume.records import CaptureSession, read_records
-from volumed.volume.xtsstore import XtsStore
+from volumed.volume.records import CaptureSession
 
-KEY_BYTES = {"xts": 64, "gcm": 32}
+
+class _Closed:
+    """What a closed Volume keeps of its format's rules (no core, no key)."""
+
+    native = None
+
+    def __init__(self, flush_is_barrier: bool):
+        self.flush_is_barrier = flush_is_barrier
+
+    def drop(self) -> None:
+        return None
 MAX_SIZE = 1 << 50  # 1 PiB
 
 
@@ -72,7 +78,7 @@ def load_header(backing, path: str = ""):
         extras = None
     else:
         raise FormatError(f"{path} is not a volumed volume (no LUKS2 or volumed-GCM header)")
-    need = h.data_offset + h.size if h.cipher == "xts" else gcmformat.file_size_for(h.size, h.format_version)
+    need = format_of(h.cipher).file_size_for(h.data_offset, h.size, h.format_version)
     if fsize < need:
         raise FormatError(f"{path} is truncated: its header says {need} bytes but the file holds {fsize}")
     return h, extras, copies
@@ -137,16 +143,16 @@ def _check_size(size: int) -> None:
 class Volume:
     """An open volume. See the module docstring for the thread-safety contract."""
 
-    def __init__(self, path, header, backing, store, cipher, mac_key, extras):
+    def __init__(self, path, header, backing, opened, mac_key, extras):
         self.path = os.fspath(path)
         self.header: VolumeHeader = header
         self.sector_size = header.sector_size
+        self.format = format_of(header.cipher)
         self._backing = backing
-        self._store = store
-        self._cipher = cipher
+        self._opened = opened
+        self._core: VolumeCore = opened.core
         self._mac_key = mac_key
         self._extras = extras
-        self._locks = RangeLock()
         self._capture: CaptureSession | None = None   # the open capture session, if any
         self._snap_root: bytearray | None = None        # header.snapshot_root_key of the data key
 
@@ -161,8 +167,7 @@ class Volume:
         context {aws:rds:db-id, aws:ebs:id}, then Decrypt (same caller) to seal the header MAC
         (and for GCM the metadata pages). Leaves nothing behind on failure."""
         path = os.fspath(path)
-        if cipher not in KEY_BYTES:
-            raise UsageError(f"invalid cipher {cipher!r}: choose xts or gcm")
+        fmt = format_of(cipher)
         _check_size(size)
         db_id = validate_db_id(db_id) if db_id else new_db_id()
         ebs_id = validate_ebs_id(ebs_id) if ebs_id else new_ebs_id()
@@ -172,41 +177,26 @@ class Volume:
         if not os.path.isdir(parent):
             raise UsageError(f"cannot create {path}: directory {parent} does not exist")
         context = {CONTEXT_DB: db_id, CONTEXT_EBS: ebs_id}
-        wrapped, arn = new_wrapped_key(kms, key_id, KEY_BYTES[cipher], context)
-        key = unwrap(kms, arn, wrapped, context, expect_len=KEY_BYTES[cipher])
+        wrapped, arn = new_wrapped_key(kms, key_id, fmt.key_bytes, context)
+        key = unwrap(kms, arn, wrapped, context, expect_len=fmt.key_bytes)
         vol_uuid = str(_uuid.uuid4())
         h = VolumeHeader(
             uuid=vol_uuid, cipher=cipher, size=size, sector_size=SECTOR_SIZE,
-            data_offset=luks2.DATA_OFFSET if cipher == "xts" else gcmformat.DATA_OFFSET,
-            key_arn=arn, wrapped_key=wrapped, context=context, db_id=db_id, ebs_id=ebs_id,
+            data_offset=fmt.data_offset, key_arn=arn, wrapped_key=wrapped, context=context,
+            db_id=db_id, ebs_id=ebs_id,
             created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            format="luks2" if cipher == "xts" else "volumed-gcm",
-            format_version=1 if cipher == "xts" else gcmformat.VERSION)
-        mac_key = meta_key = None
+            format=fmt.format_name, format_version=fmt.format_version)
+        mac_key = None
         try:
             mac_key = derive_key(key, vol_uuid, MAC_INFO)
             with staged_file(path) as backing:
-                if cipher == "xts":
-                    salt = os.urandom(32)
-                    digest = luks2.volume_key_digest(key, salt)
-                    h.mac = compute_mac(mac_key, h)
-                    backing.truncate(h.data_offset + size)
-                    backing.pwrite(0, luks2.encode(h, salt, digest))
-                else:
-                    meta_key = derive_key(key, vol_uuid, GCM_META_INFO)
-                    h.mac = compute_mac(mac_key, h)
-                    backing.truncate(gcmformat.file_size_for(size))
-                    init_groups(backing, meta_key, 0, gcmformat.groups_for(size))
-                    for seq in (0, 1):
-                        h.seqid = seq
-                        off, data = gcmformat.encode_copy(h)
-                        backing.pwrite(off, data)
+                fmt.initialize(backing, h, key, mac_key)
         except FileExistsError:
             raise UsageError(f"{path} already exists: choose a new path (volumed never overwrites a file)") from None
         except OSError as exc:
             raise VolumedError(f"cannot create volume {path}: {exc.strerror}") from None
         finally:
-            _wipe(key, mac_key, meta_key)
+            _wipe(key, mac_key)
         return h
 
     @staticmethod
@@ -219,22 +209,24 @@ class Volume:
             backing.close()
 
     @classmethod
-    def open(cls, path, *, kms, grant_tokens: list[str] | None = None, backing=None) -> "Volume":
+    def open(cls, path, *, kms, grant_tokens: list[str] | None = None, backing=None,
+             core: str | None = None) -> "Volume":
         """Open a volume: parse the header, unwrap the key (Decrypt with the header's key ARN,
-        context and ``grant_tokens``), verify the header MAC, repair a damaged header copy."""
+        context and ``grant_tokens``), verify the header MAC, repair a damaged header copy.
+        ``core``: "native" or "reference" (volumed.volume.cores.choose; default native)."""
         def unwrap_key(h):
             return unwrap(kms, h.key_arn, h.wrapped_key, h.context, grant_tokens,
-                          expect_len=KEY_BYTES[h.cipher])
+                          expect_len=format_of(h.cipher).key_bytes)
 
-        return cls._open(path, backing, unwrap_key)
+        return cls._open(path, backing, unwrap_key, core)
 
     @classmethod
-    def _open_with_key(cls, path, key: bytearray, backing=None) -> "Volume":
+    def _open_with_key(cls, path, key: bytearray, backing=None, core: str | None = None) -> "Volume":
         """Open with an already unwrapped key (the crash harness uses it). Wipes ``key``."""
-        return cls._open(path, backing, lambda h: key)
+        return cls._open(path, backing, lambda h: key, core)
 
     @classmethod
-    def _open(cls, path, backing, get_key) -> "Volume":
+    def _open(cls, path, backing, get_key, core=None) -> "Volume":
         """Shared by open and _open_with_key: parse, get the key with get_key(header), set up."""
         path = os.fspath(path)
         owns = backing is None
@@ -244,73 +236,30 @@ class Volume:
             _lock_exclusive(backing, path)
             h, extras, copies = load_header(backing, path)
             refuse_old_gcm(h, path)
-            return cls._from_key(path, backing, h, extras, copies, get_key(h))
+            return cls._from_key(path, backing, h, extras, copies, get_key(h), core)
         except BaseException:
             if owns:
                 backing.close()
             raise
 
     @classmethod
-    def _from_key(cls, path, backing, h, extras, copies, key: bytearray) -> "Volume":
-        mac_key = meta_key = note_key = snap_root = None
+    def _from_key(cls, path, backing, h, extras, copies, key: bytearray, core=None) -> "Volume":
+        mac_key = snap_root = None
         try:
             mac_key = derive_key(key, h.uuid, MAC_INFO)
             verify_mac(mac_key, h, path)
-            snap_root = snapshot_root_key(key)  # before the cipher takes (and wipes) the key
-            if h.cipher == "xts":
-                salt, digest = extras
-                if luks2.volume_key_digest(key, salt) != digest:
-                    raise IntegrityError(f"the LUKS2 digest of {path} does not match its volume key: "
-                                         "the header was altered (other LUKS2 tools would refuse the key)")
-                cipher = XtsCipher(key)
-                store = XtsStore(backing, h, cipher)
-                vol = cls(path, h, backing, store, cipher, mac_key, extras)
-                vol._repair_luks(copies)
-            else:
-                meta_key = derive_key(key, h.uuid, GCM_META_INFO)
-                note_key = derive_key(key, h.uuid, GCM_NOTE_INFO)
-                cipher = SectorKeys(key, h.uuid)  # wipes key; the Volume closes it
-                try:
-                    store = GcmStore(backing, h, cipher, meta_key, mac_key, note_key, path,
-                                     copy_damaged=not all(c.ok for c in copies))  # repairs on start
-                except BaseException:
-                    cipher.close()
-                    raise
-                vol = cls(path, h, backing, store, cipher, mac_key, extras)
+            snap_root = snapshot_root_key(key)  # before the core takes (and wipes) the key
+            fmt = format_of(h.cipher)
+            opened = fmt.open(path, backing, h, extras, copies, key, mac_key, core)
+            vol = cls(path, h, backing, opened, mac_key, extras)
             vol._snap_root = snap_root
+            fmt.repair(vol, copies)
             return vol
         except BaseException:
-            _wipe(key, mac_key, meta_key, note_key, snap_root)
+            _wipe(key, mac_key, snap_root)
             raise
         finally:
             _wipe(key)
-
-    # ---- header updates --------------------------------------------------------------------
-
-    def _luks_bytes(self) -> bytes:
-        salt, digest = self._extras
-        return luks2.encode(self.header, salt, digest)
-
-    def _repair_luks(self, copies) -> None:
-        """Rewrite a damaged or stale LUKS2 copy from the valid newest one."""
-        best = self.header.seqid
-        bad = [i for i, c in enumerate(copies) if not (c.ok and c.seqid == best)]
-        if not bad:
-            return
-        data = self._luks_bytes()
-        for i in bad:
-            self._backing.pwrite(i * luks2.HDR_SIZE, data[i * luks2.HDR_SIZE:(i + 1) * luks2.HDR_SIZE])
-        self._backing.fdatasync()
-
-    def _write_luks_both(self) -> None:
-        """Atomic LUKS2 header update: primary then secondary, each made durable before the next."""
-        self.header.seqid += 1
-        data = self._luks_bytes()
-        self._backing.fdatasync()
-        self._backing.pwrite(0, data[:luks2.HDR_SIZE])
-        self._backing.fdatasync()
-        self._backing.pwrite(luks2.HDR_SIZE, data[luks2.HDR_SIZE:])
-        self._backing.fdatasync()
 
     @property
     def size(self) -> int:
@@ -320,42 +269,33 @@ class Volume:
     def resize(self, new_size: int) -> None:
         """Grow the volume to ``new_size`` bytes (shrinking is refused); atomic header update."""
         _check_size(new_size)
-        store = self._live()
+        self._live()
         if new_size < self.size:
             raise UsageError(f"cannot shrink {self.path} from {self.size} to {new_size} bytes: "
                              "volumes only grow (copy the data to a smaller volume instead)")
         if new_size == self.size:
             return
-        with self._locks.exclusive():
-            if store.flush_is_barrier:
-                store.grow(new_size)
-            self._backing.truncate(max(self._backing.size(), store.file_size_for(new_size)))
-            self._backing.fdatasync()
-            old = self.header.size
-            self.header.size = new_size
-            try:
-                self.header.mac = compute_mac(self._mac_key, self.header)
-                if self.header.cipher == "xts":
-                    self._write_luks_both()
-                else:
-                    store._write_header(sync_after=True)
-            except BaseException:  # the volume keeps its size unless the new header is on disk
-                self.header.size = old
-                self.header.mac = compute_mac(self._mac_key, self.header)
-                raise
+        self._opened.resize(self, new_size)
 
-    # ---- I/O -------------------------------------------------------------------------------
+    # ---- I/O (the core serves it: volumed.volume.cores) -------------------------------------
 
-    def _live(self):
-        store = self._store
-        if store is None:
+    def _live(self) -> VolumeCore:
+        core = self._core
+        if core is None:
             raise KeyAccessError(f"the key of volume {self.path} has been wiped (access revoked or "
                                  "volume closed); reopen it once access is restored")
-        return store
+        return core
 
-    def _units(self, first: int, last: int) -> tuple[int, int]:
-        u = self._store.lock_unit if self._store is not None else 1
-        return first // u, -(-last // u)
+    @property
+    def native_core(self):
+        """The native VolumeCore (volumed._native) serving this volume, for the FUSE engine, or
+        None when the reference core serves it (GCM, a fault-injecting backing, core="reference")."""
+        return self._opened.native if self._core is not None else None
+
+    @property
+    def flush_is_barrier(self) -> bool:
+        """True when flush waits for every request in flight (GCM): the mount runs it off its loop."""
+        return self._opened.flush_is_barrier
 
     def read(self, offset: int, length: int) -> bytes | bytearray:
         """``length`` bytes from ``offset`` (short only at the end of the volume)."""
@@ -363,79 +303,19 @@ class Volume:
             raise UsageError(f"invalid read range offset={offset} length={length}")
         if offset >= self.size or length == 0:
             return b""
-        length = min(length, self.size - offset)
-        ss = self.sector_size
-        first, last = offset // ss, -(-(offset + length) // ss)
-        buf = bytearray((last - first) * ss)
-        self._live()
-        with self._locks.lock(*self._units(first, last)):
-            store = self._live()
-            store.read_sectors(first, memoryview(buf))
-        start = offset - first * ss
-        if start == 0 and length == len(buf):
-            return buf  # a bytearray: pyfuse3 and every caller take any buffer; no second copy
-        return bytes(memoryview(buf)[start:start + length])
+        return self._live().read(offset, min(length, self.size - offset))
 
     def write(self, offset: int, data) -> None:
         """Write all of ``data`` (any bytes-like) at ``offset``; partial sectors are read-modify-written."""
-        mv = memoryview(data).cast("B")
-        n = len(mv)
-        if offset < 0 or offset + n > self.size:
-            raise UsageError(f"write of {n} bytes at {offset} is outside the volume (size {self.size})")
-        if n == 0:
-            return
-        ss = self.sector_size
-        first, last = offset // ss, -(-(offset + n) // ss)
-        self._live()
-        with self._locks.lock(*self._units(first, last)):
-            store = self._live()
-            cap = self._capture
-            if cap is not None:
-                cap.before_write(first, last)
-            head = offset - first * ss
-            if head == 0 and n % ss == 0:
-                store.write_sectors(first, mv)
-                return
-            # Partial first and/or last sector: one bounce buffer over the whole range with the edge
-            # sectors read first, so the store writes once (for GCM: one nonce allocation and one
-            # seal of each metadata page, not one per piece).
-            b = memoryview(bytearray((last - first) * ss))
-            if head:
-                store.read_sectors(first, b[:ss])
-            if (offset + n) % ss and not (head and last - first == 1):
-                store.read_sectors(last - 1, b[-ss:])
-            b[head:head + n] = mv
-            store.write_sectors(first, b)
+        self._live().write(offset, data)
 
     def discard(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros; whole sectors get their space back."""
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise UsageError(f"discard of {length} bytes at {offset} is outside the volume (size {self.size})")
-        ss = self.sector_size
-        first, last = -(-offset // ss), (offset + length) // ss
-        if last <= first:
-            if length:
-                self.write(offset, bytes(length))
-            return
-        if offset < first * ss:
-            self.write(offset, bytes(first * ss - offset))
-        if (offset + length) > last * ss:
-            self.write(last * ss, bytes(offset + length - last * ss))
-        with self._locks.lock(*self._units(first, last)):
-            store = self._live()
-            cap = self._capture
-            if cap is not None:
-                cap.before_write(first, last)
-            store.discard_sectors(first, last - first)
+        self._live().discard(offset, length)
 
     def flush(self) -> None:
         """Durability point: every write that returned before flush() was called is durable on return."""
-        store = self._live()
-        if store.flush_is_barrier:
-            with self._locks.exclusive():
-                self._live().flush()
-        else:
-            store.flush()
+        self._live().flush()
 
     # ---- sector records (snapshots) --------------------------------------------------------
 
@@ -443,7 +323,7 @@ class Volume:
         """The records of sectors [first, first+n) as stored (volumed.volume.records: XTS
         ciphertext, GCM nonce+tag+ciphertext; None = absent). Takes no lock: the caller holds the
         volume still or uses a capture session. KeyAccessError once the key was wiped."""
-        return read_records(self, first, n)
+        return self._live().read_records(first, n)
 
     def begin_capture(self, *, clock=None, max_kept_bytes: int | None = None) -> CaptureSession:
         """Fix this moment as a point in time while I/O goes on (a snapshot of a mounted volume):
@@ -455,15 +335,11 @@ class Volume:
         from volumed.clock import SYSTEM_CLOCK
         from volumed.volume.records import DEFAULT_MAX_KEPT_BYTES
 
-        with self._locks.exclusive():
-            store = self._live()
-            if self._capture is not None:
-                raise StateError(f"a snapshot of {self.path} is already being taken: wait for it "
-                                 "to finish, then try again")
-            store.flush()  # durable; GCM's volatile slots become the sectors' versions
-            session = self._capture = CaptureSession(
-                self, started=(clock or SYSTEM_CLOCK).now(),
-                max_kept_bytes=max_kept_bytes or DEFAULT_MAX_KEPT_BYTES)
+        core = self._live()
+        max_kept_bytes = max_kept_bytes or DEFAULT_MAX_KEPT_BYTES
+        core.capture_begin(max_kept_bytes)
+        session = self._capture = CaptureSession(self, core, started=(clock or SYSTEM_CLOCK).now(),
+                                                 max_kept_bytes=max_kept_bytes)
         return session
 
     @property
@@ -490,30 +366,36 @@ class Volume:
 
     def wipe_key(self) -> None:
         """Revocation: wipe the key now (waits for in-flight requests); later I/O raises KeyAccessError."""
-        with self._locks.exclusive():
-            self._drop_key()
+        if self._core is not None:
+            self._opened.drop()
+        self._drop_key()
 
     def _drop_key(self) -> None:
-        if self._store is not None and hasattr(self._store, "retire"):
-            self._store.retire()
-        if self._cipher is not None:
-            self._cipher.close()
-        _wipe(self._mac_key, getattr(self._store, "meta_key", None), getattr(self._store, "note_key", None),
-              self._snap_root)
-        self._cipher = self._store = self._snap_root = None
+        _wipe(self._mac_key, self._snap_root)
+        self._core = None
+        self._snap_root = None
 
     def close(self) -> None:
         """Flush (if the key is present), wipe the key and close the backing file."""
-        with self._locks.exclusive():
-            try:
-                if self._store is not None:
-                    if self._store.flush_is_barrier:
-                        self._store.close()
-                    else:
-                        self._store.flush()
-            finally:
-                self._drop_key()
-                self._backing.close()
+        try:
+            if self._core is not None:
+                self._opened.close()
+        finally:
+            self._drop_key()
+            self._opened = _Closed(self._opened.flush_is_barrier)
+            self._backing.close()
+
+    def abandon(self) -> None:
+        """What the process dying does (the crash tests): no flush, no header update; the key is
+        wiped and every descriptor of the backing file this Volume holds is closed (the native
+        core's own too, unless a FUSE engine still holds the core)."""
+        try:
+            if self._core is not None:
+                self._opened.kill()
+        finally:
+            self._drop_key()
+            self._opened = _Closed(self._opened.flush_is_barrier)
+            self._backing.close()
 
     def __enter__(self) -> "Volume":
         return self

@@ -13,7 +13,6 @@ import os
 
 from volumed.errors import UsageError, VolumedError
 from volumed.volume.backing import staged_file
-from volumed.volume.ranges import runs, zero_sectors
 
 CHUNK_SECTORS = 256
 
@@ -21,25 +20,20 @@ CHUNK_SECTORS = 256
 def export_luks(vol, out) -> None:
     """Write the LUKS2 image of the open XTS volume ``vol`` to the new file ``out``."""
     out = os.fspath(out)
-    if vol.header.cipher != "xts":
+    if not vol.format.exports_luks:
         raise UsageError(f"{vol.path} is a GCM volume; only XTS volumes export to LUKS2")
     if os.path.lexists(out):
         raise UsageError(f"{out} already exists: choose a new output path")
     try:
-        with staged_file(out) as dst, vol._locks.exclusive():
-            store = vol._live()
+        with staged_file(out) as dst:
+            core = vol._live()
             ss, base = vol.sector_size, vol.header.data_offset
-            dst.pwrite(0, vol._luks_bytes())
+            dst.pwrite(0, vol.format.header_bytes(vol))
             dst.truncate(base)
             total = vol.size // ss
-            buf = bytearray(CHUNK_SECTORS * ss)
             for first in range(0, total, CHUNK_SECTORS):
                 n = min(CHUNK_SECTORS, total - first)
-                mv = memoryview(buf)[:n * ss]
-                vol._backing.preadinto(base + first * ss, mv)
-                for a, b in runs(zero_sectors(mv, ss)):
-                    store.cipher.encrypt(mv[a * ss:b * ss], first + a)  # zeros in place
-                dst.pwrite(base + first * ss, mv)
+                dst.pwrite(base + first * ss, core.read_sealed(first, n))  # holes: encrypted zeros
     except FileExistsError:
         raise UsageError(f"{out} already exists: choose a new output path") from None
     except OSError as exc:

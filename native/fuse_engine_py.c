@@ -1,0 +1,313 @@
+/* volumed._native.FuseEngine: the Python face of the native FUSE request engine (fuse_engine.h).
+ *
+ * Python (volumed.mount.engine) creates it over a VolumeCore, starts it, and drives the rest of a
+ * mount's life: revocation (close_latch, drain, invalidate), faults (set_hook), status (stats),
+ * unmount (exit, wait, close). Every call that may wait releases the GIL; the worker threads never
+ * take it, except to call the fault hook while one is set. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+
+#include "fuse_engine.h"
+#include "vcore_py.h"
+
+typedef struct {
+    PyObject_HEAD
+    fe_engine *e;
+    PyObject *hook; /* a callable(op, off, len) -> errno or 0, or NULL; read under the GIL */
+} EngineObject;
+
+/* The engine's fault hook: take the GIL, call the Python hook, return its errno (EIO if it
+ * raised: a bug in the fault layer fails the request rather than serving it unchecked). */
+static int call_hook(void *ctx, int op, uint64_t off, uint64_t len)
+{
+    EngineObject *self = ctx;
+    int err = 0;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *h = self->hook;
+    if (h != NULL) {
+        Py_INCREF(h);
+        PyObject *r = PyObject_CallFunction(h, "iKK", op, (unsigned long long)off,
+                                            (unsigned long long)len);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(h);
+            err = EIO;
+        } else {
+            long v = r == Py_None ? 0 : PyLong_AsLong(r);
+            if (v == -1 && PyErr_Occurred()) {
+                PyErr_WriteUnraisable(h);
+                v = EIO;
+            }
+            err = (int)v;
+            Py_DECREF(r);
+        }
+        Py_DECREF(h);
+    }
+    PyGILState_Release(g);
+    return err;
+}
+
+static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"core", "mountpoint", "name", "threads", "options", NULL};
+    PyObject *core_obj;
+    const char *mountpoint, *name, *options = "";
+    int threads;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ossi|s", kwlist, &core_obj, &mountpoint, &name,
+                                     &threads, &options))
+        return -1;
+    if (self->e != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FuseEngine already initialised");
+        return -1;
+    }
+    vcore *core = vcore_from_pyobject(core_obj);
+    if (core == NULL)
+        return -1;
+    fe_config cfg = {.core = core, .mountpoint = mountpoint, .name = name, .options = options,
+                     .threads = threads, .hook = call_hook, .hook_ctx = self};
+    char err[256] = "";
+    fe_engine *e = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fe_create(&cfg, &e, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    vc_unref(core); /* the engine holds its own reference */
+    if (rc != 0) {
+        PyErr_SetString(PyExc_OSError, err);
+        return -1;
+    }
+    self->e = e;
+    return 0;
+}
+
+static int need(EngineObject *self)
+{
+    if (self->e == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the engine is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *engine_start(EngineObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (need(self) < 0)
+        return NULL;
+    int rc = fe_start(self->e);
+    if (rc != 0) {
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *engine_wait(EngineObject *self, PyObject *args)
+{
+    PyObject *timeout = Py_None;
+    if (!PyArg_ParseTuple(args, "|O", &timeout) || need(self) < 0)
+        return NULL;
+    long ms = -1;
+    if (timeout != Py_None) {
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred())
+            return NULL;
+        ms = t <= 0 ? 0 : (long)(t * 1000.0);
+    }
+    int ended;
+    Py_BEGIN_ALLOW_THREADS
+    ended = fe_wait(self->e, ms);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(ended);
+}
+
+/* fn(engine) with the GIL released (it may wait for the kernel or for requests in flight). */
+static PyObject *call_nogil(EngineObject *self, void (*fn)(fe_engine *))
+{
+    if (need(self) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    fn(self->e);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *engine_exit(EngineObject *self, PyObject *unused)
+{
+    (void)unused;
+    return call_nogil(self, fe_exit);
+}
+
+static PyObject *engine_close_latch(EngineObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (need(self) < 0)
+        return NULL;
+    fe_close_latch(self->e);
+    Py_RETURN_NONE;
+}
+
+static PyObject *engine_drain(EngineObject *self, PyObject *unused)
+{
+    (void)unused;
+    return call_nogil(self, fe_drain);
+}
+
+static PyObject *engine_invalidate(EngineObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (need(self) < 0)
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fe_invalidate(self->e);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(rc < 0 ? -rc : rc);
+}
+
+static PyObject *engine_set_hook(EngineObject *self, PyObject *hook)
+{
+    if (need(self) < 0)
+        return NULL;
+    if (hook != Py_None && !PyCallable_Check(hook)) {
+        PyErr_SetString(PyExc_TypeError, "the hook must be callable or None");
+        return NULL;
+    }
+    if (hook == Py_None) {
+        fe_set_hook_on(self->e, 0); /* workers already inside call_hook see NULL under the GIL */
+        Py_CLEAR(self->hook);
+    } else {
+        Py_INCREF(hook);
+        Py_XSETREF(self->hook, hook);
+        fe_set_hook_on(self->e, 1);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *engine_stats(EngineObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (need(self) < 0)
+        return NULL;
+    fe_stats st;
+    fe_get_stats(self->e, &st);
+    PyObject *per = PyList_New(0);
+    if (per == NULL)
+        return NULL;
+    for (int i = 0; i < FE_MAX_WORKERS && st.per_worker[i]; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(st.per_worker[i]);
+        if (v == NULL || PyList_Append(per, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(per);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:N,s:i,s:i,s:O,s:O,s:O}",
+                         "requests", (unsigned long long)st.requests,
+                         "io_requests", (unsigned long long)st.io_requests,
+                         "bytes_read", (unsigned long long)st.bytes_read,
+                         "bytes_written", (unsigned long long)st.bytes_written,
+                         "per_worker", per, "workers", st.workers, "threads", st.threads,
+                         "latch_open", st.latch_open ? Py_True : Py_False,
+                         "hook_on", st.hook_on ? Py_True : Py_False,
+                         "running", st.running ? Py_True : Py_False);
+}
+
+static PyObject *engine_close(EngineObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->e == NULL)
+        Py_RETURN_TRUE;
+    int rc;
+    fe_set_hook_on(self->e, 0);
+    Py_BEGIN_ALLOW_THREADS
+    rc = fe_destroy(self->e);
+    Py_END_ALLOW_THREADS
+    if (rc != 0)
+        Py_RETURN_FALSE; /* still serving an open file: abort the connection, call again */
+    self->e = NULL;
+    Py_CLEAR(self->hook);
+    Py_RETURN_TRUE;
+}
+
+static void engine_dealloc(EngineObject *self)
+{
+    if (self->e != NULL) {
+        fe_set_hook_on(self->e, 0);
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = fe_destroy(self->e);
+        Py_END_ALLOW_THREADS
+        (void)rc; /* on failure the engine is left running (and leaked) rather than freed in use */
+    }
+    Py_CLEAR(self->hook);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef engine_methods[] = {
+    {"start", (PyCFunction)engine_start, METH_NOARGS, "Start serving in native threads."},
+    {"wait", (PyCFunction)engine_wait, METH_VARARGS,
+     "wait(timeout=None) -> bool: True once the request loop has ended."},
+    {"exit", (PyCFunction)engine_exit, METH_NOARGS,
+     "End serving: detach the mount (open files keep the connection until closed)."},
+    {"close_latch", (PyCFunction)engine_close_latch, METH_NOARGS,
+     "Revocation: every later request that touches the volume fails with EIO."},
+    {"drain", (PyCFunction)engine_drain, METH_NOARGS, "Wait for the requests in flight."},
+    {"invalidate", (PyCFunction)engine_invalidate, METH_NOARGS,
+     "Drop the kernel's cached pages of the file; 0 or an errno. Never from a request."},
+    {"set_hook", (PyCFunction)engine_set_hook, METH_O,
+     "set_hook(fn or None): fn(op, off, len) -> errno or 0 sees every read/write/flush first "
+     "(op: 0 read, 1 write, 2 flush, 3 heal after a write); None serves without the GIL."},
+    {"stats", (PyCFunction)engine_stats, METH_NOARGS, "Counters of the engine (a dict)."},
+    {"close", (PyCFunction)engine_close, METH_NOARGS,
+     "Unmount, stop and free; False if an open file still holds the connection."},
+    {NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "volumed._native.FuseEngine",
+    .tp_basicsize = sizeof(EngineObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "FuseEngine(core, mountpoint, name, threads, options=''): mount core's volume as one "
+              "file named name at mountpoint, served by up to threads native workers.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)engine_init,
+    .tp_dealloc = (destructor)engine_dealloc,
+    .tp_methods = engine_methods,
+};
+
+/* engine_errno_table() -> dict: what each core return code becomes at the native FUSE boundary
+ * (compared with volumed/mount/errno_map.py by the tests). */
+static PyObject *mod_engine_errno_table(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+                         "VC_E_KEY", fe_errno_of(VC_E_KEY),
+                         "VC_E_INTEGRITY", fe_errno_of(VC_E_INTEGRITY),
+                         "VC_E_RANGE", fe_errno_of(VC_E_RANGE),
+                         "VC_E_STATE", fe_errno_of(VC_E_STATE),
+                         "VC_E_NOMEM", fe_errno_of(VC_E_NOMEM),
+                         "ENOSPC", fe_errno_of(-ENOSPC), "EDQUOT", fe_errno_of(-EDQUOT),
+                         "EIO", fe_errno_of(-EIO), "EROFS", fe_errno_of(-EROFS),
+                         "EFBIG", fe_errno_of(-EFBIG), "ENOMEM", fe_errno_of(-ENOMEM),
+                         "EBADF", fe_errno_of(-EBADF));
+}
+
+static PyMethodDef engine_module_methods[] = {
+    {"engine_errno_table", mod_engine_errno_table, METH_NOARGS,
+     "The native FUSE engine's errno for each core return code."},
+    {NULL},
+};
+
+int fuse_engine_py_register(PyObject *module)
+{
+    if (PyType_Ready(&EngineType) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(module, "FuseEngine", (PyObject *)&EngineType) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, engine_module_methods);
+}

@@ -1,0 +1,183 @@
+/* The core's backing file and its optional power-loss recorder; see vc_internal.h. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <endian.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "vc_internal.h"
+
+int vb_open(vc_backing *b, int fd, int journal_fd, int history_fd, uint64_t history_max)
+{
+    b->jfd = b->hfd = -1;
+    b->hbytes = 0;
+    b->hmax = history_max;
+    atomic_store(&b->dead, 0);
+    b->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (b->fd < 0)
+        return -errno;
+    if (journal_fd >= 0 && (b->jfd = fcntl(journal_fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        goto fail;
+    if (journal_fd >= 0 && history_fd >= 0 && history_max > 0 && (b->hfd = fcntl(history_fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        goto fail;
+    pthread_mutex_init(&b->jmu, NULL);
+    return 0;
+fail:;
+    int err = -errno;
+    close(b->fd);
+    if (b->jfd >= 0)
+        close(b->jfd);
+    return err;
+}
+
+static int dead(vc_backing *b)
+{
+    int err = atomic_load(&b->dead);
+    return err ? vc_fail(-err, "simulated power loss: the disk is gone until remounted") : 0;
+}
+
+void vb_close(vc_backing *b)
+{
+    if (b->fd >= 0)
+        close(b->fd);
+    if (b->jfd >= 0)
+        close(b->jfd);
+    if (b->hfd >= 0)
+        close(b->hfd);
+    b->fd = b->jfd = b->hfd = -1;
+    pthread_mutex_destroy(&b->jmu);
+}
+
+int vb_pread(vc_backing *b, uint64_t off, size_t len, unsigned char *buf)
+{
+    if (dead(b))
+        return dead(b);
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(b->fd, buf + done, len - done, (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return vc_fail(-errno, "backing read at byte %llu failed: %s",
+                           (unsigned long long)(off + done), strerror(errno));
+        }
+        if (n == 0) {
+            memset(buf + done, 0, len - done);
+            break;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+static int write_all(int fd, const unsigned char *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(fd, buf + done, len - done, (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return vc_fail(-errno, "backing write at byte %llu failed: %s",
+                           (unsigned long long)(off + done), strerror(errno));
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+/* Append one record (u64 offset, u64 length, old bytes) to fd; the journal mutex is held. */
+static int append(int fd, uint64_t off, const unsigned char *old, uint64_t len)
+{
+    uint64_t hdr[2] = {htole64(off), htole64(len)};
+    struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)old, len}};
+    size_t want = sizeof hdr + len, done = 0;
+    while (done < want) {
+        ssize_t n = writev(fd, iov, 2);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return vc_fail(-errno, "power-loss journal write failed: %s", strerror(errno));
+        done += (size_t)n;
+        size_t k = (size_t)n; /* advance past what was written (short writes are rare) */
+        for (int i = 0; i < 2; i++) {
+            size_t t = k < iov[i].iov_len ? k : iov[i].iov_len;
+            iov[i].iov_base = (char *)iov[i].iov_base + t;
+            iov[i].iov_len -= t;
+            k -= t;
+        }
+    }
+    return 0;
+}
+
+/* The pre-image of [off, off+len) to the journal (and the history), under the journal mutex. */
+static int record(vc_backing *b, uint64_t off, uint64_t len)
+{
+    unsigned char *old = malloc(len ? len : 1);
+    if (old == NULL)
+        return vc_fail(VC_E_NOMEM, "no memory for the power-loss recorder");
+    int rc = vb_pread(b, off, len, old);
+    if (rc == 0) {
+        pthread_mutex_lock(&b->jmu);
+        rc = append(b->jfd, off, old, len);
+        if (rc == 0 && b->hfd >= 0) {
+            if (b->hbytes + 16 + len > b->hmax) { /* forget the oldest history wholesale */
+                if (ftruncate(b->hfd, 0) == 0)
+                    b->hbytes = 0;
+            }
+            rc = append(b->hfd, off, old, len);
+            b->hbytes += 16 + len;
+        }
+        pthread_mutex_unlock(&b->jmu);
+    }
+    free(old);
+    return rc;
+}
+
+int vb_pwrite(vc_backing *b, uint64_t off, size_t len, const unsigned char *buf)
+{
+    if (dead(b))
+        return dead(b);
+    if (b->jfd >= 0 && len) {
+        int rc = record(b, off, len);
+        if (rc)
+            return rc;
+    }
+    return write_all(b->fd, buf, len, off);
+}
+
+int vb_punch(vc_backing *b, uint64_t off, uint64_t len)
+{
+    if (len == 0)
+        return 0;
+    if (dead(b))
+        return dead(b);
+    if (b->jfd >= 0) {
+        int rc = record(b, off, len);
+        if (rc)
+            return rc;
+    }
+    if (fallocate(b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) != 0)
+        return vc_fail(-errno, "backing hole punch at byte %llu failed: %s",
+                       (unsigned long long)off, strerror(errno));
+    return 0;
+}
+
+int vb_sync(vc_backing *b)
+{
+    if (dead(b))
+        return dead(b);
+    if (fdatasync(b->fd) != 0)
+        return vc_fail(-errno, "backing fdatasync failed: %s", strerror(errno));
+    if (b->jfd >= 0) { /* everything before the sync is durable: the journal starts over */
+        pthread_mutex_lock(&b->jmu);
+        int rc = ftruncate(b->jfd, 0);
+        pthread_mutex_unlock(&b->jmu);
+        if (rc != 0)
+            return vc_fail(-errno, "power-loss journal truncate failed: %s", strerror(errno));
+    }
+    return 0;
+}

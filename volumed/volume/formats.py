@@ -1,0 +1,357 @@
+"""A type per volume format: every decision that depends on the cipher lives here, not in
+``if cipher == "xts"`` branches through the volume, snapshot and mount modules.
+
+XtsFormat   LUKS2 (aes-xts-plain64), the production default; served by the native core
+            (volumed._native.VolumeCore) unless the reference is asked for or the backing file is
+            one whose every call Python must see (the fault layer, test tracers).
+GcmFormat   volumed's authenticated format (docs/FORMAT.md); served by the reference core over the
+            Python GcmStore (not native yet).
+
+Each format also says how its snapshot records are sealed and opened under a snapshot's key
+(``snapshot_cipher``, ``open_record``, ``seal_record``: volumed.snapshot.recrypt) and whether a
+record is the sector as stored (``records_are_sectors``: a restore under the same key copies it).
+
+``format_of(name)`` gives the format of a header's ``cipher``. ``open_volume`` (Format.open) returns
+an ``Opened``: the core, and the format's rules for resize, close and key wiping. Package-internal:
+Volume (volumed.volume.device), the snapshot recrypt and restore code and the fault layer are the
+callers; Opened reads the Volume's header and backing file.
+"""
+
+from __future__ import annotations
+
+import os
+
+from volumed.cipher import XtsCipher
+from volumed.errors import IntegrityError, UsageError
+from volumed.volume import cores, gcmformat, luks2
+from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
+from volumed.volume.header import GCM_META_INFO, GCM_NOTE_INFO, compute_mac, derive_key
+from volumed.volume.refcore import RefCore
+from volumed.volume.xtsstore import XtsStore
+
+PAGE = 4096
+_ZERO = bytes(PAGE)
+
+
+def _wipe(*bufs) -> None:
+    for b in bufs:
+        if isinstance(b, bytearray):
+            b[:] = bytes(len(b))
+
+
+class Opened:
+    """An open volume's core plus its format's rules (made by Format.open)."""
+
+    core: cores.VolumeCore
+    flush_is_barrier = False
+
+    def resize(self, vol, new_size: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Final flush, then wipe the key (the Volume closes the backing file)."""
+        try:
+            self.core.flush()
+        finally:
+            self.drop()
+
+    def drop(self) -> None:
+        """Wipe the key (waits for calls in flight); later I/O raises KeyAccessError."""
+        self.core.wipe_key()
+
+    def kill(self) -> None:
+        """Wipe the key with no bookkeeping I/O at all (the process dying, in the crash tests)."""
+        self.core.wipe_key()
+
+    @property
+    def native(self):
+        """The native VolumeCore serving this volume, or None (the reference core serves it)."""
+        return None
+
+
+def _commit_header(vol, new_size: int, write) -> None:
+    """Set the header's size and MAC and write it with ``write()``; on failure the volume keeps
+    its size (the header in memory is put back)."""
+    old = vol.header.size
+    vol.header.size = new_size
+    try:
+        vol.header.mac = compute_mac(vol._mac_key, vol.header)
+        write()
+    except BaseException:
+        vol.header.size = old
+        vol.header.mac = compute_mac(vol._mac_key, vol.header)
+        raise
+
+
+# ---- XTS (LUKS2) ---------------------------------------------------------------------------------
+
+def xts_records(backing, base: int):
+    """Reference reader of XTS records: ciphertext in place; an all-zero sector is a hole (None)."""
+    def read(first: int, n: int) -> list[bytes | None]:
+        data = bytes(backing.pread(base + first * PAGE, n * PAGE)).ljust(n * PAGE, b"\0")
+        return [None if data[i * PAGE:(i + 1) * PAGE] == _ZERO else data[i * PAGE:(i + 1) * PAGE]
+                for i in range(n)]
+    return read
+
+
+class XtsOpened(Opened):
+    def __init__(self, core, native: bool):
+        self.core = core
+        self._native = native
+
+    @property
+    def native(self):
+        return self.core if self._native else None
+
+    def resize(self, vol, new_size: int) -> None:
+        backing = vol._backing
+        backing.truncate(max(backing.size(), vol.header.data_offset + new_size))
+        backing.fdatasync()
+        _commit_header(vol, new_size, lambda: XTS.write_header(vol))
+        self.core.set_size(new_size)
+
+
+class XtsFormat:
+    name = "xts"
+    key_bytes = 64
+    format_name = "luks2"
+    label = "AES-256-XTS, LUKS2-compatible"
+    data_offset = luks2.DATA_OFFSET
+    format_version = 1
+    exports_luks = True
+
+    def file_size_for(self, data_offset: int, size: int, version: int = 1) -> int:
+        return data_offset + size
+
+    def initialize(self, backing, h, key, mac_key) -> tuple:
+        """Lay out a new volume's file (sparse data area, both LUKS2 header copies)."""
+        salt = os.urandom(32)
+        digest = luks2.volume_key_digest(key, salt)
+        h.mac = compute_mac(mac_key, h)
+        backing.truncate(h.data_offset + h.size)
+        backing.pwrite(0, luks2.encode(h, salt, digest))
+        return salt, digest
+
+    def open(self, path: str, backing, h, extras, copies, key: bytearray, mac_key, core: str | None):
+        salt, digest = extras
+        if luks2.volume_key_digest(key, salt) != digest:
+            raise IntegrityError(f"the LUKS2 digest of {path} does not match its volume key: "
+                                 "the header was altered (other LUKS2 tools would refuse the key)")
+        spec = backing.native_spec()
+        native = cores.native_module() if cores.choose(core) == "native" and spec else None
+        if native is not None:
+            core = native.VolumeCore(cipher="xts", key=key, data_offset=h.data_offset, size=h.size,
+                                     name=path, **spec)
+            backing.served_by(core)
+            opened = XtsOpened(core, True)
+        else:
+            cipher = XtsCipher(key)
+            store = XtsStore(backing, h, cipher)
+            opened = XtsOpened(RefCore(store, size=h.size, sector_size=h.sector_size, path=path,
+                                       records=xts_records(backing, h.data_offset),
+                                       drop=cipher.close), False)
+        return opened
+
+    @staticmethod
+    def header_bytes(vol) -> bytes:
+        salt, digest = vol._extras
+        return luks2.encode(vol.header, salt, digest)
+
+    def repair(self, vol, copies) -> None:
+        """Rewrite a damaged or stale LUKS2 copy from the valid newest one."""
+        best = vol.header.seqid
+        bad = [i for i, c in enumerate(copies) if not (c.ok and c.seqid == best)]
+        if not bad:
+            return
+        data = self.header_bytes(vol)
+        for i in bad:
+            vol._backing.pwrite(i * luks2.HDR_SIZE, data[i * luks2.HDR_SIZE:(i + 1) * luks2.HDR_SIZE])
+        vol._backing.fdatasync()
+
+    def write_header(self, vol) -> None:
+        """Atomic LUKS2 header update: primary then secondary, each made durable before the next."""
+        vol.header.seqid += 1
+        data = self.header_bytes(vol)
+        b = vol._backing
+        b.fdatasync()
+        b.pwrite(0, data[:luks2.HDR_SIZE])
+        b.fdatasync()
+        b.pwrite(luks2.HDR_SIZE, data[luks2.HDR_SIZE:])
+        b.fdatasync()
+
+    @staticmethod
+    def backing_pages(header, sectors) -> list[int]:
+        """Backing-file offsets of the 4 KiB pages holding ``sectors``' data (in place)."""
+        return [header.data_offset + s * header.sector_size for s in sectors]
+
+    # Snapshot records (volumed.snapshot.recrypt): a record is the sector's ciphertext, so a
+    # restore under the snapshot's own key copies records into place (``records_are_sectors``).
+    records_are_sectors = True
+
+    @staticmethod
+    def snapshot_cipher(key: bytearray, aad_uuid: str):
+        return XtsCipher(key)
+
+    @staticmethod
+    def open_record(c, out, sector: int, rec: bytes, where: str) -> None:
+        """Decrypt one record into ``out`` (one sector)."""
+        out[:] = rec
+        c.decrypt(out, sector)
+
+    @staticmethod
+    def seal_record(c, plain, sector: int, nonce_base: int) -> bytes:
+        buf = bytearray(PAGE)
+        c.encrypt(plain, sector, out=buf)
+        return bytes(buf)
+
+
+# ---- GCM -----------------------------------------------------------------------------------------
+
+def gcm_records(store):
+    """GCM records: nonce + tag + ciphertext of the slot a read uses; None when never written."""
+    import numpy as np
+
+    F = gcmformat
+
+    def read(first: int, n: int) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for s, slot in zip(range(first, first + n), store.current_slots(first, n)):
+            if slot is None:
+                out.append(None)
+                continue
+            k, counter, tag, salt = slot
+            g, i = divmod(s, F.GROUP_SECTORS)
+            data = bytes(store.backing.pread(F.slot_offset(g, k, i), PAGE)).ljust(PAGE, b"\0")
+            out.append(salt + F.nonce_bytes(np.array([counter], dtype=np.uint64)) + tag + data)
+        return out
+    return read
+
+
+class GcmOpened(Opened):
+    flush_is_barrier = True
+
+    def __init__(self, store, cipher, path: str, h):
+        self.store = store
+        self._cipher = cipher
+        self._killed = False
+        self.core = RefCore(store, size=h.size, sector_size=h.sector_size, path=path,
+                            records=gcm_records(store), drop=self._drop_keys)
+
+    def _drop_keys(self) -> None:
+        if not self._killed:
+            self.store.retire()  # under the barrier: records a clean session if nothing is dirty
+        self._cipher.close()
+        _wipe(self.store.meta_key, self.store.note_key)
+
+    def kill(self) -> None:
+        self._killed = True
+        self.core.wipe_key()
+
+    def resize(self, vol, new_size: int) -> None:
+        with self.core.barrier():
+            self.store.grow(new_size)
+            backing = vol._backing
+            backing.truncate(max(backing.size(), self.store.file_size_for(new_size)))
+            backing.fdatasync()
+            _commit_header(vol, new_size, lambda: self.store._write_header(sync_after=True))
+            self.core.size = new_size
+
+    def close(self) -> None:
+        try:
+            with self.core.barrier() as store:
+                store.close()  # the barrier flush and the header's final state
+        finally:
+            self.drop()
+
+
+class GcmFormat:
+    name = "gcm"
+    key_bytes = 32
+    format_name = "volumed-gcm"
+    label = "AES-256-GCM, authenticated"
+    data_offset = gcmformat.DATA_OFFSET
+    format_version = gcmformat.VERSION
+    exports_luks = False
+
+    def file_size_for(self, data_offset: int, size: int, version: int = gcmformat.VERSION) -> int:
+        return gcmformat.file_size_for(size, version)
+
+    def initialize(self, backing, h, key, mac_key) -> None:
+        meta_key = derive_key(key, h.uuid, GCM_META_INFO)
+        try:
+            h.mac = compute_mac(mac_key, h)
+            backing.truncate(gcmformat.file_size_for(h.size))
+            init_groups(backing, meta_key, 0, gcmformat.groups_for(h.size))
+            for seq in (0, 1):
+                h.seqid = seq
+                off, data = gcmformat.encode_copy(h)
+                backing.pwrite(off, data)
+        finally:
+            _wipe(meta_key)
+        return None
+
+    def open(self, path: str, backing, h, extras, copies, key: bytearray, mac_key, core: str | None):
+        meta_key = derive_key(key, h.uuid, GCM_META_INFO)
+        note_key = derive_key(key, h.uuid, GCM_NOTE_INFO)
+        cipher = None
+        try:
+            cipher = SectorKeys(key, h.uuid)  # wipes key; GcmOpened closes it
+            store = GcmStore(backing, h, cipher, meta_key, mac_key, note_key, path,  # repairs on start
+                             copy_damaged=not all(c.ok for c in copies))
+        except BaseException:
+            if cipher is not None:
+                cipher.close()
+            _wipe(meta_key, note_key)
+            raise
+        return GcmOpened(store, cipher, path, h)
+
+    def repair(self, vol, copies) -> None:
+        return None  # GcmStore repairs its header copies when it starts
+
+    @staticmethod
+    def backing_pages(header, sectors) -> list[int]:
+        """Backing-file offsets of the pages holding ``sectors``' data (both slots of each)."""
+        F = gcmformat
+        return [F.slot_offset(s // F.GROUP_SECTORS, k, s % F.GROUP_SECTORS)
+                for s in sectors for k in (0, 1)]
+
+    # Snapshot records: session salt (16) + nonce (12) + tag (16) + ciphertext (format 2), or
+    # nonce + tag + ciphertext (format 1, read only); the AAD binds the UUID of the volume the
+    # sectors were written on. Never copied into place (a restore re-encrypts).
+    records_are_sectors = False
+
+    @staticmethod
+    def snapshot_cipher(key: bytearray, aad_uuid: str):
+        return SectorKeys(key, aad_uuid)  # a fresh salt for the records this object seals
+
+    @staticmethod
+    def open_record(c, out, sector: int, rec: bytes, where: str) -> None:
+        S = gcmformat.SALT_BYTES
+        g, rec = (c.for_salt(rec[:S]), rec[S:]) if len(rec) > PAGE + 28 else (c.v1(), rec)
+        out[:] = rec[28:]
+        if g.decrypt(out, sector, rec[:12], rec[12:28]):
+            raise IntegrityError(f"sector {sector} of {where} fails authentication: the "
+                                 "snapshot does not match its key; do not restore it")
+
+    @staticmethod
+    def seal_record(c, plain, sector: int, nonce_base: int) -> bytes:
+        import numpy as np
+
+        buf = bytearray(PAGE)
+        nonce = gcmformat.nonce_bytes(np.array([nonce_base + sector], dtype=np.uint64))
+        tag = bytearray(16)
+        c.session().encrypt(plain, sector, nonce, tag, out=buf)
+        return c.salt + nonce + bytes(tag) + bytes(buf)
+
+
+XTS = XtsFormat()
+GCM = GcmFormat()
+FORMATS = {"xts": XTS, "gcm": GCM}
+
+
+def format_of(cipher: str):
+    """The format type for a header's cipher name; UsageError for an unknown one."""
+    try:
+        return FORMATS[cipher]
+    except KeyError:
+        raise UsageError(f"invalid cipher {cipher!r}: choose xts or gcm") from None
