@@ -132,6 +132,28 @@ static int ready(VolumeCoreObject *self)
     return 0;
 }
 
+/* A new bytearray of nbytes filled by fn(core, at, count, buf) with the GIL released: the shape of
+ * read (bytes of the volume) and read_sealed (sealed sectors). */
+typedef int (*fill_fn)(vcore *, uint64_t, size_t, unsigned char *);
+
+static PyObject *filled_bytearray(VolumeCoreObject *self, fill_fn fn, uint64_t at, size_t count,
+                                  Py_ssize_t nbytes)
+{
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, nbytes);
+    if (out == NULL)
+        return NULL;
+    int rc;
+    unsigned char *buf = (unsigned char *)PyByteArray_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    rc = fn(self->core, at, count, buf);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        Py_DECREF(out);
+        return raise_code(rc);
+    }
+    return out;
+}
+
 static PyObject *vcpy_read(VolumeCoreObject *self, PyObject *args)
 {
     unsigned long long off;
@@ -140,19 +162,7 @@ static PyObject *vcpy_read(VolumeCoreObject *self, PyObject *args)
         return NULL;
     if (len < 0)
         return PyErr_Format(PyExc_ValueError, "negative length %zd", len);
-    PyObject *out = PyByteArray_FromStringAndSize(NULL, len);
-    if (out == NULL)
-        return NULL;
-    int rc;
-    unsigned char *buf = (unsigned char *)PyByteArray_AS_STRING(out);
-    Py_BEGIN_ALLOW_THREADS
-    rc = vc_read(self->core, off, (size_t)len, buf);
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
-        Py_DECREF(out);
-        return raise_code(rc);
-    }
-    return out;
+    return filled_bytearray(self, vc_read, off, (size_t)len, len);
 }
 
 static PyObject *vcpy_readinto(VolumeCoreObject *self, PyObject *args)
@@ -315,19 +325,8 @@ static PyObject *vcpy_read_sealed(VolumeCoreObject *self, PyObject *args)
         return NULL;
     if (n < 0)
         return PyErr_Format(PyExc_ValueError, "negative count %zd", n);
-    PyObject *out = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)vc_sector_size(self->core));
-    if (out == NULL)
-        return NULL;
-    int rc;
-    unsigned char *buf = (unsigned char *)PyByteArray_AS_STRING(out);
-    Py_BEGIN_ALLOW_THREADS
-    rc = vc_read_sealed(self->core, first, (size_t)n, buf);
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
-        Py_DECREF(out);
-        return raise_code(rc);
-    }
-    return out;
+    return filled_bytearray(self, vc_read_sealed, first, (size_t)n,
+                            n * (Py_ssize_t)vc_sector_size(self->core));
 }
 
 static PyObject *vcpy_capture_begin(VolumeCoreObject *self, PyObject *args)
