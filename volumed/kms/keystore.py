@@ -68,6 +68,19 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in msg or "busy" in msg
 
 
+def begin_immediate(conn: sqlite3.Connection, attempt: int) -> bool:
+    """BEGIN IMMEDIATE on ``conn``; False, after a short random back-off, when another writer holds
+    the database (the caller retries, up to MAX_ATTEMPTS). Other errors propagate."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            time.sleep(min(0.05, 0.001 * (attempt + 1)) * random.random())
+            return False
+        raise
+    return True
+
+
 class Keystore:
     """An open keystore directory. Thread-safe: ``lock`` (re-entrant) guards the one connection;
     one per client family (``with_identity`` clients share it)."""
@@ -206,13 +219,8 @@ class Keystore:
         effects outside the database). Returns fn's result."""
         with self.lock:
             for attempt in range(MAX_ATTEMPTS):
-                try:
-                    self.conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if _is_busy(exc):
-                        time.sleep(min(0.05, 0.001 * (attempt + 1)) * random.random())
-                        continue
-                    raise
+                if not begin_immediate(self.conn, attempt):
+                    continue
                 try:
                     result = fn(self.conn)
                     self.conn.execute("COMMIT")

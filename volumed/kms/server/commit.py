@@ -19,13 +19,11 @@ from __future__ import annotations
 import fcntl
 import os
 import queue
-import random
 import sqlite3
 import threading
-import time
 
 from volumed.kms import rootkey
-from volumed.kms.keystore import MAX_ATTEMPTS, Keystore, _is_busy
+from volumed.kms.keystore import MAX_ATTEMPTS, Keystore, _is_busy, begin_immediate
 
 
 class _Call:
@@ -103,13 +101,8 @@ class GroupCommitKeystore(Keystore):
         conn = self.conn
         with self.lock:
             for attempt in range(MAX_ATTEMPTS):
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if _is_busy(exc):
-                        time.sleep(min(0.05, 0.001 * (attempt + 1)) * random.random())
-                        continue
-                    raise
+                if not begin_immediate(conn, attempt):
+                    continue
                 try:
                     for call in batch:
                         call.result, call.exc = None, None
