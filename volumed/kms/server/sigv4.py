@@ -58,7 +58,7 @@ def _incomplete(message: str) -> WireError:
 
 def parse_authorization(value: str) -> dict:
     """The Credential, SignedHeaders and Signature parts of an Authorization header."""
-    m = _AUTH_RE.match(value or "")
+    m = _AUTH_RE.fullmatch(value or "")
     if not m:
         raise _incomplete(f"Authorization header requires the AWS4-HMAC-SHA256 algorithm. "
                           f"Authorization={value[:64]}")
@@ -71,11 +71,11 @@ def parse_authorization(value: str) -> dict:
         if need not in parts:
             raise _incomplete(f"Authorization header requires '{need}' parameter. "
                               f"Authorization={value[:64]}")
-    cred = _CRED_RE.match(parts["Credential"])
+    cred = _CRED_RE.fullmatch(parts["Credential"])
     if not cred:
         raise _incomplete("Authorization header requires a Credential of the form "
                           "ACCESSKEYID/YYYYMMDD/REGION/SERVICE/aws4_request")
-    if not _SIG_RE.match(parts["Signature"]):
+    if not _SIG_RE.fullmatch(parts["Signature"]):
         raise _incomplete("Signature must be 64 lowercase hexadecimal characters")
     signed = parts["SignedHeaders"].split(";")
     if signed != sorted(signed) or any(not h or h != h.lower() for h in signed):
