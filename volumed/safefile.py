@@ -9,7 +9,8 @@ new one whole. On any failure the temporary file is removed and the OSError prop
 turn it into their one-line error). ``durable=False`` skips both fsyncs for callers that make a
 batch durable at once (the snapshot store: one syncfs before a manifest names the objects).
 ``is_temp_name(name)`` tells a listing which names are such leftovers.
-Callers: volumed.snapshot.store, volumed.mount.latch, ``volumed kms ... --out``.
+Callers: volumed.snapshot.store, volumed.mount.latch, ``volumed kms ... --out``, the key server's
+self-signed TLS certificate and key (volumed.kms.server.tls); the audit pin uses temp_name and a link.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import os
 import sys
 
 from volumed.errors import UsageError
+from volumed.hardening import holds_keys
 
 
 def _keystore_dir(args) -> str:
@@ -27,6 +28,7 @@ def _keystore_dir(args) -> str:
     return spec
 
 
+@holds_keys
 def _serve(args) -> int:
     from volumed.kms.server import serve
 
@@ -80,6 +82,7 @@ def register_serve(sub) -> None:
     p.set_defaults(func=_serve)
 
 
+@holds_keys
 def _create_key(args) -> int:
     import time
 

@@ -70,7 +70,7 @@ class Arn:
         for value, rx, what in ((partition, _PARTITION_RE, "partition (aws, aws-cn, aws-us-gov, ...)"),
                                 (service, _SERVICE_RE, "service"), (region, _REGION_RE, "region"),
                                 (account, _ACCOUNT_RE, "account (12 digits)")):
-            if not rx.match(value):
+            if not rx.fullmatch(value):
                 raise InvalidArn(f"{text!r} is not an ARN: {value!r} is not a valid {what}")
         if not resource:
             raise InvalidArn(f"{text!r} is not an ARN: the resource part is empty")

@@ -32,6 +32,7 @@ Tamper evidence (modelled on CloudTrail log file integrity validation; docs/AUDI
 
 from __future__ import annotations
 
+import contextlib
 import base64
 import datetime as _dt
 import hashlib
@@ -45,6 +46,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from volumed import safefile
 from volumed.errors import VolumedError
 from volumed.kms.arn import Arn
 
@@ -174,17 +176,26 @@ def read_pin(path: str) -> list[Ed25519PublicKey]:
 
 
 def _write_pin(path: str, public_key: Ed25519PublicKey) -> None:
-    """Create the pin file (0644, never overwritten) naming ``public_key``."""
+    """Create the pin file (0644, never overwritten) naming ``public_key``, whole or not at all:
+    written and fsync'd under a temporary name, then linked to ``path`` (a link never replaces an
+    existing pin: FileExistsError), so a crash cannot leave an empty pin that lists no key."""
     text = ("# The audit log's signing public key(s). `volumed kms audit verify` trusts only these,\n"
             "# never the key the database names. To rotate the signing key on purpose, add its line.\n"
             f"{pin_line(public_key)}\n")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    tmp = safefile.temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        os.fchmod(fd, 0o644)
-        os.write(fd, text.encode())
-        os.fsync(fd)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    safefile.fsync_dir(os.path.dirname(path))
 
 
 def _check_pin(conn: sqlite3.Connection, signing_key_path: str, pub: Ed25519PublicKey) -> None:

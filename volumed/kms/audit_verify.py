@@ -177,6 +177,10 @@ def _pinned_keys(conn, report: VerifyReport) -> list[Ed25519PublicKey]:
         report.add("key", f"the pinned public key {path} has mode {mode:04o}: others could replace it, "
                           f"so it is no trust root; run 'chmod 644 {path}'")
         return []
+    if not keys:  # an empty pin would otherwise mean "check no signature"
+        report.add("key", f"the pin file {path} lists no key, so it is no trust root; add the line "
+                          "'ed25519 <hex>' of the signing key, or pass --public-key")
+        return []
     report.trust_root = path
     return keys
 

@@ -31,7 +31,7 @@ def new_token() -> str:
 
 def is_well_formed_token(token: str) -> bool:
     """Whether ``token`` could have been issued by this service (malformed -> InvalidGrantToken)."""
-    return bool(_TOKEN_RE.match(token))
+    return bool(_TOKEN_RE.fullmatch(token))
 
 
 def _entry(row, key_arn_of) -> dict:

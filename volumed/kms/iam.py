@@ -34,7 +34,7 @@ def check_target(arn: str, account: str, operation: str) -> str:
     """A principal policies may be attached to: an IAM user or role ARN of this account, in the
     keystore's partition (an account id of another partition is another account)."""
     parsed = Arn.try_parse(arn)
-    if parsed is None or parsed.service != "iam" or parsed.region or not _TARGET_NAME_RE.match(parsed.resource):
+    if parsed is None or parsed.service != "iam" or parsed.region or not _TARGET_NAME_RE.fullmatch(parsed.resource):
         hint = ""
         role = parsed.session_role() if parsed else None
         if role:
@@ -51,7 +51,7 @@ def check_target(arn: str, account: str, operation: str) -> str:
 
 def check_name(name: str, operation: str) -> str:
     """A policy name IAM accepts (1-128 of letters, digits and +=,.@_-)."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise _error("ValidationError", f"policy name {name!r} must be 1-128 letters, digits or "
                                         "+=,.@_-", operation)
     return name

@@ -12,7 +12,7 @@ RESERVED_PREFIX = "alias/aws/"
 
 def _check_name(ctx: CallContext, name: str) -> None:
     """InvalidAliasNameException / NotAuthorizedException (alias/aws/ reserved) for a bad name."""
-    if not keys.ALIAS_RE.match(name):
+    if not keys.ALIAS_RE.fullmatch(name):
         raise ctx.error("InvalidAliasNameException",
                         f"Alias name '{name}' is not valid: it must be 'alias/' followed by 1-256 of "
                         f"A-Z a-z 0-9 / _ -")

@@ -57,7 +57,7 @@ def create_grant(ctx: CallContext, p: dict) -> dict:
 
 
 def _check_grant_id(ctx: CallContext, grant_id: str) -> None:
-    if not _GRANT_ID_RE.match(grant_id):
+    if not _GRANT_ID_RE.fullmatch(grant_id):
         raise ctx.error("InvalidGrantIdException", f"Grant ID '{grant_id}' is not valid")
 
 

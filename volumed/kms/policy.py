@@ -238,7 +238,7 @@ def _parse_principal(value: Any, where: str) -> tuple[str, ...]:
 def _normalise_aws_principal(entry: str, where: str) -> str:
     if entry == "*":
         return "*"
-    if _ACCOUNT_RE.match(entry):
+    if _ACCOUNT_RE.fullmatch(entry):
         return principals.root_arn(entry)
     if "*" in entry or "?" in entry:
         raise MalformedPolicyDocument(f"{where} {entry!r}: wildcards are allowed in a principal "
@@ -253,7 +253,7 @@ def _normalise_aws_principal(entry: str, where: str) -> str:
 def _parse_actions(value: Any, where: str) -> tuple[str, ...]:
     out = []
     for a in _strings(value, where):
-        if a != "*" and not _ACTION_RE.match(a):
+        if a != "*" and not _ACTION_RE.fullmatch(a):
             raise MalformedPolicyDocument(f"{where} {a!r} is not an action like kms:Decrypt or kms:*")
         out.append(a)
     return tuple(out)

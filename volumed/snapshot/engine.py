@@ -385,7 +385,7 @@ ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
 def share_snapshot(store, snap_id: str, account: str, *, kms) -> tuple[dict, str]:
     """Record that ``account`` may copy the snapshot; returns (manifest, what the key policy must
     allow). Refused (StateError, nothing recorded) for a snapshot under the AWS managed key."""
-    if not ACCOUNT_RE.match(account or ""):
+    if not ACCOUNT_RE.fullmatch(account or ""):
         raise UsageError(f"invalid account id {account!r}: expected 12 digits")
     check_access(catalog.peek(store, snap_id), kms, for_restore=True)  # refuse early, before KMS
     m, root = catalog.load_with_root(store, snap_id, kms=kms)

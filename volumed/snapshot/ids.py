@@ -20,7 +20,7 @@ def new_snapshot_id() -> str:
 
 def validate_snapshot_id(value: str) -> str:
     """Return ``value`` if it has the snapshot id shape, else raise UsageError (one line)."""
-    if not isinstance(value, str) or not SNAP_ID_RE.match(value):
+    if not isinstance(value, str) or not SNAP_ID_RE.fullmatch(value):
         raise UsageError(f"invalid snapshot id {value!r}: expected 'snap-' followed by 17 lower-case "
                          "hex digits (see volumed snapshot list)")
     return value

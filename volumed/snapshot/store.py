@@ -33,7 +33,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
 def _check_name(name: str) -> str:
-    if not _NAME_RE.match(name) or any(p in (".", "..") for p in name.split("/")):
+    if not _NAME_RE.fullmatch(name) or any(p in (".", "..") for p in name.split("/")):
         raise UsageError(f"invalid snapshot store object name {name!r}")
     return name
 

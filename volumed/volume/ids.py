@@ -34,12 +34,12 @@ def new_ebs_id() -> str:
 
 def is_db_id(value: str) -> bool:
     """True if ``value`` has the shape of an RDS resource id."""
-    return isinstance(value, str) and DB_ID_RE.match(value) is not None
+    return isinstance(value, str) and DB_ID_RE.fullmatch(value) is not None
 
 
 def is_ebs_id(value: str) -> bool:
     """True if ``value`` has the shape of an EBS volume id."""
-    return isinstance(value, str) and EBS_ID_RE.match(value) is not None
+    return isinstance(value, str) and EBS_ID_RE.fullmatch(value) is not None
 
 
 def validate_db_id(value: str) -> str:
@@ -58,7 +58,7 @@ def validate_ebs_id(value: str) -> str:
 
 def is_uuid(value: str) -> bool:
     """True if ``value`` is a UUID in canonical lower-case form (what Volume.create writes)."""
-    return isinstance(value, str) and UUID_RE.match(value) is not None
+    return isinstance(value, str) and UUID_RE.fullmatch(value) is not None
 
 
 def check_header_ids(h) -> None:

@@ -47,8 +47,13 @@ def new_id() -> str:
     return "AKIA" + "".join(secrets.choice(_ALPHABET) for _ in range(16))
 
 
+def is_principal(arn) -> bool:
+    """True if ``arn`` is a principal an access key can stand for (or a service act on behalf of)."""
+    return isinstance(arn, str) and _PRINCIPAL_RE.fullmatch(arn) is not None
+
+
 def check_principal(arn: str) -> str:
-    if not _PRINCIPAL_RE.match(arn or ""):
+    if not is_principal(arn):
         raise UsageError(f"{arn!r} is not a principal ARN an access key can stand for; use "
                          f"arn:aws:iam::ACCOUNT:user/NAME, :role/NAME or "
                          f"arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION")
@@ -56,7 +61,7 @@ def check_principal(arn: str) -> str:
 
 
 def check_service(service: str | None) -> str | None:
-    if service is not None and not _SERVICE_RE.match(service):
+    if service is not None and not _SERVICE_RE.fullmatch(service):
         raise UsageError(f"{service!r} is not a service principal; use e.g. rds.amazonaws.com")
     return service
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import sqlite3
 import threading
 import uuid
@@ -51,7 +50,6 @@ MAX_HEADER = 16 * 1024
 DEFAULT_RATE = 2000.0
 ON_BEHALF_HEADER = "x-volumed-on-behalf-of"
 _OP_TO_METHOD = {awsmodel.operation_name(m): m for m in OPERATIONS}
-_ARN_ACCOUNT_RE = re.compile(r"^arn:aws:(?:iam|sts)::(\d{12}):")
 
 
 class KeyServer:
@@ -208,8 +206,8 @@ class KeyServer:
                 raise WireError("AccessDeniedException",
                                 f"{principal} is not a service credential: only an access key created "
                                 f"with --service may act on behalf of another principal")
-            m = _ARN_ACCOUNT_RE.match(on_behalf)
-            if not m or m.group(1) != self.account:
+            # the same shapes an access key may stand for, whole (no trailing text after the account)
+            if not accesskeys.is_principal(on_behalf) or on_behalf.split(":")[4] != self.account:
                 raise WireError("AccessDeniedException", f"{on_behalf!r} is not a principal of account {self.account}")
             principal = on_behalf
             via = f"{service.split('.', 1)[0]}.{self.region}.amazonaws.com"

@@ -6,7 +6,8 @@ client's ``x-amz-date``; the credential scope must name this server's region and
 (``kms``, or ``sts`` for GetCallerIdentity). Rules and the AWS error code of each failure:
 
   no Authorization header                         MissingAuthenticationTokenException
-  malformed header, host or x-amz-date unsigned   IncompleteSignatureException
+  malformed header, host, x-amz-date,            IncompleteSignatureException
+  content-type or a present x-amz-target unsigned (the operation and protocol are signed)
   unknown (or deleted) access key, session token  UnrecognizedClientException
   x-amz-date more than 5 minutes from the clock   InvalidSignatureException "Signature expired" /
                                                   "Signature not yet current"
@@ -58,7 +59,7 @@ def _incomplete(message: str) -> WireError:
 
 def parse_authorization(value: str) -> dict:
     """The Credential, SignedHeaders and Signature parts of an Authorization header."""
-    m = _AUTH_RE.match(value or "")
+    m = _AUTH_RE.fullmatch(value or "")
     if not m:
         raise _incomplete(f"Authorization header requires the AWS4-HMAC-SHA256 algorithm. "
                           f"Authorization={value[:64]}")
@@ -71,11 +72,11 @@ def parse_authorization(value: str) -> dict:
         if need not in parts:
             raise _incomplete(f"Authorization header requires '{need}' parameter. "
                               f"Authorization={value[:64]}")
-    cred = _CRED_RE.match(parts["Credential"])
+    cred = _CRED_RE.fullmatch(parts["Credential"])
     if not cred:
         raise _incomplete("Authorization header requires a Credential of the form "
                           "ACCESSKEYID/YYYYMMDD/REGION/SERVICE/aws4_request")
-    if not _SIG_RE.match(parts["Signature"]):
+    if not _SIG_RE.fullmatch(parts["Signature"]):
         raise _incomplete("Signature must be 64 lowercase hexadecimal characters")
     signed = parts["SignedHeaders"].split(";")
     if signed != sorted(signed) or any(not h or h != h.lower() for h in signed):
@@ -84,6 +85,8 @@ def parse_authorization(value: str) -> dict:
         raise _incomplete("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
     if "x-amz-date" not in signed:
         raise _incomplete("'X-Amz-Date' must be a 'SignedHeader' in the AWS Authorization.")
+    if "content-type" not in signed:  # it chooses the protocol (KMS JSON or STS query)
+        raise _incomplete("'Content-Type' must be a 'SignedHeader' in the AWS Authorization.")
     return {"access_key_id": cred.group(1), "date": cred.group(2), "region": cred.group(3),
             "service": cred.group(4), "signed": signed, "signature": parts["Signature"]}
 
@@ -139,6 +142,8 @@ def verify(*, method: str, path: str, query: str, headers: dict, body: bytes, re
     if claimed is not None and claimed != body_hash:
         raise WireError("InvalidSignatureException",
                         "The provided 'x-amz-content-sha256' header does not match what was computed.")
+    if "x-amz-target" in headers and "x-amz-target" not in auth["signed"]:  # it names the operation
+        raise _incomplete("'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.")
     for name in auth["signed"]:
         if name not in headers:
             raise WireError("InvalidSignatureException", f"Signed header {name!r} is missing from the request")

@@ -1,7 +1,7 @@
 """The key server's TLS certificate: the administrator's, or a self-signed one made on first start.
 
 ``ensure_certificate(directory, names)`` creates ``<keystore>/server-tls/cert.pem`` and
-``key.pem`` (0600, ECDSA P-256, ten years, subjectAltName: localhost, 127.0.0.1, ::1, this host's
+``key.pem`` (0600, written through volumed.safefile; an existing key others can read is refused, ECDSA P-256, ten years, subjectAltName: localhost, 127.0.0.1, ::1, this host's
 name and the listen address) once and reuses them afterwards; hosts trust it by pinning the file
 (``--ca-bundle cert.pem`` / AWS_CA_BUNDLE) after comparing the SHA-256 fingerprint the server
 prints. Caller: volumed.kms.server.serve.
@@ -18,6 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from volumed import safefile
+from volumed.errors import UsageError
 
 TLS_DIR = "server-tls"
 
@@ -48,6 +51,10 @@ def ensure_certificate(keystore_dir: str, extra_names: list[str]) -> tuple[str, 
     d = os.path.join(keystore_dir, TLS_DIR)
     cert_path, key_path = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
     if os.path.exists(cert_path) and os.path.exists(key_path):
+        mode = os.stat(key_path).st_mode & 0o777
+        if mode & 0o077:
+            raise UsageError(f"the server's TLS private key {key_path} has mode {mode:04o}: others could "
+                             f"read it and impersonate the key server; run 'chmod 600 {key_path}'")
         return cert_path, key_path, False
     os.makedirs(d, mode=0o700, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -63,16 +70,7 @@ def ensure_certificate(keystore_dir: str, extra_names: list[str]) -> tuple[str, 
             .sign(key, hashes.SHA256()))
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    tmp_key = key_path + ".tmp"
-    fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
-        f.flush()
-        os.fsync(f.fileno())
-    with open(cert_path + ".tmp", "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_key, key_path)
-    os.replace(cert_path + ".tmp", cert_path)
+    # the certificate first: a crash in between leaves no key, so the next start makes a new pair
+    safefile.write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    safefile.write_atomic(key_path, key_pem, mode=0o600)
     return cert_path, key_path, True
