@@ -37,8 +37,9 @@ def test_quick_suite_writes_json_markdown_and_png(tmp_path):
         # --io-threads-ab: XTS with 1 and 2 I/O threads run the random reads at QD16 only.
         extra = {"xts-io1", "xts-io2"} if job == "rand-read-4K-qd16-direct" else set()
         assert set(by_target) == targets | extra
-        # The daemon's CPU time per request served, for every volumed mount.
-        assert by_target["xts"]["daemon_cpu_us_per_request"] > 0
+        # The daemon's CPU time per request served, for every volumed mount. /proc counts CPU time
+        # in clock ticks (10 ms), more than a --quick run may use, so 0 is a valid reading here.
+        assert by_target["xts"]["daemon_cpu_us_per_request"] >= 0
         for s in by_target.values():
             assert s["median"] > 0 and s["unit"] in ("MB/s", "IOPS")
             assert set(s["ratios"]) == {"gocryptfs", "null", "raw"}
