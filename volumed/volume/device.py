@@ -84,16 +84,6 @@ def load_header(backing, path: str = ""):
     return h, extras, copies
 
 
-def refuse_old_gcm(h, path: str) -> None:
-    """A GCM volume of format 1 is not opened (its nonces could repeat after a header rollback):
-    FormatError that says how to upgrade it. Caller: Volume._open (the CLI and the mount daemon)."""
-    if h.cipher == "gcm" and h.format_version < gcmformat.VERSION:
-        raise FormatError(f"{path} is a GCM volume of format v{h.format_version}, which this volumed "
-                          f"no longer writes (its nonces could repeat after a header rollback): run "
-                          f"`volumed upgrade {path}` once (it rewrites the volume as format "
-                          f"v{gcmformat.VERSION}), or restore a snapshot of it with `volumed restore`")
-
-
 def _open_backing(path, readonly: bool = False) -> BackingFile:
     """BackingFile for an existing volume; OS errors become one-line VolumedErrors."""
     if os.path.isdir(path):
@@ -235,7 +225,7 @@ class Volume:
         try:
             _lock_exclusive(backing, path)
             h, extras, copies = load_header(backing, path)
-            refuse_old_gcm(h, path)
+            format_of(h.cipher).refuse_old_version(h, path)
             return cls._from_key(path, backing, h, extras, copies, get_key(h), core)
         except BaseException:
             if owns:
@@ -377,21 +367,20 @@ class Volume:
 
     def close(self) -> None:
         """Flush (if the key is present), wipe the key and close the backing file."""
-        try:
-            if self._core is not None:
-                self._opened.close()
-        finally:
-            self._drop_key()
-            self._opened = _Closed(self._opened.flush_is_barrier)
-            self._backing.close()
+        self._end(lambda opened: opened.close())
 
     def abandon(self) -> None:
         """What the process dying does (the crash tests): no flush, no header update; the key is
         wiped and every descriptor of the backing file this Volume holds is closed (the native
         core's own too, unless a FUSE engine still holds the core)."""
+        self._end(lambda opened: opened.kill())
+
+    def _end(self, finish) -> None:
+        """close/abandon: ``finish`` the opened format if the key is present, then always wipe the
+        key, keep only the format's flush rule and close the backing file."""
         try:
             if self._core is not None:
-                self._opened.kill()
+                finish(self._opened)
         finally:
             self._drop_key()
             self._opened = _Closed(self._opened.flush_is_barrier)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from volumed.cipher import XtsCipher
-from volumed.errors import IntegrityError, UsageError
+from volumed.errors import FormatError, IntegrityError, UsageError
 from volumed.volume import cores, gcmformat, luks2
 from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
 from volumed.volume.header import GCM_META_INFO, GCM_NOTE_INFO, compute_mac, derive_key
@@ -122,6 +122,10 @@ class XtsFormat:
 
     def file_size_for(self, data_offset: int, size: int, version: int = 1) -> int:
         return data_offset + size
+
+    @staticmethod
+    def refuse_old_version(h, path: str) -> None:
+        return None  # LUKS2 has one version
 
     def initialize(self, backing, h, key, mac_key) -> tuple:
         """Lay out a new volume's file (sparse data area, both LUKS2 header copies)."""
@@ -275,6 +279,18 @@ class GcmFormat:
 
     def file_size_for(self, data_offset: int, size: int, version: int = gcmformat.VERSION) -> int:
         return gcmformat.file_size_for(size, version)
+
+    @staticmethod
+    def refuse_old_version(h, path: str) -> None:
+        """A GCM volume of format 1 is not opened (its nonces could repeat after a header
+        rollback): FormatError that says how to upgrade it. Caller: Volume._open (the CLI and the
+        mount daemon)."""
+        if h.format_version < gcmformat.VERSION:
+            raise FormatError(f"{path} is a GCM volume of format v{h.format_version}, which this "
+                              f"volumed no longer writes (its nonces could repeat after a header "
+                              f"rollback): run `volumed upgrade {path}` once (it rewrites the volume "
+                              f"as format v{gcmformat.VERSION}), or restore a snapshot of it with "
+                              f"`volumed restore`")
 
     def initialize(self, backing, h, key, mac_key) -> None:
         meta_key = derive_key(key, h.uuid, GCM_META_INFO)
