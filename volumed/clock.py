@@ -45,3 +45,12 @@ class FakeClock(Clock):
             t = t.timestamp()
         with self._lock:
             self._t = float(t)
+
+
+def iso_utc(when: float | _dt.datetime, *, micros: bool = False) -> str:
+    """``when`` (epoch seconds or an aware datetime) as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC, the form
+    AWS and CloudTrail use; ``micros`` adds ``.ffffff`` before the Z."""
+    if not isinstance(when, _dt.datetime):
+        when = _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
+    return when.astimezone(_dt.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ" if micros else "%Y-%m-%dT%H:%M:%SZ")

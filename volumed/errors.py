@@ -53,3 +53,25 @@ class StateError(VolumedError):
 
     exit_code = 6
     code = "InvalidStateException"
+
+
+def aws_error_code(exc: BaseException) -> str | None:
+    """The AWS error code carried by ``exc``: a botocore ClientError's ``Error.Code`` or a
+    VolumedError's ``code``; None for anything else."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return code if isinstance(code, str) else None
+    if isinstance(exc, VolumedError):
+        return exc.code
+    return None
+
+
+def aws_error_message(exc: BaseException) -> str:
+    """The message of a botocore ClientError's ``Error.Message`` (or ``str(exc)``)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        message = response.get("Error", {}).get("Message")
+        if isinstance(message, str):
+            return message
+    return str(exc)
