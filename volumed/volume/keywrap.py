@@ -10,8 +10,20 @@ code and naming what was wrong (key, context, access). Callers: volumed.volume.d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Protocol
+
 from volumed.errors import KeyAccessError
 from volumed.hardening import note_key_unwrapped
+
+
+class KmsClient(Protocol):
+    """The two calls a volume makes on a boto3-style KMS client (volumed.kms.connect, or boto3's
+    ``kms`` client): keyword arguments and response shapes are AWS's, so they are not restated
+    here (boto3's own client is untyped)."""
+
+    def generate_data_key_without_plaintext(self, *args: Any, **kwargs: Any) -> Mapping[str, Any]: ...
+    def decrypt(self, *args: Any, **kwargs: Any) -> Mapping[str, Any]: ...
 
 _HINTS = {
     "AccessDeniedException": "the caller has no permission or grant for this key (check the key policy and grants)",
@@ -63,7 +75,8 @@ def _refusal(action: str, key: str, exc: Exception) -> KeyAccessError:
                           + (f" ({msg})" if msg and msg != hint else ""), code=code or None)
 
 
-def new_wrapped_key(kms, key_id: str, nbytes: int, context: dict) -> tuple[bytes, str]:
+def new_wrapped_key(kms: KmsClient, key_id: str, nbytes: int,
+                    context: dict[str, str]) -> tuple[bytes, str]:
     """(CiphertextBlob, key ARN) of a fresh ``nbytes`` data key bound to ``context``."""
     try:
         resp = kms.generate_data_key_without_plaintext(
@@ -73,17 +86,17 @@ def new_wrapped_key(kms, key_id: str, nbytes: int, context: dict) -> tuple[bytes
     return bytes(resp["CiphertextBlob"]), str(resp["KeyId"])
 
 
-def unwrap(kms, key_arn: str, wrapped: bytes, context: dict, grant_tokens=None,
-           expect_len: int | None = None) -> bytearray:
+def unwrap(kms: KmsClient, key_arn: str, wrapped: bytes, context: dict[str, str],
+           grant_tokens: list[str] | None = None, expect_len: int | None = None) -> bytearray:
     """The plaintext data key as a bytearray (Decrypt with KeyId, context and grant tokens)."""
-    kw = {"CiphertextBlob": wrapped, "KeyId": key_arn, "EncryptionContext": context}
+    kw: dict[str, object] = {"CiphertextBlob": wrapped, "KeyId": key_arn, "EncryptionContext": context}
     if grant_tokens:
         kw["GrantTokens"] = list(grant_tokens)
     try:
         resp = kms.decrypt(**kw)
     except Exception as exc:
         raise _check("Decrypt of the volume key", key_arn, exc) from None
-    plain = resp.get("Plaintext")
+    plain = resp["Plaintext"]
     key = bytearray(plain)
     del plain, resp
     if expect_len is not None and len(key) != expect_len:
