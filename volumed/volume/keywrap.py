@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from volumed.errors import KeyAccessError
+from volumed.errors import KeyAccessError, aws_error_code, aws_error_message
 from volumed.hardening import note_key_unwrapped
 
 
@@ -37,17 +37,6 @@ _HINTS = {
 }
 
 
-def _client_error(exc: Exception) -> tuple[str, str] | None:
-    resp = getattr(exc, "response", None)
-    if isinstance(resp, dict) and "Error" in resp:
-        err = resp["Error"]
-        return str(err.get("Code", "")), str(err.get("Message", ""))
-    code = getattr(exc, "code", None)
-    if isinstance(code, str):
-        return code, str(exc)
-    return None
-
-
 def _unreachable(exc: Exception) -> bool:
     """A botocore transport/credential failure (no AWS error code): the service was not reached."""
     try:
@@ -59,8 +48,9 @@ def _unreachable(exc: Exception) -> bool:
 
 def _check(action: str, key: str, exc: Exception) -> KeyAccessError:
     """The KeyAccessError for a failed KMS call, or re-raise what is not a KMS answer."""
-    if _client_error(exc) is not None:
-        return _refusal(action, key, exc)
+    code = aws_error_code(exc)
+    if code is not None:
+        return _refusal(action, key, code, aws_error_message(exc))
     if _unreachable(exc):
         return KeyAccessError(f"{action} with KMS key {key} failed: the key service is unreachable "
                               f"({exc}); check --kms and credentials, then retry",
@@ -68,8 +58,7 @@ def _check(action: str, key: str, exc: Exception) -> KeyAccessError:
     raise exc
 
 
-def _refusal(action: str, key: str, exc: Exception) -> KeyAccessError:
-    code, msg = _client_error(exc)  # type: ignore[misc]
+def _refusal(action: str, key: str, code: str, msg: str) -> KeyAccessError:
     hint = _HINTS.get(code, msg or "refused")
     return KeyAccessError(f"{action} with KMS key {key} failed: {code}: {hint}"
                           + (f" ({msg})" if msg and msg != hint else ""), code=code or None)
