@@ -112,8 +112,8 @@ class BackingFile:
 
     def pwrite_durable(self, offset: int, data: Buffer) -> None:
         """Write ``data`` at ``offset`` and return once it is durable (RWF_DSYNC: this write only,
-        not the others pending; on ext4 a fifth of an fdatasync for an overwritten page). Falls
-        back to pwrite + fdatasync where the flag is missing."""
+        not the others pending, cheaper than an fdatasync: docs/PERFORMANCE.md, "GCM
+        write+fsync"). Falls back to pwrite + fdatasync where the flag is missing."""
         flag = getattr(os, "RWF_DSYNC", 0)
         if flag:
             try:

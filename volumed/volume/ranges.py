@@ -96,8 +96,9 @@ _ZERO_SECTORS: dict[int, bytes] = {}
 def zero_sectors(buf: bytes | bytearray | memoryview, sector_size: int) -> npt.NDArray[np.bool_]:
     """Boolean array: which sector-sized rows of ``buf`` (length a multiple of sector_size) are all zero.
 
-    One sector (every 4 KiB random write) is compared with a zero sector by memcmp, about 6x
-    cheaper than the numpy reduction, which pays off only over several sectors."""
+    One sector (every 4 KiB random write) is compared with a zero sector by memcmp, which is
+    cheaper than the numpy reduction (docs/PERFORMANCE.md, "Small measurements behind code
+    choices"); the reduction pays off only over several sectors."""
     if len(buf) == sector_size:
         zero = _ZERO_SECTORS.get(sector_size)
         if zero is None:
