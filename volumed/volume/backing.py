@@ -29,7 +29,7 @@ import random
 import secrets
 import struct
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, TypeAlias
 
 from volumed.errors import FormatError
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from volumed._native import VolumeCore as NativeCore
 
-StrPath = Union[str, "os.PathLike[str]"]
+StrPath: TypeAlias = str | os.PathLike[str]
 
 PAGE = 4096
 _REC = struct.Struct("<QQ")

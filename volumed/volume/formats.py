@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 PAGE = 4096
 _ZERO = bytes(PAGE)
 
-LuksExtras: TypeAlias = "tuple[bytes, bytes]"
+LuksExtras: TypeAlias = tuple[bytes, bytes]
 """What a LUKS2 header holds besides the VolumeHeader: the volume key digest's salt and digest."""
-Extras: TypeAlias = "LuksExtras | None"
+Extras: TypeAlias = LuksExtras | None
 """A format's extras (load_header's second value): LuksExtras for XTS, None for GCM."""
 
 
@@ -377,7 +377,7 @@ class GcmFormat:
         return c.salt + nonce + bytes(tag) + bytes(buf)
 
 
-VolumeFormat: TypeAlias = "XtsFormat | GcmFormat"
+VolumeFormat: TypeAlias = XtsFormat | GcmFormat
 """A format type: what a volume of one cipher does differently."""
 
 XTS = XtsFormat()

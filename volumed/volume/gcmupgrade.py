@@ -19,6 +19,7 @@ import copy
 import os
 import secrets
 from collections.abc import Callable
+from typing import TypeAlias
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def _new_header(h: VolumeHeader) -> VolumeHeader:
     return h2
 
 
-Progress = Callable[[int, int], None]
+Progress: TypeAlias = Callable[[int, int], None]
 """``progress(done, total)``: groups rewritten so far, of all."""
 
 

@@ -20,7 +20,7 @@ import hmac
 import json
 import uuid as _uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -130,12 +130,12 @@ def verify_mac(mac_key: Buffer, header: VolumeHeader, path: str = "") -> None:
     header.check_context()
 
 
-HeaderReader = Callable[[int, int], bytes]
+HeaderReader: TypeAlias = Callable[[int, int], bytes]
 """``read(offset, length)``: bytes of the backing file (zeros past its end), for the header parsers."""
 
 # A header copy's parsed JSON. Its values are whatever the file holds: the parsers convert and check
 # each one where they read it (luks2/gcmformat._header_from_json, under one try/except).
-JsonObject = dict[str, Any]
+JsonObject: TypeAlias = dict[str, Any]
 
 
 @dataclasses.dataclass

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from volumed.volume.xtsstore import XtsStore
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-RecordReader = Callable[[int, int], "list[bytes | None]"]
+RecordReader: TypeAlias = Callable[[int, int], list[bytes | None]]
 """``records(first, n)``: the records of sectors [first, first+n) as stored, None where absent."""
 
 
