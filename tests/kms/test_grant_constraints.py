@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from volumed.errors import UsageError
-from volumed.kms import grants as G
+from volumed.kms.policy import grants as G
 
 VOL = {"aws:ebs:id": "vol-1"}
 CTX = {"aws:rds:db-id": "db-1", "aws:ebs:id": "vol-1"}

@@ -42,14 +42,16 @@ def connect(spec: str | None = None, principal: str | None = None, via_service: 
     us-east-1, and its CA bundle comes from AWS_CA_BUNDLE or the profile's ca_bundle."""
     spec = spec or default_spec()
     if spec == "aws" or spec.startswith(("https://", "http://")):
-        import boto3
+        import boto3  # an optional path: only --kms aws / https:// needs boto3
 
         session = boto3.Session(profile_name=profile)
         if spec == "aws":
             return session.client("kms")
         region = session.region_name or os.environ.get("VOLUMED_REGION") or "us-east-1"
         return session.client("kms", endpoint_url=spec, region_name=region)
-    from volumed.kms.keystore import Keystore
-    from volumed.kms.service import EmbeddedKMS
+    # The service loads botocore and its KMS model (~170 ms); importing volumed.kms for
+    # default_spec() or volumed.kms.principals (~15 ms) must not pay for it.
+    from volumed.kms.service import EmbeddedKMS  # deferred: start-up cost (botocore, ~170 ms)
+    from volumed.kms.store.keystore import Keystore  # deferred: start-up cost (with the service)
 
     return EmbeddedKMS(Keystore(spec), principal=principal, via_service=via_service, clock=clock)

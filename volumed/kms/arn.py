@@ -17,9 +17,9 @@ The rules (docs/POLICY.md, "Principals"):
 - anything that is not an ARN (a service principal such as ``rds.amazonaws.com``) covers only
   itself, by string equality.
 
-Callers: volumed.kms.policy (principal elements, aws:PrincipalArn), volumed.kms.grants (grantee
-and retiring principals), volumed.kms.iamstore (whose policies apply to a caller), volumed.kms.iam
-(attachment targets, the root), volumed.kms.authz, volumed.kms.audit (userIdentity).
+Callers: volumed.kms.policy.policy (principal elements, aws:PrincipalArn), volumed.kms.policy.grants (grantee
+and retiring principals), volumed.kms.store.iamstore (whose policies apply to a caller), volumed.kms.ops.iam_ops
+(attachment targets, the root), volumed.kms.policy.authz, volumed.kms.audit (userIdentity).
 """
 
 from __future__ import annotations

@@ -61,6 +61,13 @@ def response_metadata(status: int = 200) -> dict:
             "HTTPHeaders": {"x-amzn-requestid": "embedded"}, "RetryAttempts": 0}
 
 
+def to_datetime(t: float | None) -> _dt.datetime | None:
+    """Epoch seconds -> aware UTC datetime (the type boto3 returns for timestamps)."""
+    if t is None:
+        return None
+    return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc)
+
+
 def operation_name(method: str) -> str:
     """boto3 method name (``create_key``) -> operation name (``CreateKey``)."""
     return _method_to_op()[method]

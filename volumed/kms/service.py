@@ -5,14 +5,14 @@
 server-side constraints, one BEGIN IMMEDIATE transaction (time effects, KeyId resolution,
 ``_authorize``, the operation, the audit record, the change counter), commit. A ClientError rolls
 the transaction back and is recorded in the audit log in a transaction of its own. Policies are
-evaluated outside the transaction (volumed.kms.decisions): a call whose authorization is not yet
+evaluated outside the transaction (volumed.kms.policy.decisions): a call whose authorization is not yet
 decided rolls back, is decided with no lock held, and runs again (an operation may so run more
 than once in one call; only its committed run has effects).
 
 Non-AWS extensions (not in boto3; code that must also run against AWS must not rely on them):
 ``account_id()``, ``region()``, ``principal``, ``via_service``, ``change_counter()``,
 ``with_identity(principal=..., via_service=...)``, ``keystore_path``, and the identity-policy
-calls (IAM's job in AWS; not in the KMS audit log; volumed.kms.iam decides who may make them):
+calls (IAM's job in AWS; not in the KMS audit log; volumed.kms.ops.iam_ops decides who may make them):
 ``put_principal_policy(PrincipalArn=, PolicyName=, PolicyDocument=)``,
 ``get_principal_policy(PrincipalArn=, PolicyName=)`` -> {PrincipalArn, PolicyName, PolicyDocument},
 ``list_principal_policies(PrincipalArn=None)`` -> {Policies: [{PrincipalArn, PolicyName}]},
@@ -28,44 +28,46 @@ import types
 from botocore.exceptions import ClientError
 
 from volumed.clock import SYSTEM_CLOCK
-from volumed.kms import (audit, authz, awsmodel, decisions, grantstore, iam, keys, managed, ops_aliases, ops_crypto,
-                         ops_grants, ops_keys, ops_rotation, principals)
+from volumed.kms import audit, awsmodel, principals
 from volumed.kms.arn import Arn
-from volumed.kms.callctx import CallContext
-from volumed.kms.keystore import Keystore
+from volumed.kms.ops import alias_ops, crypto_ops, grant_ops, iam_ops, key_ops, keys, managed, rotation_ops
+from volumed.kms.ops.context import CallContext
+from volumed.kms.policy import authz, decisions
+from volumed.kms.store import grantstore
+from volumed.kms.store.keystore import Keystore
 
 # boto3 method name -> operation function
 OPERATIONS = {
-    "create_key": ops_keys.create_key,
-    "describe_key": ops_keys.describe_key,
-    "list_keys": ops_keys.list_keys,
-    "enable_key": ops_keys.enable_key,
-    "disable_key": ops_keys.disable_key,
-    "schedule_key_deletion": ops_keys.schedule_key_deletion,
-    "cancel_key_deletion": ops_keys.cancel_key_deletion,
-    "update_key_description": ops_keys.update_key_description,
-    "get_key_policy": ops_keys.get_key_policy,
-    "put_key_policy": ops_keys.put_key_policy,
-    "list_key_policies": ops_keys.list_key_policies,
-    "create_alias": ops_aliases.create_alias,
-    "update_alias": ops_aliases.update_alias,
-    "delete_alias": ops_aliases.delete_alias,
-    "list_aliases": ops_aliases.list_aliases,
-    "enable_key_rotation": ops_rotation.enable_key_rotation,
-    "disable_key_rotation": ops_rotation.disable_key_rotation,
-    "get_key_rotation_status": ops_rotation.get_key_rotation_status,
-    "rotate_key_on_demand": ops_rotation.rotate_key_on_demand,
-    "list_key_rotations": ops_rotation.list_key_rotations,
-    "encrypt": ops_crypto.encrypt,
-    "decrypt": ops_crypto.decrypt,
-    "re_encrypt": ops_crypto.re_encrypt,
-    "generate_data_key": ops_crypto.generate_data_key,
-    "generate_data_key_without_plaintext": ops_crypto.generate_data_key_without_plaintext,
-    "create_grant": ops_grants.create_grant,
-    "list_grants": ops_grants.list_grants,
-    "list_retirable_grants": ops_grants.list_retirable_grants,
-    "retire_grant": ops_grants.retire_grant,
-    "revoke_grant": ops_grants.revoke_grant,
+    "create_key": key_ops.create_key,
+    "describe_key": key_ops.describe_key,
+    "list_keys": key_ops.list_keys,
+    "enable_key": key_ops.enable_key,
+    "disable_key": key_ops.disable_key,
+    "schedule_key_deletion": key_ops.schedule_key_deletion,
+    "cancel_key_deletion": key_ops.cancel_key_deletion,
+    "update_key_description": key_ops.update_key_description,
+    "get_key_policy": key_ops.get_key_policy,
+    "put_key_policy": key_ops.put_key_policy,
+    "list_key_policies": key_ops.list_key_policies,
+    "create_alias": alias_ops.create_alias,
+    "update_alias": alias_ops.update_alias,
+    "delete_alias": alias_ops.delete_alias,
+    "list_aliases": alias_ops.list_aliases,
+    "enable_key_rotation": rotation_ops.enable_key_rotation,
+    "disable_key_rotation": rotation_ops.disable_key_rotation,
+    "get_key_rotation_status": rotation_ops.get_key_rotation_status,
+    "rotate_key_on_demand": rotation_ops.rotate_key_on_demand,
+    "list_key_rotations": rotation_ops.list_key_rotations,
+    "encrypt": crypto_ops.encrypt,
+    "decrypt": crypto_ops.decrypt,
+    "re_encrypt": crypto_ops.re_encrypt,
+    "generate_data_key": crypto_ops.generate_data_key,
+    "generate_data_key_without_plaintext": crypto_ops.generate_data_key_without_plaintext,
+    "create_grant": grant_ops.create_grant,
+    "list_grants": grant_ops.list_grants,
+    "list_retirable_grants": grant_ops.list_retirable_grants,
+    "retire_grant": grant_ops.retire_grant,
+    "revoke_grant": grant_ops.revoke_grant,
 }
 
 _READ_ONLY_PREFIXES = ("Describe", "List", "Get")
@@ -154,7 +156,7 @@ class EmbeddedKMS:
                            self.via_service if via_service is _UNSET else via_service,
                            self._clock)
 
-    # -- identity policies (extensions; volumed.kms.iam) -----------------------------------------
+    # -- identity policies (extensions; volumed.kms.ops.iam_ops) -----------------------------------------
     def _iam(self, fn, change: bool):
         """Run one IAM extension call in its own transaction (change counter bumped if ``change``),
         its identity-policy decisions made outside the write lock (``_identity_decision``)."""
@@ -167,26 +169,26 @@ class EmbeddedKMS:
 
     def put_principal_policy(self, *, PrincipalArn: str, PolicyName: str, PolicyDocument: str) -> dict:
         """Extension: attach (or replace) an identity policy of an IAM user or role ARN."""
-        self._iam(lambda conn: iam.put_policy(conn, self.principal, self.account_id(), PrincipalArn,
+        self._iam(lambda conn: iam_ops.put_policy(conn, self.principal, self.account_id(), PrincipalArn,
                                               PolicyName, PolicyDocument, self._clock.time(),
                                               self._identity_decision), True)
         return {}
 
     def get_principal_policy(self, *, PrincipalArn: str, PolicyName: str) -> dict:
         """Extension: one attached identity policy's document."""
-        doc = self._iam(lambda conn: iam.get_policy(conn, self.principal, self.account_id(), PrincipalArn,
+        doc = self._iam(lambda conn: iam_ops.get_policy(conn, self.principal, self.account_id(), PrincipalArn,
                                                     PolicyName, self._identity_decision), False)
         return {"PrincipalArn": PrincipalArn, "PolicyName": PolicyName, "PolicyDocument": doc}
 
     def list_principal_policies(self, *, PrincipalArn: str | None = None) -> dict:
         """Extension: attached identity policies, of one principal or of all the caller may list."""
-        rows = self._iam(lambda conn: iam.list_policies(conn, self.principal, self.account_id(),
+        rows = self._iam(lambda conn: iam_ops.list_policies(conn, self.principal, self.account_id(),
                                                         PrincipalArn, self._identity_decision), False)
         return {"Policies": [{"PrincipalArn": p, "PolicyName": n} for p, n in rows]}
 
     def delete_principal_policy(self, *, PrincipalArn: str, PolicyName: str) -> dict:
         """Extension: detach an identity policy."""
-        self._iam(lambda conn: iam.delete_policy(conn, self.principal, self.account_id(), PrincipalArn,
+        self._iam(lambda conn: iam_ops.delete_policy(conn, self.principal, self.account_id(), PrincipalArn,
                                                  PolicyName, self._identity_decision), True)
         return {}
 
@@ -218,12 +220,12 @@ class EmbeddedKMS:
     def _authorize(self, action: str, key: dict | None, request: dict) -> None:
         """Decide whether ``request["principal"]`` may do ``action`` on ``key`` (a dict with
         KeyId, Arn, KeyManager, KeyState, Policy; None for calls on no key): key policy, identity
-        policies, grants, as AWS KMS (volumed.kms.authz). Raises the AccessDeniedException
+        policies, grants, as AWS KMS (volumed.kms.policy.authz). Raises the AccessDeniedException
         ClientError to refuse; returns to allow.
 
         Inside the transaction only the decision cache is consulted; a miss raises NeedDecision so
         that ``_call`` decides outside the write lock and runs the call again
-        (volumed.kms.decisions). On the last pass (``self._decide_inside``) it decides here."""
+        (volumed.kms.policy.decisions). On the last pass (``self._decide_inside``) it decides here."""
         self._decided(request["operation"], lambda: authz.authorize(action, key, request),
                       "authorize", action, key, request)
 
@@ -320,7 +322,7 @@ class EmbeddedKMS:
 
     def _run_deciding_outside(self, txn):
         """``self._store.run(txn)``, deciding each authorization the transaction meets outside the
-        keystore's locks and running it again (volumed.kms.decisions); after MAX_PASSES passes
+        keystore's locks and running it again (volumed.kms.policy.decisions); after MAX_PASSES passes
         (inputs that keep changing under concurrent writers) the last pass decides inside."""
         for _ in range(decisions.MAX_PASSES):
             try:

@@ -2,7 +2,7 @@
 
 An access key is (id, secret, principal ARN, optional service). SigV4 needs the secret on the
 server to recompute a signature, so the secret is stored wrapped (AES-256-GCM under the keystore's
-root key, bound to the key id: volumed.kms.rootkey.wrap), never hashed and never in plaintext.
+root key, bound to the key id: volumed.kms.store.rootkey.wrap), never hashed and never in plaintext.
 The principal and the service come from this table only, never from a request.
 
 A *service credential* (``service`` set, e.g. ``rds.amazonaws.com``) stands for an AWS service
@@ -23,7 +23,7 @@ import secrets
 import sqlite3
 
 from volumed.errors import UsageError
-from volumed.kms import rootkey
+from volumed.kms.store import rootkey
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS access_keys (
     access_key_id TEXT PRIMARY KEY, principal TEXT NOT NULL, service TEXT,

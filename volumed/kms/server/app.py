@@ -35,13 +35,14 @@ from botocore.exceptions import ClientError, ParamValidationError
 
 from volumed.clock import SYSTEM_CLOCK
 from volumed.errors import VolumedError
-from volumed.kms import audit, awsmodel, keys
-from volumed.kms.keystore import DB_FILE, Keystore
+from volumed.kms import audit, awsmodel
+from volumed.kms.ops import keys
 from volumed.kms.server import accesskeys, sigv4, wire
 from volumed.kms.server.commit import GroupCommitKeystore
 from volumed.kms.server.errors import WireError, status_of
 from volumed.kms.server.ratelimit import RateLimiter
-from volumed.kms.service import OPERATIONS, EmbeddedKMS
+from volumed.kms.service import EmbeddedKMS, OPERATIONS
+from volumed.kms.store.keystore import DB_FILE, Keystore
 
 log = logging.getLogger("volumed.kms.server")
 

@@ -22,8 +22,8 @@ import queue
 import sqlite3
 import threading
 
-from volumed.kms import rootkey
-from volumed.kms.keystore import MAX_ATTEMPTS, Keystore, _is_busy, begin_immediate
+from volumed.kms.store import rootkey
+from volumed.kms.store.keystore import Keystore, MAX_ATTEMPTS, _is_busy, begin_immediate
 
 
 class _Call:

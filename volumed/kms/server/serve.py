@@ -18,7 +18,11 @@ import sys
 import urllib.error
 import urllib.request
 
+from volumed.clock import FakeClock, SYSTEM_CLOCK
 from volumed.errors import UsageError
+from volumed.kms.server import tls
+from volumed.kms.server.app import KeyServer
+from volumed.kms.store.keystore import Keystore
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 
@@ -90,11 +94,6 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
     import signal
 
     import uvicorn
-
-    from volumed.clock import SYSTEM_CLOCK, FakeClock
-    from volumed.kms.keystore import Keystore
-    from volumed.kms.server import tls
-    from volumed.kms.server.app import KeyServer
 
     host, port = parse_listen(listen)
     if insecure_http and not is_loopback(host):

@@ -10,8 +10,8 @@ import datetime as _dt
 import json
 from typing import Any, Iterator
 
-from volumed.kms import wildcard
 from volumed.kms.arn import Arn
+from volumed.kms.policy import wildcard
 
 _CONTEXT_MEMBERS = ("encryptionContext", "sourceEncryptionContext", "destinationEncryptionContext")
 

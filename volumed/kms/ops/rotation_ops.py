@@ -1,12 +1,13 @@
 """Rotation operations: Enable/DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand,
-ListKeyRotations. Automatic rotation itself happens lazily in volumed.kms.keys.apply_time_effects.
+ListKeyRotations. Automatic rotation itself happens lazily in volumed.kms.ops.keys.apply_time_effects.
 Called by volumed.kms.service with an open transaction's CallContext."""
 
 from __future__ import annotations
 
-from volumed.kms import keys
-from volumed.kms.callctx import CallContext, to_datetime
-from volumed.kms.paging import page
+from volumed.kms.awsmodel import to_datetime
+from volumed.kms.ops import keys
+from volumed.kms.ops.context import CallContext
+from volumed.kms.ops.paging import page
 
 DEFAULT_PERIOD = 365
 ON_DEMAND_LIMIT = 25

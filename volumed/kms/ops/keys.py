@@ -12,9 +12,11 @@ import os
 import re
 import uuid
 
-from volumed.kms import grantstore, managed, rootkey
-from volumed.kms.arn import KEYSTORE_PARTITION, Arn
-from volumed.kms.callctx import CallContext, to_datetime
+from volumed.kms.arn import Arn, KEYSTORE_PARTITION
+from volumed.kms.awsmodel import to_datetime
+from volumed.kms.ops import managed
+from volumed.kms.ops.context import CallContext
+from volumed.kms.store import grantstore, rootkey
 
 DAY = 86400.0
 ALIAS_RE = re.compile(r"^alias/[A-Za-z0-9/_-]{1,256}$")

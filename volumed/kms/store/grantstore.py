@@ -1,9 +1,9 @@
-"""Storage of grants and grant tokens (enforcement is volumed.kms.grants' and the authorizer's).
+"""Storage of grants and grant tokens (enforcement is volumed.kms.policy.grants' and the authorizer's).
 
 A grant row holds the key, grantee, retiring principal, operations and constraints exactly as
 CreateGrant received them. Every CreateGrant call issues a new token; all tokens of one grant are
-interchangeable and die with it. Callers: volumed.kms.ops_grants (the grant operations),
-volumed.kms.callctx (grants handed to the authorizer), volumed.kms.keys (a destroyed key's grants).
+interchangeable and die with it. Callers: volumed.kms.ops.grant_ops (the grant operations),
+volumed.kms.ops.context (grants handed to the authorizer), volumed.kms.ops.keys (a destroyed key's grants).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import os
 import re
 
-from volumed.kms.callctx import to_datetime
+from volumed.kms.awsmodel import to_datetime
 
 TOKEN_PREFIX = "vgt1"
 _TOKEN_RE = re.compile(r"^vgt1[A-Za-z0-9_-]{64}$")

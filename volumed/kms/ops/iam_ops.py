@@ -19,8 +19,10 @@ from __future__ import annotations
 import re
 
 from volumed.kms import arn as _arn
-from volumed.kms import authz, awsmodel, iamstore, policy
+from volumed.kms import awsmodel
 from volumed.kms.arn import Arn
+from volumed.kms.policy import authz, policy
+from volumed.kms.store import iamstore
 
 _TARGET_NAME_RE = re.compile(r"^(user|role)/[\w+=,.@/-]{1,512}$")
 _NAME_RE = re.compile(r"^[\w+=,.@-]{1,128}$")

@@ -3,9 +3,10 @@ volumed.kms.service with an open transaction's CallContext; return response bodi
 
 from __future__ import annotations
 
-from volumed.kms import keys
-from volumed.kms.callctx import CallContext, to_datetime
-from volumed.kms.paging import page
+from volumed.kms.awsmodel import to_datetime
+from volumed.kms.ops import keys
+from volumed.kms.ops.context import CallContext
+from volumed.kms.ops.paging import page
 
 RESERVED_PREFIX = "alias/aws/"
 

@@ -5,7 +5,7 @@ derived with scrypt from the passphrase in ``VOLUMED_KEYSTORE_PASSPHRASE`` (salt
 parameters N, r, p in the database beside it, so they can be raised later; a keystore made before
 they were stored used N=2**15, r=8, p=1). A root key file others could read is refused. Key material is stored only as ``wrap(root, key_id, version, material)``:
 12-byte nonce || AES-256-GCM(material) || tag, with AAD binding key id and version, so a wrapped
-blob cannot be moved to another key or version. Callers: volumed.kms.keystore (load/create),
+blob cannot be moved to another key or version. Callers: volumed.kms.store.keystore (load/create),
 volumed.kms.material (wrap/unwrap).
 """
 

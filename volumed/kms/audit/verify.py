@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from volumed.kms import audit as _audit
+from volumed.kms.audit import log as _audit
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,9 @@ import sqlite3
 import threading
 import time
 
-from volumed.kms import audit, decisions, iamstore, rootkey
+from volumed.kms import audit
+from volumed.kms.policy import decisions
+from volumed.kms.store import iamstore, rootkey
 
 DB_FILE = "keystore.db"
 SCHEMA_VERSION = "1"

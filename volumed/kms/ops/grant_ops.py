@@ -8,15 +8,18 @@ import json
 import re
 
 from volumed.errors import UsageError
-from volumed.kms import grants, grantstore, keys, principals
-from volumed.kms.callctx import CallContext
-from volumed.kms.paging import page
+from volumed.kms import principals
+from volumed.kms.ops import keys
+from volumed.kms.ops.context import CallContext
+from volumed.kms.ops.paging import page
+from volumed.kms.policy import grants
+from volumed.kms.store import grantstore
 
 _GRANT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _checked(ctx: CallContext, check, value):
-    """Run one of volumed.kms.grants' validators; its UsageError becomes ValidationException."""
+    """Run one of volumed.kms.policy.grants' validators; its UsageError becomes ValidationException."""
     try:
         return check(value)
     except UsageError as exc:

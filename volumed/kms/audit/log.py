@@ -477,10 +477,3 @@ def latest_anchor(conn: sqlite3.Connection) -> str | None:
     last = _last_digest(conn)
     return last[3] if last else None
 
-
-# The reading side lives in its own modules; re-exported so callers need only ``audit``.
-from volumed.kms.audit_query import format_record, format_records, query  # noqa: E402
-from volumed.kms.audit_verify import Finding, VerifyReport, verify  # noqa: E402
-
-__all__ = ["AuditError", "Finding", "VerifyReport", "configure", "ensure_schema", "format_record",
-           "format_records", "latest_anchor", "query", "record_call", "scrub", "seal", "verify"]

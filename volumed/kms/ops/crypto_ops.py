@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 
-from volumed.kms import blob, keys, rootkey
-from volumed.kms.callctx import CallContext
+from volumed.kms.ops import keys
+from volumed.kms.ops.context import CallContext
+from volumed.kms.store import blob, rootkey
 
 ALGORITHM = "SYMMETRIC_DEFAULT"
 _KEYSPEC_BYTES = {"AES_256": 32, "AES_128": 16}

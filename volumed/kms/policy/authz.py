@@ -17,7 +17,7 @@ AccessDeniedException (AWS's message shape) to refuse. The rules (docs/POLICY.md
    (``policy.would_lock_out``) unless BypassPolicyLockoutSafetyCheck; a malformed policy is left
    to the operation, which reports MalformedPolicyDocumentException.
 
-``request`` is the dict volumed.kms.callctx.CallContext.authorize builds (principal, via_service,
+``request`` is the dict volumed.kms.ops.context.CallContext.authorize builds (principal, via_service,
 encryption_context, grants, token_grants, identity_policies, and per call grant_request, grant,
 key_policy, bypass_lockout_check, retiring_principal).
 """
@@ -25,7 +25,8 @@ key_policy, bypass_lockout_check, retiring_principal).
 from __future__ import annotations
 
 from volumed.kms import arn as _arn
-from volumed.kms import awsmodel, grants, policy, principals
+from volumed.kms import awsmodel, principals
+from volumed.kms.policy import grants, policy
 
 LOCKOUT_MESSAGE = ("The new key policy will not allow you to update the key policy in the future.")
 
@@ -65,7 +66,7 @@ def _identity_only_policy(account: str) -> dict:
 
 def identity_decision(req: policy.Request, identity_policies, account: str) -> policy.Decision:
     """Decide ``req`` by the caller's identity policies alone (callers in ``account`` only).
-    Callers: ``authorize`` for calls on no key, volumed.kms.iam for IAM calls."""
+    Callers: ``authorize`` for calls on no key, volumed.kms.ops.iam_ops for IAM calls."""
     return policy.evaluate(_identity_only_policy(account), identity_policies, req)
 
 

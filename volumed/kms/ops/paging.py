@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 
-from volumed.kms.callctx import CallContext
+from volumed.kms.ops.context import CallContext
 
 
 def page(ctx: CallContext, items: list, member: str, default_limit: int = 100) -> dict:

@@ -1,5 +1,5 @@
 """The ciphertext blob of the embedded key service: what Encrypt/GenerateDataKey return and
-Decrypt/ReEncrypt take. Pure functions; callers: volumed.kms.ops_crypto.
+Decrypt/ReEncrypt take. Pure functions; callers: volumed.kms.ops.crypto_ops.
 
 Layout (all integers big-endian)::
 

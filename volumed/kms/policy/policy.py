@@ -14,7 +14,7 @@ Evaluation, as AWS KMS does it (docs/POLICY.md has the details and the choices m
 3. An Allow in the key policy naming the caller's *account* (``arn:aws:iam::<account>:root`` or the
    bare account id) does not allow by itself: it enables the account's identity policies for the
    actions and conditions of that statement. Then an Allow in an identity policy allows.
-4. Otherwise implicit deny. Grants (volumed.kms.grants) are checked by the caller after an implicit
+4. Otherwise implicit deny. Grants (volumed.kms.policy.grants) are checked by the caller after an implicit
    deny, never after an explicit one.
 """
 
@@ -28,8 +28,9 @@ from typing import Any, Iterable
 
 from volumed.errors import VolumedError
 from volumed.kms import arn as _arn
-from volumed.kms import principals, wildcard
+from volumed.kms import principals
 from volumed.kms.arn import Arn
+from volumed.kms.policy import wildcard
 
 VERSIONS = ("2012-10-17", "2008-10-17")
 MAX_POLICY_BYTES = 32768  # AWS's key policy size limit
@@ -385,7 +386,7 @@ account_of = _arn.account_of
 
 def _glob(pattern: str, text: str, *, ignore_case: bool = False) -> bool:
     """IAM wildcard match: ``*`` any run of characters, ``?`` one character, nothing else special;
-    linear in the text (volumed.kms.wildcard), never a backtracking regex."""
+    linear in the text (volumed.kms.policy.wildcard), never a backtracking regex."""
     return wildcard.match(pattern, text, ignore_case=ignore_case)
 
 

@@ -7,17 +7,17 @@ operation needs (raising AWS errors, authorising an action on a key, noting a ch
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass, field
 
 from volumed.kms import awsmodel
-from volumed.kms.arn import KEYSTORE_PARTITION, Arn
+from volumed.kms.arn import Arn, KEYSTORE_PARTITION
+from volumed.kms.store import grantstore, iamstore
 
 
 @dataclass
 class CallContext:
     conn: object
-    store: object            # volumed.kms.keystore.Keystore
+    store: object            # volumed.kms.store.keystore.Keystore
     clock: object            # volumed.clock.Clock
     principal: str
     via_service: str | None
@@ -61,9 +61,7 @@ class CallContext:
         """Ask the authorizer whether the caller may do ``action`` on ``key`` (None for calls on
         no key). The request carries who calls, through which service, the key's ARN, the
         encryption context and grant tokens of the call, the key's grants, the caller's identity
-        policies (volumed.kms.iamstore) and ``extra`` (e.g. the grant request)."""
-        from volumed.kms import grantstore, iamstore
-
+        policies (volumed.kms.store.iamstore) and ``extra`` (e.g. the grant request)."""
         params = self.params
         context = params.get("EncryptionContext")
         if context is None and self.operation == "ReEncrypt":
@@ -90,9 +88,3 @@ class CallContext:
             self.key_arns.append(key["Arn"])
         self.authorizer(action, key, request)
 
-
-def to_datetime(t: float | None) -> _dt.datetime | None:
-    """Epoch seconds -> aware UTC datetime (the type boto3 returns for timestamps)."""
-    if t is None:
-        return None
-    return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc)

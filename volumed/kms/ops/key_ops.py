@@ -7,9 +7,11 @@ returns the response body (without ResponseMetadata). Called only by volumed.kms
 
 from __future__ import annotations
 
-from volumed.kms import keys, managed, policy
-from volumed.kms.callctx import CallContext, to_datetime
-from volumed.kms.paging import page
+from volumed.kms.awsmodel import to_datetime
+from volumed.kms.ops import keys, managed
+from volumed.kms.ops.context import CallContext
+from volumed.kms.ops.paging import page
+from volumed.kms.policy import policy
 
 MIN_WINDOW, MAX_WINDOW, DEFAULT_WINDOW = 7, 30, 30
 
@@ -39,7 +41,7 @@ def create_key(ctx: CallContext, p: dict) -> dict:
 
 
 def check_policy_document(ctx: CallContext, text: str) -> None:
-    """MalformedPolicyDocumentException (with volumed.kms.policy's pointed message) unless
+    """MalformedPolicyDocumentException (with volumed.kms.policy.policy's pointed message) unless
     ``text`` is a key policy the policy language accepts. The text is stored as given."""
     try:
         policy.parse_policy(text, kind="key")

@@ -5,17 +5,18 @@ the account's IAM identity policies; this table is where the embedded service ke
 is attached to an IAM user or role ARN of the keystore's account; an assumed-role session
 (``arn:aws:sts::A:assumed-role/R/S``) has the policies of its role ``arn:aws:iam::A:role/R``.
 
-Callers: volumed.kms.keystore (schema, and the administrator's ``kms:*`` policy when a keystore is
-created), volumed.kms.callctx (the caller's policies, handed to the authorizer), volumed.kms.iam
+Callers: volumed.kms.store.keystore (schema, and the administrator's ``kms:*`` policy when a keystore is
+created), volumed.kms.ops.context (the caller's policies, handed to the authorizer), volumed.kms.ops.iam_ops
 (the put/get/list/delete extension calls). Pure storage: who may change policies is decided in
-volumed.kms.iam.
+volumed.kms.ops.iam_ops.
 """
 
 from __future__ import annotations
 
 import json
 
-from volumed.kms import arn as _arn, principals
+from volumed.kms import arn as _arn
+from volumed.kms import principals
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS identity_policies (
