@@ -124,7 +124,7 @@ def test_a_slow_decision_does_not_block_other_clients(kms, key, keystore, clock,
                 assert release.wait(JOIN_TIMEOUT_S * 3)
             return real(*args)
         return slow
-    monkeypatch.setattr(authz, "authorize", slowed(authz.authorize, lambda a, k, r: r["principal"]))
+    monkeypatch.setattr(authz, "authorize", slowed(authz.authorize, lambda a, k, r: r.principal))
     monkeypatch.setattr(authz, "identity_decision",
                         slowed(authz.identity_decision, lambda req, p, a: req.principal_arn))
     slow = kms.with_identity(principal=slow_principal)

@@ -12,12 +12,57 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import re
 import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, NotRequired, TypedDict
 
 import botocore.session
 from botocore.errorfactory import BaseClientExceptions, ClientExceptionsFactory
 from botocore.exceptions import ClientError, ParamValidationError
 from botocore.validate import ParamValidator
+
+
+
+class GrantListEntry(TypedDict):
+    """One grant as ListGrants/ListRetirableGrants return it."""
+
+    KeyId: str
+    GrantId: str
+    CreationDate: _dt.datetime | None
+    GranteePrincipal: str
+    IssuingAccount: str
+    Operations: list[str]
+    Name: NotRequired[str]
+    RetiringPrincipal: NotRequired[str]
+    Constraints: NotRequired[dict[str, dict[str, str]]]
+
+
+class KeyMetadata(TypedDict):
+    """DescribeKey's and CreateKey's KeyMetadata, as the embedded service fills it."""
+
+    AWSAccountId: str
+    KeyId: str
+    Arn: str
+    CreationDate: _dt.datetime | None
+    Enabled: bool
+    Description: str
+    KeyUsage: str
+    KeyState: str
+    Origin: str
+    KeyManager: str
+    CustomerMasterKeySpec: str
+    KeySpec: str
+    EncryptionAlgorithms: list[str]
+    MultiRegion: bool
+    CurrentKeyMaterialId: str
+    DeletionDate: NotRequired[_dt.datetime | None]
+    PendingWindowInDays: NotRequired[int | None]
+
+
+# A request's parameters and a response body as boto3 passes them (the service model's shapes).
+Params = dict[str, Any]
+Response = dict[str, Any]
 
 # Codes AWS KMS sends on the wire that its service model does not declare.
 _UNMODELLED_CODES = ("AccessDeniedException", "ValidationException", "NotAuthorizedException")
@@ -161,9 +206,7 @@ def check_constraints(operation: str, params: dict) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _pattern(pattern: str):
-    import re
-
+def _pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern.removeprefix("^").removesuffix("$"))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import socket
 
-from volumed.kms.arn import KEYSTORE_PARTITION, Arn
+from volumed.kms.arn import Arn, KEYSTORE_PARTITION
 
 
 def user_arn(account: str, login: str) -> str:

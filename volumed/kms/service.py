@@ -33,8 +33,10 @@ from volumed.kms.arn import Arn
 from volumed.kms.ops import alias_ops, crypto_ops, grant_ops, iam_ops, key_ops, keys, managed, rotation_ops
 from volumed.kms.ops.context import CallContext
 from volumed.kms.policy import authz, decisions
+from volumed.kms.policy.authz import AuthzRequest
 from volumed.kms.store import grantstore
 from volumed.kms.store.keystore import Keystore
+from volumed.kms.values import Key
 
 # boto3 method name -> operation function
 OPERATIONS = {
@@ -217,16 +219,16 @@ class EmbeddedKMS:
                            via_service=self.via_service, operation=operation, params=params,
                            authorizer=self._authorize)
 
-    def _authorize(self, action: str, key: dict | None, request: dict) -> None:
-        """Decide whether ``request["principal"]`` may do ``action`` on ``key`` (a dict with
-        KeyId, Arn, KeyManager, KeyState, Policy; None for calls on no key): key policy, identity
+    def _authorize(self, action: str, key: Key | None, request: AuthzRequest) -> None:
+        """Decide whether ``request.principal`` may do ``action`` on ``key`` (None for calls on
+        no key): key policy, identity
         policies, grants, as AWS KMS (volumed.kms.policy.authz). Raises the AccessDeniedException
         ClientError to refuse; returns to allow.
 
         Inside the transaction only the decision cache is consulted; a miss raises NeedDecision so
         that ``_call`` decides outside the write lock and runs the call again
         (volumed.kms.policy.decisions). On the last pass (``self._decide_inside``) it decides here."""
-        self._decided(request["operation"], lambda: authz.authorize(action, key, request),
+        self._decided(request.operation, lambda: authz.authorize(action, key, request),
                       "authorize", action, key, request)
 
     def _decided(self, operation: str, decide, *inputs):

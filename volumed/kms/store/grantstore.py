@@ -12,8 +12,11 @@ import base64
 import json
 import os
 import re
+import sqlite3
+from collections.abc import Callable, Iterable
 
-from volumed.kms.awsmodel import to_datetime
+from volumed.kms.awsmodel import GrantListEntry, to_datetime
+from volumed.kms.values import Constraints, Grant
 
 TOKEN_PREFIX = "vgt1"
 _TOKEN_RE = re.compile(r"^vgt1[A-Za-z0-9_-]{64}$")
@@ -34,35 +37,45 @@ def is_well_formed_token(token: str) -> bool:
     return bool(_TOKEN_RE.fullmatch(token))
 
 
-def _entry(row, key_arn_of) -> dict:
-    """A grants row as a GrantListEntry (KeyId as the key ARN)."""
-    entry = {
-        "KeyId": key_arn_of(row["key_id"]),
-        "GrantId": row["grant_id"],
-        "CreationDate": to_datetime(row["created"]),
-        "GranteePrincipal": row["grantee"],
-        "IssuingAccount": row["issuing_account"],
-        "Operations": json.loads(row["operations"]),
+def _grant(row: sqlite3.Row, key_arn_of: Callable[[str], str]) -> Grant:
+    """A grants row as a Grant (its key named by ARN)."""
+    return Grant(key_arn=key_arn_of(row["key_id"]), grant_id=row["grant_id"], created=row["created"],
+                 grantee=row["grantee"], issuing_account=row["issuing_account"],
+                 operations=tuple(json.loads(row["operations"])),
+                 constraints=json.loads(row["constraints"]) if row["constraints"] else None,
+                 retiring=row["retiring"] or None, name=row["name"] or None)
+
+
+def list_entry(grant: Grant) -> GrantListEntry:
+    """A grant as ListGrants' GrantListEntry (KeyId as the key ARN; absent members left out)."""
+    entry: GrantListEntry = {
+        "KeyId": grant.key_arn,
+        "GrantId": grant.grant_id,
+        "CreationDate": to_datetime(grant.created),
+        "GranteePrincipal": grant.grantee,
+        "IssuingAccount": grant.issuing_account,
+        "Operations": list(grant.operations),
     }
-    if row["name"]:
-        entry["Name"] = row["name"]
-    if row["retiring"]:
-        entry["RetiringPrincipal"] = row["retiring"]
-    if row["constraints"]:
-        entry["Constraints"] = json.loads(row["constraints"])
+    if grant.name:
+        entry["Name"] = grant.name
+    if grant.retiring:
+        entry["RetiringPrincipal"] = grant.retiring
+    if grant.constraints:
+        entry["Constraints"] = grant.constraints
     return entry
 
 
-def _arn_of(conn):
+def _arn_of(conn: sqlite3.Connection) -> Callable[[str], str]:
     """key id -> key ARN lookup on ``conn``."""
-    def arn(key_id):
+    def arn(key_id: str) -> str:
         row = conn.execute("SELECT arn FROM keys WHERE key_id = ?", (key_id,)).fetchone()
-        return row["arn"] if row else key_id
+        return str(row["arn"]) if row else key_id
     return arn
 
 
-def insert(conn, *, grant_id, key_id, name, created, grantee, retiring, operations, constraints,
-           issuing_account) -> None:
+def insert(conn: sqlite3.Connection, *, grant_id: str, key_id: str, name: str | None, created: float,
+           grantee: str, retiring: str | None, operations: list[str], constraints: Constraints | None,
+           issuing_account: str) -> None:
     """Store a new grant."""
     seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM grants").fetchone()[0]
     conn.execute(
@@ -72,69 +85,70 @@ def insert(conn, *, grant_id, key_id, name, created, grantee, retiring, operatio
          json.dumps(constraints) if constraints else None, issuing_account, seq))
 
 
-def add_token(conn, grant_id: str) -> str:
+def add_token(conn: sqlite3.Connection, grant_id: str) -> str:
     """Issue a new token for a grant and return it."""
     token = new_token()
     conn.execute("INSERT INTO grant_tokens (token, grant_id) VALUES (?, ?)", (token, grant_id))
     return token
 
 
-def find_named(conn, key_id: str, name: str):
+def find_named(conn: sqlite3.Connection, key_id: str, name: str) -> sqlite3.Row | None:
     """The grant on ``key_id`` created with this Name (for idempotent CreateGrant), or None."""
     return conn.execute("SELECT * FROM grants WHERE key_id = ? AND name = ?", (key_id, name)).fetchone()
 
 
-def row_by_id(conn, grant_id: str):
+def row_by_id(conn: sqlite3.Connection, grant_id: str) -> sqlite3.Row | None:
     """The grants row with this id, or None."""
     return conn.execute("SELECT * FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
 
 
-def row_by_token(conn, token: str):
+def row_by_token(conn: sqlite3.Connection, token: str) -> sqlite3.Row | None:
     """The live grant a token names, or None."""
     return conn.execute("SELECT g.* FROM grant_tokens t JOIN grants g ON g.grant_id = t.grant_id "
                         "WHERE t.token = ?", (token,)).fetchone()
 
 
-def entry(conn, row) -> dict:
-    """A stored grant as a GrantListEntry."""
-    return _entry(row, _arn_of(conn))
+def grant(conn: sqlite3.Connection, row: sqlite3.Row) -> Grant:
+    """A stored grant (a grants row) as a Grant."""
+    return _grant(row, _arn_of(conn))
 
 
-def grants_of_key(conn, key_id: str) -> list[dict]:
-    """Every grant on a key as GrantListEntry dicts, oldest first."""
+def grants_of_key(conn: sqlite3.Connection, key_id: str) -> list[Grant]:
+    """Every grant on a key, oldest first."""
     arn = _arn_of(conn)
     rows = conn.execute("SELECT * FROM grants WHERE key_id = ? ORDER BY seq", (key_id,)).fetchall()
-    return [_entry(r, arn) for r in rows]
+    return [_grant(r, arn) for r in rows]
 
 
-def grants_for_tokens(conn, tokens) -> list[dict]:
+def grants_for_tokens(conn: sqlite3.Connection, tokens: Iterable[str] | None) -> list[Grant]:
     """The live grants the given tokens name (unknown or dead tokens name none)."""
-    out, seen = [], set()
+    out: list[Grant] = []
+    seen: set[str] = set()
     for t in tokens or ():
         row = row_by_token(conn, t)
         if row is not None and row["grant_id"] not in seen:
             seen.add(row["grant_id"])
-            out.append(entry(conn, row))
+            out.append(grant(conn, row))
     return out
 
 
-def rows_for_retiring(conn, principal: str) -> list:
+def rows_for_retiring(conn: sqlite3.Connection, principal: str) -> list[sqlite3.Row]:
     """Grants whose RetiringPrincipal is ``principal``, oldest first."""
     return conn.execute("SELECT * FROM grants WHERE retiring = ? ORDER BY seq", (principal,)).fetchall()
 
 
-def rows_of_key(conn, key_id: str) -> list:
+def rows_of_key(conn: sqlite3.Connection, key_id: str) -> list[sqlite3.Row]:
     """A key's grants rows, oldest first."""
     return conn.execute("SELECT * FROM grants WHERE key_id = ? ORDER BY seq", (key_id,)).fetchall()
 
 
-def delete(conn, grant_id: str) -> None:
+def delete(conn: sqlite3.Connection, grant_id: str) -> None:
     """Remove a grant and all its tokens."""
     conn.execute("DELETE FROM grant_tokens WHERE grant_id = ?", (grant_id,))
     conn.execute("DELETE FROM grants WHERE grant_id = ?", (grant_id,))
 
 
-def delete_for_key(conn, key_id: str) -> None:
+def delete_for_key(conn: sqlite3.Connection, key_id: str) -> None:
     """Remove every grant of a destroyed key."""
     conn.execute("DELETE FROM grant_tokens WHERE grant_id IN (SELECT grant_id FROM grants WHERE key_id = ?)",
                  (key_id,))
