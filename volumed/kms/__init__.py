@@ -11,13 +11,12 @@ users' own code.
 from __future__ import annotations
 
 import os
-import threading
+from typing import Any
+
+from volumed.clock import Clock
 
 ENV_SPEC = "VOLUMED_KMS"
 SYSTEM_KEYSTORE = "/var/lib/volumed"
-
-_stores: dict = {}
-_stores_lock = threading.Lock()
 
 
 def default_spec() -> str:
@@ -33,13 +32,14 @@ def default_spec() -> str:
 
 
 def connect(spec: str | None = None, principal: str | None = None, via_service: str | None = None,
-            clock=None, profile: str | None = None):
+            clock: Clock | None = None, profile: str | None = None) -> Any:
     """A KMS client for ``spec`` (default ``default_spec()``). For the embedded service,
     ``principal`` defaults to the keystore's user for the current login; ``clock`` (a
     volumed.clock.Clock) drives rotation and deletion windows. For AWS, principal and via_service
     come from the boto3 credentials (of AWS profile ``profile`` if given) and are ignored here;
     an endpoint URL (``volumed kms serve``) with no region configured gets $VOLUMED_REGION or
-    us-east-1, and its CA bundle comes from AWS_CA_BUNDLE or the profile's ca_bundle."""
+    us-east-1, and its CA bundle comes from AWS_CA_BUNDLE or the profile's ca_bundle.
+    Typed Any: boto3's clients are untyped; EmbeddedKMS has the same methods."""
     spec = spec or default_spec()
     if spec == "aws" or spec.startswith(("https://", "http://")):
         import boto3  # an optional path: only --kms aws / https:// needs boto3

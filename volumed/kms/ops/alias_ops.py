@@ -79,7 +79,7 @@ def delete_alias(ctx: CallContext, p: Params) -> Response:
 
 def list_aliases(ctx: CallContext, p: Params) -> Response:
     """All aliases, or those of one key, by name, paginated."""
-    sql, args = "SELECT * FROM aliases", ()
+    sql, args = "SELECT * FROM aliases", tuple[str, ...]()
     if "KeyId" in p:
         key = keys.resolve(ctx, p["KeyId"])
         ctx.authorize("kms:ListAliases", key)

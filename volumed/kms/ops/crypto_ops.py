@@ -25,9 +25,12 @@ def _check_algorithm(ctx: CallContext, p: Params, *names: str) -> None:
                             f"{name} {p[name]} is not valid for a symmetric encryption key; use {ALGORITHM}")
 
 
-def _seal(ctx: CallContext, key: Key, plaintext: bytes, context: dict[str, str] | None) -> tuple[bytes, str]:
+def _seal(ctx: CallContext, key: Key, plaintext: bytes | bytearray,
+          context: dict[str, str] | None) -> tuple[bytes, str]:
     """(blob, material id) of ``plaintext`` under the key's current material."""
-    mat, material_id = keys.material(ctx, key.key_id, key.current_version)
+    found = keys.material(ctx, key.key_id, key.current_version)
+    assert found is not None, "a key's current material version always exists"
+    mat, material_id = found
     try:
         return blob.seal(mat, key.key_id, key.current_version, plaintext, context), material_id
     finally:
@@ -119,7 +122,7 @@ def _data_key(ctx: CallContext, p: Params, action: str) -> tuple[Key, bytearray,
     n, spec = p.get("NumberOfBytes"), p.get("KeySpec")
     if (n is None) == (spec is None):
         raise ctx.error("ValidationException", "Please specify either number of bytes or key spec.")
-    size = n if n is not None else _KEYSPEC_BYTES[spec]
+    size = n if n is not None else _KEYSPEC_BYTES[str(spec)]
     key = _usable_key(ctx, p["KeyId"], action)
     plaintext = bytearray(os.urandom(size))
     ct, material_id = _seal(ctx, key, plaintext, p.get("EncryptionContext"))

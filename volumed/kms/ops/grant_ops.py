@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from volumed.errors import UsageError
 from volumed.kms import principals
@@ -17,10 +20,12 @@ from volumed.kms.policy import grants
 from volumed.kms.store import grantstore
 from volumed.kms.values import GrantTerms, Key
 
+T = TypeVar("T")
+
 _GRANT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _checked(ctx: CallContext, check, value):
+def _checked(ctx: CallContext, check: Callable[[Any], T], value: Any) -> T:
     """Run one of volumed.kms.policy.grants' validators; its UsageError becomes ValidationException."""
     try:
         return check(value)
@@ -83,7 +88,7 @@ def list_retirable_grants(ctx: CallContext, p: Params) -> Response:
                 default_limit=50)
 
 
-def _grant_of(ctx: CallContext, key: Key, grant_id: str):
+def _grant_of(ctx: CallContext, key: Key, grant_id: str) -> sqlite3.Row:
     _check_grant_id(ctx, grant_id)
     row = grantstore.row_by_id(ctx.conn, grant_id)
     if row is None or row["key_id"] != key.key_id:

@@ -64,7 +64,7 @@ def list_keys(ctx: CallContext, p: Params) -> Response:
     return page(ctx, [{"KeyId": r["key_id"], "KeyArn": r["arn"]} for r in rows], "Keys")
 
 
-def _set_state(ctx: CallContext, key: Key, state: str, **cols) -> None:
+def _set_state(ctx: CallContext, key: Key, state: str, **cols: float | int | None) -> None:
     """Set a key's state (and other columns) and note the change."""
     sets = ", ".join(["state = ?"] + [f"{c} = ?" for c in cols])
     ctx.conn.execute(f"UPDATE keys SET {sets} WHERE key_id = ?", (state, *cols.values(), key.key_id))

@@ -43,8 +43,8 @@ def get_key_rotation_status(ctx: CallContext, p: Params) -> Response:
     """Whether rotation is on and, if so, its period and next date."""
     key = keys.resolve(ctx, p["KeyId"])
     ctx.authorize("kms:GetKeyRotationStatus", key)
-    out = {"KeyRotationEnabled": bool(key.rotation_enabled), "KeyId": key.arn}
-    if key.rotation_enabled:
+    out: Response = {"KeyRotationEnabled": bool(key.rotation_enabled), "KeyId": key.arn}
+    if key.rotation_enabled and key.rotation_anchor is not None and key.rotation_period is not None:
         out["RotationPeriodInDays"] = key.rotation_period
         out["NextRotationDate"] = to_datetime(key.rotation_anchor + key.rotation_period * keys.DAY)
     return out

@@ -152,7 +152,7 @@ def is_as_strict(parent_grant: Grant | GrantTerms, new_grant: Grant | GrantTerms
         return False  # the child accepts contexts with extra pairs; the parent does not
     # Parent Subset only; child Subset only (or none): the child's smallest context must carry
     # the parent's pairs.
-    return bool(c_sub) and _includes(c_sub, p_sub)
+    return bool(c_sub) and _includes(c_sub or {}, p_sub or {})
 
 
 def grantee_matches(grantee_principal: str, caller_arn: str) -> bool:

@@ -24,7 +24,8 @@ import dataclasses
 import functools
 import json
 import re
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from volumed.errors import VolumedError
 from volumed.kms import arn as _arn
@@ -102,14 +103,14 @@ class Statement:
 class Policy:
     version: str
     statements: tuple[Statement, ...]
-    document: dict  # the document as given (for GetKeyPolicy)
+    document: dict[str, Any]  # the document as given (for GetKeyPolicy)
 
     def to_json(self) -> str:
         """The document as JSON text (what GetKeyPolicy returns)."""
         return json.dumps(self.document, indent=2)
 
 
-def parse_policy(text_or_dict: str | bytes | dict | Policy, *, kind: str = "key") -> Policy:
+def parse_policy(text_or_dict: str | bytes | dict[str, Any] | Policy, *, kind: str = "key") -> Policy:
     """Parse and validate a policy document; raise MalformedPolicyDocument naming the fault.
 
     ``kind`` is "key" (a resource-based key policy: every statement needs Principal or
@@ -197,7 +198,8 @@ def _parse_statement(st: Any, where: str, kind: str) -> Statement:
                      not_resources, conditions)
 
 
-def _either(st: dict, name: str, parse, where: str) -> tuple[Any, Any]:
+def _either(st: dict[str, Any], name: str, parse: Callable[[Any, str], tuple[str, ...]],
+            where: str) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
     """Parse the one of ``name``/``Not<name>`` a statement must have: (parsed, None) or (None, parsed)."""
     if (name in st) == (f"Not{name}" in st):
         raise MalformedPolicyDocument(f"{where} needs exactly one of {name} or Not{name}")
@@ -311,8 +313,9 @@ def _parse_conditions(value: Any, where: str) -> tuple[Condition, ...]:
                 raise MalformedPolicyDocument(f"{where}.{op} key {key!r} is not a condition key like "
                                               "kms:ViaService")
             items = raw if isinstance(raw, list) else [raw]
-            values = [_condition_value(v) for v in items]
-            if not values or any(v is None for v in values):
+            maybe = [_condition_value(v) for v in items]
+            values = [v for v in maybe if v is not None]
+            if not values or len(values) != len(maybe):
                 raise MalformedPolicyDocument(f"{where}.{op}.{key} must be a string, boolean, number "
                                               "or a non-empty list of them")
             if base in ("Bool", "Null") and any(v.lower() not in ("true", "false") for v in values):
@@ -507,7 +510,7 @@ def _ident_policies(identity_policies: Iterable[Any] | None) -> list[Policy]:
     return [parse_policy(p, kind="identity") for p in identity_policies or ()]
 
 
-def evaluate(key_policy: Policy | dict | str, identity_policies: Iterable[Any] | None,
+def evaluate(key_policy: Policy | dict[str, Any] | str, identity_policies: Iterable[Any] | None,
              request: Request) -> Decision:
     """Decide ``request`` under ``key_policy`` and the caller's ``identity_policies`` (see module doc).
 
@@ -563,7 +566,7 @@ def access_denied_message(principal: str, action: str, resource: str, explicit: 
     return f"{head} because no {where} allows the {action} action"
 
 
-def would_lock_out(policy: Policy | dict | str, caller_arn: str, caller_account: str,
+def would_lock_out(policy: Policy | dict[str, Any] | str, caller_arn: str, caller_account: str,
                    identity_policies: Iterable[Any] | None = None, *, key_arn: str | None = None,
                    via_service: str | None = None) -> bool:
     """The lockout safety check of CreateKey and PutKeyPolicy: True when, under ``policy``, the
@@ -575,7 +578,7 @@ def would_lock_out(policy: Policy | dict | str, caller_arn: str, caller_account:
     return not evaluate(policy, identity_policies, req).allowed
 
 
-def default_key_policy(account: str) -> dict:
+def default_key_policy(account: str) -> dict[str, Any]:
     """AWS's default key policy (CreateKey without Policy): the account root may do ``kms:*``,
     which enables the account's identity policies."""
     return {
@@ -591,7 +594,7 @@ def default_key_policy(account: str) -> dict:
     }
 
 
-def aws_managed_rds_policy(account: str, region: str) -> dict:
+def aws_managed_rds_policy(account: str, region: str) -> dict[str, Any]:
     """The key policy AWS gives the AWS managed key aws/rds: the account's principals may use the
     key only through RDS (kms:CallerAccount and kms:ViaService); the account may read metadata and
     revoke grants directly (through its identity policies)."""

@@ -92,20 +92,18 @@ def add_token(conn: sqlite3.Connection, grant_id: str) -> str:
     return token
 
 
-def find_named(conn: sqlite3.Connection, key_id: str, name: str) -> sqlite3.Row | None:
-    """The grant on ``key_id`` created with this Name (for idempotent CreateGrant), or None."""
-    return conn.execute("SELECT * FROM grants WHERE key_id = ? AND name = ?", (key_id, name)).fetchone()
-
-
 def row_by_id(conn: sqlite3.Connection, grant_id: str) -> sqlite3.Row | None:
     """The grants row with this id, or None."""
-    return conn.execute("SELECT * FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
+    row: sqlite3.Row | None = conn.execute("SELECT * FROM grants WHERE grant_id = ?",
+                                           (grant_id,)).fetchone()
+    return row
 
 
 def row_by_token(conn: sqlite3.Connection, token: str) -> sqlite3.Row | None:
     """The live grant a token names, or None."""
-    return conn.execute("SELECT g.* FROM grant_tokens t JOIN grants g ON g.grant_id = t.grant_id "
-                        "WHERE t.token = ?", (token,)).fetchone()
+    row: sqlite3.Row | None = conn.execute("SELECT g.* FROM grant_tokens t JOIN grants g ON g.grant_id = "
+                                           "t.grant_id WHERE t.token = ?", (token,)).fetchone()
+    return row
 
 
 def grant(conn: sqlite3.Connection, row: sqlite3.Row) -> Grant:
@@ -135,11 +133,6 @@ def grants_for_tokens(conn: sqlite3.Connection, tokens: Iterable[str] | None) ->
 def rows_for_retiring(conn: sqlite3.Connection, principal: str) -> list[sqlite3.Row]:
     """Grants whose RetiringPrincipal is ``principal``, oldest first."""
     return conn.execute("SELECT * FROM grants WHERE retiring = ? ORDER BY seq", (principal,)).fetchall()
-
-
-def rows_of_key(conn: sqlite3.Connection, key_id: str) -> list[sqlite3.Row]:
-    """A key's grants rows, oldest first."""
-    return conn.execute("SELECT * FROM grants WHERE key_id = ? ORDER BY seq", (key_id,)).fetchall()
 
 
 def delete(conn: sqlite3.Connection, grant_id: str) -> None:
