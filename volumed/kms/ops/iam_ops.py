@@ -95,13 +95,23 @@ def _require(conn: sqlite3.Connection, caller: str, account: str, verb: str, tar
                                                                   "identity-based policy"), operation)
 
 
+def _authorized(conn: sqlite3.Connection, caller: str, account: str, verb: str, target: str, name: str,
+                operation: str, decide: Decide | None) -> None:
+    """The checks every call on one named policy makes: target, name, then the caller's right."""
+    check_target(target, account, operation)
+    check_name(name, operation)
+    _require(conn, caller, account, verb, target, operation, decide)
+
+
+def _no_such_policy(target: str, name: str, operation: str) -> ClientError:
+    return _error("NoSuchEntity", f"The principal {target} has no policy named {name}", operation)
+
+
 def put_policy(conn: sqlite3.Connection, caller: str, account: str, target: str, name: str, document: str,
                now: float, decide: Decide | None = None) -> None:
     """Attach or replace ``name`` on ``target`` after validating the document as an identity policy."""
     op = "PutPrincipalPolicy"
-    check_target(target, account, op)
-    check_name(name, op)
-    _require(conn, caller, account, "Put", target, op, decide)
+    _authorized(conn, caller, account, "Put", target, name, op, decide)
     try:
         policy.parse_policy(document, kind="identity")
     except policy.MalformedPolicyDocument as exc:
@@ -113,12 +123,10 @@ def get_policy(conn: sqlite3.Connection, caller: str, account: str, target: str,
                decide: Decide | None = None) -> str:
     """The document of ``name`` on ``target``; NoSuchEntity if none."""
     op = "GetPrincipalPolicy"
-    check_target(target, account, op)
-    check_name(name, op)
-    _require(conn, caller, account, "Get", target, op, decide)
+    _authorized(conn, caller, account, "Get", target, name, op, decide)
     doc = iamstore.get(conn, target, name)
     if doc is None:
-        raise _error("NoSuchEntity", f"The principal {target} has no policy named {name}", op)
+        raise _no_such_policy(target, name, op)
     return doc
 
 
@@ -143,8 +151,6 @@ def delete_policy(conn: sqlite3.Connection, caller: str, account: str, target: s
                   decide: Decide | None = None) -> None:
     """Detach ``name`` from ``target``; NoSuchEntity if it is not attached."""
     op = "DeletePrincipalPolicy"
-    check_target(target, account, op)
-    check_name(name, op)
-    _require(conn, caller, account, "Delete", target, op, decide)
+    _authorized(conn, caller, account, "Delete", target, name, op, decide)
     if not iamstore.delete(conn, target, name):
-        raise _error("NoSuchEntity", f"The principal {target} has no policy named {name}", op)
+        raise _no_such_policy(target, name, op)

@@ -39,21 +39,20 @@ MAX_POLICY_BYTES = 32768  # AWS's key policy size limit
 _STATEMENT_ELEMENTS = ("Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction",
                        "Resource", "NotResource", "Condition")
 
-# Base condition operators: name -> (comparison, negated)
-_OPERATORS = {
-    "StringEquals": ("equals", False),
-    "StringNotEquals": ("equals", True),
-    "StringEqualsIgnoreCase": ("iequals", False),
-    "StringNotEqualsIgnoreCase": ("iequals", True),
-    "StringLike": ("like", False),
-    "StringNotLike": ("like", True),
-    "ArnEquals": ("like", False),
-    "ArnLike": ("like", False),
-    "ArnNotEquals": ("like", True),
-    "ArnNotLike": ("like", True),
-    "Bool": ("bool", False),
-    "Null": ("null", False),
+# Base condition operators: name -> (comparison, negated), each positive operator beside its
+# negation. ArnEquals compares like ArnLike, as in AWS.
+_OPERATORS: dict[str, tuple[str, bool]] = {
+    name: (kind, negated)
+    for kind, positive, negative in (
+        ("equals", "StringEquals", "StringNotEquals"),
+        ("iequals", "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"),
+        ("like", "StringLike", "StringNotLike"),
+        ("like", "ArnEquals", "ArnNotEquals"),
+        ("like", "ArnLike", "ArnNotLike"),
+    )
+    for name, negated in ((positive, False), (negative, True))
 }
+_OPERATORS.update(Bool=("bool", False), Null=("null", False))
 _SET_PREFIXES = ("ForAnyValue:", "ForAllValues:")
 
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
