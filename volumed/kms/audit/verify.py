@@ -379,7 +379,8 @@ def _check_sealed(rows: list[Any], ident: dict[int, str], expected: dict[int, tu
             already.add(seq)
 
 
-def _check_sealed_chain(rows: list[Any], last_hashes: list[tuple[int, int, str | None, int]], report: VerifyReport) -> None:
+def _check_sealed_chain(rows: list[Any], last_hashes: list[tuple[int, int, str | None, int]],
+                        report: VerifyReport) -> None:
     """The chain hash of each digest's last record must be the one sealed (binds the chain, so the
     unsealed tail hangs off a sealed hash), unless a finding at or before it already explains it
     (a change re-chains everything after it)."""

@@ -1,7 +1,7 @@
 """Keys of the embedded service: lookup by any KeyId form, metadata, state checks, key material,
 and the effects of time (automatic rotation, end of the deletion window).
 
-Callers: the operation modules (volumed.kms.ops_*) through a CallContext; volumed.kms.service runs
+Callers: the operation modules (volumed.kms.ops.*_ops) through a CallContext; volumed.kms.service runs
 ``apply_time_effects`` at the start of every call (and from ``change_counter`` when a deletion
 window has ended), so time-dependent changes need no background process.
 """

@@ -2,9 +2,9 @@
 grant CreateGrant is asked to make).
 
 A grant names its grantee, operations and optional constraints (``{"EncryptionContextSubset":
-{...}, "EncryptionContextEquals": {...}}``). Grants only ever allow. Callers: the key service's CreateGrant (``validate_operations``,
-``validate_constraints``, ``is_as_strict``) and its ``_authorize`` after the policies give an
-implicit deny (``grant_allows``).
+{...}, "EncryptionContextEquals": {...}}``). Grants only ever allow. Callers: the key service's
+CreateGrant (``validate_operations``, ``validate_constraints``, ``is_as_strict``) and the
+authorizer after the policies give an implicit deny (``grant_allows``, ``allowing_grant``).
 
 Rules (AWS KMS GrantConstraints):
 - EncryptionContextSubset: the request's context includes every pair; EncryptionContextEquals: the

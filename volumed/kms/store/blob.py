@@ -59,7 +59,8 @@ def parse_header(blob: bytes) -> Header:
     return Header(str(uuid.UUID(bytes=kid)), version)
 
 
-def seal(material: bytes | bytearray, key_id: str, version: int, plaintext: bytes | bytearray, context: Mapping[str, str] | None) -> bytes:
+def seal(material: bytes | bytearray, key_id: str, version: int, plaintext: bytes | bytearray,
+         context: Mapping[str, str] | None) -> bytes:
     """Encrypt ``plaintext`` under one version of a key's material, bound to ``context``."""
     header = _HEADER.pack(MAGIC, uuid.UUID(key_id).bytes, version)
     nonce = os.urandom(_NONCE)

@@ -6,7 +6,7 @@ parameters N, r, p in the database beside it, so they can be raised later; a key
 they were stored used N=2**15, r=8, p=1). A root key file others could read is refused. Key material is stored only as ``wrap(root, key_id, version, material)``:
 12-byte nonce || AES-256-GCM(material) || tag, with AAD binding key id and version, so a wrapped
 blob cannot be moved to another key or version. Callers: volumed.kms.store.keystore (load/create),
-volumed.kms.material (wrap/unwrap).
+volumed.kms.ops.keys (wrap/unwrap), volumed.kms.server.accesskeys (access key secrets).
 """
 
 from __future__ import annotations
