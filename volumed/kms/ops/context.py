@@ -23,7 +23,7 @@ from volumed.kms.store.keystore import Keystore
 from volumed.kms.values import Grant, GrantTerms, Key
 
 # (action, key or None, request) -> None; raises the AccessDeniedException ClientError to refuse.
-Authorizer = Callable[[str, "Key | None", AuthzRequest], None]
+Authorizer = Callable[[str, Key | None, AuthzRequest], None]
 
 
 @dataclass

@@ -67,7 +67,7 @@ class Authorization(TypedDict):
 
 
 # (principal, service it acts for or None, secret) of an access key
-KeyOwner = tuple[str, "str | None", str]
+KeyOwner = tuple[str, str | None, str]
 
 
 def _incomplete(message: str) -> WireError:
