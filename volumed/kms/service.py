@@ -22,7 +22,6 @@ calls (IAM's job in AWS; not in the KMS audit log; volumed.kms.ops.iam_ops decid
 from __future__ import annotations
 
 import datetime as dt
-import io
 import sqlite3
 import threading
 import types
@@ -154,16 +153,22 @@ class EmbeddedKMS:
         """Extension: a number that goes up whenever anything in the keystore changes (any
         process). Cheap and not audited; the mount's key monitor polls it. A deletion window that
         has ended is applied here too, so watchers see a key's destruction without other calls."""
+        with self._store.lock:
+            if keys.deletion_due(self._store.conn, self._clock.time()):
+                self.apply_time_effects()
+            return self._store.change_counter()
+
+    def apply_time_effects(self) -> None:
+        """Extension: destroy keys whose deletion window has ended and rotate keys whose rotation is
+        due, in a transaction of their own (not audited, as no call is made), then checkpoint the
+        WAL. Callers: ``change_counter`` here and the key server's when a deletion is due."""
         def sweep(conn: sqlite3.Connection) -> None:
             ctx = self._context(conn, "ChangeCounter", {})
             keys.apply_time_effects(ctx)
             if ctx.changed:
                 Keystore.bump(conn)
-        with self._store.lock:
-            if keys.deletion_due(self._store.conn, self._clock.time()):
-                self._store.run(sweep)
-                self._store.checkpoint()
-            return self._store.change_counter()
+        self._store.run(sweep)
+        self._store.checkpoint()
 
     def with_identity(self, principal: str | None | _Unset = _UNSET,
                       via_service: str | None | _Unset = _UNSET) -> "EmbeddedKMS":

@@ -8,7 +8,6 @@ from volumed.kms.awsmodel import Params, Response, to_datetime
 from volumed.kms.ops import keys
 from volumed.kms.ops.context import CallContext
 from volumed.kms.ops.paging import page
-from volumed.kms.values import Key
 
 DEFAULT_PERIOD = 365
 ON_DEMAND_LIMIT = 25

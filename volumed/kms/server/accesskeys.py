@@ -86,7 +86,7 @@ def create(store: Keystore, principal: str, service: str | None, now: float) -> 
         ensure_schema(conn)
         conn.execute("INSERT INTO access_keys (access_key_id, principal, service, wrapped_secret, created) "
                       "VALUES (?, ?, ?, ?, ?)", (key_id, principal, service, wrapped, now))
-        conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'change_counter'")
+        Keystore.bump(conn)
     store.run(txn)
     return key_id, secret
 
@@ -110,7 +110,7 @@ def delete(store: Keystore, access_key_id: str) -> None:
         ensure_schema(conn)
         cur = conn.execute("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,))
         if cur.rowcount:
-            conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'change_counter'")
+            Keystore.bump(conn)
         return cur.rowcount
     if not store.run(txn):
         raise UsageError(f"no access key {access_key_id!r}; list them with 'volumed iam list-access-keys'")

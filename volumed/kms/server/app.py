@@ -45,7 +45,7 @@ from volumed.kms.server.commit import GroupCommitKeystore
 from volumed.kms.server.errors import WireError, status_of
 from volumed.kms.server.ratelimit import RateLimiter
 from volumed.kms.service import EmbeddedKMS, OPERATIONS
-from volumed.kms.store.keystore import DB_FILE, Keystore
+from volumed.kms.store.keystore import DB_FILE
 
 log = logging.getLogger("volumed.kms.server")
 
@@ -118,13 +118,7 @@ class KeyServer:
             counter = int(self._read.execute("SELECT v FROM meta WHERE k = 'change_counter'").fetchone()[0])
             due = keys.deletion_due(self._read, self.clock.time())
         if due:  # a deletion window ended: apply it, so watchers see the key's destruction
-            def sweep(conn: sqlite3.Connection) -> None:
-                ctx = self.kms._context(conn, "ChangeCounter", {})
-                keys.apply_time_effects(ctx)
-                if ctx.changed:
-                    Keystore.bump(conn)
-            self.store.run(sweep)
-            self.store.checkpoint()
+            self.kms.apply_time_effects()
             with self._read_lock:
                 counter = int(self._read.execute("SELECT v FROM meta WHERE k = 'change_counter'").fetchone()[0])
         return counter
