@@ -6,6 +6,11 @@
 
 Callers: the CLI (volumed.cli.common.kms_client), the volume format, the mount daemon, tests and
 users' own code.
+
+Inside, by concern and in layers (docs/ARCHITECTURE.md; import-linter checks the order): server/
+(``volumed kms serve``) over service.py (EmbeddedKMS) over ops/ (the operations) over store/ (the
+keystore) over audit/ (the log) over policy/ (pure authorization) over principals.py, awsmodel.py
+and values.py (Key, Grant) over arn.py.
 """
 
 from __future__ import annotations

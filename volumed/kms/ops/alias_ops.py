@@ -3,7 +3,7 @@ volumed.kms.service with an open transaction's CallContext; return response bodi
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
 
 from volumed.kms.awsmodel import Params, Response, to_datetime
 from volumed.kms.ops import keys
@@ -48,13 +48,13 @@ def create_alias(ctx: CallContext, p: Params) -> Response:
     return {}
 
 
-def _existing(ctx: CallContext, name: str) -> dict[str, Any]:
+def _existing(ctx: CallContext, name: str) -> sqlite3.Row:
     """The aliases row of a name; NotFoundException if there is none."""
     _check_name(ctx, name)
-    row = ctx.conn.execute("SELECT * FROM aliases WHERE name = ?", (name,)).fetchone()
+    row: sqlite3.Row | None = ctx.conn.execute("SELECT * FROM aliases WHERE name = ?", (name,)).fetchone()
     if row is None:
         raise ctx.error("NotFoundException", f"Alias {ctx.alias_arn(name)} is not found.")
-    return dict(row)
+    return row
 
 
 def update_alias(ctx: CallContext, p: Params) -> Response:
