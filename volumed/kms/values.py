@@ -11,6 +11,7 @@ volumed.kms.store (grants as stored), volumed.kms.ops (keys), the service.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,7 +44,7 @@ class Key:
     current_version: int
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Key:
+    def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Key:
         """A ``keys`` row (sqlite3.Row or dict with the column names) as a Key."""
         return cls(
             key_id=row["key_id"], arn=row["arn"], created=row["created"], description=row["description"],
