@@ -13,7 +13,7 @@
  *     locked memory), nonce = 4 zero bytes || counter, AAD "volumed-gcm-v2" || UUID || be64(n);
  *     a read derives the subkey of the salt stored in the slot (at most SUBKEY_CACHE kept);
  *   - counters come from the in-memory counter under ctr_mu, which only moves up; a reservation
- *     of RESERVE_CHUNK more is written to the header (fdatasync, header, fdatasync) before any
+ *     of reserve_chunk more is written to the header (fdatasync, header, fdatasync) before any
  *     counter of it is used; a metadata page loaded from disk with a counter at or above the next
  *     one makes the session skip ahead of it (a header older than the data);
  *   - (I1) a write goes to the sector's non-current slot, unless the sector was written since the
@@ -61,8 +61,6 @@
 #define NOTE_OFFSET (2u * HDR_SIZE)
 #define DATA_OFFSET (NOTE_OFFSET + 2u * PAGE)
 #define GROUP_BYTES ((uint64_t)PAGE * (1 + 2 * G))
-#define RESERVE_CHUNK (1ull << 20)
-#define NONCE_LIMIT ((1ull << 63) - 1)
 #define META_CACHE 4096u
 #define SUBKEY_CACHE 256u
 #define REC_BYTES (SALT + 12u + 16u + PAGE)
@@ -92,6 +90,7 @@ typedef struct {
     /* counters */
     pthread_mutex_t ctr_mu, hdr_mu, dmu, kmu;
     uint64_t next, reserved, flushed, seqid, note_seq;
+    uint64_t chunk, limit;   /* RESERVE_CHUNK and NONCE_LIMIT of the Python reference */
     uint64_t *doubtful;      /* pairs (lo, hi] */
     size_t ndoubtful;
     char *mac_tmpl, *hdr_tmpl;
@@ -408,14 +407,14 @@ static int write_note(vc_store *s, uint64_t flushed)
 static int reserve(vc_store *s, uint64_t need)
 {
     gcm_state *st = ST(s);
-    if (need > NONCE_LIMIT)
+    if (need > st->limit)
         return vc_fail(VC_E_STATE, "volume %s has used its nonce space under this key; it is "
                        "read-only now: copy its data to a new volume", s->name);
-    uint64_t want = st->reserved + RESERVE_CHUNK;
+    uint64_t want = st->reserved + st->chunk;
     if (want < need)
         want = need;
-    if (want > NONCE_LIMIT)
-        want = NONCE_LIMIT;
+    if (want > st->limit)
+        want = st->limit;
     int rc = vb_sync(s->b);
     if (rc)
         return rc;
@@ -1003,7 +1002,7 @@ int vc_gcm_open(vc_store *s, const unsigned char *key, size_t key_len, const vc_
 {
     if (gs == NULL || key == NULL || key_len != 32 || !gs->meta_key || !gs->note_key ||
         !gs->mac_key || !gs->uuid || !gs->salt || !gs->mac_tmpl || !gs->hdr_tmpl ||
-        s->ss != PAGE)
+        s->ss != PAGE || gs->reserve_chunk == 0 || gs->nonce_limit >= UINT64_MAX - G)
         return vc_fail(VC_E_RANGE, "a GCM core needs a 32-byte key, its session and 4 KiB sectors");
     gcm_state *st = calloc(1, sizeof *st);
     if (st == NULL)
@@ -1020,6 +1019,7 @@ int vc_gcm_open(vc_store *s, const unsigned char *key, size_t key_len, const vc_
     memcpy(st->prefix + 14, gs->uuid, 16);
     st->next = gs->next, st->reserved = gs->reserved, st->flushed = gs->flushed;
     st->seqid = gs->seqid, st->note_seq = gs->note_seq;
+    st->chunk = gs->reserve_chunk, st->limit = gs->nonce_limit;
     st->ndoubtful = gs->ndoubtful;
     st->doubtful = malloc((gs->ndoubtful ? gs->ndoubtful : 1) * 2 * sizeof(uint64_t));
     int rc = st->doubtful ? set_templates(st, gs->mac_tmpl, gs->hdr_tmpl)

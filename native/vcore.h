@@ -85,6 +85,8 @@ typedef struct {
     const unsigned char *uuid;   /* 16 bytes: HKDF salt of the subkeys, AAD */
     const unsigned char *salt;   /* 16 bytes: this session's salt */
     uint64_t next, reserved, flushed, seqid, note_seq;
+    uint64_t reserve_chunk;      /* counters per reservation (gcmstore.RESERVE_CHUNK, 2^20) */
+    uint64_t nonce_limit;        /* the last counter ever used (gcmstore.NONCE_LIMIT, 2^63-1) */
     const uint64_t *doubtful;    /* ndoubtful (lo, hi] pairs */
     size_t ndoubtful;
     const char *mac_tmpl, *hdr_tmpl; /* NUL-terminated */

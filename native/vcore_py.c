@@ -109,25 +109,27 @@ static int vcpy_init(VolumeCoreObject *self, PyObject *args, PyObject *kw)
         return -1;
     }
     /* GCM: gcm = (meta_key, note_key, mac_key, uuid, salt, next, reserved, flushed, seqid,
-     * note_seq, doubtful (u64 pairs, native order), mac_tmpl, hdr_tmpl); the keys are wiped. */
+     * note_seq, reserve_chunk, nonce_limit, doubtful (u64 pairs, native order), mac_tmpl,
+     * hdr_tmpl); the keys are wiped. */
     Py_buffer gb[3] = {{0}};
     vc_gcm_session gs = {0};
     Py_ssize_t ulen = 0, slen = 0, dlen = 0;
     const char *dbytes = NULL;
     int have_gcm = cfg.cipher == VC_CIPHER_GCM;
     if (have_gcm) {
-        unsigned long long next, reserved, flushed, seqid, note_seq;
+        unsigned long long next, reserved, flushed, seqid, note_seq, chunk, limit;
         if (!PyTuple_Check(gcmobj) ||
-            !PyArg_ParseTuple(gcmobj, "w*w*w*y#y#KKKKKy#ss", &gb[0], &gb[1], &gb[2], &gs.uuid,
+            !PyArg_ParseTuple(gcmobj, "w*w*w*y#y#KKKKKKKy#ss", &gb[0], &gb[1], &gb[2], &gs.uuid,
                               &ulen, &gs.salt, &slen, &next, &reserved, &flushed, &seqid,
-                              &note_seq, &dbytes, &dlen, &gs.mac_tmpl, &gs.hdr_tmpl)) {
+                              &note_seq, &chunk, &limit, &dbytes, &dlen, &gs.mac_tmpl,
+                              &gs.hdr_tmpl)) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_TypeError, "a GCM VolumeCore needs gcm=(session tuple)");
             return -1;
         }
         gs.meta_key = gb[0].buf, gs.note_key = gb[1].buf, gs.mac_key = gb[2].buf;
         gs.next = next, gs.reserved = reserved, gs.flushed = flushed, gs.seqid = seqid;
-        gs.note_seq = note_seq;
+        gs.note_seq = note_seq, gs.reserve_chunk = chunk, gs.nonce_limit = limit;
         gs.doubtful = (const uint64_t *)dbytes;
         gs.ndoubtful = (size_t)dlen / 16;
         cfg.gcm = &gs;

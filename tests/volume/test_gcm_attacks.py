@@ -156,7 +156,7 @@ def test_power_cut_right_after_fsync_keeps_acknowledged_data_authenticated(make_
     vol = Volume.open(path, kms=kms, backing=RecordingBackingFile(path, journal))
     vol.write(0, b"B" * SS)
     vol.flush()                 # acknowledged
-    vol._backing.close()        # the power goes: nothing after the flush reaches the disk
+    vol.abandon()               # the power goes: nothing after the flush reaches the disk
     simulate_power_cut(path, journal, mode="all")
     with Volume.open(path, kms=kms) as vol:
         assert vol.read(0, SS) == b"B" * SS
@@ -184,7 +184,7 @@ def test_unflushed_writes_may_still_fall_back_after_a_power_cut(make_volume, kms
         journal = str(tmp_path / f"journal{seed}")
         vol = Volume.open(path, kms=kms, backing=RecordingBackingFile(path, journal))
         vol.write(0, os.urandom(4 * SS))
-        vol._backing.close()
+        vol.abandon()  # the process dies (a native core holds its own descriptor)
         simulate_power_cut(path, journal, mode="torn", seed=seed)
         with Volume.open(path, kms=kms) as vol:
             assert len(vol.read(0, 4 * SS)) == 4 * SS  # each sector old or new, never an error
@@ -206,7 +206,7 @@ def test_many_unclean_sessions_are_resolved_not_merged(make_volume, kms, tmp_pat
         clean_ctrs.append(_current(path, 60 + n)[3])
         # ... then an unflushed write that the power cut tears (residue in a doubtful range)
         vol.write(n * SS, os.urandom(SS))
-        vol._backing.close()
+        vol.abandon()  # the process dies (a native core holds its own descriptor)
         simulate_power_cut(path, journal, mode="all")
         h = Volume.read_header(path)
         assert len(h.doubtful) <= 3
@@ -238,7 +238,7 @@ def test_resolution_skips_a_damaged_metadata_page(make_volume, kms, monkeypatch)
     for _ in range(3):
         vol = Volume.open(path, kms=kms)
         vol.write(0, os.urandom(SS))
-        vol._backing.close()  # killed
+        vol.abandon()  # killed
     with Volume.open(path, kms=kms) as vol:
         assert len(vol.header.doubtful) <= 1
         with pytest.raises(IntegrityError, match="metadata of sectors 100-149"):

@@ -74,8 +74,8 @@ class VolumeCore:
     def __init__(self, fd: int, *, cipher: str, key: Buffer | None = None, data_offset: int = 0,
                  size: int, sector_size: int = 4096, journal_fd: int = -1, name: str = "",
                  history_fd: int = -1, history_max_bytes: int = 32 << 20,
-                 gcm: tuple[Buffer, Buffer, Buffer, bytes, bytes, int, int, int, int, int, bytes,
-                            str, str] | None = None) -> None:
+                 gcm: tuple[Buffer, Buffer, Buffer, bytes, bytes, int, int, int, int, int, int,
+                            int, bytes, str, str] | None = None) -> None:
         """fd: the backing file (the core keeps its own dup; yours stays yours). key: 64 bytes for
         xts (copied into locked memory, a writable buffer is overwritten with zeros), None for null.
         journal_fd: the power-loss recorder's undo journal (RecordingBackingFile's format), or -1.
@@ -83,7 +83,8 @@ class VolumeCore:
         (the fault layer's previous page images, for rollback), emptied past history_max_bytes.
         gcm (cipher "gcm", key: the 32-byte data key): the session the Python GcmStore began:
         (meta_key, note_key, mac_key, uuid, salt, next, nonce_reserved, nonce_flushed, seqid,
-        note_seq, doubtful as native u64 pairs, mac template, header template); the keys are
+        note_seq, reserve chunk, nonce limit, doubtful as native u64 pairs, mac template, header
+        template); the keys are
         copied into locked memory and the writable buffers overwritten."""
     def read(self, offset: int, length: int) -> bytearray:
         """Exactly ``length`` bytes; the range must lie inside the volume (UsageError)."""

@@ -26,7 +26,7 @@ import uuid as _uuid
 
 from volumed.cipher import XtsCipher
 from volumed.errors import FormatError, IntegrityError, UsageError
-from volumed.volume import cores, gcmformat, luks2
+from volumed.volume import cores, gcmformat, gcmstore, luks2
 from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
 from volumed.volume.header import GCM_META_INFO, GCM_NOTE_INFO, compute_mac, derive_key
 from volumed.volume.refcore import RefCore
@@ -317,7 +317,8 @@ def _native_session(store: GcmStore, h, meta_key: bytearray, note_key: bytearray
     doubtful = b"".join(struct.pack("=QQ", a, b) for a, b in st.doubtful)
     mac_t, hdr_t = gcmformat.header_templates(h)
     return (meta_key, note_key, bytearray(mac_key), _uuid.UUID(h.uuid).bytes, st.salt, st.next,
-            h.nonce_reserved, h.nonce_flushed, h.seqid, st.note_seq, doubtful, mac_t, hdr_t)
+            h.nonce_reserved, h.nonce_flushed, h.seqid, st.note_seq, gcmstore.RESERVE_CHUNK,
+            gcmstore.NONCE_LIMIT, doubtful, mac_t, hdr_t)
 
 
 class GcmFormat:
