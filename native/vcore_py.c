@@ -216,14 +216,26 @@ static PyObject *filled_bytearray(VolumeCoreObject *self, fill_fn fn, uint64_t a
     return out;
 }
 
+/* The (position, count) arguments of read, read_sealed and the records calls: 0, or -1 with an
+ * exception set (a negative count is ValueError naming what it counts). */
+static int at_count(VolumeCoreObject *self, PyObject *args, const char *what,
+                    unsigned long long *at, Py_ssize_t *n)
+{
+    if (!PyArg_ParseTuple(args, "Kn", at, n) || ready(self))
+        return -1;
+    if (*n < 0) {
+        PyErr_Format(PyExc_ValueError, "negative %s %zd", what, *n);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *vcpy_read(VolumeCoreObject *self, PyObject *args)
 {
     unsigned long long off;
     Py_ssize_t len;
-    if (!PyArg_ParseTuple(args, "Kn", &off, &len) || ready(self))
+    if (at_count(self, args, "length", &off, &len))
         return NULL;
-    if (len < 0)
-        return PyErr_Format(PyExc_ValueError, "negative length %zd", len);
     return filled_bytearray(self, vc_read, off, (size_t)len, len);
 }
 
@@ -285,52 +297,95 @@ static PyObject *vcpy_discard(VolumeCoreObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *vcpy_flush(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
+/* Calls with no argument or one u64, the GIL released, the code raised: the shape of flush,
+ * wipe_key, close_clean, kill, capture_end (core_fn) and set_size, capture_begin, fail_backing
+ * (u64_fn). */
+typedef int (*core_fn)(vcore *);
+typedef int (*u64_fn)(vcore *, uint64_t);
+
+static PyObject *core_call(VolumeCoreObject *self, core_fn fn, u64_fn ufn, uint64_t v)
 {
     if (ready(self))
         return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = vc_flush(self->core);
+    rc = fn ? fn(self->core) : ufn(self->core, v);
     Py_END_ALLOW_THREADS
     if (rc != 0)
         return raise_code(rc);
     Py_RETURN_NONE;
+}
+
+static PyObject *u64_call(VolumeCoreObject *self, PyObject *args, u64_fn fn)
+{
+    unsigned long long v;
+    if (!PyArg_ParseTuple(args, "K", &v))
+        return NULL;
+    return core_call(self, NULL, fn, v);
+}
+
+static int wipe_core(vcore *c)
+{
+    vc_wipe_key(c);
+    return 0;
+}
+
+static int kill_core(vcore *c)
+{
+    vc_kill(c);
+    return 0;
+}
+
+static int end_capture(vcore *c)
+{
+    vc_capture_end(c);
+    return 0;
+}
+
+static int fail_core(vcore *c, uint64_t err)
+{
+    vc_fail_backing(c, (int)err);
+    return 0;
+}
+
+static PyObject *vcpy_flush(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return core_call(self, vc_flush, NULL, 0);
 }
 
 static PyObject *vcpy_wipe_key(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (ready(self))
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    vc_wipe_key(self->core);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return core_call(self, wipe_core, NULL, 0);
+}
+
+static PyObject *vcpy_close_clean(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return core_call(self, vc_close_clean, NULL, 0);
+}
+
+static PyObject *vcpy_kill(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return core_call(self, kill_core, NULL, 0);
+}
+
+static PyObject *vcpy_capture_end(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return core_call(self, end_capture, NULL, 0);
 }
 
 static PyObject *vcpy_fail_backing(VolumeCoreObject *self, PyObject *args)
 {
-    int err;
-    if (!PyArg_ParseTuple(args, "i", &err) || ready(self))
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    vc_fail_backing(self->core, err);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return u64_call(self, args, fail_core);
 }
 
 static PyObject *vcpy_set_size(VolumeCoreObject *self, PyObject *args)
 {
-    unsigned long long size;
-    if (!PyArg_ParseTuple(args, "K", &size) || ready(self))
-        return NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = vc_set_size(self->core, size);
-    Py_END_ALLOW_THREADS
-    if (rc != 0)
-        return raise_code(rc);
-    Py_RETURN_NONE;
+    return u64_call(self, args, vc_set_size);
+}
+
+static PyObject *vcpy_capture_begin(VolumeCoreObject *self, PyObject *args)
+{
+    return u64_call(self, args, vc_capture_begin);
 }
 
 /* Records into a list of bytes (None for a hole), via fn (vc_read_records or vc_capture_read). */
@@ -339,10 +394,8 @@ static PyObject *records(VolumeCoreObject *self, PyObject *args,
 {
     unsigned long long first;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "Kn", &first, &n) || ready(self))
+    if (at_count(self, args, "count", &first, &n))
         return NULL;
-    if (n < 0)
-        return PyErr_Format(PyExc_ValueError, "negative count %zd", n);
     size_t ss = vc_record_size(self->core);
     unsigned char *buf = PyMem_Malloc(n * ss + 1), *present = PyMem_Malloc(n + 1);
     if (buf == NULL || present == NULL) {
@@ -387,26 +440,10 @@ static PyObject *vcpy_read_sealed(VolumeCoreObject *self, PyObject *args)
 {
     unsigned long long first;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "Kn", &first, &n) || ready(self))
+    if (at_count(self, args, "count", &first, &n))
         return NULL;
-    if (n < 0)
-        return PyErr_Format(PyExc_ValueError, "negative count %zd", n);
     return filled_bytearray(self, vc_read_sealed, first, (size_t)n,
                             n * (Py_ssize_t)vc_sector_size(self->core));
-}
-
-static PyObject *vcpy_capture_begin(VolumeCoreObject *self, PyObject *args)
-{
-    unsigned long long max_kept;
-    if (!PyArg_ParseTuple(args, "K", &max_kept) || ready(self))
-        return NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = vc_capture_begin(self->core, max_kept);
-    Py_END_ALLOW_THREADS
-    if (rc != 0)
-        return raise_code(rc);
-    Py_RETURN_NONE;
 }
 
 static PyObject *vcpy_capture_stats(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
@@ -419,16 +456,6 @@ static PyObject *vcpy_capture_stats(VolumeCoreObject *self, PyObject *Py_UNUSED(
         return raise_code(rc);
     return Py_BuildValue("{sKsKsKsO}", "captured", st.captured, "peak_kept", st.peak_kept,
                          "kept_bytes", st.kept_bytes, "failed", st.failed ? Py_True : Py_False);
-}
-
-static PyObject *vcpy_capture_end(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (ready(self))
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    vc_capture_end(self->core);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
 }
 
 static PyObject *vcpy_get_size(VolumeCoreObject *self, void *Py_UNUSED(closure))
@@ -446,36 +473,6 @@ static PyObject *vcpy_get_cipher(VolumeCoreObject *self, void *Py_UNUSED(closure
     return PyUnicode_FromString(self->cipher == VC_CIPHER_XTS   ? "xts"
                                 : self->cipher == VC_CIPHER_GCM ? "gcm"
                                                                 : "null");
-}
-
-/* A call on the core alone, GIL released: close_clean, kill. */
-static PyObject *plain_call(VolumeCoreObject *self, int (*fn)(vcore *))
-{
-    if (ready(self))
-        return NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fn(self->core);
-    Py_END_ALLOW_THREADS
-    if (rc != 0)
-        return raise_code(rc);
-    Py_RETURN_NONE;
-}
-
-static int kill_core(vcore *c)
-{
-    vc_kill(c);
-    return 0;
-}
-
-static PyObject *vcpy_close_clean(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
-{
-    return plain_call(self, vc_close_clean);
-}
-
-static PyObject *vcpy_kill(VolumeCoreObject *self, PyObject *Py_UNUSED(ignored))
-{
-    return plain_call(self, kill_core);
 }
 
 static PyObject *vcpy_gcm_grow(VolumeCoreObject *self, PyObject *args)
