@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import struct
 import uuid as _uuid
+from typing import TYPE_CHECKING, Protocol
 
 from volumed.cipher import XtsCipher
 from volumed.errors import FormatError, IntegrityError, UsageError
@@ -31,6 +32,10 @@ from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
 from volumed.volume.header import GCM_META_INFO, GCM_NOTE_INFO, compute_mac, derive_key
 from volumed.volume.refcore import RefCore
 from volumed.volume.xtsstore import XtsStore
+
+if TYPE_CHECKING:
+    from volumed.volume.device import Volume
+    from volumed.volume.header import VolumeHeader
 
 PAGE = 4096
 _ZERO = bytes(PAGE)
@@ -271,18 +276,32 @@ class GcmOpened(Opened):
             self.drop()
 
 
+class GcmNativeCore(cores.VolumeCore, Protocol):
+    """volumed._native.VolumeCore(cipher="gcm"): the protocol plus the GCM session's calls."""
+
+    def close_clean(self) -> None: ...
+    def kill(self) -> None: ...
+    def gcm_grow(self, size: int, mac_template: str, header_template: str) -> None: ...
+    def gcm_state(self) -> tuple[int, int, int, int]: ...
+
+
+# The gcm= argument of a native GCM core (native/vcore_py.c, vcpy_init).
+GcmSessionArg = tuple[bytearray, bytearray, bytearray, bytes, bytes, int, int, int, int, int, int,
+                      int, bytes, str, str]
+
+
 class GcmNativeOpened(Opened):
     """A GCM volume served by the native GCM store (native/vc_gcmstore.c) in a native core."""
 
     flush_is_barrier = True
 
-    def __init__(self, core, h, mac_key: bytearray):
-        self.core = core
+    def __init__(self, core: GcmNativeCore, h: VolumeHeader, mac_key: bytearray) -> None:
+        self.core: GcmNativeCore = core
         self._h = h
         self._mac_key = mac_key  # the Volume's own (it wipes it at close)
 
     @property
-    def native(self):
+    def native(self) -> GcmNativeCore:
         return self.core
 
     def _sync_header(self) -> None:
@@ -292,7 +311,7 @@ class GcmNativeOpened(Opened):
         h.seqid, h.nonce_reserved, h.nonce_flushed = seqid, reserved, flushed
         h.mac = compute_mac(self._mac_key, h)
 
-    def resize(self, vol, new_size: int) -> None:
+    def resize(self, vol: Volume, new_size: int) -> None:
         _commit_header(vol, new_size, lambda: self.core.gcm_grow(
             new_size, *gcmformat.header_templates(vol.header)))
         self._sync_header()
@@ -308,8 +327,8 @@ class GcmNativeOpened(Opened):
         self.core.kill()
 
 
-def _native_session(store: GcmStore, h, meta_key: bytearray, note_key: bytearray,
-                    mac_key: bytearray) -> tuple:
+def _native_session(store: GcmStore, h: VolumeHeader, meta_key: bytearray, note_key: bytearray,
+                    mac_key: bytearray) -> GcmSessionArg:
     """The ``gcm=`` argument of a native GCM VolumeCore: the session ``store`` began (the keys are
     copied into the core's locked memory and these buffers wiped by it; mac_key is copied first,
     the Volume keeps its own)."""
