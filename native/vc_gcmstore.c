@@ -840,8 +840,12 @@ static int gcm_flush(vc_store *s)
         st->flushed = last;
         rc = write_note(s, last);
     }
-    if (rc == 0)
-        rc = punch_stale(s);
+    if (rc != 0) { /* no note: forget which sectors are volatile, keep the zeroed for the next */
+        if (st->dcap)
+            memset(st->dmask, 0, st->dcap * sizeof *st->dmask);
+        return rc;
+    }
+    rc = punch_stale(s);
     if (st->dcap) { /* forget which sectors are volatile and which were zeroed */
         memset(st->dkey, 0xff, st->dcap * sizeof *st->dkey);
         memset(st->dmask, 0, st->dcap * sizeof *st->dmask);
@@ -906,7 +910,10 @@ static int gcm_seal_zeros(vc_store *s, uint64_t first, size_t n, unsigned char *
                    s->name);
 }
 
-/* The slot a read uses of sector index i (doubtful newest slot verified first), or -1 for none. */
+#define NO_SLOT 2
+
+/* The slot a read uses of sector index i (doubtful newest slot verified first): 0 or 1,
+ * NO_SLOT when it stores no data, or a negative code. */
 static int current_slot(vc_store *s, uint64_t g, unsigned i, unsigned char *page,
                         unsigned char *probe)
 {
@@ -915,7 +922,7 @@ static int current_slot(vc_store *s, uint64_t g, unsigned i, unsigned char *page
         unsigned at = t ? 1 - k : k;
         uint64_t c = ctr_of(page, i, at);
         if (c == 0)
-            return -1;
+            return NO_SLOT;
         if (is_doubtful(ST(s), c)) {
             int ok = decrypt_slot(s, g, i, at, page, probe);
             if (ok < 0)
@@ -923,9 +930,9 @@ static int current_slot(vc_store *s, uint64_t g, unsigned i, unsigned char *page
             if (!ok)
                 continue; /* crash residue: the version is the other slot */
         }
-        return tag_zero(page, i, at) ? -1 : (int)at;
+        return tag_zero(page, i, at) ? NO_SLOT : (int)at;
     }
-    return -1;
+    return NO_SLOT;
 }
 
 /* Records: salt + nonce + tag + the slot's data page (gcmstore.current_slots, formats.gcm_records). */
@@ -939,12 +946,12 @@ static int gcm_records(vc_store *s, uint64_t first, size_t n, unsigned char *out
         for (unsigned j = 0; j < cnt && rc == 0; j++) {
             unsigned char *rec = out + (rel + j) * REC_BYTES;
             int k = current_slot(s, g, i0 + j, page, probe);
-            if (k < -1) {
+            if (k < 0) {
                 rc = k;
                 break;
             }
-            present[rel + j] = k >= 0;
-            if (k < 0) {
+            present[rel + j] = k != NO_SLOT;
+            if (k == NO_SLOT) {
                 memset(rec, 0, REC_BYTES);
                 continue;
             }
