@@ -6,7 +6,11 @@
   slot entry); a write after such a rollback still outranks what is on disk (skip-ahead);
 - a power cut right after fsync: the acknowledged data reads back, and a flipped byte in its slot
   is an IntegrityError, not the older version;
-- more than MAX_DOUBTFUL unclean sessions: resolved, never merged over counters that were clean.
+- more than MAX_DOUBTFUL unclean sessions: resolved, never merged over counters that were clean;
+- a crash between a flush's fdatasync and its nonce note: the data reads back, no pair repeats.
+
+Every attack runs on both GCM stores: the native one (native/vc_gcmstore.c, the default) and the
+Python reference (gcmstore.GcmStore, VOLUMED_CIPHER=reference).
 """
 
 from __future__ import annotations
@@ -20,10 +24,25 @@ import pytest
 from volumed.errors import IntegrityError
 from volumed.volume import Volume, gcmformat as F, gcmstore
 from volumed.volume.backing import BackingFile, RecordingBackingFile, simulate_power_cut
+from volumed.volume.cores import native_module
 
 SS = 4096
 SIZE = 1 << 20
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True, params=["native", "reference"])
+def store(request, monkeypatch):
+    """The GCM store every Volume.open of the test uses."""
+    if request.param == "native" and native_module() is None:
+        pytest.skip("needs the native extension")
+    if request.param == "reference":
+        monkeypatch.setenv("VOLUMED_CIPHER", "reference")
+    return request.param
+
+
+def _served_by(vol, store) -> None:
+    assert (vol.native_core is not None) == (store == "native")
 
 
 def _entries(path):
@@ -243,3 +262,32 @@ def test_resolution_skips_a_damaged_metadata_page(make_volume, kms, monkeypatch)
         assert len(vol.header.doubtful) <= 1
         with pytest.raises(IntegrityError, match="metadata of sectors 100-149"):
             vol.read(120 * SS, SS)
+
+
+def test_a_crash_between_the_data_and_the_note_repeats_no_pair(make_volume, kms, tmp_path, store):
+    """The flush's fdatasync completed but the process died before its nonce note: the data is
+    durable and reads back (its counters are doubtful, and it verifies); the next session writes
+    under a new subkey, so no (key, nonce) pair repeats although the counters come back."""
+    path = make_volume("gcm", size=SIZE)
+    plain = {}
+    with Volume.open(path, kms=kms) as vol:
+        _served_by(vol, store)
+        plain.update({(path, s): p for s, p in _write(vol, range(4), 1).items()})
+    old_header = open(path, "rb").read(F.DATA_OFFSET)
+    journal = str(tmp_path / "journal")
+    vol = Volume.open(path, kms=kms, backing=RecordingBackingFile(path, journal))
+    for s in range(4, 8):
+        plain[(path, s)] = bytes([2]) * SS
+        vol.write(s * SS, plain[(path, s)])
+    vol._backing.fdatasync()      # the flush's data made durable ...
+    vol.abandon()                 # ... and the process dies before the note
+    simulate_power_cut(path, journal, mode="all")
+    with Volume.open(path, kms=kms) as vol:
+        assert vol.header.doubtful, "the unnoted counters are doubtful"
+        assert vol.read(0, 8 * SS) == bytes([1]) * 4 * SS + bytes([2]) * 4 * SS
+    with open(path, "r+b") as f:
+        f.write(old_header)       # the header from before the crashed session: its counters again
+    with Volume.open(path, kms=kms) as vol:  # (in a group the crashed session did not touch)
+        plain.update({(path, s): p for s, p in _write(vol, range(60, 64), 3).items()})
+        assert vol.read(0, 8 * SS) == bytes([1]) * 4 * SS + bytes([2]) * 4 * SS
+    _assert_no_pair_repeats([path], plain)
