@@ -293,8 +293,9 @@ def test_native_reads_run_while_python_holds_the_gil(make_volume, kms):
         assert len(inside) >= 10, (len(inside), t1 - t0)
 
 
-def test_wipe_key_waits_for_calls_in_flight_then_refuses(make_volume, kms):
-    path = make_volume("xts", size=32 << 20)
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_wipe_key_waits_for_calls_in_flight_then_refuses(make_volume, kms, cipher):
+    path = make_volume(cipher, size=32 << 20)
     vol = Volume.open(path, kms=kms)
     try:
         core = vol.native_core
@@ -319,13 +320,14 @@ def test_wipe_key_waits_for_calls_in_flight_then_refuses(make_volume, kms):
         vol.close()
 
 
-def test_stress_threads_against_a_model(make_volume, kms):
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_stress_threads_against_a_model(make_volume, kms, cipher):
     """16 threads for a few seconds: random unaligned writes, discards and reads, with flushes,
     each thread in its own 4-sector blocks (interleaved with the others', so neighbouring sectors
     are rewritten concurrently); every read of a thread's own bytes matches its model at once, and
     at the end the whole volume matches the models byte for byte, also after reopening."""
     size, block, threads = 4 << 20, 4 * SS, 16
-    path = make_volume("xts", size=size)
+    path = make_volume(cipher, size=size)
     vol = Volume.open(path, kms=kms)
     model = bytearray(size)
     errors = []
@@ -373,10 +375,11 @@ def test_stress_threads_against_a_model(make_volume, kms):
         assert again.read(0, size) == model
 
 
-def test_wipe_key_under_many_threads(make_volume, kms):
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_wipe_key_under_many_threads(make_volume, kms, cipher):
     """8 threads reading and writing while the key is wiped: every call either completes with
     the right bytes or raises KeyAccessError; none started after wipe_key returned succeeds."""
-    path = make_volume("xts", size=8 << 20)
+    path = make_volume(cipher, size=8 << 20)
     vol = Volume.open(path, kms=kms)
     try:
         vol.write(0, b"k" * (8 << 20))
