@@ -100,7 +100,6 @@ typedef struct {
     uint64_t *doubtful;      /* pairs (lo, hi] */
     size_t ndoubtful;
     char *mac_tmpl, *hdr_tmpl;
-    uint64_t size;           /* volume bytes (for groups_for) */
     /* dirty map: group -> (written since the flush, zeroed since the flush) bit masks */
     uint64_t *dkey, *dmask, *zmask;
     size_t dcap, dused;
