@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from tests.volume.conftest import raw_key
 from volumed.errors import KeyAccessError, StateError, UsageError
 from volumed.volume import RecordingBackingFile, Volume, simulate_power_cut
+from volumed.volume import gcmformat as F
 from volumed.volume.cores import native_module
+from volumed.volume.header import MAC_INFO, derive_key, verify_mac
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(native_module() is None, reason="needs the native extension")]
@@ -262,6 +264,28 @@ def test_gcm_files_open_with_either_store(gcm_pair, writer):
         data[7 * SS:8 * SS] = b"r" * SS
     with Volume._open_with_key(vol.path, bytearray(gcm_pair.key), core=writer) as again:
         assert again.read(0, 2 * SIZE) == data
+
+
+def test_native_gcm_header_copies_are_the_python_encoding(gcm_pair):
+    """With doubtful ranges (unclean sessions), the header copy the native store writes at close
+    verifies and is byte for byte gcmformat.encode_copy of what it says."""
+    vol = gcm_pair("native")
+    path = vol.path
+    vol.abandon()
+    for _ in range(2):
+        v = Volume._open_with_key(path, bytearray(gcm_pair.key))
+        v.write(0, os.urandom(2 * SS))
+        v.abandon()                     # unclean: its counters become doubtful
+    v = Volume._open_with_key(path, bytearray(gcm_pair.key))
+    assert v.native_core is not None and v.header.doubtful
+    v.write(60 * SS, b"q" * SS)
+    v.close()
+    raw = open(path, "rb").read(2 * F.HDR_SIZE)
+    h, copies = F.decode(lambda o, n: raw[o:o + n])
+    assert all(c.ok for c in copies) and h.doubtful and h.nonce_flushed == h.nonce_reserved
+    verify_mac(derive_key(gcm_pair.key, h.uuid, MAC_INFO), h, path)
+    off, data = F.encode_copy(h)
+    assert raw[off:off + F.HDR_SIZE] == data
 
 
 def test_native_reads_run_while_python_holds_the_gil(make_volume, kms):
