@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tests.volume.conftest import raw_key
 from volumed.errors import KeyAccessError, StateError, UsageError
 from volumed.volume import RecordingBackingFile, Volume, simulate_power_cut
-from volumed.volume import gcmformat as F
+from volumed.volume import gcmformat as F, gcmstore
 from volumed.volume.cores import native_module
 from volumed.volume.header import MAC_INFO, derive_key, verify_mac
 
@@ -59,8 +59,6 @@ def pair(make_volume, kms, tmp_path):
 @pytest.fixture
 def gcm_pair(make_volume, kms, tmp_path, monkeypatch):
     """The same for GCM, every session with one salt (so both files can be byte-identical)."""
-    from volumed.volume import gcmstore
-
     monkeypatch.setattr(gcmstore, "new_salt", lambda: b"\x5a" * 16)
     yield from _pair(make_volume, kms, tmp_path, "gcm")
 
