@@ -515,8 +515,13 @@ static int meta(vc_store *s, uint64_t g, unsigned char *page)
             if (ctr_of(page, i, k) > top)
                 top = ctr_of(page, i, k);
     pthread_mutex_lock(&st->ctr_mu);
-    if (top >= st->next) /* the header is older than the data: count on from above it */
+    if (top >= st->next) { /* the header is older than the data: count on from above it */
+        fprintf(stderr, "volumed: GCM volume %s: sectors %llu-%llu hold counter %llu above this "
+                "session's %llu (the header is older than the data); counting on from above it\n",
+                s->name, (unsigned long long)(g * G), (unsigned long long)(g * G + G - 1),
+                (unsigned long long)top, (unsigned long long)st->next);
         st->next = top + 1;
+    }
     pthread_mutex_unlock(&st->ctr_mu);
     cache_put(s, g, page, 0); /* not cached if a dirty page could not make room: loaded again */
     return 0;
