@@ -8,7 +8,9 @@
  *                 semantics of volumed.volume.backing.RecordingBackingFile, same record format).
  *   vc_rangelock  exclusive locks on half-open sector ranges plus a whole-space barrier.
  *   vc_store      whole-sector read/write/discard/flush of one format: XTS (LUKS2 aes-xts-plain64,
- *                 all-zero on-disk sector = hole) and null (plain bytes, benchmark only).
+ *                 all-zero on-disk sector = hole), GCM format 2 (vc_gcmstore.c: two slots per
+ *                 sector, session subkeys, metadata groups as lock units, a barrier flush) and
+ *                 null (plain bytes, benchmark only).
  *   vc_capture    the copy-on-write capture session of a snapshot of a live volume.
  *   vcore.c       the vcore.h API: range checks, key latch, partial-sector read-modify-write. */
 #ifndef VOLUMED_VC_INTERNAL_H
