@@ -145,8 +145,11 @@ static int vcpy_init(VolumeCoreObject *self, PyObject *args, PyObject *kw)
     Py_buffer kb = {0};
     int have_key = keyobj != Py_None;
     if (have_key) {
-        if (PyObject_GetBuffer(keyobj, &kb, PyBUF_SIMPLE) != 0)
+        if (PyObject_GetBuffer(keyobj, &kb, PyBUF_SIMPLE) != 0) {
+            for (int i = 0; have_gcm && i < 3; i++)
+                PyBuffer_Release(&gb[i]);
             return -1;
+        }
         cfg.key = kb.buf;
         cfg.key_len = (size_t)kb.len;
     }
