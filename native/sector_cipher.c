@@ -1,5 +1,5 @@
 /* volumed._native: the sector cipher's Python face (see volumed/cipher/__init__.py for the contract
- * and volumed/cipher/_native.pyi for the typed API).
+ * and volumed/_native.pyi for the typed API).
  *
  * This file only parses arguments, holds buffers (buffer protocol, no copies), releases the GIL and
  * hands the batch to the thread pool (workpool.c) which runs the per-sector loops of the core

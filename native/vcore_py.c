@@ -1,5 +1,5 @@
 /* volumed._native.VolumeCore: the Python face of the native volume core (vcore.h), typed in
- * volumed/cipher/_native.pyi. Parses arguments, holds buffers (buffer protocol, no copies), releases
+ * volumed/_native.pyi. Parses arguments, holds buffers (buffer protocol, no copies), releases
  * the GIL around every call into the core and turns its codes into volumed.errors exceptions (the
  * one mapping of the Python side; the FUSE engine maps the same codes to errno values).
  * volumed.volume.cores wraps nothing around it: it satisfies the VolumeCore protocol itself. */

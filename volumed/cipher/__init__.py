@@ -36,8 +36,11 @@ VOLUMED_CIPHER=reference forces the reference (for tests and benchmarks).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from volumed.cipher import reference
 
@@ -48,9 +51,10 @@ GCM_NONCE_BYTES = 12
 GCM_TAG_BYTES = 16
 
 
-def _load_native():
+def _load_native() -> tuple[ModuleType | None, ImportError | None]:
     try:
-        from volumed import _native  # type: ignore[attr-defined]
+        # deferred: the extension is optional (not built, or VOLUMED_CIPHER=reference skips it)
+        from volumed import _native
     except ImportError as exc:
         return None, exc
     if not hasattr(_native, "XtsCipher"):
@@ -73,11 +77,9 @@ _KAT_GCM = ("92e11dcdaa866f5ce790fd24501f92509aacf4cb8b1339d50c9c1240935dd08b", 
             "8995ae2e6df3dbf96fac7b7137bae67f", "eca5aa77d51d4a0a14d9c51e1da474ab")
 
 
-def _self_test(native) -> None:
+def _self_test(native: ModuleType) -> None:
     """Known-answer check of a freshly imported native module (called once by _load_native):
     XTS encrypt/decrypt and GCM seal/open/tamper. Raises AssertionError on any mismatch."""
-    import hashlib
-
     key = bytearray.fromhex(_KAT_XTS_KEY)
     plain = bytes(range(256)) * 2
     buf = bytearray(plain)
@@ -100,7 +102,7 @@ def _self_test(native) -> None:
     gcm.close()
 
 
-def _select():
+def _select() -> tuple[ModuleType, str]:
     forced = os.environ.get("VOLUMED_CIPHER", "").lower()
     if forced == "reference":
         return reference, "reference"
@@ -118,10 +120,19 @@ def _select():
 
 
 _impl, _impl_name = _select()
-XtsCipher = _impl.XtsCipher
-GcmCipher = _impl.GcmCipher
+if TYPE_CHECKING:
+    # The typed contract (volumed/_native.pyi); the reference implements the same API.
+    from volumed._native import GcmCipher, XtsCipher
+else:
+    XtsCipher = _impl.XtsCipher
+    GcmCipher = _impl.GcmCipher
 
 
 def implementation() -> str:
     """Which sector cipher is active: "native (OpenSSL ...)" or "reference"."""
     return _impl_name
+
+
+def native_module() -> ModuleType | None:
+    """volumed._native when it is the active implementation (loaded, self-tested), else None."""
+    return _impl if _impl is not reference else None

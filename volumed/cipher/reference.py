@@ -20,18 +20,27 @@ from __future__ import annotations
 
 import hmac
 import struct
+from typing import TYPE_CHECKING, SupportsIndex
 
 import numpy as np
+import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer, Self
+
+# What the known-answer helpers take: byte strings whose length they check.
+Bytes = bytes | bytearray | memoryview
+U64Array = npt.NDArray[np.uint64]
 
 MAX_SECTOR_SIZE = 16 * 1024 * 1024
 _U64 = np.dtype("<u8")
 _M64 = (1 << 64) - 1
 
 
-def _take_key(key, size: int) -> bytearray:
+def _take_key(key: Buffer, size: int) -> bytearray:
     """Copy key (any bytes-like of ``size`` bytes) into a new bytearray; overwrite the caller's
     buffer with zeros when it is writable. Wrong length: ValueError, the caller's buffer untouched."""
     view = memoryview(key).cast("B")
@@ -50,7 +59,7 @@ def _check_sector_size(sector_size: int, multiple_of_512: bool) -> int:
     return sector_size
 
 
-def _check_sector(first_sector, n: int, step: int, what: str) -> int:
+def _check_sector(first_sector: SupportsIndex, n: int, step: int, what: str) -> int:
     """first_sector as an int whose batch's largest counter ((first+n-1)*step) fits 64 bits."""
     first = int(first_sector.__index__())
     if not 0 <= first <= _M64:
@@ -60,7 +69,7 @@ def _check_sector(first_sector, n: int, step: int, what: str) -> int:
     return first
 
 
-def _check_buf(buf, out, sector_size: int) -> tuple[memoryview, memoryview]:
+def _check_buf(buf: Buffer, out: Buffer | None, sector_size: int) -> tuple[memoryview, memoryview]:
     """The byte views of buf and of the output (out, or buf itself), checked as the native core
     checks them: writable output, whole sectors, equal lengths, no partial overlap."""
     src = memoryview(buf).cast("B")
@@ -78,7 +87,7 @@ def _check_buf(buf, out, sector_size: int) -> tuple[memoryview, memoryview]:
     return src, dst
 
 
-def _side(obj, want: int, writable: bool, what: str) -> memoryview:
+def _side(obj: Buffer, want: int, writable: bool, what: str) -> memoryview:
     view = memoryview(obj).cast("B")
     if len(view) != want or (writable and view.readonly):
         prefix = "a writable buffer of " if writable else ""
@@ -86,7 +95,7 @@ def _side(obj, want: int, writable: bool, what: str) -> memoryview:
     return view
 
 
-def _times_x_pow(lo: np.ndarray, hi: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+def _times_x_pow(lo: U64Array, hi: U64Array, m: int) -> tuple[U64Array, U64Array]:
     """Multiply GF(2^128) elements (XTS byte order: 128-bit little-endian, as lo/hi uint64 arrays)
     by x^m, 1 <= m <= 64, reducing modulo x^128 + x^7 + x^2 + x + 1."""
     if m == 64:
@@ -101,7 +110,7 @@ def _times_x_pow(lo: np.ndarray, hi: np.ndarray, m: int) -> tuple[np.ndarray, np
     return lo2 ^ red_lo, hi2 ^ red_hi
 
 
-def _block_tweaks(t: np.ndarray, blocks: int) -> np.ndarray:
+def _block_tweaks(t: U64Array, blocks: int) -> U64Array:
     """From encrypted sector tweaks t (n x 2 uint64, lo/hi) the tweak of every block:
     an (n, blocks, 2) array whose [i, j] is t[i] * alpha^j."""
     n = t.shape[0]
@@ -122,7 +131,7 @@ def _block_tweaks(t: np.ndarray, blocks: int) -> np.ndarray:
     return tw
 
 
-def xts_units(key, tweaks: bytes, data, encrypt: bool) -> memoryview:
+def xts_units(key: Bytes, tweaks: bytes, data: Buffer, encrypt: bool) -> memoryview:
     """XTS over n data units of equal length (a multiple of 16): data unit i uses the 16-byte tweak
     tweaks[16i:16i+16]. key is 32 (AES-128-XTS) or 64 (AES-256-XTS) bytes, K1 || K2. The core of
     XtsCipher, and the reference side of the XTS known-answer tests (kat_xts)."""
@@ -138,9 +147,9 @@ def xts_units(key, tweaks: bytes, data, encrypt: bool) -> memoryview:
     x = np.frombuffer(data, _U64).reshape(n, blocks, 2) ^ tw
     aes = Cipher(algorithms.AES(k1), modes.ECB())
     ctx = aes.encryptor() if encrypt else aes.decryptor()
-    y = np.frombuffer(ctx.update(memoryview(x.reshape(-1)).cast("B")), _U64).reshape(n, blocks, 2)
+    y = np.frombuffer(ctx.update(x.reshape(-1).data.cast("B")), _U64).reshape(n, blocks, 2)
     np.bitwise_xor(y, tw, out=x)
-    return memoryview(x.reshape(-1)).cast("B")
+    return x.reshape(-1).data.cast("B")
 
 
 INT_MAX = 2**31 - 1
@@ -153,7 +162,7 @@ def _kat_len_ok(fn: str, what: str, n: int) -> None:
         raise ValueError(f"{fn}: {what} of {n} bytes is longer than INT_MAX ({INT_MAX} bytes)")
 
 
-def kat_xts(key, tweak, data, encrypt: bool) -> bytes:
+def kat_xts(key: Bytes, tweak: Bytes, data: Bytes, encrypt: bool) -> bytes:
     """One XTS data unit, for known-answer tests only (mirrors volumed._native.kat_xts)."""
     if len(key) not in (32, 64) or len(tweak) != 16 or len(data) % 16 or not len(data):
         raise ValueError("kat_xts needs a 32- or 64-byte key, a 16-byte tweak and whole blocks")
@@ -161,7 +170,7 @@ def kat_xts(key, tweak, data, encrypt: bool) -> bytes:
     return bytes(xts_units(bytes(key), bytes(tweak), data, encrypt))
 
 
-def kat_gcm_seal(key, nonce, aad, data) -> tuple[bytes, bytes]:
+def kat_gcm_seal(key: Bytes, nonce: Bytes, aad: Bytes, data: Bytes) -> tuple[bytes, bytes]:
     """AES-256-GCM seal, for known-answer tests only (mirrors volumed._native.kat_gcm_seal)."""
     if len(key) != 32 or len(nonce) != 12:
         raise ValueError("kat_gcm needs a 32-byte key and a 12-byte nonce")
@@ -171,7 +180,7 @@ def kat_gcm_seal(key, nonce, aad, data) -> tuple[bytes, bytes]:
     return ct[:-16], ct[-16:]
 
 
-def kat_gcm_open(key, nonce, aad, data, tag) -> bytes | None:
+def kat_gcm_open(key: Bytes, nonce: Bytes, aad: Bytes, data: Bytes, tag: Bytes) -> bytes | None:
     """AES-256-GCM open; None when the tag does not verify (known-answer tests only)."""
     if len(key) != 32 or len(nonce) != 12:
         raise ValueError("kat_gcm needs a 32-byte key and a 12-byte nonce")
@@ -205,25 +214,25 @@ class _Keyed:
             self._key[:] = bytes(len(self._key))
             self._key = None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self._live_key()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 class XtsCipher(_Keyed):
     """AES-256-XTS sectors with the LUKS2 aes-xts-plain64 tweak (see volumed.cipher)."""
 
-    def __init__(self, key, sector_size: int = 4096):
+    def __init__(self, key: Buffer, sector_size: int = 4096) -> None:
         self.sector_size = _check_sector_size(sector_size, True)
         self._key = _take_key(key, 64)
         if hmac.compare_digest(bytes(self._key[:32]), bytes(self._key[32:])):
             self.close()
             raise ValueError("XTS key halves must differ")
 
-    def _run(self, buf, first_sector, out, encrypt: bool) -> None:
+    def _run(self, buf: Buffer, first_sector: SupportsIndex, out: Buffer | None, encrypt: bool) -> None:
         key = self._live_key()
         ss = self.sector_size
         src, dst = _check_buf(buf, out, ss)
@@ -237,11 +246,11 @@ class XtsCipher(_Keyed):
         tweaks[:, 0] = units
         dst[:] = xts_units(key, tweaks.tobytes(), src, encrypt)
 
-    def encrypt(self, buf, first_sector: int, out=None) -> None:
+    def encrypt(self, buf: Buffer, first_sector: int, out: Buffer | None = None) -> None:
         """Encrypt whole sectors; sector i of buf is sector first_sector + i."""
         self._run(buf, first_sector, out, True)
 
-    def decrypt(self, buf, first_sector: int, out=None) -> None:
+    def decrypt(self, buf: Buffer, first_sector: int, out: Buffer | None = None) -> None:
         """Decrypt whole sectors; sector i of buf is sector first_sector + i."""
         self._run(buf, first_sector, out, False)
 
@@ -249,7 +258,7 @@ class XtsCipher(_Keyed):
 class GcmCipher(_Keyed):
     """AES-256-GCM sectors, one nonce and tag per sector, AAD = aad_prefix || be64(sector)."""
 
-    def __init__(self, key, aad_prefix: bytes, sector_size: int = 4096):
+    def __init__(self, key: Buffer, aad_prefix: Buffer, sector_size: int = 4096) -> None:
         prefix = bytes(aad_prefix)
         if len(prefix) > 1 << 20:
             raise ValueError("aad_prefix must be at most 1 MiB")
@@ -257,7 +266,9 @@ class GcmCipher(_Keyed):
         self.sector_size = _check_sector_size(sector_size, False)
         self._key = _take_key(key, 32)
 
-    def _begin(self, buf, first_sector, nonces, tags, out, seal: bool):
+    def _begin(self, buf: Buffer, first_sector: SupportsIndex, nonces: Buffer, tags: Buffer,
+               out: Buffer | None, seal: bool
+               ) -> tuple[AESGCM, memoryview, memoryview, int, int, memoryview, memoryview]:
         """Checked arguments of one call: (aead, src, dst, first, n, nonce view, tag view)."""
         aead = AESGCM(memoryview(self._live_key()))
         src, dst = _check_buf(buf, out, self.sector_size)
@@ -270,7 +281,7 @@ class GcmCipher(_Keyed):
     def _aad(self, sector: int) -> bytes:
         return self._aad_prefix + struct.pack(">Q", sector)
 
-    def derive(self, salt, info, aad_prefix) -> "GcmCipher":
+    def derive(self, salt: Buffer, info: Buffer, aad_prefix: Buffer) -> GcmCipher:
         """A new GcmCipher keyed by HKDF-SHA256(this key, salt, info), with ``aad_prefix``."""
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -279,7 +290,8 @@ class GcmCipher(_Keyed):
                              info=bytes(info)).derive(bytes(self._live_key())))
         return GcmCipher(sub, aad_prefix, self.sector_size)
 
-    def encrypt(self, buf, first_sector: int, nonces, tags_out, out=None) -> None:
+    def encrypt(self, buf: Buffer, first_sector: int, nonces: Buffer, tags_out: Buffer,
+                out: Buffer | None = None) -> None:
         """Seal whole sectors; tags_out receives one 16-byte tag per sector."""
         aead, src, dst, first, n, nv, tv = self._begin(buf, first_sector, nonces, tags_out, out, True)
         ss = self.sector_size
@@ -288,12 +300,13 @@ class GcmCipher(_Keyed):
             dst[i * ss:(i + 1) * ss] = ct[:ss]
             tv[16 * i:16 * i + 16] = ct[ss:]
 
-    def decrypt(self, buf, first_sector: int, nonces, tags, out=None) -> list[int]:
+    def decrypt(self, buf: Buffer, first_sector: int, nonces: Buffer, tags: Buffer,
+                out: Buffer | None = None) -> list[int]:
         """Open whole sectors; returns the indices (relative to buf) that failed to verify, whose
         output is zero-filled."""
         aead, src, dst, first, n, nv, tv = self._begin(buf, first_sector, nonces, tags, out, False)
         ss = self.sector_size
-        failed = []
+        failed: list[int] = []
         for i in range(n):
             sealed = bytes(src[i * ss:(i + 1) * ss]) + bytes(tv[16 * i:16 * i + 16])
             try:

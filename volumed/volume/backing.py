@@ -28,8 +28,17 @@ import os
 import random
 import secrets
 import struct
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeAlias
 
 from volumed.errors import FormatError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from volumed._native import VolumeCore as NativeCore
+
+StrPath: TypeAlias = str | os.PathLike[str]
 
 PAGE = 4096
 _REC = struct.Struct("<QQ")
@@ -44,20 +53,21 @@ def _punch(fd: int, offset: int, length: int) -> None:
     global _fallocate
     if _fallocate is None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        _fallocate = libc.fallocate
-        _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        fn = libc.fallocate
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        _fallocate = fn
     if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
-_fallocate = None
+_fallocate: Callable[[int, int, int, int], int] | None = None
 
 
 class BackingFile:
     """A volume's backing file opened read-write (or read-only with ``readonly=True``)."""
 
-    def __init__(self, path, *, readonly: bool = False, create: bool = False):
+    def __init__(self, path: StrPath, *, readonly: bool = False, create: bool = False):
         flags = os.O_RDONLY if readonly else os.O_RDWR
         if create:
             flags |= os.O_CREAT | os.O_EXCL
@@ -66,13 +76,13 @@ class BackingFile:
         self.fd = os.open(self.path, flags, 0o600)
         self.readonly = readonly
 
-    def native_spec(self) -> dict | None:
+    def native_spec(self) -> dict[str, int] | None:
         """The descriptors the native core serves this file with (VolumeCore keyword arguments:
         fd, journal_fd, ...), or None when a subclass hooks the calls (test tracers): then the
         reference core serves it, so every call still goes through the hooks."""
         return {"fd": self.fd} if type(self) is BackingFile else None
 
-    def served_by(self, core) -> None:
+    def served_by(self, core: NativeCore) -> None:
         """Told by the format when a native core serves this file (it then does its I/O itself)."""
         return None
 
@@ -82,7 +92,7 @@ class BackingFile:
         self.preadinto(offset, buf)
         return buf
 
-    def preadinto(self, offset: int, buf) -> None:
+    def preadinto(self, offset: int, buf: Buffer) -> None:
         """Fill the writable buffer ``buf`` from ``offset`` (zeros past end of file)."""
         mv = memoryview(buf).cast("B")
         done = 0
@@ -93,21 +103,21 @@ class BackingFile:
                 return
             done += n
 
-    def pwrite(self, offset: int, data) -> None:
+    def pwrite(self, offset: int, data: Buffer) -> None:
         """Write all of ``data`` at ``offset``."""
         mv = memoryview(data).cast("B")
         done = 0
         while done < len(mv):
             done += os.pwrite(self.fd, mv[done:], offset + done)
 
-    def pwrite_durable(self, offset: int, data) -> None:
+    def pwrite_durable(self, offset: int, data: Buffer) -> None:
         """Write ``data`` at ``offset`` and return once it is durable (RWF_DSYNC: this write only,
-        not the others pending; on ext4 a fifth of an fdatasync for an overwritten page). Falls
-        back to pwrite + fdatasync where the flag is missing."""
+        not the others pending, cheaper than an fdatasync: docs/PERFORMANCE.md, "GCM
+        write+fsync"). Falls back to pwrite + fdatasync where the flag is missing."""
         flag = getattr(os, "RWF_DSYNC", 0)
         if flag:
             try:
-                if os.pwritev(self.fd, [data], offset, flag) == len(data):
+                if os.pwritev(self.fd, [data], offset, flag) == memoryview(data).nbytes:
                     return
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
@@ -150,15 +160,20 @@ def publish(tmp: str, path: str) -> None:
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, "exists", path) from None
         os.rename(tmp, path)
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    fsync_dir(path)
+
+
+def fsync_dir(path: str) -> None:
+    """Make the directory entry of ``path`` durable (fsync of its directory)."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def staged_file(path):
+def staged_file(path: StrPath) -> Iterator[BackingFile]:
     """Build the new file ``path`` out of sight: yields a BackingFile on a hidden name in the same
     directory (``.NAME.tmp-RANDOM``); when the block ends normally the file is fdatasynced and
     published under ``path`` (``publish``: never replaces a file); when it raises, the file is
@@ -182,12 +197,13 @@ def staged_file(path):
 class RecordingBackingFile(BackingFile):
     """BackingFile that keeps an undo journal of everything written since the last fdatasync."""
 
-    def __init__(self, path, journal_path, **kw):
-        super().__init__(path, **kw)
+    def __init__(self, path: StrPath, journal_path: StrPath, *, readonly: bool = False,
+                 create: bool = False):
+        super().__init__(path, readonly=readonly, create=create)
         self.journal_path = os.fspath(journal_path)
         self._jfd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
-    def native_spec(self) -> dict | None:
+    def native_spec(self) -> dict[str, int] | None:
         """The native core keeps the journal itself (vc_backing.c: same records, same rules)."""
         if type(self) is not RecordingBackingFile:
             return None
@@ -197,7 +213,7 @@ class RecordingBackingFile(BackingFile):
         old = self.pread(offset, length)
         os.write(self._jfd, _REC.pack(offset, length) + bytes(old))
 
-    def pwrite(self, offset: int, data) -> None:
+    def pwrite(self, offset: int, data: Buffer) -> None:
         mv = memoryview(data).cast("B")
         self._record(offset, len(mv))
         super().pwrite(offset, mv)
@@ -207,7 +223,7 @@ class RecordingBackingFile(BackingFile):
             self._record(offset, length)
         super().punch_hole(offset, length)
 
-    def pwrite_durable(self, offset: int, data) -> None:
+    def pwrite_durable(self, offset: int, data: Buffer) -> None:
         # Durable when it returns: a power cut cannot undo it, so it is not journalled. (Callers
         # write it over a range no pending write touches.)
         BackingFile.pwrite(self, offset, data)
@@ -250,7 +266,7 @@ def _read_journal(journal_path: str) -> list[tuple[int, bytes]]:
     return recs
 
 
-def _pieces(off: int, ln: int):
+def _pieces(off: int, ln: int) -> Iterator[tuple[int, int]]:
     """Split [off, off+ln) at 4 KiB page boundaries of the file."""
     end = off + ln
     while off < end:
@@ -259,7 +275,8 @@ def _pieces(off: int, ln: int):
         off = stop
 
 
-def simulate_power_cut(path, journal_path, mode: str = "all", seed=None) -> PowerCutReport:
+def simulate_power_cut(path: StrPath, journal_path: StrPath, mode: str = "all",
+                       seed: int | None = None) -> PowerCutReport:
     """Apply a power cut to ``path`` using the undo journal left by a RecordingBackingFile.
 
     The writer must be dead or closed. See the module docstring for the modes.

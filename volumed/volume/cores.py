@@ -17,11 +17,28 @@ loaded and passed its self-test (volumed.cipher), else the reference.
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
+from volumed import cipher
 from volumed.errors import UsageError
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from volumed._native import VolumeCore as NativeCore
+    from volumed.volume.refcore import RefCore
+
 CORES = ("native", "reference")
+
+
+class CaptureStats(TypedDict):
+    """A capture session's counters (VolumeCore.capture_stats)."""
+
+    captured: int      # sectors preserved before a write
+    peak_kept: int     # most records held at once
+    kept_bytes: int    # bytes of preserved records held now
+    failed: bool       # the session failed (over its limit, or a record could not be read)
 
 
 class VolumeCore(Protocol):
@@ -36,8 +53,8 @@ class VolumeCore(Protocol):
     @property
     def sector_size(self) -> int: ...
     def read(self, offset: int, length: int) -> bytearray: ...
-    def readinto(self, offset: int, buf) -> None: ...
-    def write(self, offset: int, data) -> None: ...
+    def readinto(self, offset: int, buf: Buffer) -> None: ...
+    def write(self, offset: int, data: Buffer) -> None: ...
     def discard(self, offset: int, length: int) -> None: ...
     def flush(self) -> None: ...
     def wipe_key(self) -> None: ...
@@ -48,19 +65,13 @@ class VolumeCore(Protocol):
         """Sectors as a LUKS2 reader expects them (XTS export)."""
     def capture_begin(self, max_kept_bytes: int) -> None: ...
     def capture_read(self, first: int, n: int) -> list[bytes | None]: ...
-    def capture_stats(self) -> dict: ...
+    def capture_stats(self) -> CaptureStats: ...
     def capture_end(self) -> None: ...
 
 
-def native_module():
+def native_module() -> ModuleType | None:
     """volumed._native when the native cipher is active (loaded, self-tested), else None."""
-    from volumed import cipher
-
-    if not cipher.implementation().startswith("native"):
-        return None
-    from volumed import _native  # type: ignore[attr-defined]
-
-    return _native
+    return cipher.native_module()
 
 
 def choose(requested: str | None = None) -> str:
@@ -70,3 +81,10 @@ def choose(requested: str | None = None) -> str:
     if requested == "reference" or os.environ.get("VOLUMED_CIPHER", "").lower() == "reference":
         return "reference"
     return "native" if native_module() is not None else "reference"
+
+
+if TYPE_CHECKING:
+    def _both_implement_the_protocol(native: NativeCore, reference: RefCore) -> list[VolumeCore]:
+        """Never called: the type checker holds both cores (volumed/_native.pyi, refcore.py) to
+        VolumeCore."""
+        return [native, reference]

@@ -20,48 +20,41 @@ Callers: the CLI (volumed.cli.volume_cmd), the mount daemon, tests.
 
 from __future__ import annotations
 
-import datetime as _dt
+import fcntl
 import os
 import uuid as _uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from volumed.clock import SYSTEM_CLOCK, Clock, iso_utc
 from volumed.errors import FormatError, KeyAccessError, StateError, UsageError, VolumedError
+from volumed.secrets import wipe
 from volumed.volume import gcmformat, luks2
-from volumed.volume.backing import BackingFile, staged_file
+from volumed.volume.backing import BackingFile, StrPath, staged_file
 from volumed.volume.cores import VolumeCore
-from volumed.volume.formats import format_of
-from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, MAC_INFO, SECTOR_SIZE, VolumeHeader,
-                                   derive_key, snapshot_root_key, verify_mac)
+from volumed.volume.formats import Extras, Opened, format_of
+from volumed.volume.header import (CONTEXT_DB, CONTEXT_EBS, MAC_INFO, SECTOR_SIZE, HeaderCopy,
+                                   HeaderReader, VolumeHeader, derive_key, snapshot_root_key,
+                                   verify_mac)
 from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
-from volumed.volume.keywrap import new_wrapped_key, unwrap
-from volumed.volume.records import CaptureSession
+from volumed.volume.keywrap import KmsClient, new_wrapped_key, unwrap
+from volumed.volume.records import DEFAULT_MAX_KEPT_BYTES, CaptureSession
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
-class _Closed:
-    """What a closed Volume keeps of its format's rules (no core, no key)."""
+    from volumed._native import VolumeCore as NativeCore
 
-    native = None
-
-    def __init__(self, flush_is_barrier: bool):
-        self.flush_is_barrier = flush_is_barrier
-
-    def drop(self) -> None:
-        return None
 MAX_SIZE = 1 << 50  # 1 PiB
 
 
-def _wipe(*bufs) -> None:
-    for b in bufs:
-        if isinstance(b, bytearray):
-            b[:] = bytes(len(b))
-
-
-def _reader(backing):
+def _reader(backing: BackingFile) -> HeaderReader:
     def read(offset: int, length: int) -> bytes:
         return bytes(backing.pread(offset, length))
     return read
 
 
-def load_header(backing, path: str = ""):
+def load_header(backing: BackingFile, path: str = "") -> tuple[VolumeHeader, Extras, list[HeaderCopy]]:
     """Parse a backing file's header: (header, extras, copies). FormatError says what is wrong.
 
     extras is (digest salt, digest) for LUKS2 volumes, None for GCM."""
@@ -72,7 +65,7 @@ def load_header(backing, path: str = ""):
     head, head2 = read(0, 8), read(luks2.HDR_SIZE, 8)
     if head[:6] == luks2.MAGIC_1 or head2[:6] == luks2.MAGIC_2:
         h, salt, digest, copies = luks2.decode(read)
-        extras = (salt, digest)
+        extras: Extras = (salt, digest)
     elif head == gcmformat.MAGIC or head2 == gcmformat.MAGIC:
         h, copies = gcmformat.decode(read)
         extras = None
@@ -84,7 +77,7 @@ def load_header(backing, path: str = ""):
     return h, extras, copies
 
 
-def _open_backing(path, readonly: bool = False) -> BackingFile:
+def _open_backing(path: StrPath, readonly: bool = False) -> BackingFile:
     """BackingFile for an existing volume; OS errors become one-line VolumedErrors."""
     if os.path.isdir(path):
         raise FormatError(f"{path} is a directory, not a volume")
@@ -98,11 +91,9 @@ def _open_backing(path, readonly: bool = False) -> BackingFile:
         raise VolumedError(f"cannot open volume {path}: {exc.strerror}") from None
 
 
-def _lock_exclusive(backing, path: str) -> None:
+def _lock_exclusive(backing: BackingFile, path: str) -> None:
     """One open Volume per backing file (flock, released when the process dies). Two writers
     would reserve the same GCM nonces and undo each other's header updates."""
-    import fcntl
-
     try:
         fcntl.flock(backing.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -110,7 +101,7 @@ def _lock_exclusive(backing, path: str) -> None:
                          "process); unmount or close it first") from None
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str | int) -> int:
     """Parse a size like 1G, 512M, 64K, 1T or plain bytes (binary units). UsageError if malformed."""
     t = str(text).strip().upper().removesuffix("IB").removesuffix("B")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -133,14 +124,16 @@ def _check_size(size: int) -> None:
 class Volume:
     """An open volume. See the module docstring for the thread-safety contract."""
 
-    def __init__(self, path, header, backing, opened, mac_key, extras):
+    def __init__(self, path: StrPath, header: VolumeHeader, backing: BackingFile, opened: Opened,
+                 mac_key: bytearray, extras: Extras):
         self.path = os.fspath(path)
         self.header: VolumeHeader = header
         self.sector_size = header.sector_size
         self.format = format_of(header.cipher)
         self._backing = backing
-        self._opened = opened
-        self._core: VolumeCore = opened.core
+        self._opened: Opened | None = opened          # None once closed (the core is let go)
+        self._flush_is_barrier = opened.flush_is_barrier
+        self._core: VolumeCore | None = opened.core   # None once the key is wiped
         self._mac_key = mac_key
         self._extras = extras
         self._capture: CaptureSession | None = None   # the open capture session, if any
@@ -149,7 +142,8 @@ class Volume:
     # ---- creation and opening --------------------------------------------------------------
 
     @classmethod
-    def create(cls, path, *, size: int, kms, key_id: str = "alias/aws/rds", cipher: str = "xts",
+    def create(cls, path: StrPath, *, size: int, kms: KmsClient, key_id: str = "alias/aws/rds",
+               cipher: str = "xts",
                db_id: str | None = None, ebs_id: str | None = None) -> VolumeHeader:
         """Create a sparse volume file at ``path`` (must not exist); return its header.
 
@@ -174,7 +168,7 @@ class Volume:
             uuid=vol_uuid, cipher=cipher, size=size, sector_size=SECTOR_SIZE,
             data_offset=fmt.data_offset, key_arn=arn, wrapped_key=wrapped, context=context,
             db_id=db_id, ebs_id=ebs_id,
-            created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            created=iso_utc(SYSTEM_CLOCK.time()),
             format=fmt.format_name, format_version=fmt.format_version)
         mac_key = None
         try:
@@ -186,11 +180,11 @@ class Volume:
         except OSError as exc:
             raise VolumedError(f"cannot create volume {path}: {exc.strerror}") from None
         finally:
-            _wipe(key, mac_key)
+            wipe(key, mac_key)
         return h
 
     @staticmethod
-    def read_header(path) -> VolumeHeader:
+    def read_header(path: StrPath) -> VolumeHeader:
         """The header of the volume at ``path`` (no key needed; nothing verified but checksums)."""
         backing = _open_backing(path, readonly=True)
         try:
@@ -199,41 +193,43 @@ class Volume:
             backing.close()
 
     @classmethod
-    def open(cls, path, *, kms, grant_tokens: list[str] | None = None, backing=None,
-             core: str | None = None) -> "Volume":
+    def open(cls, path: StrPath, *, kms: KmsClient, grant_tokens: list[str] | None = None,
+             backing: BackingFile | None = None, core: str | None = None) -> "Volume":
         """Open a volume: parse the header, unwrap the key (Decrypt with the header's key ARN,
         context and ``grant_tokens``), verify the header MAC, repair a damaged header copy.
         ``core``: "native" or "reference" (volumed.volume.cores.choose; default native)."""
-        def unwrap_key(h):
+        def unwrap_key(h: VolumeHeader) -> bytearray:
             return unwrap(kms, h.key_arn, h.wrapped_key, h.context, grant_tokens,
                           expect_len=format_of(h.cipher).key_bytes)
 
         return cls._open(path, backing, unwrap_key, core)
 
     @classmethod
-    def _open_with_key(cls, path, key: bytearray, backing=None, core: str | None = None) -> "Volume":
+    def _open_with_key(cls, path: StrPath, key: bytearray, backing: BackingFile | None = None,
+                       core: str | None = None) -> "Volume":
         """Open with an already unwrapped key (the crash harness uses it). Wipes ``key``."""
         return cls._open(path, backing, lambda h: key, core)
 
     @classmethod
-    def _open(cls, path, backing, get_key, core=None) -> "Volume":
+    def _open(cls, path: StrPath, backing: BackingFile | None,
+              get_key: Callable[[VolumeHeader], bytearray], core: str | None = None) -> "Volume":
         """Shared by open and _open_with_key: parse, get the key with get_key(header), set up."""
-        path = os.fspath(path)
+        name = os.fspath(path)
         owns = backing is None
-        if owns:
-            backing = _open_backing(path)
+        opened = _open_backing(name) if backing is None else backing
         try:
-            _lock_exclusive(backing, path)
-            h, extras, copies = load_header(backing, path)
-            format_of(h.cipher).refuse_old_version(h, path)
-            return cls._from_key(path, backing, h, extras, copies, get_key(h), core)
+            _lock_exclusive(opened, name)
+            h, extras, copies = load_header(opened, name)
+            format_of(h.cipher).refuse_old_version(h, name)
+            return cls._from_key(name, opened, h, extras, copies, get_key(h), core)
         except BaseException:
             if owns:
-                backing.close()
+                opened.close()
             raise
 
     @classmethod
-    def _from_key(cls, path, backing, h, extras, copies, key: bytearray, core=None) -> "Volume":
+    def _from_key(cls, path: str, backing: BackingFile, h: VolumeHeader, extras: Extras,
+                  copies: list[HeaderCopy], key: bytearray, core: str | None = None) -> "Volume":
         mac_key = snap_root = None
         try:
             mac_key = derive_key(key, h.uuid, MAC_INFO)
@@ -246,10 +242,10 @@ class Volume:
             fmt.repair(vol, copies)
             return vol
         except BaseException:
-            _wipe(key, mac_key, snap_root)
+            wipe(key, mac_key, snap_root)
             raise
         finally:
-            _wipe(key)
+            wipe(key)
 
     @property
     def size(self) -> int:
@@ -265,6 +261,7 @@ class Volume:
                              "volumes only grow (copy the data to a smaller volume instead)")
         if new_size == self.size:
             return
+        assert self._opened is not None, "a volume whose key is present is open"
         self._opened.resize(self, new_size)
 
     # ---- I/O (the core serves it: volumed.volume.cores) -------------------------------------
@@ -277,16 +274,16 @@ class Volume:
         return core
 
     @property
-    def native_core(self):
+    def native_core(self) -> NativeCore | None:
         """The native VolumeCore (volumed._native) serving this volume, for the FUSE engine, or
         None when the reference core serves it (a fault-injecting backing on the python engine,
         core="reference")."""
-        return self._opened.native if self._core is not None else None
+        return self._opened.native if self._opened is not None and self._core is not None else None
 
     @property
     def flush_is_barrier(self) -> bool:
         """True when flush waits for every request in flight (GCM): the mount runs it off its loop."""
-        return self._opened.flush_is_barrier
+        return self._flush_is_barrier
 
     def read(self, offset: int, length: int) -> bytes | bytearray:
         """``length`` bytes from ``offset`` (short only at the end of the volume)."""
@@ -296,7 +293,7 @@ class Volume:
             return b""
         return self._live().read(offset, min(length, self.size - offset))
 
-    def write(self, offset: int, data) -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         """Write all of ``data`` (any bytes-like) at ``offset``; partial sectors are read-modify-written."""
         self._live().write(offset, data)
 
@@ -316,16 +313,14 @@ class Volume:
         volume still or uses a capture session. KeyAccessError once the key was wiped."""
         return self._live().read_records(first, n)
 
-    def begin_capture(self, *, clock=None, max_kept_bytes: int | None = None) -> CaptureSession:
+    def begin_capture(self, *, clock: Clock | None = None,
+                      max_kept_bytes: int | None = None) -> CaptureSession:
         """Fix this moment as a point in time while I/O goes on (a snapshot of a mounted volume):
         under the barrier (in-flight requests drain, new ones wait) flush and open a capture
         session, stamped with ``clock``'s time (the session's ``started``); O(1) besides the
         flush. ``max_kept_bytes`` (default records.DEFAULT_MAX_KEPT_BYTES) bounds the preserved
         records it holds. Read the records from the session's read_records, then close it
         (success or not). StateError if a session is open; KeyAccessError if wiped."""
-        from volumed.clock import SYSTEM_CLOCK
-        from volumed.volume.records import DEFAULT_MAX_KEPT_BYTES
-
         core = self._live()
         max_kept_bytes = max_kept_bytes or DEFAULT_MAX_KEPT_BYTES
         core.capture_begin(max_kept_bytes)
@@ -357,12 +352,12 @@ class Volume:
 
     def wipe_key(self) -> None:
         """Revocation: wipe the key now (waits for in-flight requests); later I/O raises KeyAccessError."""
-        if self._core is not None:
+        if self._core is not None and self._opened is not None:
             self._opened.drop()
         self._drop_key()
 
     def _drop_key(self) -> None:
-        _wipe(self._mac_key, self._snap_root)
+        wipe(self._mac_key, self._snap_root)
         self._core = None
         self._snap_root = None
 
@@ -376,19 +371,19 @@ class Volume:
         core's own too, unless a FUSE engine still holds the core)."""
         self._end(lambda opened: opened.kill())
 
-    def _end(self, finish) -> None:
+    def _end(self, finish: Callable[[Opened], None]) -> None:
         """close/abandon: ``finish`` the opened format if the key is present, then always wipe the
         key, keep only the format's flush rule and close the backing file."""
         try:
-            if self._core is not None:
+            if self._core is not None and self._opened is not None:
                 finish(self._opened)
         finally:
             self._drop_key()
-            self._opened = _Closed(self._opened.flush_is_barrier)
+            self._opened = None
             self._backing.close()
 
     def __enter__(self) -> "Volume":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

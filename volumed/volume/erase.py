@@ -10,10 +10,13 @@ volume's flock (no daemon has it open). Caller: volumed.snapshot.erase (``volume
 
 from __future__ import annotations
 
+from volumed.volume.backing import BackingFile
+from volumed.volume.header import VolumeHeader
+
 ERASE_BLOCK = 1 << 16
 
 
-def crypto_erase(backing, header) -> int:
+def crypto_erase(backing: BackingFile, header: VolumeHeader) -> int:
     """Zero [0, header.data_offset) of ``backing`` durably; returns the bytes overwritten."""
     end = header.data_offset
     zeros = bytes(ERASE_BLOCK)

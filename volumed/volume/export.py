@@ -12,15 +12,18 @@ from __future__ import annotations
 import os
 
 from volumed.errors import UsageError, VolumedError
-from volumed.volume.backing import staged_file
+from volumed.volume.backing import StrPath, staged_file
+from volumed.volume.device import Volume
+from volumed.volume.formats import XtsFormat
 
 CHUNK_SECTORS = 256
 
 
-def export_luks(vol, out) -> None:
+def export_luks(vol: Volume, out: StrPath) -> None:
     """Write the LUKS2 image of the open XTS volume ``vol`` to the new file ``out``."""
     out = os.fspath(out)
-    if not vol.format.exports_luks:
+    fmt = vol.format
+    if not isinstance(fmt, XtsFormat):
         raise UsageError(f"{vol.path} is a GCM volume; only XTS volumes export to LUKS2")
     if os.path.lexists(out):
         raise UsageError(f"{out} already exists: choose a new output path")
@@ -28,7 +31,7 @@ def export_luks(vol, out) -> None:
         with staged_file(out) as dst:
             core = vol._live()
             ss, base = vol.sector_size, vol.header.data_offset
-            dst.pwrite(0, vol.format.header_bytes(vol))
+            dst.pwrite(0, fmt.header_bytes(vol))
             dst.truncate(base)
             total = vol.size // ss
             for first in range(0, total, CHUNK_SECTORS):

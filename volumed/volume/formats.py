@@ -23,28 +23,35 @@ from __future__ import annotations
 import os
 import struct
 import uuid as _uuid
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+import numpy as np
 
 from volumed.cipher import XtsCipher
 from volumed.errors import FormatError, IntegrityError, UsageError
+from volumed.secrets import wipe
 from volumed.volume import cores, gcmformat, gcmstore, luks2
+from volumed.volume.backing import BackingFile
 from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
-from volumed.volume.header import GCM_META_INFO, GCM_NOTE_INFO, compute_mac, derive_key
-from volumed.volume.refcore import RefCore
+from volumed.volume.header import (GCM_META_INFO, GCM_NOTE_INFO, HeaderCopy, VolumeHeader,
+                                   compute_mac, derive_key)
+from volumed.volume.refcore import RecordReader, RefCore
 from volumed.volume.xtsstore import XtsStore
 
 if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from volumed._native import VolumeCore as NativeCore
     from volumed.volume.device import Volume
-    from volumed.volume.header import VolumeHeader
 
 PAGE = 4096
 _ZERO = bytes(PAGE)
 
-
-def _wipe(*bufs) -> None:
-    for b in bufs:
-        if isinstance(b, bytearray):
-            b[:] = bytes(len(b))
+LuksExtras: TypeAlias = tuple[bytes, bytes]
+"""What a LUKS2 header holds besides the VolumeHeader: the volume key digest's salt and digest."""
+Extras: TypeAlias = LuksExtras | None
+"""A format's extras (load_header's second value): LuksExtras for XTS, None for GCM."""
 
 
 class Opened:
@@ -53,7 +60,7 @@ class Opened:
     core: cores.VolumeCore
     flush_is_barrier = False
 
-    def resize(self, vol, new_size: int) -> None:
+    def resize(self, vol: Volume, new_size: int) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -72,12 +79,12 @@ class Opened:
         self.core.wipe_key()
 
     @property
-    def native(self):
+    def native(self) -> NativeCore | None:
         """The native VolumeCore serving this volume, or None (the reference core serves it)."""
         return None
 
 
-def _commit_header(vol, new_size: int, write) -> None:
+def _commit_header(vol: Volume, new_size: int, write: Callable[[], None]) -> None:
     """Set the header's size and MAC and write it with ``write()``; on failure the volume keeps
     its size (the header in memory is put back)."""
     old = vol.header.size
@@ -93,7 +100,7 @@ def _commit_header(vol, new_size: int, write) -> None:
 
 # ---- XTS (LUKS2) ---------------------------------------------------------------------------------
 
-def xts_records(backing, base: int):
+def xts_records(backing: BackingFile, base: int) -> RecordReader:
     """Reference reader of XTS records: ciphertext in place; an all-zero sector is a hole (None)."""
     def read(first: int, n: int) -> list[bytes | None]:
         data = bytes(backing.pread(base + first * PAGE, n * PAGE)).ljust(n * PAGE, b"\0")
@@ -103,15 +110,17 @@ def xts_records(backing, base: int):
 
 
 class XtsOpened(Opened):
-    def __init__(self, core, native: bool):
+    """``core`` is ``native`` (the native core) or a RefCore over an XtsStore (native None)."""
+
+    def __init__(self, core: cores.VolumeCore, native: NativeCore | None):
         self.core = core
         self._native = native
 
     @property
-    def native(self):
-        return self.core if self._native else None
+    def native(self) -> NativeCore | None:
+        return self._native
 
-    def resize(self, vol, new_size: int) -> None:
+    def resize(self, vol: Volume, new_size: int) -> None:
         backing = vol._backing
         backing.truncate(max(backing.size(), vol.header.data_offset + new_size))
         backing.fdatasync()
@@ -120,7 +129,7 @@ class XtsOpened(Opened):
 
 
 class XtsFormat:
-    name = "xts"
+    name: Literal["xts"] = "xts"
     key_bytes = 64
     format_name = "luks2"
     label = "AES-256-XTS, LUKS2-compatible"
@@ -132,10 +141,11 @@ class XtsFormat:
         return data_offset + size
 
     @staticmethod
-    def refuse_old_version(h, path: str) -> None:
+    def refuse_old_version(h: VolumeHeader, path: str) -> None:
         return None  # LUKS2 has one version
 
-    def initialize(self, backing, h, key, mac_key) -> tuple:
+    def initialize(self, backing: BackingFile, h: VolumeHeader, key: bytearray,
+                   mac_key: bytearray) -> LuksExtras:
         """Lay out a new volume's file (sparse data area, both LUKS2 header copies)."""
         salt = os.urandom(32)
         digest = luks2.volume_key_digest(key, salt)
@@ -144,32 +154,34 @@ class XtsFormat:
         backing.pwrite(0, luks2.encode(h, salt, digest))
         return salt, digest
 
-    def open(self, path: str, backing, h, extras, copies, key: bytearray, mac_key, core: str | None):
+    def open(self, path: str, backing: BackingFile, h: VolumeHeader, extras: Extras,
+             copies: list[HeaderCopy], key: bytearray, mac_key: bytearray,
+             core: str | None) -> Opened:
+        assert extras is not None, "a LUKS2 header has a digest"
         salt, digest = extras
         if luks2.volume_key_digest(key, salt) != digest:
             raise IntegrityError(f"the LUKS2 digest of {path} does not match its volume key: "
                                  "the header was altered (other LUKS2 tools would refuse the key)")
         spec = backing.native_spec()
         native = cores.native_module() if cores.choose(core) == "native" and spec else None
-        if native is not None:
-            core = native.VolumeCore(cipher="xts", key=key, data_offset=h.data_offset, size=h.size,
-                                     name=path, **spec)
-            backing.served_by(core)
-            opened = XtsOpened(core, True)
-        else:
-            cipher = XtsCipher(key)
-            store = XtsStore(backing, h, cipher)
-            opened = XtsOpened(RefCore(store, size=h.size, sector_size=h.sector_size, path=path,
-                                       records=xts_records(backing, h.data_offset),
-                                       drop=cipher.close), False)
-        return opened
+        if native is not None and spec is not None:
+            ncore: NativeCore = native.VolumeCore(cipher="xts", key=key, data_offset=h.data_offset,
+                                                  size=h.size, name=path, **spec)
+            backing.served_by(ncore)
+            return XtsOpened(ncore, ncore)
+        cipher = XtsCipher(key)
+        store = XtsStore(backing, h, cipher)
+        return XtsOpened(RefCore(store, size=h.size, sector_size=h.sector_size, path=path,
+                                 records=xts_records(backing, h.data_offset), drop=cipher.close),
+                         None)
 
     @staticmethod
-    def header_bytes(vol) -> bytes:
+    def header_bytes(vol: Volume) -> bytes:
+        assert vol._extras is not None, "a LUKS2 header has a digest"
         salt, digest = vol._extras
         return luks2.encode(vol.header, salt, digest)
 
-    def repair(self, vol, copies) -> None:
+    def repair(self, vol: Volume, copies: list[HeaderCopy]) -> None:
         """Rewrite a damaged or stale LUKS2 copy from the valid newest one."""
         best = vol.header.seqid
         bad = [i for i, c in enumerate(copies) if not (c.ok and c.seqid == best)]
@@ -180,7 +192,7 @@ class XtsFormat:
             vol._backing.pwrite(i * luks2.HDR_SIZE, data[i * luks2.HDR_SIZE:(i + 1) * luks2.HDR_SIZE])
         vol._backing.fdatasync()
 
-    def write_header(self, vol) -> None:
+    def write_header(self, vol: Volume) -> None:
         """Atomic LUKS2 header update: primary then secondary, each made durable before the next."""
         vol.header.seqid += 1
         data = self.header_bytes(vol)
@@ -192,7 +204,7 @@ class XtsFormat:
         b.fdatasync()
 
     @staticmethod
-    def backing_pages(header, sectors) -> list[int]:
+    def backing_pages(header: VolumeHeader, sectors: Iterable[int]) -> list[int]:
         """Backing-file offsets of the 4 KiB pages holding ``sectors``' data (in place)."""
         return [header.data_offset + s * header.sector_size for s in sectors]
 
@@ -201,17 +213,17 @@ class XtsFormat:
     records_are_sectors = True
 
     @staticmethod
-    def snapshot_cipher(key: bytearray, aad_uuid: str):
+    def snapshot_cipher(key: bytearray, aad_uuid: str) -> XtsCipher:
         return XtsCipher(key)
 
     @staticmethod
-    def open_record(c, out, sector: int, rec: bytes, where: str) -> None:
+    def open_record(c: XtsCipher, out: memoryview, sector: int, rec: bytes, where: str) -> None:
         """Decrypt one record into ``out`` (one sector)."""
         out[:] = rec
         c.decrypt(out, sector)
 
     @staticmethod
-    def seal_record(c, plain, sector: int, nonce_base: int) -> bytes:
+    def seal_record(c: XtsCipher, plain: Buffer, sector: int, nonce_base: int) -> bytes:
         buf = bytearray(PAGE)
         c.encrypt(plain, sector, out=buf)
         return bytes(buf)
@@ -219,10 +231,8 @@ class XtsFormat:
 
 # ---- GCM -----------------------------------------------------------------------------------------
 
-def gcm_records(store):
+def gcm_records(store: GcmStore) -> RecordReader:
     """GCM records: nonce + tag + ciphertext of the slot a read uses; None when never written."""
-    import numpy as np
-
     F = gcmformat
 
     def read(first: int, n: int) -> list[bytes | None]:
@@ -241,8 +251,9 @@ def gcm_records(store):
 
 class GcmOpened(Opened):
     flush_is_barrier = True
+    core: RefCore
 
-    def __init__(self, store, cipher, path: str, h):
+    def __init__(self, store: GcmStore, cipher: SectorKeys, path: str, h: VolumeHeader):
         self.store = store
         self._cipher = cipher
         self._killed = False
@@ -253,36 +264,27 @@ class GcmOpened(Opened):
         if not self._killed:
             self.store.retire()  # under the barrier: records a clean session if nothing is dirty
         self._cipher.close()
-        _wipe(self.store.meta_key, self.store.note_key)
+        wipe(self.store.meta_key, self.store.note_key)
 
     def kill(self) -> None:
         self._killed = True
         self.core.wipe_key()
 
-    def resize(self, vol, new_size: int) -> None:
+    def resize(self, vol: Volume, new_size: int) -> None:
         with self.core.barrier():
             self.store.grow(new_size)
             backing = vol._backing
             backing.truncate(max(backing.size(), self.store.file_size_for(new_size)))
             backing.fdatasync()
-            _commit_header(vol, new_size, lambda: self.store._write_header(sync_after=True))
+            _commit_header(vol, new_size, lambda: self.store.write_header(sync_after=True))
             self.core.size = new_size
 
     def close(self) -> None:
         try:
-            with self.core.barrier() as store:
-                store.close()  # the barrier flush and the header's final state
+            with self.core.barrier():
+                self.store.close()  # the barrier flush and the header's final state
         finally:
             self.drop()
-
-
-class GcmNativeCore(cores.VolumeCore, Protocol):
-    """volumed._native.VolumeCore(cipher="gcm"): the protocol plus the GCM session's calls."""
-
-    def close_clean(self) -> None: ...
-    def kill(self) -> None: ...
-    def gcm_grow(self, size: int, mac_template: str, header_template: str) -> None: ...
-    def gcm_state(self) -> tuple[int, int, int, int]: ...
 
 
 # The gcm= argument of a native GCM core (native/vcore_py.c, vcpy_init).
@@ -295,13 +297,13 @@ class GcmNativeOpened(Opened):
 
     flush_is_barrier = True
 
-    def __init__(self, core: GcmNativeCore, h: VolumeHeader, mac_key: bytearray) -> None:
-        self.core: GcmNativeCore = core
+    def __init__(self, core: NativeCore, h: VolumeHeader, mac_key: bytearray) -> None:
+        self.core: NativeCore = core
         self._h = h
         self._mac_key = mac_key  # the Volume's own (it wipes it at close)
 
     @property
-    def native(self) -> GcmNativeCore:
+    def native(self) -> NativeCore:
         return self.core
 
     def _sync_header(self) -> None:
@@ -341,7 +343,7 @@ def _native_session(store: GcmStore, h: VolumeHeader, meta_key: bytearray, note_
 
 
 class GcmFormat:
-    name = "gcm"
+    name: Literal["gcm"] = "gcm"
     key_bytes = 32
     format_name = "volumed-gcm"
     label = "AES-256-GCM, authenticated"
@@ -353,7 +355,7 @@ class GcmFormat:
         return gcmformat.file_size_for(size, version)
 
     @staticmethod
-    def refuse_old_version(h, path: str) -> None:
+    def refuse_old_version(h: VolumeHeader, path: str) -> None:
         """A GCM volume of format 1 is not opened (its nonces could repeat after a header
         rollback): FormatError that says how to upgrade it. Caller: Volume._open (the CLI and the
         mount daemon)."""
@@ -364,7 +366,8 @@ class GcmFormat:
                               f"as format v{gcmformat.VERSION}), or restore a snapshot of it with "
                               f"`volumed restore`")
 
-    def initialize(self, backing, h, key, mac_key) -> None:
+    def initialize(self, backing: BackingFile, h: VolumeHeader, key: bytearray,
+                   mac_key: bytearray) -> None:
         meta_key = derive_key(key, h.uuid, GCM_META_INFO)
         try:
             h.mac = compute_mac(mac_key, h)
@@ -375,10 +378,12 @@ class GcmFormat:
                 off, data = gcmformat.encode_copy(h)
                 backing.pwrite(off, data)
         finally:
-            _wipe(meta_key)
+            wipe(meta_key)
         return None
 
-    def open(self, path: str, backing, h, extras, copies, key: bytearray, mac_key, core: str | None):
+    def open(self, path: str, backing: BackingFile, h: VolumeHeader, extras: Extras,
+             copies: list[HeaderCopy], key: bytearray, mac_key: bytearray,
+             core: str | None) -> Opened:
         """The Python GcmStore begins the session (note, doubtful ranges and their resolution,
         reservation, header repair: one implementation of the open-time rules); the native GCM
         store continues it when the native core serves this backing file, else the reference
@@ -393,26 +398,25 @@ class GcmFormat:
             cipher = SectorKeys(key, h.uuid)  # wipes key; GcmOpened closes it
             store = GcmStore(backing, h, cipher, meta_key, mac_key, note_key, path,  # repairs on start
                              copy_damaged=not all(c.ok for c in copies))
-            if native is None:
+            if native is None or spec is None:
                 return GcmOpened(store, cipher, path, h)
-            ncore = native.VolumeCore(cipher="gcm", key=core_key, data_offset=h.data_offset,
-                                      size=h.size, name=path,
-                                      gcm=_native_session(store, h, meta_key, note_key, mac_key),
-                                      **spec)
+            ncore: NativeCore = native.VolumeCore(
+                cipher="gcm", key=core_key, data_offset=h.data_offset, size=h.size, name=path,
+                gcm=_native_session(store, h, meta_key, note_key, mac_key), **spec)
             backing.served_by(ncore)
             cipher.close()
             return GcmNativeOpened(ncore, h, mac_key)
         except BaseException:
             if cipher is not None:
                 cipher.close()
-            _wipe(meta_key, note_key, core_key)
+            wipe(meta_key, note_key, core_key)
             raise
 
-    def repair(self, vol, copies) -> None:
+    def repair(self, vol: Volume, copies: list[HeaderCopy]) -> None:
         return None  # GcmStore repairs its header copies when it starts
 
     @staticmethod
-    def backing_pages(header, sectors) -> list[int]:
+    def backing_pages(header: VolumeHeader, sectors: Iterable[int]) -> list[int]:
         """Backing-file offsets of the pages holding ``sectors``' data (both slots of each)."""
         F = gcmformat
         return [F.slot_offset(s // F.GROUP_SECTORS, k, s % F.GROUP_SECTORS)
@@ -424,11 +428,11 @@ class GcmFormat:
     records_are_sectors = False
 
     @staticmethod
-    def snapshot_cipher(key: bytearray, aad_uuid: str):
+    def snapshot_cipher(key: bytearray, aad_uuid: str) -> SectorKeys:
         return SectorKeys(key, aad_uuid)  # a fresh salt for the records this object seals
 
     @staticmethod
-    def open_record(c, out, sector: int, rec: bytes, where: str) -> None:
+    def open_record(c: SectorKeys, out: memoryview, sector: int, rec: bytes, where: str) -> None:
         S = gcmformat.SALT_BYTES
         g, rec = (c.for_salt(rec[:S]), rec[S:]) if len(rec) > PAGE + 28 else (c.v1(), rec)
         out[:] = rec[28:]
@@ -437,9 +441,7 @@ class GcmFormat:
                                  "snapshot does not match its key; do not restore it")
 
     @staticmethod
-    def seal_record(c, plain, sector: int, nonce_base: int) -> bytes:
-        import numpy as np
-
+    def seal_record(c: SectorKeys, plain: Buffer, sector: int, nonce_base: int) -> bytes:
         buf = bytearray(PAGE)
         nonce = gcmformat.nonce_bytes(np.array([nonce_base + sector], dtype=np.uint64))
         tag = bytearray(16)
@@ -447,12 +449,15 @@ class GcmFormat:
         return c.salt + nonce + bytes(tag) + bytes(buf)
 
 
+VolumeFormat: TypeAlias = XtsFormat | GcmFormat
+"""A format type: what a volume of one cipher does differently."""
+
 XTS = XtsFormat()
 GCM = GcmFormat()
-FORMATS = {"xts": XTS, "gcm": GCM}
+FORMATS: dict[str, VolumeFormat] = {"xts": XTS, "gcm": GCM}
 
 
-def format_of(cipher: str):
+def format_of(cipher: str) -> VolumeFormat:
     """The format type for a header's cipher name; UsageError for an unknown one."""
     try:
         return FORMATS[cipher]

@@ -26,12 +26,17 @@ import hashlib
 import hmac
 import json
 import struct
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from volumed.errors import FormatError
-from volumed.volume.header import HeaderCopy as Copy, VolumeHeader, require
+from volumed.volume.header import HeaderCopy as Copy, HeaderReader, JsonObject, VolumeHeader, require
 from volumed.volume.ids import check_header_ids
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 MAGIC = b"VOLUMEDG"
 VERSION = 2
@@ -89,34 +94,34 @@ def v1_slot_offset(group: int, slot: int, index: int) -> int:
     return V1_DATA_OFFSET + group * V1_GROUP_BYTES + PAGE * (1 + slot * V1_GROUP_SECTORS + index)
 
 
-def _page_mac(meta_key, tag: bytes, group: int, page) -> bytes:
+def _page_mac(meta_key: Buffer, tag: bytes, group: int, page: bytes | bytearray) -> bytes:
     return hmac.new(bytes(meta_key), tag + group.to_bytes(8, "big") + bytes(page[:MAC_OFF]),
                     hashlib.sha256).digest()
 
 
-def seal_meta(meta_key, group: int, page: bytearray) -> None:
+def seal_meta(meta_key: Buffer, group: int, page: bytearray) -> None:
     """Write the page MAC into the last 32 bytes of ``page`` (4096-byte bytearray)."""
     page[ENTRIES_BYTES:MAC_OFF] = bytes(MAC_OFF - ENTRIES_BYTES)
     page[MAC_OFF:] = _page_mac(meta_key, _META_TAG, group, page)
 
 
-def meta_ok(meta_key, group: int, page, version: int = VERSION) -> bool:
+def meta_ok(meta_key: Buffer, group: int, page: bytes | bytearray, version: int = VERSION) -> bool:
     """True if the metadata page's MAC verifies (an all-zero page never does)."""
     want = _page_mac(meta_key, _META_TAG if version == VERSION else b"VGMP", group, page)
     return hmac.compare_digest(want, bytes(page[MAC_OFF:]))
 
 
-def slots(page) -> np.ndarray:
+def slots(page: bytes | bytearray) -> npt.NDArray[np.void]:
     """Structured (GROUP_SECTORS, 2) view of a metadata page's slots (fields salt, ctr, tag)."""
     return np.frombuffer(page, dtype=SLOT_DTYPE, count=GROUP_SECTORS * 2).reshape(GROUP_SECTORS, 2)
 
 
-def v1_slots(page) -> np.ndarray:
+def v1_slots(page: bytes | bytearray) -> npt.NDArray[np.void]:
     """Structured (V1_GROUP_SECTORS, 2) view of a version-1 metadata page (fields ctr, tag)."""
     return np.frombuffer(page, dtype=V1_SLOT_DTYPE, count=V1_GROUP_SECTORS * 2).reshape(V1_GROUP_SECTORS, 2)
 
 
-def nonce_bytes(counters: np.ndarray) -> bytes:
+def nonce_bytes(counters: npt.NDArray[np.uint64]) -> bytes:
     """12-byte nonces (4 zero bytes + u64 BE counter) for an array of counters."""
     out = np.zeros(len(counters), dtype=[("pad", ">u4"), ("ctr", ">u8")])
     out["ctr"] = counters
@@ -132,7 +137,7 @@ _NOTE = struct.Struct(">4sHHQQ")
 _NOTE_MAGIC = b"VGNS"
 
 
-def encode_note(note_key, seq: int, flushed: int) -> tuple[int, bytes]:
+def encode_note(note_key: Buffer, seq: int, flushed: int) -> tuple[int, bytes]:
     """(offset, page) of the nonce note number ``seq`` saying counters <= ``flushed`` are durable."""
     which = seq % 2
     page = bytearray(PAGE)
@@ -141,7 +146,7 @@ def encode_note(note_key, seq: int, flushed: int) -> tuple[int, bytes]:
     return NOTE_OFFSET + which * PAGE, bytes(page)
 
 
-def decode_note(note_key, page, which: int) -> tuple[int, int] | None:
+def decode_note(note_key: Buffer, page: bytes | bytearray, which: int) -> tuple[int, int] | None:
     """(seq, flushed) of a note copy, or None if it is absent, damaged or not this volume's."""
     if len(page) != PAGE:
         return None
@@ -156,7 +161,7 @@ def decode_note(note_key, page, which: int) -> tuple[int, int] | None:
 
 # ---- header ---------------------------------------------------------------------------------
 
-def _json_obj(h: VolumeHeader) -> dict:
+def _json_obj(h: VolumeHeader) -> JsonObject:
     return {
         "format": h.format, "format_version": h.format_version, "uuid": h.uuid, "cipher": h.cipher,
         "size": h.size, "sector_size": h.sector_size, "data_offset": h.data_offset,
@@ -199,7 +204,7 @@ def encode_copy(h: VolumeHeader) -> tuple[int, bytes]:
     return which * HDR_SIZE, bytes(buf)
 
 
-def _parse_copy(read, which: int) -> Copy:
+def _parse_copy(read: HeaderReader, which: int) -> Copy:
     c = Copy(which * HDR_SIZE)
     raw = read(which * HDR_SIZE, HDR_SIZE)
     if len(raw) < HDR_SIZE:
@@ -215,25 +220,17 @@ def _parse_copy(read, which: int) -> Copy:
     if version not in (1, VERSION) or hdr_size != HDR_SIZE or copy_idx != which or jlen > HDR_SIZE - _JSON_OFF:
         c.error = "inconsistent header fields"
         return c
-    zeroed = bytearray(raw)
-    csum = bytes(zeroed[_CSUM_OFF:_CSUM_OFF + 32])
-    zeroed[_CSUM_OFF:_CSUM_OFF + 32] = bytes(32)
-    if hashlib.sha256(bytes(zeroed)).digest() != csum:
-        c.error = "checksum mismatch"
+    if not c.load_json(raw, _CSUM_OFF, 32, b"", bytes(raw[_JSON_OFF:_JSON_OFF + jlen]),
+                       unreadable="unreadable JSON", not_object="inconsistent header fields"):
         return c
-    try:
-        c.json = json.loads(bytes(raw[_JSON_OFF:_JSON_OFF + jlen]).decode())
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        c.error = "unreadable JSON"
-        return c
-    if not isinstance(c.json, dict) or seqid % 2 != which or c.json.get("format_version") != version:
+    if seqid % 2 != which or c.json.get("format_version") != version:
         c.error = "inconsistent header fields"
         return c
-    c.ok, c.error, c.seqid = True, "", seqid
+    c.accept(seqid)
     return c
 
 
-def _header_from_json(j: dict, seqid: int) -> VolumeHeader:
+def _header_from_json(j: JsonObject, seqid: int) -> VolumeHeader:
     try:
         h = VolumeHeader(
             uuid=str(j["uuid"]), cipher=str(j["cipher"]), size=int(j["size"]),
@@ -258,7 +255,7 @@ def _header_from_json(j: dict, seqid: int) -> VolumeHeader:
     return h
 
 
-def decode(read) -> tuple[VolumeHeader, list[Copy]]:
+def decode(read: HeaderReader) -> tuple[VolumeHeader, list[Copy]]:
     """Parse both copies; the valid one with the highest seqid wins. FormatError if none is valid."""
     copies = [_parse_copy(read, 0), _parse_copy(read, 1)]
     valid = [c for c in copies if c.ok]

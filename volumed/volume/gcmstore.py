@@ -36,13 +36,16 @@ import logging
 import os
 import threading
 import uuid as _uuid
+from collections.abc import Iterator
 
 import numpy as np
+import numpy.typing as npt
 
 from volumed.cipher import GcmCipher
 from volumed.errors import IntegrityError, StateError
 from volumed.volume import gcmformat as F
-from volumed.volume.header import compute_mac
+from volumed.volume.backing import BackingFile
+from volumed.volume.header import VolumeHeader, compute_mac
 from volumed.volume.ranges import runs, scratch, zero_sectors
 
 log = logging.getLogger("volumed.volume")
@@ -96,10 +99,10 @@ class SectorKeys:
         self._uuid_bytes = _uuid.UUID(volume_uuid).bytes
         self._root = GcmCipher(data_key, aad_prefix(volume_uuid, AAD_TAG_V1))  # wipes data_key
         self.salt = new_salt()
-        self._ciphers: dict[bytes, object] = {}
+        self._ciphers: dict[bytes, GcmCipher] = {}
         self._lock = threading.Lock()
 
-    def for_salt(self, salt: bytes):
+    def for_salt(self, salt: bytes) -> GcmCipher:
         c = self._ciphers.get(salt)
         if c is not None:
             return c
@@ -113,10 +116,10 @@ class SectorKeys:
                 self._ciphers[salt] = c
         return c
 
-    def session(self):
+    def session(self) -> GcmCipher:
         return self.for_salt(self.salt)
 
-    def v1(self):
+    def v1(self) -> GcmCipher:
         return self._root
 
     def close(self) -> None:
@@ -126,19 +129,19 @@ class SectorKeys:
             self._ciphers.clear()
 
 
-def empty_meta_page(meta_key, group: int) -> bytearray:
+def empty_meta_page(meta_key: bytearray, group: int) -> bytearray:
     page = bytearray(PAGE)
     F.seal_meta(meta_key, group, page)
     return page
 
 
-def init_groups(backing, meta_key, first_group: int, end_group: int) -> None:
+def init_groups(backing: BackingFile, meta_key: bytearray, first_group: int, end_group: int) -> None:
     """Write sealed empty metadata pages for groups [first_group, end_group) (create, resize)."""
     for g in range(first_group, end_group):
         backing.pwrite(F.meta_offset(g), empty_meta_page(meta_key, g))
 
 
-def _salts(arr: np.ndarray) -> list[bytes]:
+def _salts(arr: npt.NDArray[np.uint64]) -> list[bytes]:
     """Distinct salts (16 bytes each) of an (n, 2) u64 array of salts."""
     return [r.astype(">u8").tobytes() for r in np.unique(arr.reshape(-1, 2), axis=0)]
 
@@ -147,7 +150,8 @@ class GcmStore:
     lock_unit = G
     flush_is_barrier = True
 
-    def __init__(self, backing, header, keys: SectorKeys, meta_key: bytearray, mac_key: bytearray,
+    def __init__(self, backing: BackingFile, header: VolumeHeader, keys: SectorKeys,
+                 meta_key: bytearray, mac_key: bytearray,
                  note_key: bytearray, path: str = "", copy_damaged: bool = False):
         self.backing = backing
         self.header = header
@@ -157,11 +161,11 @@ class GcmStore:
         self.note_key = note_key
         self.path = path
         # Sectors written since the last flush, per group (only groups touched since then).
-        self._dirty: dict[int, np.ndarray] = {}
-        self._zeroed: list[np.ndarray] = []
+        self._dirty: dict[int, npt.NDArray[np.bool_]] = {}
+        self._zeroed: list[npt.NDArray[np.int64]] = []
         self._ctr_lock = threading.Lock()
         self._hdr_lock = threading.Lock()
-        self._doubtful = [tuple(r) for r in header.doubtful]
+        self._doubtful = list(header.doubtful)
         self._next = 0
         self._note_seq = 0
         self._cache: dict[int, bytearray] = {}
@@ -178,13 +182,13 @@ class GcmStore:
 
     # ---- header, nonce note and nonce reservation ------------------------------------------
 
-    def _write_header(self, sync_after: bool) -> None:
+    def write_header(self, sync_after: bool) -> None:
         """Write the next header copy (seqid+1). Always preceded by an fdatasync, so the other copy
         is durable while this one is being written."""
         with self._hdr_lock:
             h = self.header
             h.seqid += 1
-            h.doubtful = [list(r) for r in self._doubtful]
+            h.doubtful = list(self._doubtful)
             h.mac = compute_mac(self.mac_key, h)
             off, data = F.encode_copy(h)
             self.backing.pwrite(off, data)
@@ -229,7 +233,7 @@ class GcmStore:
             self._resolve_doubtful()
         if self._next > NONCE_LIMIT:  # exhausted: readable, never written again under this key
             self.backing.fdatasync()
-            self._write_header(sync_after=True)
+            self.write_header(sync_after=True)
             return
         self._reserve(self._next)
 
@@ -281,9 +285,9 @@ class GcmStore:
         new = min(max(h.nonce_reserved + RESERVE_CHUNK, need_upto), NONCE_LIMIT)
         self.backing.fdatasync()
         h.nonce_reserved = new
-        self._write_header(sync_after=True)
+        self.write_header(sync_after=True)
 
-    def _alloc(self, n: int) -> np.ndarray:
+    def _alloc(self, n: int) -> npt.NDArray[np.uint64]:
         with self._ctr_lock:
             last = self._next + n - 1
             if last > self.header.nonce_reserved:
@@ -303,7 +307,7 @@ class GcmStore:
                             self.path, g * G, g * G + G - 1, top, self._next)
                 self._next = top + 1
 
-    def _is_doubtful(self, ctr: np.ndarray) -> np.ndarray:
+    def _is_doubtful(self, ctr: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
         m = np.zeros(ctr.shape, dtype=bool)
         for lo, hi in self._doubtful:
             m |= (ctr > lo) & (ctr <= hi)
@@ -331,7 +335,7 @@ class GcmStore:
             self._cache[g] = page
         return page
 
-    def _decrypt_slot(self, g: int, i: int, k: int, entry, out: memoryview) -> bool:
+    def _decrypt_slot(self, g: int, i: int, k: int, entry: np.void, out: memoryview) -> bool:
         """Decrypt slot k of sector g*G+i into out (one sector); False if it does not verify."""
         ctr = int(entry["ctr"][k])
         if not entry["tag"][k].any():
@@ -343,7 +347,7 @@ class GcmStore:
         failed = c.decrypt(out, g * G + i, F.nonce_bytes(np.array([ctr], dtype=np.uint64)), tag)
         return not failed
 
-    def _fallback(self, g: int, i: int, k: int, entry, out: memoryview) -> None:
+    def _fallback(self, g: int, i: int, k: int, entry: np.void, out: memoryview) -> None:
         """Slot k (the newer) of sector g*G+i failed: residue of a crash if doubtful, else tampering."""
         sector = g * G + i
         if not self._is_doubtful(np.array([entry["ctr"][k]], dtype=np.uint64))[0]:
@@ -363,7 +367,8 @@ class GcmStore:
 
     # ---- the store interface ---------------------------------------------------------------
 
-    def _chunks(self, first: int, n: int):
+    def _chunks(self, first: int, n: int) -> Iterator[tuple[int, int, int, int]]:
+        """(offset from first, group, index in the group, count) of each group's part of the range."""
         s, end = first, first + n
         while s < end:
             g, i0 = divmod(s, G)
@@ -410,7 +415,7 @@ class GcmStore:
         counter, unless it is crash residue (doubtful and fails to verify), then the other. Only
         doubtful slots are decrypted; other slots are not verified here (a read or a restore does).
         Caller: volumed.volume.records (the raw records a snapshot stores)."""
-        out: list[tuple[int, int, bytes] | None] = []
+        out: list[tuple[int, int, bytes, bytes] | None] = []
         for _rel, g, i0, cnt in self._chunks(first, n):
             sub = F.slots(self._meta(g))[i0:i0 + cnt]
             doubtful = self._is_doubtful(sub["ctr"])
@@ -418,7 +423,8 @@ class GcmStore:
                 out.append(self._current_slot(g, i0 + j, sub[j], doubtful[j]))
         return out
 
-    def _current_slot(self, g: int, i: int, entry, doubtful) -> tuple[int, int, bytes, bytes] | None:
+    def _current_slot(self, g: int, i: int, entry: np.void,
+                      doubtful: npt.NDArray[np.bool_]) -> tuple[int, int, bytes, bytes] | None:
         ctr = entry["ctr"]
         k = 1 if ctr[1] > ctr[0] else 0
         for attempt in (k, 1 - k):
@@ -436,7 +442,9 @@ class GcmStore:
 
     def write_sectors(self, first: int, data: memoryview | None, n: int | None = None) -> None:
         """Store whole sectors (``data`` None = n sectors of zeros). All-zero sectors store no data."""
-        n = len(data) // PAGE if data is not None else n
+        if data is not None:
+            n = len(data) // PAGE
+        assert n is not None, "write_sectors needs data or n"
         for rel, g, i0, cnt in self._chunks(first, n):
             try:
                 self._write_group(first + rel, g, i0, cnt,
@@ -445,14 +453,14 @@ class GcmStore:
                 self._cache.pop(g, None)  # the cached page may be ahead of the disk
                 raise
 
-    def _dirty_of(self, g: int) -> np.ndarray:
+    def _dirty_of(self, g: int) -> npt.NDArray[np.bool_]:
         """The written-since-flush flags of group g (the caller holds the group's lock)."""
         d = self._dirty.get(g)
         if d is None:
             d = self._dirty[g] = np.zeros(G, dtype=bool)
         return d
 
-    def _write_one(self, s: int, g: int, i: int, chunk) -> None:
+    def _write_one(self, s: int, g: int, i: int, chunk: memoryview | None) -> None:
         """_write_group for one sector, in scalar code (the 4 KiB random-write case)."""
         page = self._meta(g)
         e = i * 2 * F.SLOT_BYTES
@@ -472,10 +480,10 @@ class GcmStore:
             target = 1 - cur
         zero = chunk is None or not np.frombuffer(chunk, dtype=np.uint64).any()
         nonce = F.nonce_bytes(self._alloc(1))
-        if zero:
-            tag = bytes(16)
-        else:
-            buf, tag = scratch(PAGE), bytearray(16)  # written out below, before returning
+        tag = bytearray(16)
+        if not zero:
+            assert chunk is not None
+            buf = scratch(PAGE)  # written out below, before returning
             self.cipher.encrypt(chunk, s, nonce, tag, out=buf)
         o = e + target * F.SLOT_BYTES
         page[o:o + 16] = self.salt
@@ -490,7 +498,7 @@ class GcmStore:
         self.backing.pwrite(F.meta_offset(g), page)
         d[i] = True
 
-    def _write_group(self, s: int, g: int, i0: int, cnt: int, chunk) -> None:
+    def _write_group(self, s: int, g: int, i0: int, cnt: int, chunk: memoryview | None) -> None:
         """write_sectors for sectors s..s+cnt-1, all in group g starting at index i0."""
         if cnt == 1:
             return self._write_one(s, g, i0, chunk)
@@ -506,7 +514,7 @@ class GcmStore:
         check = ~dirty & (pc != 0) & self._is_doubtful(pc)
         for j in np.flatnonzero(check):
             probe = memoryview(bytearray(PAGE))
-            if not self._decrypt_slot(g, i0 + j, int(prim[j]), sub[j], probe):
+            if not self._decrypt_slot(g, i0 + int(j), int(prim[j]), sub[j], probe):
                 cur[j] = 1 - prim[j]
         target = np.where(dirty, prim, 1 - cur)
         if chunk is None:
@@ -515,11 +523,13 @@ class GcmStore:
             zeros = zero_sectors(chunk, PAGE)
         counters = self._alloc(cnt)
         tags = bytearray(cnt * 16)
-        buf = scratch(cnt * PAGE) if not zeros.all() else None
         tmv = memoryview(tags)
-        for a, b in runs(~zeros):
-            self.cipher.encrypt(chunk[a * PAGE:b * PAGE], s + a, F.nonce_bytes(counters[a:b]),
-                                tmv[a * 16:b * 16], out=buf[a * PAGE:b * PAGE])
+        buf = memoryview(bytearray())  # nothing to write when every sector is zeros (chunk None)
+        if chunk is not None and not zeros.all():
+            buf = scratch(cnt * PAGE)
+            for a, b in runs(~zeros):
+                self.cipher.encrypt(chunk[a * PAGE:b * PAGE], s + a, F.nonce_bytes(counters[a:b]),
+                                    tmv[a * 16:b * 16], out=buf[a * PAGE:b * PAGE])
         tag_arr = np.frombuffer(tags, dtype=">u8").reshape(cnt, 2)
         sub["salt"][ar, target] = self._salt_arr
         sub["ctr"][ar, target] = counters
@@ -574,7 +584,7 @@ class GcmStore:
         self.flush()
         self.backing.fdatasync()
         self.header.nonce_flushed = self.header.nonce_reserved
-        self._write_header(sync_after=True)
+        self.write_header(sync_after=True)
 
     def retire(self) -> None:
         """Before the key is wiped: if nothing was written since the last flush, record a clean
@@ -584,7 +594,7 @@ class GcmStore:
         try:
             self.backing.fdatasync()
             self.header.nonce_flushed = self.header.nonce_reserved
-            self._write_header(sync_after=False)
+            self.write_header(sync_after=False)
         except OSError as exc:
             log.error("could not record a clean close of %s: %s", self.path, exc)
 

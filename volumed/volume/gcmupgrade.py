@@ -18,16 +18,20 @@ import contextlib
 import copy
 import os
 import secrets
+from collections.abc import Callable
+from typing import TypeAlias
 
 import numpy as np
 
 from volumed.errors import IntegrityError, UsageError
 from volumed.volume import gcmformat as F
-from volumed.volume.backing import BackingFile
+from volumed.secrets import wipe
+from volumed.volume.backing import BackingFile, StrPath, fsync_dir
+from volumed.volume.device import _lock_exclusive, _open_backing, load_header
 from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
 from volumed.volume.header import (GCM_META_INFO, GCM_NOTE_INFO, MAC_INFO, VolumeHeader, compute_mac,
                                    derive_key, verify_mac)
-from volumed.volume.keywrap import unwrap
+from volumed.volume.keywrap import KmsClient, unwrap
 from volumed.volume.ranges import runs, zero_sectors
 
 PAGE = F.PAGE
@@ -42,7 +46,8 @@ def _v1_doubtful(h: VolumeHeader) -> list[tuple[int, int]]:
     return rs
 
 
-def read_v1_group(backing, h: VolumeHeader, keys: SectorKeys, meta_key, g: int, path: str) -> bytearray:
+def read_v1_group(backing: BackingFile, h: VolumeHeader, keys: SectorKeys, meta_key: bytearray,
+                  g: int, path: str) -> bytearray:
     """Plaintext of the sectors of format-1 group ``g`` (IntegrityError names a bad sector)."""
     n = min(V1G, h.sectors - g * V1G)
     page = backing.pread(F.v1_meta_offset(g), PAGE)
@@ -83,44 +88,39 @@ def _new_header(h: VolumeHeader) -> VolumeHeader:
     return h2
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+Progress: TypeAlias = Callable[[int, int], None]
+"""``progress(done, total)``: groups rewritten so far, of all."""
 
 
-def upgrade(path, *, kms, grant_tokens: list[str] | None = None, progress=None) -> tuple[VolumeHeader, bool]:
+def upgrade(path: StrPath, *, kms: KmsClient, grant_tokens: list[str] | None = None,
+            progress: Progress | None = None) -> tuple[VolumeHeader, bool]:
     """Upgrade the GCM volume at ``path`` to format 2: (new header, True), or (header, False) if
     it is format 2 already. UsageError for an XTS volume; nothing changes on any error."""
-    from volumed.volume.device import _lock_exclusive, _open_backing, load_header
-
-    path = os.fspath(path)
-    old = _open_backing(path)
+    name = os.fspath(path)
+    old = _open_backing(name)
     try:
-        _lock_exclusive(old, path)
-        h, _extras, _copies = load_header(old, path)
+        _lock_exclusive(old, name)
+        h, _extras, _copies = load_header(old, name)
         if h.cipher != "gcm":
-            raise UsageError(f"{path} is an XTS (LUKS2) volume: only GCM volumes have a format upgrade")
+            raise UsageError(f"{name} is an XTS (LUKS2) volume: only GCM volumes have a format upgrade")
         if h.format_version >= F.VERSION:
             return h, False
         key = unwrap(kms, h.key_arn, h.wrapped_key, h.context, grant_tokens, expect_len=32)
         subkeys = [derive_key(key, h.uuid, info) for info in (MAC_INFO, GCM_META_INFO, GCM_NOTE_INFO)]
         keys = SectorKeys(key, h.uuid)  # wipes key
         try:
-            verify_mac(subkeys[0], h, path)
-            h2 = _rewrite(old, path, h, keys, *subkeys, progress)
+            verify_mac(subkeys[0], h, name)
+            h2 = _rewrite(old, name, h, keys, subkeys[0], subkeys[1], subkeys[2], progress)
         finally:
             keys.close()
-            for b in subkeys:
-                b[:] = bytes(len(b))
+            wipe(*subkeys)
         return h2, True
     finally:
         old.close()
 
 
-def _rewrite(old, path, h, keys, mac_key, meta_key, note_key, progress) -> VolumeHeader:
+def _rewrite(old: BackingFile, path: str, h: VolumeHeader, keys: SectorKeys, mac_key: bytearray,
+             meta_key: bytearray, note_key: bytearray, progress: Progress | None) -> VolumeHeader:
     """Write the format-2 volume beside ``path`` and rename it over ``path``."""
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                        f".{os.path.basename(path)}.upgrade-{secrets.token_hex(6)}")
@@ -151,7 +151,7 @@ def _rewrite(old, path, h, keys, mac_key, meta_key, note_key, progress) -> Volum
         new.fdatasync()
         new.close()
         os.rename(tmp, path)
-        _fsync_dir(path)
+        fsync_dir(path)
     except BaseException:
         new.close()
         with contextlib.suppress(FileNotFoundError):

@@ -13,16 +13,22 @@ seal on every header update), create.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import hmac
 import json
 import uuid as _uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from volumed.errors import FormatError, IntegrityError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 SECTOR_SIZE = 4096
 CONTEXT_DB = "aws:rds:db-id"
@@ -44,7 +50,7 @@ class VolumeHeader:
     data_offset: int          # where the data area starts in the backing file
     key_arn: str
     wrapped_key: bytes
-    context: dict
+    context: dict[str, str]
     db_id: str
     ebs_id: str
     created: str = ""
@@ -55,15 +61,15 @@ class VolumeHeader:
     # GCM only: nonce counters (see docs/FORMAT.md "Nonces").
     nonce_reserved: int = 0
     nonce_flushed: int = 0
-    doubtful: list = dataclasses.field(default_factory=list)
+    doubtful: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (lo, hi] ranges
 
     @property
     def sectors(self) -> int:
         return self.size // self.sector_size
 
-    def mac_fields(self) -> dict:
+    def mac_fields(self) -> dict[str, object]:
         """The canonical dict the header MAC covers."""
-        d = {
+        d: dict[str, object] = {
             "format": self.format, "format_version": self.format_version, "uuid": self.uuid,
             "cipher": self.cipher, "size": self.size, "sector_size": self.sector_size,
             "data_offset": self.data_offset, "key_arn": self.key_arn,
@@ -75,10 +81,8 @@ class VolumeHeader:
                      doubtful=[list(r) for r in self.doubtful])
         return d
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         """JSON-friendly summary for ``volumed info --json`` (wrapped key base64, no secrets)."""
-        import base64
-
         d = self.mac_fields()
         d["wrapped_key"] = base64.b64encode(self.wrapped_key).decode()
         d["mac"] = base64.b64encode(self.mac).decode()
@@ -94,13 +98,13 @@ class VolumeHeader:
                 f"and EBS id {self.ebs_id}: the header was altered; restore it from a backup")
 
 
-def derive_key(data_key, volume_uuid: str, info: bytes) -> bytearray:
+def derive_key(data_key: Buffer, volume_uuid: str, info: bytes) -> bytearray:
     """HKDF-SHA256 subkey (32 bytes) of the data key, bound to the volume UUID and ``info``."""
     hk = HKDF(algorithm=hashes.SHA256(), length=32, salt=_uuid.UUID(volume_uuid).bytes, info=info)
     return bytearray(hk.derive(bytes(data_key)))
 
 
-def snapshot_root_key(data_key) -> bytearray:
+def snapshot_root_key(data_key: Buffer) -> bytearray:
     """HKDF-SHA256 subkey (32 bytes, no salt, info "volumed snapshot manifest root v1") of a data
     key: the root of snapshot manifest MAC keys (volumed.snapshot.seal). A volume's snapshots share
     its data key, so the open Volume keeps this root and no snapshot needs another Decrypt."""
@@ -108,16 +112,16 @@ def snapshot_root_key(data_key) -> bytearray:
     return bytearray(hk.derive(bytes(data_key)))
 
 
-def _canonical(fields: dict) -> bytes:
+def _canonical(fields: dict[str, object]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
-def compute_mac(mac_key, header: VolumeHeader) -> bytes:
+def compute_mac(mac_key: Buffer, header: VolumeHeader) -> bytes:
     """HMAC-SHA256 of the header's MAC'd fields."""
     return hmac.new(bytes(mac_key), _canonical(header.mac_fields()), hashlib.sha256).digest()
 
 
-def verify_mac(mac_key, header: VolumeHeader, path: str = "") -> None:
+def verify_mac(mac_key: Buffer, header: VolumeHeader, path: str = "") -> None:
     """Raise IntegrityError unless the header MAC verifies (names which check failed)."""
     if not hmac.compare_digest(compute_mac(mac_key, header), header.mac):
         raise IntegrityError(
@@ -126,15 +130,50 @@ def verify_mac(mac_key, header: VolumeHeader, path: str = "") -> None:
     header.check_context()
 
 
+HeaderReader: TypeAlias = Callable[[int, int], bytes]
+"""``read(offset, length)``: bytes of the backing file (zeros past its end), for the header parsers."""
+
+# A header copy's parsed JSON. Its values are whatever the file holds: the parsers convert and check
+# each one where they read it (luks2/gcmformat._header_from_json, under one try/except).
+JsonObject: TypeAlias = dict[str, Any]
+
+
+@dataclasses.dataclass
 class HeaderCopy:
     """One parsed on-disk header copy: ``ok`` with ``seqid`` and ``json``, or an ``error`` string."""
 
-    def __init__(self, offset: int):
-        self.offset = offset
-        self.ok = False
-        self.error = "missing"
-        self.seqid = -1
-        self.json: dict | None = None
+    offset: int
+    ok: bool = False
+    error: str = "missing"
+    seqid: int = -1
+    json: JsonObject = dataclasses.field(default_factory=dict)
+
+    def load_json(self, binary: bytes | bytearray, csum_off: int, csum_len: int, rest: bytes,
+                  text: bytes, *, unreadable: str, not_object: str) -> bool:
+        """The part both header formats share: the copy's SHA-256 checksum (over ``binary`` with its
+        checksum field [csum_off, csum_off + csum_len) zeroed, then ``rest``) must equal the
+        field's first 32 bytes, and ``text`` must be a JSON object, which becomes ``json``. False,
+        with ``error`` set ("checksum mismatch", ``unreadable`` or ``not_object``), otherwise."""
+        zeroed = bytearray(binary)
+        csum = bytes(zeroed[csum_off:csum_off + 32])
+        zeroed[csum_off:csum_off + csum_len] = bytes(csum_len)
+        if hashlib.sha256(bytes(zeroed) + rest).digest() != csum:
+            self.error = "checksum mismatch"
+            return False
+        try:
+            obj = json.loads(text.decode())
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            self.error = unreadable
+            return False
+        if not isinstance(obj, dict):
+            self.error = not_object
+            return False
+        self.json = obj
+        return True
+
+    def accept(self, seqid: int) -> None:
+        """Mark the copy valid at ``seqid``."""
+        self.ok, self.error, self.seqid = True, "", seqid
 
 
 def require(cond: bool, what: str) -> None:

@@ -15,6 +15,7 @@ import re
 import secrets
 
 from volumed.errors import FormatError, UsageError
+from volumed.volume.header import VolumeHeader
 
 _DB_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 DB_ID_RE = re.compile(r"^db-[A-Z0-9]{26}$")
@@ -61,7 +62,7 @@ def is_uuid(value: str) -> bool:
     return isinstance(value, str) and UUID_RE.fullmatch(value) is not None
 
 
-def check_header_ids(h) -> None:
+def check_header_ids(h: VolumeHeader) -> None:
     """FormatError unless the header's uuid, db_id and ebs_id have their shapes (a header parser's
     last check: these values become file names)."""
     for field, ok in (("uuid", is_uuid(h.uuid)), ("db id", is_db_id(h.db_id)),

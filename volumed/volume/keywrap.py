@@ -10,8 +10,20 @@ code and naming what was wrong (key, context, access). Callers: volumed.volume.d
 
 from __future__ import annotations
 
-from volumed.errors import KeyAccessError
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from volumed.errors import KeyAccessError, aws_error_code, aws_error_message
 from volumed.hardening import note_key_unwrapped
+
+
+class KmsClient(Protocol):
+    """The two calls a volume makes on a boto3-style KMS client (volumed.kms.connect, or boto3's
+    ``kms`` client): keyword arguments and response shapes are AWS's, so they are not restated
+    here (boto3's own client is untyped)."""
+
+    def generate_data_key_without_plaintext(self, *args: Any, **kwargs: Any) -> Mapping[str, Any]: ...
+    def decrypt(self, *args: Any, **kwargs: Any) -> Mapping[str, Any]: ...
 
 _HINTS = {
     "AccessDeniedException": "the caller has no permission or grant for this key (check the key policy and grants)",
@@ -25,17 +37,6 @@ _HINTS = {
 }
 
 
-def _client_error(exc: Exception) -> tuple[str, str] | None:
-    resp = getattr(exc, "response", None)
-    if isinstance(resp, dict) and "Error" in resp:
-        err = resp["Error"]
-        return str(err.get("Code", "")), str(err.get("Message", ""))
-    code = getattr(exc, "code", None)
-    if isinstance(code, str):
-        return code, str(exc)
-    return None
-
-
 def _unreachable(exc: Exception) -> bool:
     """A botocore transport/credential failure (no AWS error code): the service was not reached."""
     try:
@@ -47,8 +48,9 @@ def _unreachable(exc: Exception) -> bool:
 
 def _check(action: str, key: str, exc: Exception) -> KeyAccessError:
     """The KeyAccessError for a failed KMS call, or re-raise what is not a KMS answer."""
-    if _client_error(exc) is not None:
-        return _refusal(action, key, exc)
+    code = aws_error_code(exc)
+    if code is not None:
+        return _refusal(action, key, code, aws_error_message(exc))
     if _unreachable(exc):
         return KeyAccessError(f"{action} with KMS key {key} failed: the key service is unreachable "
                               f"({exc}); check --kms and credentials, then retry",
@@ -56,14 +58,14 @@ def _check(action: str, key: str, exc: Exception) -> KeyAccessError:
     raise exc
 
 
-def _refusal(action: str, key: str, exc: Exception) -> KeyAccessError:
-    code, msg = _client_error(exc)  # type: ignore[misc]
+def _refusal(action: str, key: str, code: str, msg: str) -> KeyAccessError:
     hint = _HINTS.get(code, msg or "refused")
     return KeyAccessError(f"{action} with KMS key {key} failed: {code}: {hint}"
                           + (f" ({msg})" if msg and msg != hint else ""), code=code or None)
 
 
-def new_wrapped_key(kms, key_id: str, nbytes: int, context: dict) -> tuple[bytes, str]:
+def new_wrapped_key(kms: KmsClient, key_id: str, nbytes: int,
+                    context: dict[str, str]) -> tuple[bytes, str]:
     """(CiphertextBlob, key ARN) of a fresh ``nbytes`` data key bound to ``context``."""
     try:
         resp = kms.generate_data_key_without_plaintext(
@@ -73,17 +75,17 @@ def new_wrapped_key(kms, key_id: str, nbytes: int, context: dict) -> tuple[bytes
     return bytes(resp["CiphertextBlob"]), str(resp["KeyId"])
 
 
-def unwrap(kms, key_arn: str, wrapped: bytes, context: dict, grant_tokens=None,
-           expect_len: int | None = None) -> bytearray:
+def unwrap(kms: KmsClient, key_arn: str, wrapped: bytes, context: dict[str, str],
+           grant_tokens: list[str] | None = None, expect_len: int | None = None) -> bytearray:
     """The plaintext data key as a bytearray (Decrypt with KeyId, context and grant tokens)."""
-    kw = {"CiphertextBlob": wrapped, "KeyId": key_arn, "EncryptionContext": context}
+    kw: dict[str, object] = {"CiphertextBlob": wrapped, "KeyId": key_arn, "EncryptionContext": context}
     if grant_tokens:
         kw["GrantTokens"] = list(grant_tokens)
     try:
         resp = kms.decrypt(**kw)
     except Exception as exc:
         raise _check("Decrypt of the volume key", key_arn, exc) from None
-    plain = resp.get("Plaintext")
+    plain = resp["Plaintext"]
     key = bytearray(plain)
     del plain, resp
     if expect_len is not None and len(key) != expect_len:

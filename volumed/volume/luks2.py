@@ -19,7 +19,7 @@ import os
 import struct
 
 from volumed.errors import FormatError
-from volumed.volume.header import HeaderCopy as Copy, VolumeHeader, require
+from volumed.volume.header import HeaderCopy as Copy, HeaderReader, JsonObject, VolumeHeader, require
 from volumed.volume.ids import check_header_ids
 
 HDR_SIZE = 16384
@@ -38,12 +38,12 @@ _BIN = struct.Struct(">6sHQQ48s32s64s40s48sQ")  # up to hdr_offset, 264 bytes
 _CSUM_OFF = 448
 
 
-def volume_key_digest(key, salt: bytes, iterations: int = PBKDF2_ITERATIONS) -> bytes:
+def volume_key_digest(key: bytearray, salt: bytes, iterations: int = PBKDF2_ITERATIONS) -> bytes:
     """The LUKS2 pbkdf2 digest of the volume key (PBKDF2-HMAC-SHA256, 32 bytes)."""
     return hashlib.pbkdf2_hmac("sha256", bytes(key), salt, iterations, 32)
 
 
-def _json_obj(h: VolumeHeader, digest_salt: bytes, digest: bytes) -> dict:
+def _json_obj(h: VolumeHeader, digest_salt: bytes, digest: bytes) -> JsonObject:
     token = {
         "type": TOKEN_TYPE, "keyslots": [], "volumed_format_version": h.format_version,
         "uuid": h.uuid, "cipher": h.cipher, "size": str(h.size), "sector_size": h.sector_size,
@@ -84,7 +84,7 @@ def encode(h: VolumeHeader, digest_salt: bytes, digest: bytes) -> bytes:
     return _copy(text, h, 0) + _copy(text, h, 1)
 
 
-def _parse_copy(read, offset: int, which: int) -> Copy:
+def _parse_copy(read: HeaderReader, offset: int, which: int) -> Copy:
     c = Copy(offset)
     binhdr = read(offset, BIN_SIZE)
     if len(binhdr) < BIN_SIZE:
@@ -104,32 +104,20 @@ def _parse_copy(read, offset: int, which: int) -> Copy:
     if len(area) < hdr_size - BIN_SIZE:
         c.error = "truncated"
         return c
-    zeroed = bytearray(binhdr)
-    csum = bytes(zeroed[_CSUM_OFF:_CSUM_OFF + 32])
-    zeroed[_CSUM_OFF:_CSUM_OFF + 64] = bytes(64)
-    if hashlib.sha256(bytes(zeroed) + bytes(area)).digest() != csum:
-        c.error = "checksum mismatch"
-        return c
-    try:
-        c.json = json.loads(bytes(area).split(b"\0", 1)[0].decode())
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        c.error = "unreadable JSON area"
-        return c
-    if not isinstance(c.json, dict):
-        c.error = "JSON area is not an object"
-        return c
-    c.seqid = seqid
-    c.ok = True
-    c.error = ""
+    if c.load_json(binhdr, _CSUM_OFF, 64, bytes(area), bytes(area).split(b"\0", 1)[0],
+                   unreadable="unreadable JSON area", not_object="JSON area is not an object"):
+        c.accept(seqid)
     return c
 
 
-def _header_from_json(j: dict, seqid: int) -> tuple[VolumeHeader, bytes, bytes]:
+def _header_from_json(j: JsonObject, seqid: int) -> tuple[VolumeHeader, bytes, bytes]:
     tokens = j.get("tokens")
-    require(isinstance(tokens, dict), "LUKS2 JSON has no tokens object")
+    if not isinstance(tokens, dict):
+        raise FormatError("LUKS2 JSON has no tokens object")
     tok = next((t for t in tokens.values() if isinstance(t, dict) and t.get("type") == TOKEN_TYPE), None)
-    require(tok is not None, "a LUKS2 volume without a volumed-kms token: not created by volumed "
-                             "(open it with cryptsetup)")
+    if tok is None:
+        raise FormatError("a LUKS2 volume without a volumed-kms token: not created by volumed "
+                          "(open it with cryptsetup)")
     try:
         ver = int(tok["volumed_format_version"])
         if ver > 1:
@@ -164,7 +152,7 @@ def _header_from_json(j: dict, seqid: int) -> tuple[VolumeHeader, bytes, bytes]:
     return h, salt, digest
 
 
-def decode(read) -> tuple[VolumeHeader, bytes, bytes, list[Copy]]:
+def decode(read: HeaderReader) -> tuple[VolumeHeader, bytes, bytes, list[Copy]]:
     """Parse both copies; return (header, digest salt, digest, copies). FormatError if neither is valid."""
     copies = [_parse_copy(read, 0, 0)]
     sec = _parse_copy(read, HDR_SIZE, 1)

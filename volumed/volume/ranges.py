@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 
 import numpy as np
+import numpy.typing as npt
 
 
 class RangeLock:
@@ -29,7 +31,7 @@ class RangeLock:
         return any(a < hi and lo < b for a, b in self._held)
 
     @contextlib.contextmanager
-    def lock(self, lo: int, hi: int):
+    def lock(self, lo: int, hi: int) -> Iterator[None]:
         """Hold [lo, hi) until the with-block ends. Blocks while an overlapping range is held."""
         item = (lo, hi)
         with self._cond:
@@ -44,7 +46,7 @@ class RangeLock:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
-    def exclusive(self):
+    def exclusive(self) -> Iterator[None]:
         """Hold the whole space: waits for all ranges to drain; new ranges wait until the end."""
         with self._cond:
             while self._barrier:
@@ -60,7 +62,7 @@ class RangeLock:
                 self._cond.notify_all()
 
 
-def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
     """(start, stop) of every maximal run of True in the 1-D boolean ``mask``."""
     n = mask.size
     if n == 0:
@@ -91,17 +93,18 @@ def scratch(nbytes: int) -> memoryview:
 _ZERO_SECTORS: dict[int, bytes] = {}
 
 
-def zero_sectors(buf, sector_size: int) -> np.ndarray:
+def zero_sectors(buf: bytes | bytearray | memoryview, sector_size: int) -> npt.NDArray[np.bool_]:
     """Boolean array: which sector-sized rows of ``buf`` (length a multiple of sector_size) are all zero.
 
-    One sector (every 4 KiB random write) is compared with a zero sector by memcmp, about 6x
-    cheaper than the numpy reduction, which pays off only over several sectors."""
+    One sector (every 4 KiB random write) is compared with a zero sector by memcmp, which is
+    cheaper than the numpy reduction (docs/PERFORMANCE.md, "Small measurements behind code
+    choices"); the reduction pays off only over several sectors."""
     if len(buf) == sector_size:
         zero = _ZERO_SECTORS.get(sector_size)
         if zero is None:
             zero = _ZERO_SECTORS[sector_size] = bytes(sector_size)
-        return np.array([bytes(buf) == zero])
+        return np.array([bytes(buf) == zero], dtype=bool)
     a = np.frombuffer(buf, dtype=np.uint64)
     if a.size == 0:
         return np.zeros(0, dtype=bool)
-    return ~a.reshape(-1, sector_size // 8).any(axis=1)
+    return np.logical_not(a.reshape(-1, sector_size // 8).any(axis=1))

@@ -26,8 +26,13 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+from typing import TYPE_CHECKING
 
 from volumed.errors import VolumedError
+from volumed.volume.cores import CaptureStats, VolumeCore
+
+if TYPE_CHECKING:
+    from volumed.volume.device import Volume
 
 PAGE = 4096
 DEFAULT_MAX_KEPT_BYTES = 256 << 20   # preserved records a session may hold (the daemon mlocks them)
@@ -45,7 +50,8 @@ class CaptureSession:
     (the snapshot, never the write) and keeps nothing more. ``close()`` (or leaving the
     with-block) ends it, on success or failure."""
 
-    def __init__(self, vol, core, *, started: _dt.datetime, max_kept_bytes: int = DEFAULT_MAX_KEPT_BYTES):
+    def __init__(self, vol: Volume, core: VolumeCore, *, started: _dt.datetime,
+                 max_kept_bytes: int = DEFAULT_MAX_KEPT_BYTES):
         self._vol = vol
         self._core = core
         self.started = started
@@ -53,7 +59,7 @@ class CaptureSession:
         self.header = copy.copy(vol.header)   # a later resize does not change the point in time
         self.path = vol.path
         self.sectors = self.header.sectors
-        self._final: dict | None = None       # the counters when it closed
+        self._final: CaptureStats | None = None   # the counters when it closed
 
     def read_records(self, first: int, n: int) -> list[bytes | None]:
         """Records of sectors [first, first+n) as they were at the barrier; ``first`` is where the
@@ -63,7 +69,7 @@ class CaptureSession:
             raise VolumedError("the capture session was closed")
         return self._core.capture_read(first, n)
 
-    def _stats(self) -> dict:
+    def _stats(self) -> CaptureStats:
         return self._final if self._final is not None else self._core.capture_stats()
 
     @property
@@ -85,7 +91,7 @@ class CaptureSession:
         """End the session: writes stop preserving records, memory is released. Idempotent."""
         if self._final is None:
             try:
-                final = dict(self._core.capture_stats(), kept_bytes=0)
+                final: CaptureStats = {**self._core.capture_stats(), "kept_bytes": 0}
             except VolumedError:
                 final = {"captured": 0, "peak_kept": 0, "kept_bytes": 0, "failed": True}
             self._final = final
@@ -95,5 +101,5 @@ class CaptureSession:
     def __enter__(self) -> "CaptureSession":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -28,11 +28,37 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
 
 from volumed.errors import KeyAccessError, StateError, UsageError, VolumedError
+from volumed.volume.cores import CaptureStats
 from volumed.volume.ranges import RangeLock, runs
+from volumed.volume.xtsstore import XtsStore
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+RecordReader: TypeAlias = Callable[[int, int], list[bytes | None]]
+"""``records(first, n)``: the records of sectors [first, first+n) as stored, None where absent."""
+
+
+class SectorStore(Protocol):
+    """The sectors of one volume format under its key (XtsStore, GcmStore), used by RefCore under
+    its range locks: the store itself locks nothing. Whole sectors only."""
+
+    @property
+    def lock_unit(self) -> int:
+        """Sectors per range-lock unit (1 for XTS, a metadata group for GCM)."""
+    @property
+    def flush_is_barrier(self) -> bool:
+        """True when flush must run with no request in flight (GCM)."""
+    def read_sectors(self, first: int, out: memoryview) -> None: ...
+    def write_sectors(self, first: int, data: memoryview) -> None: ...
+    def discard_sectors(self, first: int, n: int) -> None: ...
+    def flush(self) -> None: ...
 
 KEPT_LIMIT_MESSAGE = ("writes during the copy needed more than {} bytes of preserved records in "
                       "memory (the snapshot's limit, $VOLUMED_SNAPSHOT_MAX_PRESERVED): retry when "
@@ -64,8 +90,9 @@ class RefCore:
     """VolumeCore over a Python store. ``records(first, n)`` reads raw records (the format's rule);
     ``drop()`` wipes the key (the format's rule); ``path`` names the volume in messages."""
 
-    def __init__(self, store, *, size: int, sector_size: int, path: str, records, drop):
-        self._store = store
+    def __init__(self, store: SectorStore, *, size: int, sector_size: int, path: str,
+                 records: RecordReader, drop: Callable[[], None]):
+        self._store: SectorStore | None = store
         self._records = records
         self._drop = drop
         self._locks = RangeLock()
@@ -78,7 +105,7 @@ class RefCore:
 
     # ---- the key latch -----------------------------------------------------------------------
 
-    def _live(self):
+    def _live(self) -> SectorStore:
         store = self._store
         if store is None:
             raise KeyAccessError(f"the key of volume {self.path} has been wiped (access revoked or "
@@ -94,10 +121,12 @@ class RefCore:
                              f"(size {self.size})")
 
     @contextlib.contextmanager
-    def barrier(self):
-        """No request in flight while the block runs (resize of a GCM volume, close)."""
+    def barrier(self) -> Iterator[None]:
+        """No request in flight while the block runs (resize of a GCM volume, close);
+        KeyAccessError once the key was wiped."""
         with self._locks.exclusive():
-            yield self._live()
+            self._live()
+            yield
 
     def wipe_key(self) -> None:
         with self._locks.exclusive():
@@ -122,11 +151,11 @@ class RefCore:
             return buf
         return buf[start:start + length]
 
-    def readinto(self, offset: int, out) -> None:
+    def readinto(self, offset: int, out: Buffer) -> None:
         mv = memoryview(out).cast("B")
         mv[:] = self.read(offset, len(mv))
 
-    def write(self, offset: int, data) -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         mv = memoryview(data).cast("B")
         n = len(mv)
         self._range("write", offset, n)
@@ -188,6 +217,8 @@ class RefCore:
         ss = self.sector_size
         with self._locks.lock(*self._units(first, first + n)):
             store = self._live()
+            if not isinstance(store, XtsStore):
+                raise UsageError(f"{self.path} is not an XTS volume: only XTS sectors export to LUKS2")
             recs = self._records(first, n)
             out = bytearray(n * ss)
             mv = memoryview(out)
@@ -221,7 +252,7 @@ class RefCore:
             return
         with cap.mutex:
             todo = np.array([s not in cap.kept for s in range(lo, hi)])
-        got = {}
+        got: dict[int, bytes | None] = {}
         try:
             for a, b in runs(todo):
                 got.update(zip(range(lo + a, lo + b), self._records(lo + a, b - a)))
@@ -255,13 +286,13 @@ class RefCore:
             with cap.mutex:
                 kept = {s: cap.kept.pop(s) for s in range(first, first + n) if s in cap.kept}
                 cap.kept_bytes -= sum(len(r) for r in kept.values() if r is not None)
-            recs = self._records(first, n) if len(kept) < n else [None] * n
+            recs: list[bytes | None] = self._records(first, n) if len(kept) < n else [None] * n
             for s, rec in kept.items():
                 recs[s - first] = rec
             cap.next = first + n
         return recs
 
-    def capture_stats(self) -> dict:
+    def capture_stats(self) -> CaptureStats:
         cap = self._cap
         if cap is None:
             raise StateError("no capture session is open")

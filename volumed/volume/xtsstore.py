@@ -8,6 +8,9 @@ Callers: volumed.volume.device, under its range locks (this class has no locking
 
 from __future__ import annotations
 
+from volumed.cipher import XtsCipher
+from volumed.volume.backing import BackingFile
+from volumed.volume.header import VolumeHeader
 from volumed.volume.ranges import runs, scratch, zero_sectors
 
 
@@ -15,7 +18,7 @@ class XtsStore:
     lock_unit = 1              # sectors per lock unit
     flush_is_barrier = False   # fdatasync alone makes returned writes durable
 
-    def __init__(self, backing, header, cipher):
+    def __init__(self, backing: BackingFile, header: VolumeHeader, cipher: XtsCipher):
         self.backing = backing
         self.cipher = cipher
         self.ss = header.sector_size

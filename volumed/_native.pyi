@@ -9,6 +9,8 @@ from typing import Final
 
 from typing_extensions import Buffer
 
+from volumed.volume.cores import CaptureStats
+
 PARALLEL_MIN_BYTES: Final[int]  # batches at least this large are split across threads
 MAX_SECTOR_SIZE: Final[int]
 
@@ -107,7 +109,7 @@ class VolumeCore:
         """Under the barrier: flush, then preserve old records before writes (StateError if open)."""
     def capture_read(self, first: int, n: int) -> list[bytes | None]:
         """Records at the barrier, consecutive ranges from 0 (StateError once the session failed)."""
-    def capture_stats(self) -> dict[str, int]:
+    def capture_stats(self) -> CaptureStats:
         """captured, peak_kept, kept_bytes, failed."""
     def capture_end(self) -> None: ...
     def close_clean(self) -> None:
