@@ -49,7 +49,7 @@ def _resolve_alias(conn: sqlite3.Connection, key: str | None) -> str | None:
     if row is None:
         raise UsageError(f"no alias {name} in this keystore: filter by key id or ARN instead "
                          "(see 'volumed kms list-aliases')")
-    return row[0]
+    return str(row[0])
 
 
 def _list(args: argparse.Namespace) -> int:
