@@ -88,7 +88,7 @@ def _list_keys(args: argparse.Namespace) -> int:
         md["Aliases"] = aliases.get(k["KeyId"], [])
         rows.append(md)
     table(rows, [("KEY ID", "KeyId"), ("STATE", "KeyState"), ("MANAGER", "KeyManager"),
-                  ("ALIASES", "Aliases"), ("DESCRIPTION", "Description")])
+                 ("ALIASES", "Aliases"), ("DESCRIPTION", "Description")])
     return 0
 
 
@@ -106,7 +106,7 @@ def _list_aliases(args: argparse.Namespace) -> int:
     params = {"KeyId": args.key} if args.key else {}
     r = _all_pages(kms_client(args), "list_aliases", "Aliases", **params)
     return emit(args, r, lambda r: table(r["Aliases"], [("ALIAS", "AliasName"), ("KEY ID", "TargetKeyId"),
-                                                           ("CREATED", "CreationDate")]))
+                                                          ("CREATED", "CreationDate")]))
 
 
 def _simple(method: str, done: str) -> Handler:
@@ -121,14 +121,14 @@ def _simple(method: str, done: str) -> Handler:
 def _schedule_deletion(args: argparse.Namespace) -> int:
     r = call(kms_client(args), "schedule_key_deletion", KeyId=args.key, PendingWindowInDays=args.days)
     return emit(args, r, lambda r: print(f"{r['KeyId']} is pending deletion; it and everything encrypted "
-                                          f"under it is destroyed on {fmt(r['DeletionDate'])} unless you run "
-                                          f"'volumed kms cancel-key-deletion {args.key}'"))
+                                         f"under it is destroyed on {fmt(r['DeletionDate'])} unless you run "
+                                         f"'volumed kms cancel-key-deletion {args.key}'"))
 
 
 def _cancel_deletion(args: argparse.Namespace) -> int:
     r = call(kms_client(args), "cancel_key_deletion", KeyId=args.key)
     return emit(args, r, lambda r: print(f"{r['KeyId']} is no longer pending deletion; it is Disabled: "
-                                          f"enable it with 'volumed kms enable-key {args.key}'"))
+                                         f"enable it with 'volumed kms enable-key {args.key}'"))
 
 
 def _enable_rotation(args: argparse.Namespace) -> int:
@@ -140,21 +140,21 @@ def _enable_rotation(args: argparse.Namespace) -> int:
 def _rotation_status(args: argparse.Namespace) -> int:
     r = call(kms_client(args), "get_key_rotation_status", KeyId=args.key)
     return emit(args, r, lambda r: _fields(r, ["KeyId", "KeyRotationEnabled", "RotationPeriodInDays",
-                                                "NextRotationDate"]))
+                                               "NextRotationDate"]))
 
 
 def _rotate(args: argparse.Namespace) -> int:
     r = call(kms_client(args), "rotate_key_on_demand", KeyId=args.key)
     return emit(args, r, lambda r: print(f"rotated {args.key}: new key material is current; older "
-                                          f"ciphertexts still decrypt"))
+                                         f"ciphertexts still decrypt"))
 
 
 def _list_rotations(args: argparse.Namespace) -> int:
     params = {"IncludeKeyMaterial": "ALL_KEY_MATERIAL"} if args.all else {}
     r = _all_pages(kms_client(args), "list_key_rotations", "Rotations", KeyId=args.key, **params)
     return emit(args, r, lambda r: table(r["Rotations"], [("ROTATED", "RotationDate"), ("TYPE", "RotationType"),
-                                                            ("STATE", "KeyMaterialState"),
-                                                            ("KEY MATERIAL", "KeyMaterialId")]))
+                                                           ("STATE", "KeyMaterialState"),
+                                                           ("KEY MATERIAL", "KeyMaterialId")]))
 
 
 def _write_output(path: str, data: bytes) -> None:
