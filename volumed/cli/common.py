@@ -10,7 +10,9 @@ as volume and snapshot commands do.
 The key-service commands (kms, iam) share: ``call`` (one KMS call; an AWS error becomes one
 ``KmsCommandError`` line naming the code and what to do), ``emit`` (JSON or human output),
 ``table``/``fmt`` (human output), ``read_input``/``read_text`` (input files, '-' for stdin).
-Every command group builds its subcommands with ``subcommand``.
+``embedded_keystore`` refuses, in one line, commands that need the keystore directory itself when
+--kms names AWS KMS or a key server. ``command_group`` and ``subcommand`` register a group and a
+plain subcommand (positionals, optional key-service options and --json).
 """
 
 from __future__ import annotations
