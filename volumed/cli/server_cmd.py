@@ -17,9 +17,9 @@ import time
 from volumed.cli.common import Subparsers, embedded_keystore
 from volumed.clock import iso_utc
 from volumed.hardening import holds_keys
-from volumed.kms.keystore import Keystore
 from volumed.kms.server import accesskeys, serve
 from volumed.kms.server.app import DEFAULT_RATE
+from volumed.kms.store.keystore import Keystore
 
 
 def _keystore_dir(args: argparse.Namespace) -> str:
