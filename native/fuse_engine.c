@@ -119,15 +119,12 @@ int fe_errno_of(int rc)
     case VC_E_NOMEM:
         return ENOMEM;
     }
+#define FE_CASE(e) case e:
     switch (-rc) { /* the backing file's errno a block device's user can act on (PASSED_THROUGH) */
-    case ENOSPC:
-    case EDQUOT:
-    case EROFS:
-    case EFBIG:
-    case EIO:
-    case ENOMEM:
+    FE_PASSED_THROUGH(FE_CASE)
         return -rc;
     }
+#undef FE_CASE
     return EIO; /* any other errno of the backing file is a bug: EIO */
 }
 
@@ -135,16 +132,17 @@ int fe_errno_of(int rc)
  * first time and then at 2, 4, 8, ... occurrences per errno, as errno_map.py logs it for pyfuse3. */
 static void log_passed_through(int err)
 {
-    static _Atomic unsigned long seen[6];
-    static const int codes[6] = {ENOSPC, EDQUOT, EROFS, EFBIG, EIO, ENOMEM};
-    static const char *names[6] = {"ENOSPC", "EDQUOT", "EROFS", "EFBIG", "EIO", "ENOMEM"};
-    for (int i = 0; i < 6; i++) {
-        if (codes[i] != err)
+#define FE_ENTRY(e) {e, #e},
+    static const struct { int code; const char *name; } passed[] = {FE_PASSED_THROUGH(FE_ENTRY)};
+#undef FE_ENTRY
+    static _Atomic unsigned long seen[sizeof passed / sizeof passed[0]];
+    for (size_t i = 0; i < sizeof passed / sizeof passed[0]; i++) {
+        if (passed[i].code != err)
             continue;
         unsigned long n = atomic_fetch_add(&seen[i], 1) + 1;
         if ((n & (n - 1)) == 0)
             fprintf(stderr, "volumed-engine: the backing file reported %s (%s; %lu time(s) so far): "
-                    "returned to the caller as that errno\n", names[i], strerror(err), n);
+                    "returned to the caller as that errno\n", passed[i].name, strerror(err), n);
         return;
     }
 }

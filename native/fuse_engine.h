@@ -83,6 +83,13 @@ void fe_set_hook_on(fe_engine *e, int on);
 
 void fe_get_stats(fe_engine *e, fe_stats *st);
 
+/* The backing file's errno values a block device's user can act on (a full disk, a quota, a
+ * read-only or too-small file system, the disk below failing, no memory): passed through to the
+ * caller; any other errno of the backing file is a bug and becomes EIO. One list for fe_errno_of,
+ * its log and engine_errno_table(); the same set as PASSED_THROUGH in volumed/mount/errno_map.py
+ * (tests/mount/test_engine.py compares them). X(name) is applied to each errno. */
+#define FE_PASSED_THROUGH(X) X(ENOSPC) X(EDQUOT) X(EROFS) X(EFBIG) X(EIO) X(ENOMEM)
+
 /* The errno a core return code becomes at the FUSE boundary (the one table of the native path;
  * volumed/mount/errno_map.py holds the pyfuse3 path's and a test checks they agree). */
 int fe_errno_of(int rc);

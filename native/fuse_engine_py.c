@@ -122,37 +122,23 @@ static PyObject *engine_wait(EngineObject *self, PyObject *args)
     return PyBool_FromLong(ended);
 }
 
-/* fn(engine) with the GIL released (it may wait for the kernel or for requests in flight). */
-static PyObject *call_nogil(EngineObject *self, void (*fn)(fe_engine *))
-{
-    if (need(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    fn(self->e);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
+/* A no-argument method that runs fn(engine) with the GIL released (it may wait for the kernel or
+ * for requests in flight). */
+#define NOGIL_METHOD(method, fn)                                                                   \
+    static PyObject *method(EngineObject *self, PyObject *unused)                                  \
+    {                                                                                              \
+        (void)unused;                                                                              \
+        if (need(self) < 0)                                                                        \
+            return NULL;                                                                           \
+        Py_BEGIN_ALLOW_THREADS                                                                     \
+        fn(self->e);                                                                               \
+        Py_END_ALLOW_THREADS                                                                       \
+        Py_RETURN_NONE;                                                                            \
+    }
 
-static PyObject *engine_exit(EngineObject *self, PyObject *unused)
-{
-    (void)unused;
-    return call_nogil(self, fe_exit);
-}
-
-static PyObject *engine_close_latch(EngineObject *self, PyObject *unused)
-{
-    (void)unused;
-    if (need(self) < 0)
-        return NULL;
-    fe_close_latch(self->e);
-    Py_RETURN_NONE;
-}
-
-static PyObject *engine_drain(EngineObject *self, PyObject *unused)
-{
-    (void)unused;
-    return call_nogil(self, fe_drain);
-}
+NOGIL_METHOD(engine_exit, fe_exit)
+NOGIL_METHOD(engine_close_latch, fe_close_latch)
+NOGIL_METHOD(engine_drain, fe_drain)
 
 static PyObject *engine_invalidate(EngineObject *self, PyObject *unused)
 {
@@ -279,22 +265,42 @@ static PyTypeObject EngineType = {
     .tp_methods = engine_methods,
 };
 
+/* table[name] = fe_errno_of(rc); -1 with an exception set on failure. */
+static int put_errno_of(PyObject *table, const char *name, int rc)
+{
+    PyObject *v = PyLong_FromLong(fe_errno_of(rc));
+    int r = v == NULL ? -1 : PyDict_SetItemString(table, name, v);
+    Py_XDECREF(v);
+    return r;
+}
+
 /* engine_errno_table() -> dict: what each core return code becomes at the native FUSE boundary
- * (compared with volumed/mount/errno_map.py by the tests). */
+ * (compared with volumed/mount/errno_map.py by the tests): the core's codes, every errno of
+ * FE_PASSED_THROUGH (as a negative return code of the backing file), and EBADF for the rest. */
 static PyObject *mod_engine_errno_table(PyObject *m, PyObject *unused)
 {
     (void)m;
     (void)unused;
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
-                         "VC_E_KEY", fe_errno_of(VC_E_KEY),
-                         "VC_E_INTEGRITY", fe_errno_of(VC_E_INTEGRITY),
-                         "VC_E_RANGE", fe_errno_of(VC_E_RANGE),
-                         "VC_E_STATE", fe_errno_of(VC_E_STATE),
-                         "VC_E_NOMEM", fe_errno_of(VC_E_NOMEM),
-                         "ENOSPC", fe_errno_of(-ENOSPC), "EDQUOT", fe_errno_of(-EDQUOT),
-                         "EIO", fe_errno_of(-EIO), "EROFS", fe_errno_of(-EROFS),
-                         "EFBIG", fe_errno_of(-EFBIG), "ENOMEM", fe_errno_of(-ENOMEM),
-                         "EBADF", fe_errno_of(-EBADF));
+    PyObject *t = PyDict_New();
+    if (t == NULL)
+        return NULL;
+#define PUT(name, rc)                                                                              \
+    if (put_errno_of(t, name, rc) < 0)                                                             \
+        goto fail;
+#define PUT_ERRNO(e) PUT(#e, -(e))
+    PUT("VC_E_KEY", VC_E_KEY)
+    PUT("VC_E_INTEGRITY", VC_E_INTEGRITY)
+    PUT("VC_E_RANGE", VC_E_RANGE)
+    PUT("VC_E_STATE", VC_E_STATE)
+    PUT("VC_E_NOMEM", VC_E_NOMEM)
+    FE_PASSED_THROUGH(PUT_ERRNO)
+    PUT_ERRNO(EBADF) /* not passed through: EIO */
+#undef PUT_ERRNO
+#undef PUT
+    return t;
+fail:
+    Py_DECREF(t);
+    return NULL;
 }
 
 static PyMethodDef engine_module_methods[] = {

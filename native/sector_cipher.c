@@ -604,33 +604,31 @@ static PyMethodDef gcm_methods[] = {
     {NULL},
 };
 
-static PyTypeObject XtsType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "volumed._native.XtsCipher",
-    .tp_doc = "XtsCipher(key, sector_size=4096): AES-256-XTS with the LUKS2 plain64 tweak.",
-    .tp_basicsize = sizeof(CipherObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)xts_init,
-    .tp_dealloc = (destructor)cipher_dealloc,
-    .tp_methods = xts_methods,
-    .tp_members = cipher_members,
-    .tp_getset = cipher_getset,
-};
+/* The two cipher types differ in name, doc, constructor and methods only. */
+#define CIPHER_TYPE(name, doc, init, methods)                                                      \
+    {                                                                                              \
+        PyVarObject_HEAD_INIT(NULL, 0)                                                             \
+        .tp_name = name,                                                                           \
+        .tp_doc = doc,                                                                             \
+        .tp_basicsize = sizeof(CipherObject),                                                      \
+        .tp_flags = Py_TPFLAGS_DEFAULT,                                                            \
+        .tp_new = PyType_GenericNew,                                                               \
+        .tp_init = (initproc)init,                                                                 \
+        .tp_dealloc = (destructor)cipher_dealloc,                                                  \
+        .tp_methods = methods,                                                                     \
+        .tp_members = cipher_members,                                                              \
+        .tp_getset = cipher_getset,                                                                \
+    }
 
-static PyTypeObject GcmType = {  /* declared above, for derive */
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "volumed._native.GcmCipher",
-    .tp_doc = "GcmCipher(key, aad_prefix, sector_size=4096): AES-256-GCM per sector.",
-    .tp_basicsize = sizeof(CipherObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)gcm_init,
-    .tp_dealloc = (destructor)cipher_dealloc,
-    .tp_methods = gcm_methods,
-    .tp_members = cipher_members,
-    .tp_getset = cipher_getset,
-};
+static PyTypeObject XtsType = CIPHER_TYPE(
+    "volumed._native.XtsCipher",
+    "XtsCipher(key, sector_size=4096): AES-256-XTS with the LUKS2 plain64 tweak.", xts_init, xts_methods);
+
+static PyTypeObject GcmType = CIPHER_TYPE( /* declared above, for derive */
+    "volumed._native.GcmCipher",
+    "GcmCipher(key, aad_prefix, sector_size=4096): AES-256-GCM per sector.", gcm_init, gcm_methods);
+
+#undef CIPHER_TYPE
 
 static PyObject *mod_openssl_version(PyObject *m, PyObject *Py_UNUSED(ignored))
 {

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 
 class VolumedError(Exception):
-    """Base class. ``code`` is an AWS error code or a volumed code; ``exit_code`` is for the CLI."""
+    """Base class. ``code`` is an AWS error code or a volumed code; ``exit_code`` is for the CLI.
+    A subclass names its own as class keywords: ``class X(VolumedError, exit_code=2, code="...")``."""
 
     exit_code = 1
     code = "VolumedError"
@@ -19,40 +20,32 @@ class VolumedError(Exception):
         if code is not None:
             self.code = code
 
+    def __init_subclass__(cls, *, exit_code: int | None = None, code: str | None = None) -> None:
+        super().__init_subclass__()
+        if exit_code is not None:
+            cls.exit_code = exit_code
+        if code is not None:
+            cls.code = code
 
-class UsageError(VolumedError):
+
+class UsageError(VolumedError, exit_code=2, code="ValidationException"):
     """Bad input from the user: wrong argument, malformed file, value out of range."""
 
-    exit_code = 2
-    code = "ValidationException"
 
-
-class FormatError(VolumedError):
+class FormatError(VolumedError, exit_code=3, code="FormatError"):
     """A backing file is not a volumed volume, is damaged, or is of a newer version."""
 
-    exit_code = 3
-    code = "FormatError"
 
-
-class IntegrityError(VolumedError):
+class IntegrityError(VolumedError, exit_code=4, code="IntegrityError"):
     """Authenticated data failed to verify (GCM sector tag, header MAC)."""
 
-    exit_code = 4
-    code = "IntegrityError"
 
-
-class KeyAccessError(VolumedError):
+class KeyAccessError(VolumedError, exit_code=5, code="AccessDeniedException"):
     """The key service refused or could not provide the volume's key (carries the AWS code)."""
 
-    exit_code = 5
-    code = "AccessDeniedException"
 
-
-class StateError(VolumedError):
+class StateError(VolumedError, exit_code=6, code="InvalidStateException"):
     """The operation does not fit the object's state (mounted volume, terminal volume, ...)."""
-
-    exit_code = 6
-    code = "InvalidStateException"
 
 
 def aws_error_code(exc: BaseException) -> str | None:

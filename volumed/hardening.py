@@ -19,12 +19,15 @@ import json
 import logging
 import os
 import resource
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 log = logging.getLogger("volumed.hardening")
 
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 ENV_TEST_LOG = "VOLUMED_TEST_HARDENING_LOG"
+F = TypeVar("F", bound=Callable[..., Any])  # a decorated function keeps its signature
 
 
 def _can_lock_all() -> bool:
@@ -68,9 +71,9 @@ def current_state() -> dict:
             "core_limit": resource.getrlimit(resource.RLIMIT_CORE)[0]}
 
 
-def holds_keys(func):
+def holds_keys(func: F) -> F:
     """Mark a CLI command function: its process unwraps keys, so volumed.cli.main hardens it first."""
-    func.holds_keys = True
+    setattr(func, "holds_keys", True)
     return func
 
 

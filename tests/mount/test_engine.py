@@ -54,6 +54,18 @@ def test_errno_tables_of_both_engines_agree():
     assert native["EBADF"] == errno.EIO  # an errno outside PASSED_THROUGH is a bug: EIO
 
 
+def test_native_passed_through_list_is_errno_maps():
+    """native/fuse_engine.h's FE_PASSED_THROUGH (every errno the table lists besides EBADF) is
+    the same set as errno_map.PASSED_THROUGH: an errno added to one list is added to both."""
+    from volumed import _native
+    from volumed.mount.errno_map import PASSED_THROUGH
+
+    native = _native.engine_errno_table()
+    listed = {getattr(errno, k) for k in native if not k.startswith("VC_E_") and k != "EBADF"}
+    assert listed == PASSED_THROUGH
+    assert all(native[errno.errorcode[code]] == code for code in PASSED_THROUGH)
+
+
 # ---- the differential test ---------------------------------------------------------------------
 
 def _outcome(fn, *args):

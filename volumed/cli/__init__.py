@@ -14,7 +14,8 @@ import importlib
 import sys
 
 from volumed import __version__
-from volumed.errors import VolumedError
+from volumed.errors import VolumedError, aws_error_code, aws_error_message
+from volumed.hardening import harden_process
 
 # Command-group modules, in help order. A module that fails to import is a bug, not a missing
 # feature, so it is not hidden.
@@ -30,6 +31,9 @@ GROUPS = [
 
 def _version_string() -> str:
     try:
+        # Importing the cipher fails under VOLUMED_REQUIRE_NATIVE=1 without a working native
+        # extension; --version reports that rather than every command failing to start.
+        # deferred: the import's failure is reported, not raised
         from volumed.cipher import implementation
 
         impl = implementation()
@@ -64,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if getattr(func, "holds_keys", False):  # volumed.hardening.holds_keys
-        from volumed.hardening import harden_process
-
         harden_process()
     try:
         return int(func(args) or 0)
@@ -78,19 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # botocore ClientError and friends: one line with the AWS code
-        code = _aws_error_code(exc)
+        code = aws_error_code(exc)
         if code is None:
             raise
-        msg = exc.response.get("Error", {}).get("Message", "")  # type: ignore[attr-defined]
-        print(f"volumed: {code}: {msg}".rstrip(": "), file=sys.stderr)
+        print(f"volumed: {code}: {aws_error_message(exc)}".rstrip(": "), file=sys.stderr)
         return 1
-
-
-def _aws_error_code(exc: BaseException) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return response.get("Error", {}).get("Code")
-    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,19 +13,17 @@ import os
 import sqlite3
 import sys
 
+from volumed.cli.common import Subparsers, embedded_keystore, print_json
 from volumed.errors import IntegrityError, UsageError
+from volumed.kms import audit
 
 DB_FILE = "keystore.db"
 
 
-def _open_log(args) -> sqlite3.Connection:
+def _open_log(args: argparse.Namespace) -> sqlite3.Connection:
     """The keystore database named by --kms (or the default keystore), opened read-only."""
-    from volumed import kms
-
-    spec = args.kms if args.kms is not None else kms.default_spec()
-    if spec == "aws" or spec.startswith(("https://", "http://")):
-        raise UsageError("the audit log is kept only by the embedded key service; for AWS KMS read "
-                         "the same records in CloudTrail")
+    spec = embedded_keystore(args, "the audit log is kept only by the embedded key service; for AWS "
+                                   "KMS read the same records in CloudTrail")
     path = os.path.join(spec, DB_FILE)
     if not os.path.exists(path):
         raise UsageError(f"no keystore at {spec}: nothing to audit (choose one with --kms or VOLUMED_KMS)")
@@ -37,7 +35,7 @@ def _open_log(args) -> sqlite3.Connection:
     return conn
 
 
-def _resolve_alias(conn, key: str | None) -> str | None:
+def _resolve_alias(conn: sqlite3.Connection, key: str | None) -> str | None:
     """The key id an alias (``alias/x`` or its ARN) names, read from the keystore without a KMS call
     (so filtering the log adds nothing to it); anything else is returned unchanged. Records name keys
     by ARN or id, never by alias, so an alias must be resolved before matching."""
@@ -51,13 +49,10 @@ def _resolve_alias(conn, key: str | None) -> str | None:
     if row is None:
         raise UsageError(f"no alias {name} in this keystore: filter by key id or ARN instead "
                          "(see 'volumed kms list-aliases')")
-    return row[0]
+    return str(row[0])
 
 
-def _list(args) -> int:
-    from volumed.cli.common import print_json
-    from volumed.kms import audit
-
+def _list(args: argparse.Namespace) -> int:
     conn = _open_log(args)
     try:
         records = audit.query(conn, key=_resolve_alias(conn, args.key), event_name=args.event, principal=args.principal,
@@ -77,10 +72,7 @@ def _list(args) -> int:
     return 0
 
 
-def _verify(args) -> int:
-    from volumed.cli.common import print_json
-    from volumed.kms import audit
-
+def _verify(args: argparse.Namespace) -> int:
     conn = _open_log(args)
     try:
         report = audit.verify(conn, anchor=args.anchor, public_key=args.public_key)
@@ -102,7 +94,7 @@ def _context_filter(text: str) -> tuple[str, str | None]:
     return key, (value if sep else None)
 
 
-def register_audit(kms_subparsers) -> None:
+def register_audit(kms_subparsers: Subparsers) -> None:
     """Add ``audit`` (list and filter records) with its ``verify`` subcommand."""
     p = kms_subparsers.add_parser(
         "audit", help="list the key service's audit records (CloudTrail format)",
@@ -143,7 +135,7 @@ def _common(p: argparse.ArgumentParser, *, inherited: bool = False) -> None:
                    help="print JSON")
 
 
-def _list_with_context(args) -> int:
+def _list_with_context(args: argparse.Namespace) -> int:
     ctx = args.context or (None, None)
     args.context_key, args.context_value = ctx
     return _list(args)

@@ -2,135 +2,49 @@
 
 Every command maps to one KMS operation through ``volumed.kms.connect`` (``--kms``/VOLUMED_KMS).
 Output is human-readable by default and the AWS response shape with ``--json``. An AWS error
-becomes one line naming its code and what to do (``KmsCommandError``); nothing is written when a
-call fails (encrypt/decrypt write --out only after success, atomically).
+becomes one line naming its code and what to do (volumed.cli.common.KmsCommandError); nothing is
+written when a call fails (encrypt/decrypt write --out only after success, atomically).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
+from typing import Any
 
-from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
-from volumed.errors import UsageError, VolumedError
+from volumed.cli import audit_cmd, server_cmd
+from volumed.cli.common import (Handler, Response, Subparsers, add_json_option, add_kms_options, call,
+                                command_group, emit, fmt, kms_client, print_json, read_input, read_text,
+                                table)
+from volumed.errors import UsageError
 from volumed.hardening import holds_keys, note_key_unwrapped
-
-# AWS error code -> what the user can do about it
-_HINTS = {
-    "NotFoundException": "list keys with 'volumed kms list-keys' and aliases with 'volumed kms list-aliases'",
-    "DisabledException": "enable the key with 'volumed kms enable-key KEY'",
-    "KMSInvalidStateException": "a key pending deletion can only be described or brought back with "
-                                "'volumed kms cancel-key-deletion KEY'",
-    "InvalidCiphertextException": "the input is not a ciphertext of this key service, was altered, or "
-                                  "--context differs from the one it was encrypted with",
-    "IncorrectKeyException": "the ciphertext was encrypted under another key; omit --key",
-    "AccessDeniedException": "ask the key's administrator for a key policy statement, an identity policy "
-                             "('volumed iam put-policy') or a grant, or call as another --principal or "
-                             "--via-service (AWS managed keys alias/aws/* cannot be managed by anyone)",
-    "AccessDenied": "identity policies are changed by the keystore administrator or a principal whose "
-                    "identity policy allows iam:*",
-    "NoSuchEntity": "list attached policies with 'volumed iam list-policies'",
-    "MalformedPolicyDocument": "fix the policy file (JSON with a Statement list, no Principal)",
-    "ValidationError": "",
-    "AlreadyExistsException": "choose another alias name, or move the alias with update-alias",
-    "NotAuthorizedException": "alias names starting alias/aws/ are reserved; choose another",
-    "InvalidAliasNameException": "use alias/ followed by letters, digits, '/', '_' or '-'",
-    "InvalidGrantTokenException": "list grants with 'volumed kms list-grants KEY'",
-    "InvalidGrantIdException": "list grants with 'volumed kms list-grants KEY'",
-    "MalformedPolicyDocumentException": "fix the policy file (JSON with a Statement list), or keep a "
-                                        "statement that lets you call kms:PutKeyPolicy",
-    "LimitExceededException": "",
-    "UnsupportedOperationException": "",
-    "ValidationException": "",
-}
-
-
-class KmsCommandError(VolumedError):
-    """A key-service call failed; str() is the one line the CLI prints."""
-
-    def __init__(self, code: str, message: str):
-        hint = _HINTS.get(code, "")
-        text = f"{code}: {message}" if message else code
-        if hint:
-            text = f"{text.rstrip('.')}; {hint}"
-        super().__init__(text, code=code)
-        self.exit_code = {"AccessDeniedException": 5, "AccessDenied": 5, "ValidationException": 2,
-                          "ValidationError": 2, "MalformedPolicyDocumentException": 2,
-                          "MalformedPolicyDocument": 2}.get(code, 1)
-
-
-def _call(client, method: str, **params) -> dict:
-    """Run one KMS call; ClientError/ParamValidationError -> KmsCommandError. ResponseMetadata is
-    dropped."""
-    from botocore.exceptions import ClientError, ParamValidationError
-
-    try:
-        response = getattr(client, method)(**params)
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        raise KmsCommandError(err.get("Code", "Error"), err.get("Message", "")) from None
-    except ParamValidationError as exc:
-        raise KmsCommandError("ValidationException", " ".join(str(exc).split())) from None
-    response.pop("ResponseMetadata", None)
-    return response
+from volumed.safefile import write_atomic
+from volumed.secrets import wipe
 
 
 # -- output --------------------------------------------------------------------------------------
-def _fmt(value) -> str:
-    """One value for human output."""
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (list, tuple)):
-        return ",".join(_fmt(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return "-" if value is None or value == "" else str(value)
-
-
-def _table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
-    """Print rows as aligned columns (header, field)."""
-    cells = [[h for h, _ in columns]] + [[_fmt(r.get(f)) for _, f in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    if not rows:
-        print("(none)")
-
-
-def _fields(obj: dict, names: list[str] | None = None) -> None:
+def _fields(obj: Response, names: list[str] | None = None) -> None:
     """Print one object as 'Name: value' lines."""
     names = names or list(obj)
     width = max(len(n) for n in names)
     for n in names:
         if n in obj:
-            print(f"{n.ljust(width)}  {_fmt(obj[n])}")
+            print(f"{n.ljust(width)}  {fmt(obj[n])}")
 
 
-def _emit(args, response: dict, human) -> int:
-    """Print the response as JSON (--json) or through ``human``; exit status 0."""
-    if args.json:
-        print_json(response)
-    else:
-        human(response)
-    return 0
-
-
-def _all_pages(client, method: str, member: str, **params) -> dict:
+def _all_pages(client: Any, method: str, member: str, **params: Any) -> Response:
     """Follow Marker/NextMarker to the end; one response with every item."""
-    items, marker = [], None
+    items: list[Response] = []
+    marker = None
     while True:
-        page = _call(client, method, **params, **({"Marker": marker} if marker else {}))
+        page = call(client, method, **params, **({"Marker": marker} if marker else {}))
         items += page[member]
         if not page.get("Truncated"):
             return {member: items, "Truncated": False}
         marker = page["NextMarker"]
 
 
-def _context(pairs: list[str] | None) -> dict:
+def _context(pairs: list[str] | None) -> dict[str, str]:
     """--context k=v (repeatable) -> dict; UsageError naming a malformed pair."""
     out = {}
     for pair in pairs or ():
@@ -147,119 +61,100 @@ _KEY_FIELDS = ["KeyId", "Arn", "KeyState", "Description", "KeyManager", "KeySpec
                "AWSAccountId"]
 
 
-def _create_key(args):
+def _create_key(args: argparse.Namespace) -> int:
     params = {"Description": args.description} if args.description else {}
     if args.policy:
-        params["Policy"] = _read_text(args.policy)
-    r = _call(kms_client(args), "create_key", **params)
-    return _emit(args, r, lambda r: _fields(r["KeyMetadata"], _KEY_FIELDS))
+        params["Policy"] = read_text(args.policy)
+    r = call(kms_client(args), "create_key", **params)
+    return emit(args, r, lambda r: _fields(r["KeyMetadata"], _KEY_FIELDS))
 
 
-def _describe_key(args):
-    r = _call(kms_client(args), "describe_key", KeyId=args.key)
-    return _emit(args, r, lambda r: _fields(r["KeyMetadata"], _KEY_FIELDS))
+def _describe_key(args: argparse.Namespace) -> int:
+    r = call(kms_client(args), "describe_key", KeyId=args.key)
+    return emit(args, r, lambda r: _fields(r["KeyMetadata"], _KEY_FIELDS))
 
 
-def _list_keys(args):
+def _list_keys(args: argparse.Namespace) -> int:
     client = kms_client(args)
     r = _all_pages(client, "list_keys", "Keys")
     if args.json:
-        return _emit(args, r, None)
+        return emit(args, r, None)
     rows = []
-    aliases = {}
+    aliases: dict[str | None, list[str]] = {}
     for a in _all_pages(client, "list_aliases", "Aliases")["Aliases"]:
         aliases.setdefault(a.get("TargetKeyId"), []).append(a["AliasName"])
     for k in r["Keys"]:
-        md = _call(client, "describe_key", KeyId=k["KeyId"])["KeyMetadata"]
+        md = call(client, "describe_key", KeyId=k["KeyId"])["KeyMetadata"]
         md["Aliases"] = aliases.get(k["KeyId"], [])
         rows.append(md)
-    _table(rows, [("KEY ID", "KeyId"), ("STATE", "KeyState"), ("MANAGER", "KeyManager"),
-                  ("ALIASES", "Aliases"), ("DESCRIPTION", "Description")])
+    table(rows, [("KEY ID", "KeyId"), ("STATE", "KeyState"), ("MANAGER", "KeyManager"),
+                 ("ALIASES", "Aliases"), ("DESCRIPTION", "Description")])
     return 0
 
 
-def _create_alias(args):
-    r = _call(kms_client(args), "create_alias", AliasName=args.alias, TargetKeyId=args.key)
-    return _emit(args, r, lambda r: print(f"{args.alias} -> {args.key}"))
+def _create_alias(args: argparse.Namespace) -> int:
+    r = call(kms_client(args), "create_alias", AliasName=args.alias, TargetKeyId=args.key)
+    return emit(args, r, lambda r: print(f"{args.alias} -> {args.key}"))
 
 
-def _delete_alias(args):
-    r = _call(kms_client(args), "delete_alias", AliasName=args.alias)
-    return _emit(args, r, lambda r: print(f"deleted {args.alias}"))
+def _delete_alias(args: argparse.Namespace) -> int:
+    r = call(kms_client(args), "delete_alias", AliasName=args.alias)
+    return emit(args, r, lambda r: print(f"deleted {args.alias}"))
 
 
-def _list_aliases(args):
+def _list_aliases(args: argparse.Namespace) -> int:
     params = {"KeyId": args.key} if args.key else {}
     r = _all_pages(kms_client(args), "list_aliases", "Aliases", **params)
-    return _emit(args, r, lambda r: _table(r["Aliases"], [("ALIAS", "AliasName"), ("KEY ID", "TargetKeyId"),
-                                                           ("CREATED", "CreationDate")]))
+    return emit(args, r, lambda r: table(r["Aliases"], [("ALIAS", "AliasName"), ("KEY ID", "TargetKeyId"),
+                                                          ("CREATED", "CreationDate")]))
 
 
-def _simple(method: str, done: str):
+def _simple(method: str, done: str) -> Handler:
     """A command that calls ``method`` with KeyId only and prints ``done``."""
-    def run(args):
+    def run(args: argparse.Namespace) -> int:
         client = kms_client(args)
-        r = _call(client, method, KeyId=args.key)
-        return _emit(args, r, lambda r: print(done.format(key=args.key)))
+        r = call(client, method, KeyId=args.key)
+        return emit(args, r, lambda r: print(done.format(key=args.key)))
     return run
 
 
-def _schedule_deletion(args):
-    r = _call(kms_client(args), "schedule_key_deletion", KeyId=args.key, PendingWindowInDays=args.days)
-    return _emit(args, r, lambda r: print(f"{r['KeyId']} is pending deletion; it and everything encrypted "
-                                          f"under it is destroyed on {_fmt(r['DeletionDate'])} unless you run "
-                                          f"'volumed kms cancel-key-deletion {args.key}'"))
+def _schedule_deletion(args: argparse.Namespace) -> int:
+    r = call(kms_client(args), "schedule_key_deletion", KeyId=args.key, PendingWindowInDays=args.days)
+    return emit(args, r, lambda r: print(f"{r['KeyId']} is pending deletion; it and everything encrypted "
+                                         f"under it is destroyed on {fmt(r['DeletionDate'])} unless you run "
+                                         f"'volumed kms cancel-key-deletion {args.key}'"))
 
 
-def _cancel_deletion(args):
-    r = _call(kms_client(args), "cancel_key_deletion", KeyId=args.key)
-    return _emit(args, r, lambda r: print(f"{r['KeyId']} is no longer pending deletion; it is Disabled: "
-                                          f"enable it with 'volumed kms enable-key {args.key}'"))
+def _cancel_deletion(args: argparse.Namespace) -> int:
+    r = call(kms_client(args), "cancel_key_deletion", KeyId=args.key)
+    return emit(args, r, lambda r: print(f"{r['KeyId']} is no longer pending deletion; it is Disabled: "
+                                         f"enable it with 'volumed kms enable-key {args.key}'"))
 
 
-def _enable_rotation(args):
+def _enable_rotation(args: argparse.Namespace) -> int:
     params = {"RotationPeriodInDays": args.period_days} if args.period_days else {}
-    r = _call(kms_client(args), "enable_key_rotation", KeyId=args.key, **params)
-    return _emit(args, r, lambda r: print(f"automatic rotation enabled for {args.key}"))
+    r = call(kms_client(args), "enable_key_rotation", KeyId=args.key, **params)
+    return emit(args, r, lambda r: print(f"automatic rotation enabled for {args.key}"))
 
 
-def _rotation_status(args):
-    r = _call(kms_client(args), "get_key_rotation_status", KeyId=args.key)
-    return _emit(args, r, lambda r: _fields(r, ["KeyId", "KeyRotationEnabled", "RotationPeriodInDays",
-                                                "NextRotationDate"]))
+def _rotation_status(args: argparse.Namespace) -> int:
+    r = call(kms_client(args), "get_key_rotation_status", KeyId=args.key)
+    return emit(args, r, lambda r: _fields(r, ["KeyId", "KeyRotationEnabled", "RotationPeriodInDays",
+                                               "NextRotationDate"]))
 
 
-def _rotate(args):
-    r = _call(kms_client(args), "rotate_key_on_demand", KeyId=args.key)
-    return _emit(args, r, lambda r: print(f"rotated {args.key}: new key material is current; older "
-                                          f"ciphertexts still decrypt"))
+def _rotate(args: argparse.Namespace) -> int:
+    r = call(kms_client(args), "rotate_key_on_demand", KeyId=args.key)
+    return emit(args, r, lambda r: print(f"rotated {args.key}: new key material is current; older "
+                                         f"ciphertexts still decrypt"))
 
 
-def _list_rotations(args):
+def _list_rotations(args: argparse.Namespace) -> int:
     params = {"IncludeKeyMaterial": "ALL_KEY_MATERIAL"} if args.all else {}
     r = _all_pages(kms_client(args), "list_key_rotations", "Rotations", KeyId=args.key, **params)
-    return _emit(args, r, lambda r: _table(r["Rotations"], [("ROTATED", "RotationDate"), ("TYPE", "RotationType"),
-                                                            ("STATE", "KeyMaterialState"),
-                                                            ("KEY MATERIAL", "KeyMaterialId")]))
-
-
-def _read_input(path: str) -> bytes:
-    """The bytes of a file ('-': stdin); UsageError naming the file if unreadable."""
-    try:
-        if path == "-":
-            return sys.stdin.buffer.read()
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _read_text(path: str) -> str:
-    """A UTF-8 text file (policies)."""
-    try:
-        return _read_input(path).decode()
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
+    return emit(args, r, lambda r: table(r["Rotations"], [("ROTATED", "RotationDate"), ("TYPE", "RotationType"),
+                                                           ("STATE", "KeyMaterialState"),
+                                                           ("KEY MATERIAL", "KeyMaterialId")]))
 
 
 def _write_output(path: str, data: bytes) -> None:
@@ -269,8 +164,6 @@ def _write_output(path: str, data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    from volumed.safefile import write_atomic
-
     try:
         write_atomic(path, data)
     except OSError as exc:
@@ -278,13 +171,13 @@ def _write_output(path: str, data: bytes) -> None:
 
 
 @holds_keys
-def _encrypt(args):
+def _encrypt(args: argparse.Namespace) -> int:
     """encrypt KEY --in --out [--context]: KMS Encrypt of a file of 1-4096 bytes."""
-    data = _read_input(args.infile)
+    data = read_input(args.infile)
     if not 1 <= len(data) <= 4096:
         raise UsageError(f"{args.infile} has {len(data)} bytes; KMS Encrypt takes 1 to 4096 bytes "
                          f"(encrypt larger data under a data key from generate-data-key)")
-    r = _call(kms_client(args), "encrypt", KeyId=args.key, Plaintext=data, EncryptionContext=_context(args.context))
+    r = call(kms_client(args), "encrypt", KeyId=args.key, Plaintext=data, EncryptionContext=_context(args.context))
     _write_output(args.outfile, r["CiphertextBlob"])
     if args.json:
         print_json({k: v for k, v in r.items() if k != "CiphertextBlob" or args.outfile == "-"})
@@ -294,22 +187,21 @@ def _encrypt(args):
 
 
 @holds_keys
-def _decrypt(args):
+def _decrypt(args: argparse.Namespace) -> int:
     """decrypt --in --out [--context] [--key]: KMS Decrypt; the plaintext buffer is wiped after writing."""
-    data = _read_input(args.infile)
+    data = read_input(args.infile)
     if not data:
         raise UsageError(f"{args.infile} is empty; it is not a ciphertext")
-    params = {"CiphertextBlob": data, "EncryptionContext": _context(args.context)}
+    params: dict[str, Any] = {"CiphertextBlob": data, "EncryptionContext": _context(args.context)}
     if args.key:
         params["KeyId"] = args.key
-    r = _call(kms_client(args), "decrypt", **params)
+    r = call(kms_client(args), "decrypt", **params)
     plaintext = bytearray(r.pop("Plaintext"))
     note_key_unwrapped()
     try:
         _write_output(args.outfile, bytes(plaintext))
     finally:
-        for i in range(len(plaintext)):
-            plaintext[i] = 0
+        wipe(plaintext)
     if args.json:
         print_json(r)
     elif args.outfile != "-":
@@ -317,69 +209,70 @@ def _decrypt(args):
     return 0
 
 
-def _create_grant(args):
-    params = {"KeyId": args.key, "GranteePrincipal": args.grantee,
+def _create_grant(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"KeyId": args.key, "GranteePrincipal": args.grantee,
               "Operations": [o for op in args.operations for o in op.split(",") if o]}
     if args.retiring_principal:
         params["RetiringPrincipal"] = args.retiring_principal
     if args.name:
         params["Name"] = args.name
-    constraints = {}
+    constraints: dict[str, dict[str, str]] = {}
     if args.context_subset:
         constraints["EncryptionContextSubset"] = _context(args.context_subset)
     if args.context_equals:
         constraints["EncryptionContextEquals"] = _context(args.context_equals)
     if constraints:
         params["Constraints"] = constraints
-    r = _call(kms_client(args), "create_grant", **params)
-    return _emit(args, r, lambda r: _fields(r, ["GrantId", "GrantToken"]))
+    r = call(kms_client(args), "create_grant", **params)
+    return emit(args, r, lambda r: _fields(r, ["GrantId", "GrantToken"]))
 
 
 _GRANT_COLUMNS = [("GRANT ID", "GrantId"), ("GRANTEE", "GranteePrincipal"), ("OPERATIONS", "Operations"),
                   ("RETIRING", "RetiringPrincipal"), ("CONSTRAINTS", "Constraints"), ("NAME", "Name")]
 
 
-def _list_grants(args):
+def _list_grants(args: argparse.Namespace) -> int:
     r = _all_pages(kms_client(args), "list_grants", "Grants", KeyId=args.key)
-    return _emit(args, r, lambda r: _table(r["Grants"], _GRANT_COLUMNS))
+    return emit(args, r, lambda r: table(r["Grants"], _GRANT_COLUMNS))
 
 
-def _list_retirable(args):
+def _list_retirable(args: argparse.Namespace) -> int:
     r = _all_pages(kms_client(args), "list_retirable_grants", "Grants", RetiringPrincipal=args.principal_arn)
-    return _emit(args, r, lambda r: _table(r["Grants"], [("KEY", "KeyId")] + _GRANT_COLUMNS))
+    return emit(args, r, lambda r: table(r["Grants"], [("KEY", "KeyId")] + _GRANT_COLUMNS))
 
 
-def _retire_grant(args):
+def _retire_grant(args: argparse.Namespace) -> int:
     if args.token:
         params = {"GrantToken": args.token}
     elif args.key and args.grant_id:
         params = {"KeyId": args.key, "GrantId": args.grant_id}
     else:
         raise UsageError("retire-grant needs --token TOKEN, or KEY and GRANT_ID")
-    r = _call(kms_client(args), "retire_grant", **params)
-    return _emit(args, r, lambda r: print("grant retired"))
+    r = call(kms_client(args), "retire_grant", **params)
+    return emit(args, r, lambda r: print("grant retired"))
 
 
-def _revoke_grant(args):
-    r = _call(kms_client(args), "revoke_grant", KeyId=args.key, GrantId=args.grant_id)
-    return _emit(args, r, lambda r: print(f"grant {args.grant_id} revoked"))
+def _revoke_grant(args: argparse.Namespace) -> int:
+    r = call(kms_client(args), "revoke_grant", KeyId=args.key, GrantId=args.grant_id)
+    return emit(args, r, lambda r: print(f"grant {args.grant_id} revoked"))
 
 
-def _put_policy(args):
-    params = {"KeyId": args.key, "PolicyName": "default", "Policy": _read_text(args.file)}
+def _put_policy(args: argparse.Namespace) -> int:
+    params = {"KeyId": args.key, "PolicyName": "default", "Policy": read_text(args.file)}
     if args.bypass_policy_lockout_safety_check:
         params["BypassPolicyLockoutSafetyCheck"] = True
-    r = _call(kms_client(args), "put_key_policy", **params)
-    return _emit(args, r, lambda r: print(f"key policy of {args.key} replaced"))
+    r = call(kms_client(args), "put_key_policy", **params)
+    return emit(args, r, lambda r: print(f"key policy of {args.key} replaced"))
 
 
-def _get_policy(args):
-    r = _call(kms_client(args), "get_key_policy", KeyId=args.key, PolicyName="default")
-    return _emit(args, r, lambda r: print(r["Policy"]))
+def _get_policy(args: argparse.Namespace) -> int:
+    r = call(kms_client(args), "get_key_policy", KeyId=args.key, PolicyName="default")
+    return emit(args, r, lambda r: print(r["Policy"]))
 
 
 # -- registration --------------------------------------------------------------------------------
-def _cmd(sub, name: str, func, help: str, *, key: bool = True, key_help: str = "key id, key ARN, alias name or alias ARN"):
+def _cmd(sub: Subparsers, name: str, func: Handler, help: str, *, key: bool = True,
+         key_help: str = "key id, key ARN, alias name or alias ARN") -> argparse.ArgumentParser:
     """Add one subcommand with KEY (unless key=False), the key-service options and --json."""
     p = sub.add_parser(name, help=help, description=help)
     if key:
@@ -390,13 +283,12 @@ def _cmd(sub, name: str, func, help: str, *, key: bool = True, key_help: str = "
     return p
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add ``volumed kms`` and its subcommands (called by volumed.cli.build_parser)."""
-    top = subparsers.add_parser("kms", help="manage keys of the key service (embedded keystore or AWS KMS)",
-                                description="Key service commands. The service is --kms SPEC or $VOLUMED_KMS: "
-                                            "a keystore directory, 'aws', or an https endpoint.")
-    sub = top.add_subparsers(dest="kms_command", metavar="COMMAND")
-    top.set_defaults(func=lambda args: (top.print_help(sys.stderr), 2)[1])
+    sub = command_group(subparsers, "kms", "manage keys of the key service (embedded keystore or AWS KMS)",
+                        dest="kms_command",
+                        description="Key service commands. The service is --kms SPEC or $VOLUMED_KMS: "
+                                    "a keystore directory, 'aws', or an https endpoint.")
 
     p = _cmd(sub, "create-key", _create_key, "create a customer managed symmetric key", key=False)
     p.add_argument("--description", default="")
@@ -459,9 +351,5 @@ def register(subparsers) -> None:
     p.add_argument("--bypass-policy-lockout-safety-check", action="store_true")
     _cmd(sub, "get-key-policy", _get_policy, "print a key's policy")
 
-    from volumed.cli.audit_cmd import register_audit
-
-    register_audit(sub)
-    from volumed.cli import server_cmd
-
+    audit_cmd.register_audit(sub)
     server_cmd.register_serve(sub)

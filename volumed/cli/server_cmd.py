@@ -9,33 +9,31 @@ directory holds the root key and is the server's administrator. Code: volumed.km
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import sys
+import time
 
-from volumed.errors import UsageError
+from volumed.cli.common import Subparsers, embedded_keystore
+from volumed.clock import iso_utc
 from volumed.hardening import holds_keys
+from volumed.kms.server import accesskeys, serve
+from volumed.kms.server.app import DEFAULT_RATE
+from volumed.kms.store.keystore import Keystore
 
 
-def _keystore_dir(args) -> str:
-    from volumed import kms
-
-    spec = args.kms if args.kms is not None else kms.default_spec()
-    if spec == "aws" or spec.startswith(("https://", "http://")):
-        raise UsageError("access keys are issued by the key server's administrator on the server's "
-                         "keystore directory; give it with --kms DIR on the server")
-    return spec
+def _keystore_dir(args: argparse.Namespace) -> str:
+    return embedded_keystore(args, "access keys are issued by the key server's administrator on the "
+                                   "server's keystore directory; give it with --kms DIR on the server")
 
 
 @holds_keys
-def _serve(args) -> int:
-    from volumed.kms.server import serve
-
+def _serve(args: argparse.Namespace) -> int:
     if args.check:
         url = args.url or f"{'http' if args.insecure_http else 'https'}://{args.listen}"
         ca = args.ca_bundle
         if ca is None and url.startswith("https://"):
+            # deferred: start-up cost of the CLI (its x509 imports, ~10 ms); needed by --check only
             from volumed.kms.server.tls import TLS_DIR
 
             own = os.path.join(_keystore_dir(args), TLS_DIR, "cert.pem")
@@ -48,19 +46,15 @@ def _serve(args) -> int:
                        burst=args.rate_burst, fake_time=args.fake_time, workers=args.workers)
 
 
-def register_serve(sub) -> None:
-    from volumed.kms.server import serve as serve_mod
-    from volumed.kms.server.app import DEFAULT_RATE
-    from volumed.kms.server.serve import DEFAULT_LISTEN
-
+def register_serve(sub: Subparsers) -> None:
     p = sub.add_parser(
         "serve", help="serve the keystore to many hosts over the AWS KMS protocol (SigV4, TLS)",
         description="Serve the keystore at --kms DIR as an AWS KMS endpoint (JSON 1.1, SigV4 with "
                     "access keys from 'volumed iam create-access-key'). TLS with a self-signed "
                     "certificate made on first start unless --tls-cert/--tls-key. Prints one JSON "
                     "line (url, certificate, fingerprint) when it listens. See docs/KMS.md.")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDR:PORT",
-                   help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free one)")
+    p.add_argument("--listen", default=serve.DEFAULT_LISTEN, metavar="ADDR:PORT",
+                   help=f"address to listen on (default {serve.DEFAULT_LISTEN}; port 0 picks a free one)")
     p.add_argument("--kms", "--keystore", dest="kms", metavar="DIR", default=None,
                    help="the keystore directory to serve (default: $VOLUMED_KMS or the default keystore)")
     p.add_argument("--tls-cert", metavar="FILE", default=None)
@@ -71,7 +65,7 @@ def register_serve(sub) -> None:
                    help=f"requests per second per principal (default {DEFAULT_RATE:.0f}; 0 = no limit)")
     p.add_argument("--rate-burst", type=float, default=None, metavar="N",
                    help="bucket size (default twice the rate)")
-    p.add_argument("--workers", type=int, default=serve_mod.default_workers(), metavar="N",
+    p.add_argument("--workers", type=int, default=serve.default_workers(), metavar="N",
                    help="server processes accepting on the socket (default: CPUs, at most 4); "
                         "rate limits apply per process")
     p.add_argument("--check", action="store_true",
@@ -83,12 +77,7 @@ def register_serve(sub) -> None:
 
 
 @holds_keys
-def _create_key(args) -> int:
-    import time
-
-    from volumed.kms.server import accesskeys
-    from volumed.kms.store.keystore import Keystore
-
+def _create_key(args: argparse.Namespace) -> int:
     store = Keystore(_keystore_dir(args))
     try:
         key_id, secret = accesskeys.create(store, args.principal_arn, args.service, time.time())
@@ -105,10 +94,7 @@ def _create_key(args) -> int:
     return 0
 
 
-def _list_keys(args) -> int:
-    from volumed.kms.server import accesskeys
-    from volumed.kms.store.keystore import Keystore
-
+def _list_keys(args: argparse.Namespace) -> int:
     store = Keystore(_keystore_dir(args))
     try:
         rows = accesskeys.listing(store, args.principal)
@@ -118,15 +104,12 @@ def _list_keys(args) -> int:
         print(json.dumps({"AccessKeyMetadata": rows}, indent=2))
         return 0
     for r in rows:
-        created = _dt.datetime.fromtimestamp(r["Created"], _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = iso_utc(r["Created"])
         print(f"{r['AccessKeyId']}  {created}  {r['Principal']}" + (f"  service={r['Service']}" if r["Service"] else ""))
     return 0
 
 
-def _delete_key(args) -> int:
-    from volumed.kms.server import accesskeys
-    from volumed.kms.store.keystore import Keystore
-
+def _delete_key(args: argparse.Namespace) -> int:
     store = Keystore(_keystore_dir(args))
     try:
         accesskeys.delete(store, args.access_key_id)
@@ -136,8 +119,8 @@ def _delete_key(args) -> int:
     return 0
 
 
-def register_access_keys(sub) -> None:
-    def common(p):
+def register_access_keys(sub: Subparsers) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--kms", metavar="DIR", default=None, help="the key server's keystore directory")
         p.add_argument("--json", action="store_true", help="print JSON")
 

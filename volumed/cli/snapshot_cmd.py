@@ -8,29 +8,32 @@ non-zero with nothing changed; ``--json`` prints AWS-shaped JSON (EBS DescribeSn
 
 from __future__ import annotations
 
-import os
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
+from volumed.cli.common import (Subparsers, add_json_option, add_kms_options, command_group, print_json,
+                                subcommand, user_kms)
 from volumed.hardening import holds_keys
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+# The snapshot layer (volumed.snapshot, with the volume layer and the S3 store under it) costs the
+# CLI's start-up 35-55 ms (python -X importtime), so each command imports what it uses ("deferred").
+
 PROGRESS_MIN_CHUNKS = 1024  # show a progress bar from 64 MiB of snapshot up
+T = TypeVar("T")
 
 
-def _kms(args):
-    from volumed.kms.principals import rds_via
-
-    region = next((os.environ[v] for v in ("VOLUMED_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
-                   if os.environ.get(v)), "us-east-1")
-    return kms_client(args, via_service=rds_via(region))
-
-
-def _store(args):
-    from volumed.snapshot.store import open_store
+def _store(args: argparse.Namespace) -> Any:
+    from volumed.snapshot.store import open_store  # deferred: CLI start-up cost
 
     return open_store(args.store, kms_spec=args.kms)
 
 
-def _add_common(p) -> None:
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """--store, the key-service options and --json (added last: they close a command's options)."""
     p.add_argument("--store", metavar="SPEC", default=None,
                    help="snapshot store: a directory or s3://BUCKET/PREFIX (default: "
                         "$VOLUMED_SNAPSHOT_STORE, else 'snapshots' next to the keystore)")
@@ -43,7 +46,8 @@ class _Progress:
 
     def __init__(self, label: str, mode: str):
         self.label, self.mode = label, mode
-        self.bar = self.task = None
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
@@ -57,6 +61,7 @@ class _Progress:
                                 console=Console(stderr=True))
             self.bar.start()
             self.task = self.bar.add_task(self.label, total=total)
+        assert self.task is not None
         self.bar.update(self.task, completed=done)
 
     def close(self) -> None:
@@ -64,7 +69,7 @@ class _Progress:
             self.bar.stop()
 
 
-def _with_progress(args, label: str, fn):
+def _with_progress(args: argparse.Namespace, label: str, fn: Callable[[_Progress], T]) -> T:
     prog = _Progress(label, args.progress)
     try:
         return fn(prog)
@@ -72,8 +77,8 @@ def _with_progress(args, label: str, fn):
         prog.close()
 
 
-def _print_snapshot(args, m, extra: str = "") -> None:
-    from volumed.snapshot.engine import describe
+def _print_snapshot(args: argparse.Namespace, m: dict[str, Any], extra: str = "") -> None:
+    from volumed.snapshot.engine import describe  # deferred: CLI start-up cost
 
     d = describe(m)
     if args.json:
@@ -84,18 +89,18 @@ def _print_snapshot(args, m, extra: str = "") -> None:
 
 
 @holds_keys
-def cmd_create(args) -> int:
-    from volumed.snapshot.engine import create_snapshot
+def cmd_create(args: argparse.Namespace) -> int:
+    from volumed.snapshot.engine import create_snapshot  # deferred: CLI start-up cost
 
     m = _with_progress(args, "snapshot", lambda p: create_snapshot(
-        args.volume, kms=_kms(args), store=_store(args), description=args.description, progress=p))
+        args.volume, kms=user_kms(args), store=_store(args), description=args.description, progress=p))
     _print_snapshot(args, m)
     return 0
 
 
-def cmd_list(args) -> int:
-    from volumed.snapshot import catalog
-    from volumed.snapshot.engine import describe
+def cmd_list(args: argparse.Namespace) -> int:
+    from volumed.snapshot import catalog  # deferred: CLI start-up cost
+    from volumed.snapshot.engine import describe  # deferred: CLI start-up cost
 
     snaps = [describe(m, mac is not None) for m, mac in catalog.all_with_mac(_store(args))]
     if args.volume:
@@ -114,9 +119,9 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_describe(args) -> int:
-    from volumed.snapshot import catalog
-    from volumed.snapshot.engine import describe
+def cmd_describe(args: argparse.Namespace) -> int:
+    from volumed.snapshot import catalog  # deferred: CLI start-up cost
+    from volumed.snapshot.engine import describe  # deferred: CLI start-up cost
 
     m, mac = catalog.read_with_mac(_store(args), args.snapshot)
     d = describe(m, mac is not None)
@@ -128,10 +133,10 @@ def cmd_describe(args) -> int:
     return 0
 
 
-def cmd_delete_snapshot(args) -> int:
-    from volumed.snapshot.engine import delete_snapshot
+def cmd_delete_snapshot(args: argparse.Namespace) -> int:
+    from volumed.snapshot.engine import delete_snapshot  # deferred: CLI start-up cost
 
-    freed = delete_snapshot(_store(args), args.snapshot, kms=_kms(args))
+    freed = delete_snapshot(_store(args), args.snapshot, kms=user_kms(args))
     if args.json:
         print_json({"SnapshotId": args.snapshot, "Deleted": True, "FreedBytes": freed})
     else:
@@ -140,21 +145,21 @@ def cmd_delete_snapshot(args) -> int:
 
 
 @holds_keys
-def cmd_copy(args) -> int:
-    from volumed.snapshot.engine import copy_snapshot
+def cmd_copy(args: argparse.Namespace) -> int:
+    from volumed.snapshot.engine import copy_snapshot  # deferred: CLI start-up cost
 
     m = _with_progress(args, "copy", lambda p: copy_snapshot(
-        _store(args), args.snapshot, kms=_kms(args), key_id=args.key, description=args.description,
+        _store(args), args.snapshot, kms=user_kms(args), key_id=args.key, description=args.description,
         progress=p))
     _print_snapshot(args, m, f"  (copy of {args.snapshot})")
     return 0
 
 
 @holds_keys
-def cmd_share(args) -> int:
-    from volumed.snapshot.engine import share_snapshot
+def cmd_share(args: argparse.Namespace) -> int:
+    from volumed.snapshot.engine import share_snapshot  # deferred: CLI start-up cost
 
-    m, hint = share_snapshot(_store(args), args.snapshot, args.account, kms=_kms(args))
+    m, hint = share_snapshot(_store(args), args.snapshot, args.account, kms=user_kms(args))
     if args.json:
         print_json({"SnapshotId": args.snapshot, "SharedWith": m["shared_with"], "KeyPolicyNeeded": hint})
     else:
@@ -163,10 +168,10 @@ def cmd_share(args) -> int:
 
 
 @holds_keys
-def cmd_seal(args) -> int:
-    from volumed.snapshot.engine import seal_snapshot
+def cmd_seal(args: argparse.Namespace) -> int:
+    from volumed.snapshot.engine import seal_snapshot  # deferred: CLI start-up cost
 
-    m = _with_progress(args, "seal", lambda p: seal_snapshot(_store(args), args.snapshot, kms=_kms(args),
+    m = _with_progress(args, "seal", lambda p: seal_snapshot(_store(args), args.snapshot, kms=user_kms(args),
                                                             progress=p))
     if args.json:
         print_json({"SnapshotId": args.snapshot, "Sealed": True, "OwnerId": m["owner_account"],
@@ -178,11 +183,11 @@ def cmd_seal(args) -> int:
 
 
 @holds_keys
-def cmd_restore(args) -> int:
-    from volumed.snapshot.restore import restore_snapshot
+def cmd_restore(args: argparse.Namespace) -> int:
+    from volumed.snapshot.restore import restore_snapshot  # deferred: CLI start-up cost
 
     h = _with_progress(args, "restore", lambda p: restore_snapshot(
-        _store(args), args.snapshot, args.volume, kms=_kms(args), key_id=args.key,
+        _store(args), args.snapshot, args.volume, kms=user_kms(args), key_id=args.key,
         ebs_id=args.ebs_id, db_id=args.db_id, progress=p))
     if args.json:
         print_json(h.to_dict())
@@ -191,10 +196,10 @@ def cmd_restore(args) -> int:
     return 0
 
 
-def cmd_delete_volume(args) -> int:
-    from volumed.snapshot.erase import delete_volume
+def cmd_delete_volume(args: argparse.Namespace) -> int:
+    from volumed.snapshot.erase import delete_volume  # deferred: CLI start-up cost
 
-    r = delete_volume(args.volume, kms=_kms(args))
+    r = delete_volume(args.volume, kms=user_kms(args))
     if args.json:
         print_json(r)
     else:
@@ -203,74 +208,54 @@ def cmd_delete_volume(args) -> int:
     return 0
 
 
-def _progress_option(p) -> None:
+def _progress_option(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
                    help="progress bar on stderr (auto: from 64 MiB up)")
+    return p
 
 
-def register(sub) -> None:
+def register(sub: Subparsers) -> None:
     """Add the snapshot group, restore and delete to the ``volumed`` command."""
-    snap = sub.add_parser("snapshot", help="point-in-time, incremental, encrypted snapshots")
-    ss = snap.add_subparsers(dest="snapshot_command", metavar="SUBCOMMAND")
-    snap.set_defaults(func=lambda a: (snap.print_help(), 2)[1])
+    ss = command_group(sub, "snapshot", "point-in-time, incremental, encrypted snapshots",
+                       dest="snapshot_command", metavar="SUBCOMMAND", usage_to_stderr=False)
+    snapshot = ("snapshot", "SNAP")
 
-    p = ss.add_parser("create", help="snapshot a volume (only changed chunks are stored)")
-    p.add_argument("volume", metavar="VOLUME")
+    p = subcommand(ss, "create", cmd_create, "snapshot a volume (only changed chunks are stored)", "volume")
     p.add_argument("--description", default="")
     _progress_option(p)
     _add_common(p)
-    p.set_defaults(func=cmd_create)
 
-    p = ss.add_parser("list", help="snapshots in the store")
+    p = subcommand(ss, "list", cmd_list, "snapshots in the store")
     p.add_argument("--volume", metavar="ID", default=None, help="only this volume (vol-, db- or uuid)")
     _add_common(p)
-    p.set_defaults(func=cmd_list)
 
-    p = ss.add_parser("describe", help="one snapshot")
-    p.add_argument("snapshot", metavar="SNAP")
-    _add_common(p)
-    p.set_defaults(func=cmd_describe)
+    _add_common(subcommand(ss, "describe", cmd_describe, "one snapshot", snapshot))
+    _add_common(subcommand(ss, "delete", cmd_delete_snapshot, "delete a snapshot (the others stay restorable)",
+                           snapshot))
 
-    p = ss.add_parser("delete", help="delete a snapshot (the others stay restorable)")
-    p.add_argument("snapshot", metavar="SNAP")
-    _add_common(p)
-    p.set_defaults(func=cmd_delete_snapshot)
-
-    p = ss.add_parser("copy", help="copy a snapshot, under the same or another KMS key")
-    p.add_argument("snapshot", metavar="SNAP")
+    p = subcommand(ss, "copy", cmd_copy, "copy a snapshot, under the same or another KMS key", snapshot)
     p.add_argument("--key", metavar="KEY", default=None,
                    help="KMS key of the copy (another key: a new data key, a full copy)")
     p.add_argument("--description", default="")
     _progress_option(p)
     _add_common(p)
-    p.set_defaults(func=cmd_copy)
 
-    p = ss.add_parser("share", help="let another account copy a snapshot (customer managed keys only)")
-    p.add_argument("snapshot", metavar="SNAP")
+    p = subcommand(ss, "share", cmd_share, "let another account copy a snapshot (customer managed keys only)",
+                   snapshot)
     p.add_argument("--account", required=True, metavar="ID", help="12-digit AWS account id")
     _add_common(p)
-    p.set_defaults(func=cmd_share)
 
-    p = ss.add_parser("seal", help="add the manifest MAC to a snapshot made by an older volumed "
-                                   "(checks every chunk under its key first)")
-    p.add_argument("snapshot", metavar="SNAP")
-    _progress_option(p)
-    _add_common(p)
-    p.set_defaults(func=cmd_seal)
+    _add_common(_progress_option(subcommand(
+        ss, "seal", cmd_seal, "add the manifest MAC to a snapshot made by an older volumed (checks every "
+                              "chunk under its key first)", snapshot)))
 
-    p = sub.add_parser("restore", help="a new volume from a snapshot")
-    p.add_argument("snapshot", metavar="SNAP")
-    p.add_argument("volume", metavar="VOLUME")
+    p = subcommand(sub, "restore", cmd_restore, "a new volume from a snapshot", snapshot, "volume")
     p.add_argument("--ebs-id", metavar="VOL", default=None, help="vol-... (generated when not given)")
     p.add_argument("--db-id", metavar="DB", default=None, help="db-... (generated when not given)")
     p.add_argument("--key", metavar="KEY", default=None,
                    help="KMS key of the new volume (default: the snapshot's; another key: a new data key)")
     _progress_option(p)
     _add_common(p)
-    p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser("delete", help="delete a volume: retire its grants, crypto-erase its header")
-    p.add_argument("volume", metavar="VOLUME")
-    add_kms_options(p)
-    add_json_option(p)
-    p.set_defaults(func=cmd_delete_volume)
+    subcommand(sub, "delete", cmd_delete_volume, "delete a volume: retire its grants, crypto-erase its header",
+               "volume", kms_options=True, json_option=True)

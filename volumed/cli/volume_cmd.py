@@ -6,30 +6,19 @@ principal calls KMS through RDS (ViaService rds.<region>.amazonaws.com), as RDS 
 
 from __future__ import annotations
 
+import argparse
 import os
+from typing import TYPE_CHECKING
 
-from volumed.cli.common import add_json_option, add_kms_options, kms_client, print_json
+from volumed.cli.common import Subparsers, add_json_option, add_kms_options, print_json, subcommand, user_kms
 from volumed.errors import UsageError
 from volumed.hardening import holds_keys
 
+if TYPE_CHECKING:
+    from volumed.volume.header import VolumeHeader
 
-def _region() -> str:
-    for var in ("VOLUMED_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"):
-        if os.environ.get(var):
-            return os.environ[var]
-    return "us-east-1"
-
-
-def _rds_via() -> str:
-    try:
-        from volumed.kms.principals import rds_via
-    except ImportError:  # pragma: no cover - principals module not present
-        return f"rds.{_region()}.amazonaws.com"
-    return rds_via(_region())
-
-
-def _user_kms(args):
-    return kms_client(args, via_service=_rds_via())
+# The volume layer (volumed.volume: the formats, the device, the cipher's users) costs the CLI's
+# start-up 20-35 ms (python -X importtime), so each command imports what it uses ("deferred").
 
 
 def _human(n: int) -> str:
@@ -39,7 +28,7 @@ def _human(n: int) -> str:
     return f"{n} bytes"
 
 
-def _summary(path: str, h) -> str:
+def _summary(path: str, h: VolumeHeader) -> str:
     lines = [
         f"volume:      {path}",
         f"format:      {h.format} ({'AES-256-XTS, LUKS2-compatible' if h.cipher == 'xts' else 'AES-256-GCM, authenticated'})",
@@ -53,7 +42,7 @@ def _summary(path: str, h) -> str:
         f"seqid:       {h.seqid}",
     ]
     if h.cipher == "gcm":
-        from volumed.volume.gcmformat import VERSION
+        from volumed.volume.gcmformat import VERSION  # deferred: CLI start-up cost
 
         lines.append(f"gcm format:  v{h.format_version}" + (
             f" (opens only after `volumed upgrade {path}`)" if h.format_version < VERSION else ""))
@@ -63,11 +52,11 @@ def _summary(path: str, h) -> str:
 
 
 @holds_keys
-def cmd_create(args) -> int:
-    from volumed.volume import Volume, parse_size
+def cmd_create(args: argparse.Namespace) -> int:
+    from volumed.volume import Volume, parse_size  # deferred: CLI start-up cost
 
     size = parse_size(args.size)
-    h = Volume.create(args.volume, size=size, kms=_user_kms(args), key_id=args.key,
+    h = Volume.create(args.volume, size=size, kms=user_kms(args), key_id=args.key,
                       cipher=args.cipher, db_id=args.db_id, ebs_id=args.ebs_id)
     if args.json:
         print_json(h.to_dict())
@@ -76,8 +65,8 @@ def cmd_create(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
-    from volumed.volume import Volume
+def cmd_info(args: argparse.Namespace) -> int:
+    from volumed.volume import Volume  # deferred: CLI start-up cost
 
     h = Volume.read_header(args.volume)
     if args.json:
@@ -88,9 +77,9 @@ def cmd_info(args) -> int:
 
 
 @holds_keys
-def cmd_export(args) -> int:
-    from volumed.volume import Volume
-    from volumed.volume.export import export_luks
+def cmd_export(args: argparse.Namespace) -> int:
+    from volumed.volume import Volume  # deferred: CLI start-up cost
+    from volumed.volume.export import export_luks  # deferred: CLI start-up cost
 
     if not args.luks:
         raise UsageError("export needs --luks (the only export format)")
@@ -99,31 +88,31 @@ def cmd_export(args) -> int:
         raise UsageError(f"{args.volume} is a GCM volume; only XTS volumes export to LUKS2")
     if os.path.lexists(args.out):
         raise UsageError(f"{args.out} already exists: choose a new output path")
-    with Volume.open(args.volume, kms=_user_kms(args)) as vol:
+    with Volume.open(args.volume, kms=user_kms(args)) as vol:
         export_luks(vol, args.out)
     print(f"exported {args.volume} to {args.out} (standalone LUKS2, {_human(h.size)})")
     return 0
 
 
 @holds_keys
-def cmd_resize(args) -> int:
-    from volumed.volume import Volume, parse_size
+def cmd_resize(args: argparse.Namespace) -> int:
+    from volumed.volume import Volume, parse_size  # deferred: CLI start-up cost
 
     size = parse_size(args.size)
     h = Volume.read_header(args.volume)
     if size < h.size:
         raise UsageError(f"cannot shrink {args.volume} from {h.size} to {size} bytes: volumes only grow")
-    with Volume.open(args.volume, kms=_user_kms(args)) as vol:
+    with Volume.open(args.volume, kms=user_kms(args)) as vol:
         vol.resize(size)
     print(f"resized {args.volume} to {_human(size)} ({size} bytes)")
     return 0
 
 
 @holds_keys  # it unwraps the data key: hardened at dispatch, like the mount daemon
-def cmd_upgrade(args) -> int:
-    from volumed.volume.gcmupgrade import upgrade
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from volumed.volume.gcmupgrade import upgrade  # deferred: CLI start-up cost
 
-    h, done = upgrade(args.volume, kms=_user_kms(args))
+    h, done = upgrade(args.volume, kms=user_kms(args))
     if done:
         print(f"upgraded {args.volume} to GCM format v{h.format_version} ({_human(h.size)}, uuid {h.uuid})")
     else:
@@ -131,10 +120,9 @@ def cmd_upgrade(args) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register(sub: Subparsers) -> None:
     """Add create, info, export, resize and upgrade to the ``volumed`` command."""
-    p = sub.add_parser("create", help="create an encrypted volume file (sparse)")
-    p.add_argument("volume", metavar="VOLUME")
+    p = subcommand(sub, "create", cmd_create, "create an encrypted volume file (sparse)", "volume")
     p.add_argument("--size", required=True, metavar="SIZE", help="bytes, or with K/M/G/T (e.g. 1G)")
     p.add_argument("--cipher", choices=["xts", "gcm"], default="xts",
                    help="xts (LUKS2-compatible, default) or gcm (authenticated)")
@@ -143,12 +131,8 @@ def register(sub) -> None:
     p.add_argument("--ebs-id", metavar="VOL", default=None, help="vol-... (generated when not given)")
     add_kms_options(p)
     add_json_option(p)
-    p.set_defaults(func=cmd_create)
 
-    p = sub.add_parser("info", help="print a volume's header (no key needed)")
-    p.add_argument("volume", metavar="VOLUME")
-    add_json_option(p)
-    p.set_defaults(func=cmd_info)
+    subcommand(sub, "info", cmd_info, "print a volume's header (no key needed)", "volume", json_option=True)
 
     p = sub.add_parser("export", help="write a standalone LUKS2 image of an XTS volume")
     p.add_argument("--luks", action="store_true", required=True, help="export as LUKS2 (required)")
@@ -157,13 +141,7 @@ def register(sub) -> None:
     add_kms_options(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("resize", help="grow a volume (shrinking is refused)")
-    p.add_argument("volume", metavar="VOLUME")
-    p.add_argument("size", metavar="SIZE")
-    add_kms_options(p)
-    p.set_defaults(func=cmd_resize)
-
-    p = sub.add_parser("upgrade", help="rewrite a GCM volume of an older format as the current one")
-    p.add_argument("volume", metavar="VOLUME")
-    add_kms_options(p)
-    p.set_defaults(func=cmd_upgrade)
+    subcommand(sub, "resize", cmd_resize, "grow a volume (shrinking is refused)", "volume", "size",
+               kms_options=True)
+    subcommand(sub, "upgrade", cmd_upgrade, "rewrite a GCM volume of an older format as the current one",
+               "volume", kms_options=True)
