@@ -432,7 +432,10 @@ static int alloc(vc_store *s, size_t n, uint64_t *first)
 {
     gcm_state *st = ST(s);
     pthread_mutex_lock(&st->ctr_mu);
-    uint64_t last = st->next + n - 1;
+    /* next may lie past the limit (a session started at it, or skip-ahead to a counter near 2^64
+     * from a page on disk): refuse rather than let next + n wrap round to 0, "empty" */
+    uint64_t last = st->next > st->limit || n > st->limit - st->next + 1 ? UINT64_MAX
+                                                                          : st->next + n - 1;
     int rc = last > st->reserved ? reserve(s, last) : 0;
     if (rc == 0) {
         *first = st->next;
@@ -520,7 +523,7 @@ static int meta(vc_store *s, uint64_t g, unsigned char *page)
                 "session's %llu (the header is older than the data); counting on from above it\n",
                 s->name, (unsigned long long)(g * G), (unsigned long long)(g * G + G - 1),
                 (unsigned long long)top, (unsigned long long)st->next);
-        st->next = top + 1;
+        st->next = top == UINT64_MAX ? top : top + 1; /* past the limit: alloc refuses */
     }
     pthread_mutex_unlock(&st->ctr_mu);
     cache_put(s, g, page, 0); /* not cached if a dirty page could not make room: loaded again */

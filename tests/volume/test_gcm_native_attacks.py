@@ -1,0 +1,297 @@
+"""Attacks on the native GCM store (native/vc_gcmstore.c) where it differs from the Python
+reference: its metadata-page cache (pages written back at flush, or early when a cache slot is
+needed), its in-memory counter (skip-ahead from pages on disk, many writer threads), the session
+it continues from the Python GcmStore, and the argument checks of its Python binding.
+
+The attacks shared with the reference store are in test_gcm_attacks.py; these run on the native
+store only.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from volumed.errors import IntegrityError, StateError, UsageError
+from volumed.volume import Volume, gcmformat as F, gcmstore
+from volumed.volume.backing import BackingFile, RecordingBackingFile, simulate_power_cut
+from volumed.volume.cores import native_module
+from volumed.volume.header import GCM_META_INFO, derive_key
+from volumed.volume.keywrap import unwrap
+
+SS = 4096
+G = F.GROUP_SECTORS
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(native_module() is None, reason="needs the native extension")]
+
+
+def _native(vol) -> None:
+    assert vol.native_core is not None, "the native GCM store serves this volume"
+
+
+def _entries(path, size):
+    """Every used slot of the file: (sector, slot, salt bytes, counter, tag bytes)."""
+    b = BackingFile(path, readonly=True)
+    out = []
+    for g in range(F.groups_for(size)):
+        sub = F.slots(b.pread(F.meta_offset(g), SS))
+        for i, k in zip(*np.nonzero(sub["ctr"])):
+            out.append((g * G + int(i), int(k), sub["salt"][i, k].astype(">u8").tobytes(),
+                        int(sub["ctr"][i, k]), sub["tag"][i, k].astype(">u8").tobytes()))
+    b.close()
+    return out
+
+
+def _meta_key(path, kms) -> bytearray:
+    """The metadata key of the volume at path (what only a holder of the data key can forge with)."""
+    h = Volume.read_header(path)
+    key = unwrap(kms, h.key_arn, h.wrapped_key, h.context, expect_len=32)
+    return derive_key(key, h.uuid, GCM_META_INFO)
+
+
+# ---- 1. no (key, nonce) pair repeats -------------------------------------------------------------
+
+def test_a_counter_at_the_top_of_u64_in_a_valid_page_never_wraps_the_session_counter(make_volume, kms):
+    """A metadata page with a valid MAC (made by a holder of the key, or a corrupted counter that
+    was sealed) holding counter 2^64-1: skip-ahead must not wrap the session counter to 0 (the
+    "empty" counter, so the acknowledged write would read back as zeros, and the counters below the
+    reservation would be used again). The reference refuses the write (nonce space used)."""
+    size = 1 << 20
+    path = make_volume("gcm", size=size)
+    mk = _meta_key(path, kms)
+    with open(path, "r+b") as f:
+        f.seek(F.meta_offset(0))
+        page = bytearray(f.read(SS))
+        e = 1 * 2 * F.SLOT_BYTES  # sector 1, slot 0
+        page[e:e + 16] = os.urandom(16)
+        page[e + 16:e + 24] = (2 ** 64 - 1).to_bytes(8, "big")
+        page[e + 24:e + 40] = os.urandom(16)
+        F.seal_meta(mk, 0, page)
+        f.seek(F.meta_offset(0))
+        f.write(page)
+    with Volume.open(path, kms=kms) as vol:
+        _native(vol)
+        try:
+            vol.write(0, b"W" * SS)
+            vol.flush()
+        except StateError as exc:
+            assert "nonce space" in str(exc)
+        else:
+            assert vol.read(0, SS) == b"W" * SS, "an acknowledged write reads back as zeros"
+
+
+def test_many_writer_threads_never_share_a_counter(make_volume, kms):
+    """Four threads write sectors of the same groups (each sector once, so every encryption stays
+    on disk) while a fifth flushes: every slot has its own counter under the one session salt, and
+    every sector reads what was written."""
+    size = 4 * G * SS
+    path = make_volume("gcm", size=size)
+    nsec = size // SS
+    want = {}
+    errors = []
+    stop = threading.Event()
+
+    def writer(t):
+        try:
+            for s in range(t, nsec, 4):
+                data = bytes([t + 1]) * 8 + os.urandom(SS - 8)
+                want[s] = data
+                vol.write(s * SS, data)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def flusher():
+        while not stop.is_set():
+            vol.flush()
+
+    with Volume.open(path, kms=kms) as vol:
+        _native(vol)
+        ts = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+        f = threading.Thread(target=flusher)
+        f.start()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        stop.set()
+        f.join()
+        assert not errors, errors
+        for s, data in want.items():
+            assert vol.read(s * SS, SS) == data
+    ents = _entries(path, size)
+    assert len(ents) == nsec
+    assert len({e[2] for e in ents}) == 1
+    ctrs = [e[3] for e in ents]
+    assert len(set(ctrs)) == len(ctrs), "two sectors sealed under one (subkey, nonce)"
+
+
+def test_the_native_store_continues_the_python_session_and_the_python_cipher_is_closed(
+        make_volume, kms, monkeypatch):
+    """The Python GcmStore begins the session (salt, reservation); the native store seals under
+    that salt, and the Python session cipher is closed before the volume is served, so the salt has
+    exactly one encryptor. The next open draws another salt."""
+    made = []
+    real = gcmstore.SectorKeys
+
+    class Spy(real):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(gcmstore, "SectorKeys", Spy)
+    monkeypatch.setattr("volumed.volume.formats.SectorKeys", Spy)
+    size = 1 << 20
+    path = make_volume("gcm", size=size)
+    salts = []
+    for n in range(2):
+        with Volume.open(path, kms=kms) as vol:
+            _native(vol)
+            keys = made[-1]
+            with pytest.raises(Exception):
+                keys.session().encrypt(bytes(SS), 0, bytes(12), bytearray(16), out=bytearray(SS))
+            vol.write(n * SS, b"S" * SS)
+        salts.append(keys.salt)
+        got = [e[2] for e in _entries(path, size) if e[0] == n]
+        assert got == [keys.salt]
+    assert salts[0] != salts[1]
+
+
+# ---- 3. durability: the metadata cache and power cuts ---------------------------------------------
+
+@pytest.fixture
+def colliding(make_volume, kms):
+    """A sparse volume whose groups 0 and 4096 share a slot of the native metadata cache, with a
+    flushed version in sectors 0-3 and 4096*50 + 0-3."""
+    groups = gcmstore.META_CACHE_PAGES + 1
+    size = groups * G * SS
+    path = make_volume("gcm", size=size)
+    far = gcmstore.META_CACHE_PAGES * G
+    with Volume.open(path, kms=kms) as vol:
+        _native(vol)
+        vol.write(0, b"a" * 4 * SS)
+        vol.write(far * SS, b"b" * 4 * SS)
+    return path, size, far
+
+
+def _evicting_writes(vol, far, x, y):
+    vol.write(0, x * 4 * SS)         # group 0's page dirty in the cache
+    vol.write(far * SS, y * 4 * SS)  # evicts it: written before any fdatasync
+    vol.write(SS, x * SS)            # group 0 again (dirty sector: the volatile slot), evicts 4096
+    vol.write(far * SS, y * SS)
+
+
+@pytest.mark.parametrize("mode", ["all", "random", "torn"])
+def test_metadata_pages_evicted_before_the_flush_keep_old_or_new_after_a_power_cut(
+        colliding, kms, tmp_path, mode):
+    path, size, far = colliding
+    for seed in range(4):
+        journal = str(tmp_path / f"j{mode}{seed}")
+        vol = Volume.open(path, kms=kms, backing=RecordingBackingFile(path, journal))
+        _native(vol)
+        _evicting_writes(vol, far, b"X", b"Y")
+        vol.abandon()
+        simulate_power_cut(path, journal, mode=mode, seed=seed)
+        with Volume.open(path, kms=kms) as vol:
+            for s in range(4):
+                assert vol.read(s * SS, SS) in (b"a" * SS, b"X" * SS), (seed, s)
+                assert vol.read((far + s) * SS, SS) in (b"b" * SS, b"Y" * SS), (seed, s)
+            vol.write(0, b"a" * 4 * SS)  # the flushed version again for the next round
+            vol.write(far * SS, b"b" * 4 * SS)
+
+
+def test_evicted_pages_and_a_flush_make_the_writes_durable_and_not_doubtful(colliding, kms, tmp_path):
+    path, size, far = colliding
+    journal = str(tmp_path / "j")
+    vol = Volume.open(path, kms=kms, backing=RecordingBackingFile(path, journal))
+    _evicting_writes(vol, far, b"X", b"Y")
+    vol.flush()  # acknowledged
+    vol.abandon()
+    simulate_power_cut(path, journal, mode="all")
+    with Volume.open(path, kms=kms) as vol:
+        assert vol.read(0, 4 * SS) == b"X" * 4 * SS
+        assert vol.read(far * SS, 4 * SS) == b"Y" * 4 * SS
+        doubtful = list(vol.header.doubtful)
+    b = BackingFile(path, readonly=True)
+    for g, i in ((0, 1), (gcmstore.META_CACHE_PAGES, 0)):
+        sub = F.slots(b.pread(F.meta_offset(g), SS))
+        k = int(sub["ctr"][i, 1] > sub["ctr"][i, 0])
+        ctr = int(sub["ctr"][i, k])
+        assert not any(lo < ctr <= hi for lo, hi in doubtful), "an acknowledged write is doubtful"
+        off = F.slot_offset(g, k, i)
+    b.close()
+    with open(path, "r+b") as f:  # tamper with the acknowledged slot of the far sector
+        f.seek(off + 9)
+        f.write(b"\x00\x01")
+    with Volume.open(path, kms=kms) as vol:
+        with pytest.raises(IntegrityError, match=f"sector {far} "):
+            vol.read(far * SS, SS)
+
+
+# ---- 2. integrity on the native path --------------------------------------------------------------
+
+def test_a_metadata_page_moved_to_another_group_or_swapped_slots_fail(make_volume, kms):
+    size = 3 * G * SS
+    path = make_volume("gcm", size=size)
+    with Volume.open(path, kms=kms) as vol:
+        vol.write(0, os.urandom(size))
+        vol.flush()
+        vol.write(0, os.urandom(size))  # both slots of every sector hold data
+    with open(path, "r+b") as f:
+        f.seek(F.meta_offset(0))
+        p0 = f.read(SS)
+        f.seek(F.slot_offset(1, 0, 3))
+        s0 = f.read(SS)
+        f.seek(F.slot_offset(1, 1, 3))
+        s1 = f.read(SS)
+        f.seek(F.meta_offset(2))
+        f.write(p0)           # group 0's page (valid MAC for group 0) over group 2's
+        f.seek(F.slot_offset(1, 0, 3))
+        f.write(s1)           # slot swap of sector 53
+        f.seek(F.slot_offset(1, 1, 3))
+        f.write(s0)
+    with Volume.open(path, kms=kms) as vol:
+        _native(vol)
+        with pytest.raises(IntegrityError, match="metadata of sectors 100-149"):
+            vol.read(100 * SS, SS)
+        with pytest.raises(IntegrityError, match="sector 53 "):
+            vol.read(53 * SS, SS)
+        assert len(vol.read(0, 50 * SS)) == 50 * SS  # the rest is untouched
+
+
+# ---- 4. the binding's argument checks -------------------------------------------------------------
+
+@pytest.mark.parametrize("off,length", [(1 << 20, 1), ((1 << 64) - SS, SS), ((1 << 63), SS),
+                                        (SS, (1 << 64) - SS), ((1 << 20) - SS, 2 * SS)])
+def test_out_of_range_requests_to_the_native_core_are_refused(make_volume, kms, off, length):
+    path = make_volume("gcm", size=1 << 20)
+    with Volume.open(path, kms=kms) as vol:
+        core = vol.native_core
+        assert core is not None
+        with pytest.raises((UsageError, ValueError, OverflowError)):
+            core.read(off, length)
+        with pytest.raises((UsageError, ValueError, OverflowError)):
+            core.discard(off, length)
+        if length <= 2 * SS:
+            with pytest.raises((UsageError, ValueError, OverflowError)):
+                core.write(off, bytes(length))
+        assert core.read(0, SS) == bytes(SS)
+
+
+def test_a_malformed_gcm_session_tuple_is_refused(make_volume, kms):
+    mod = native_module()
+    path = make_volume("gcm", size=1 << 20)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        good = (bytearray(32), bytearray(32), bytearray(32), bytes(16), bytes(16), 1, 1, 0, 0, 0,
+                1 << 20, (1 << 63) - 1, b"", "{}", "{}")
+        for bad in (good[:3] + (bytes(15),) + good[4:], good[:12] + (b"x" * 17,) + good[13:],
+                    good[:2] + (bytearray(31),) + good[3:], good[:11] + ((1 << 64) - 1,) + good[12:],
+                    good[:10] + (0,) + good[11:], good[:5]):
+            with pytest.raises((ValueError, TypeError)):
+                mod.VolumeCore(cipher="gcm", key=bytearray(32), data_offset=F.DATA_OFFSET,
+                               size=1 << 20, name=path, fd=fd, gcm=bad)
+    finally:
+        os.close(fd)
