@@ -872,9 +872,10 @@ static int gcm_flush(vc_store *s)
     if (rc)
         return rc;
     uint64_t last = st->next - 1;
-    if (last > st->flushed) {
-        st->flushed = last;
+    if (last > st->flushed) { /* flushed moves only once noted: a failed note is owed */
         rc = write_note(s, last);
+        if (rc == 0)
+            st->flushed = last;
     }
     if (rc != 0) { /* no note: forget which sectors are volatile, keep the zeroed for the next */
         if (st->dcap)

@@ -295,3 +295,48 @@ def test_a_malformed_gcm_session_tuple_is_refused(make_volume, kms):
                                size=1 << 20, name=path, fd=fd, gcm=bad)
     finally:
         os.close(fd)
+
+
+# ---- a flush whose nonce note failed --------------------------------------------------------------
+
+class _NoteFailsOnce(RecordingBackingFile):
+    """The power-loss recorder whose next durable write (the nonce note) fails once with EIO. A
+    subclass, so the reference core serves it (native_spec is None): the native store has the same
+    flush order and no hook to fail only the note write."""
+
+    fail_next = False
+
+    def pwrite_durable(self, offset, data):
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(5, "simulated EIO on the nonce note")
+        return super().pwrite_durable(offset, data)
+
+
+def test_a_flush_after_a_failed_nonce_note_writes_the_note_it_owes(make_volume, kms, tmp_path):
+    """flush() fails when its note write fails; the next flush() succeeds and acknowledges the
+    write. That write must not be doubtful after a power cut: a flipped byte in it is an
+    IntegrityError, not a silent rollback to the older version."""
+    path = make_volume("gcm", size=1 << 20)
+    journal = str(tmp_path / "j")
+    backing = _NoteFailsOnce(path, journal)
+    vol = Volume.open(path, kms=kms, backing=backing)
+    vol.write(0, b"A" * SS)
+    vol.flush()
+    vol.write(0, b"B" * SS)
+    backing.fail_next = True
+    with pytest.raises(OSError):
+        vol.flush()
+    vol.flush()  # acknowledged
+    vol.abandon()
+    simulate_power_cut(path, journal, mode="all")
+    with Volume.open(path, kms=kms) as vol:
+        assert vol.read(0, SS) == b"B" * SS
+    sector, slot, _salt, ctr, _tag = max((e for e in _entries(path, 1 << 20) if e[0] == 0),
+                                         key=lambda e: e[3])
+    with open(path, "r+b") as f:
+        f.seek(F.slot_offset(0, slot, 0) + 3)
+        f.write(b"\xa5")
+    with Volume.open(path, kms=kms) as vol:
+        with pytest.raises(IntegrityError, match="sector 0 "):
+            vol.read(0, SS)  # not "A" * SS

@@ -547,8 +547,8 @@ class GcmStore:
         self._dirty.clear()
         last = self._next - 1
         if last > self.header.nonce_flushed:
-            self.header.nonce_flushed = last
             self._write_note(last)
+            self.header.nonce_flushed = last  # only once noted: a failed note is owed by the next flush
         self._punch_stale()
 
     def _punch_stale(self) -> None:
