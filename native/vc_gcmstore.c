@@ -726,6 +726,9 @@ static int gcm_read(vc_store *s, uint64_t first, size_t n, unsigned char *out)
     return 0;
 }
 
+static void forget_targets(vc_store *s, uint64_t g, unsigned i0, unsigned cnt,
+                           const unsigned char *target, uint64_t sectors);
+
 /* write_sectors for sectors [g*G+i0, +cnt) (in NULL: zeros). */
 static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const unsigned char *in)
 {
@@ -787,6 +790,7 @@ static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const
         put_be64(e + SALT, c0 + j);
         memcpy(e + SALT + 8, tags + 16 * j, 16);
     }
+    int landing = rc == 0; /* from here a failure may leave any target slot half-written */
     for (unsigned k = 0; k < 2 && rc == 0; k++) {
         for (int z = 0; z < 2 && rc == 0; z++) { /* data runs, then zero runs, of slot k */
             for (unsigned j = 0; j < cnt && rc == 0;) {
@@ -812,11 +816,40 @@ static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const
     }
     if (rc == 0)
         rc = mark(st, g, written, zeroed);
+    else if (landing)
+        forget_targets(s, g, i0, cnt, target, written);
     if (buf) {
         OPENSSL_cleanse(buf, (size_t)cnt * PAGE);
         free(buf);
     }
     return rc;
+}
+
+/* A write of sectors [g*G+i0, +cnt) failed once its data writes had begun: any target slot may
+ * hold part of the new data under its old entry (for a sector written since the last flush, that
+ * is the entry of a write already returned). Empty those entries in the cached page (written at
+ * the next flush) and drop the sectors' volatile bits, so a read takes the other slot (the version
+ * of the last flush) and the next write goes to the emptied slot, never over that version. */
+static void forget_targets(vc_store *s, uint64_t g, unsigned i0, unsigned cnt,
+                           const unsigned char *target, uint64_t sectors)
+{
+    gcm_state *st = ST(s);
+    unsigned char page[PAGE];
+    if (meta(s, g, page) != 0)
+        return; /* the page cannot be had: its sectors fail to read anyway */
+    for (unsigned j = 0; j < cnt; j++)
+        memset(entry(page, i0 + j, target[j]), 0, SLOT_BYTES);
+    if (cache_put(s, g, page, 1) != 0) {
+        seal_meta(st, g, page);
+        vb_pwrite(s->b, meta_offset(g), PAGE, page);
+    }
+    pthread_mutex_lock(&st->dmu);
+    if (st->dcap) {
+        size_t d = dfind(st, g);
+        if (st->dkey[d] == g)
+            st->dmask[d] &= ~sectors;
+    }
+    pthread_mutex_unlock(&st->dmu);
 }
 
 static int gcm_write(vc_store *s, uint64_t first, size_t n, const unsigned char *in)

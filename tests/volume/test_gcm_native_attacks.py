@@ -336,7 +336,44 @@ def test_a_flush_after_a_failed_nonce_note_writes_the_note_it_owes(make_volume, 
                                          key=lambda e: e[3])
     with open(path, "r+b") as f:
         f.seek(F.slot_offset(0, slot, 0) + 3)
-        f.write(b"\xa5")
+        byte = f.read(1)[0]
+        f.seek(F.slot_offset(0, slot, 0) + 3)
+        f.write(bytes([byte ^ 0xa5]))
     with Volume.open(path, kms=kms) as vol:
         with pytest.raises(IntegrityError, match="sector 0 "):
             vol.read(0, SS)  # not "A" * SS
+
+
+# ---- a write that fails half-way over a volatile slot ---------------------------------------------
+
+@pytest.mark.parametrize("store", ["native", "reference"])
+def test_a_write_that_fails_half_way_never_costs_an_earlier_write(make_volume, kms, monkeypatch, store):
+    """Sectors 10 and 11 written (W1, returned) since the last flush, so a second write to them
+    (W2) rewrites their volatile slot in place. W2 fails after its first page landed (the file size
+    limit stands for ENOSPC or EIO half-way through a multi-page pwrite). W2 raised; the flush
+    after it succeeds. Sector 10 must then read W1 or the flushed version, never fail as tampered."""
+    import resource
+    import signal
+
+    if store == "reference":
+        monkeypatch.setenv("VOLUMED_CIPHER", "reference")
+    path = make_volume("gcm", size=1 << 20)
+    with Volume.open(path, kms=kms) as vol:
+        assert (vol.native_core is not None) == (store == "native")
+        vol.write(10 * SS, b"A" * 2 * SS)
+        vol.flush()
+        vol.write(10 * SS, b"1" * 2 * SS)  # W1: slot 0 of sectors 10 and 11 (A is in slot 1), volatile
+        old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (F.slot_offset(0, 0, 11), hard))
+        try:
+            with pytest.raises(OSError):
+                vol.write(10 * SS, b"2" * 2 * SS)  # W2: sector 10's page lands, 11's does not
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, old)
+        vol.flush()
+        assert vol.read(10 * SS, SS) in (b"1" * SS, b"2" * SS, b"A" * SS)
+        assert vol.read(11 * SS, SS) in (b"1" * SS, b"A" * SS)
+    with Volume.open(path, kms=kms) as vol:
+        assert vol.read(10 * SS, SS) in (b"1" * SS, b"2" * SS, b"A" * SS)
