@@ -280,6 +280,18 @@ def test_out_of_range_requests_to_the_native_core_are_refused(make_volume, kms, 
         assert core.read(0, SS) == bytes(SS)
 
 
+@pytest.mark.parametrize("first,n", [(0, 1 << 52), (1 << 63, 1), (256, 1), (255, 2), (0, (1 << 63) - 1)])
+def test_record_reads_out_of_range_are_refused_before_any_buffer_is_filled(make_volume, kms, first, n):
+    """n * record size overflows for the larger counts: the range check must come first."""
+    path = make_volume("gcm", size=1 << 20)
+    with Volume.open(path, kms=kms) as vol:
+        core = vol.native_core
+        for call in (core.read_records, core.read_sealed):
+            with pytest.raises((UsageError, ValueError, OverflowError, MemoryError, StateError)):
+                call(first, n)
+        assert core.read_records(255, 1) == [None]
+
+
 def test_a_malformed_gcm_session_tuple_is_refused(make_volume, kms):
     mod = native_module()
     path = make_volume("gcm", size=1 << 20)
