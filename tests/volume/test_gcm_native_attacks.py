@@ -389,3 +389,41 @@ def test_a_write_that_fails_half_way_never_costs_an_earlier_write(make_volume, k
         assert vol.read(11 * SS, SS) in (b"1" * SS, b"A" * SS)
     with Volume.open(path, kms=kms) as vol:
         assert vol.read(10 * SS, SS) in (b"1" * SS, b"2" * SS, b"A" * SS)
+
+
+# ---- the subkey cache: more sessions than it keeps ---------------------------------------------
+
+def test_reads_across_more_sessions_than_the_subkey_cache_holds_from_many_threads(make_volume, kms):
+    """CIPHER_CACHE + 8 sessions each wrote one sector (each slot under its own salt); four threads
+    then read them all, in different orders, twice: subkeys are evicted while other threads use
+    them (reference-counted; run under ASan to see a use after free)."""
+    n = gcmstore.CIPHER_CACHE + 8
+    size = (n + G - 1) // G * G * SS
+    path = make_volume("gcm", size=size)
+    want = {}
+    for s in range(n):
+        with Volume.open(path, kms=kms) as vol:
+            want[s] = s.to_bytes(4, "big") * (SS // 4)
+            vol.write(s * SS, want[s])
+    assert len({e[2] for e in _entries(path, size)}) == n
+    errors = []
+
+    def reader(vol, order):
+        try:
+            for _ in range(2):
+                for s in order:
+                    assert vol.read(s * SS, SS) == want[s], s
+                assert vol.read(0, n * SS) == b"".join(want[s] for s in range(n))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with Volume.open(path, kms=kms) as vol:
+        _native(vol)
+        orders = [list(range(n)), list(range(n))[::-1], list(range(0, n, 2)) + list(range(1, n, 2)),
+                  sorted(range(n), key=lambda s: (s * 7919) % n)]
+        ts = [threading.Thread(target=reader, args=(vol, o)) for o in orders]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    assert not errors, errors[0]
