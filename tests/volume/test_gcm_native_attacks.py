@@ -427,3 +427,40 @@ def test_reads_across_more_sessions_than_the_subkey_cache_holds_from_many_thread
         for t in ts:
             t.join()
     assert not errors, errors[0]
+
+
+# ---- resize and power cuts ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["all", "random", "torn"])
+def test_a_power_cut_during_or_after_a_grow_keeps_the_data_and_opens(make_volume, kms, tmp_path, mode):
+    """A grow from a partial last group (60 sectors) to 260 sectors, with unflushed writes on both
+    sides of the old end, then the power goes: the volume opens at the old or the new size, every
+    flushed sector reads its version, the others old or new, and the grown area reads zeros."""
+    old, new = 60 * SS, 260 * SS
+    path = make_volume("gcm", size=old)
+    with Volume.open(path, kms=kms) as vol:
+        vol.write(0, b"f" * old)
+    for seed in range(3):
+        journal = str(tmp_path / f"j{mode}{seed}")
+        vol = Volume.open(path, kms=kms, backing=RecordingBackingFile(path, journal))
+        _native(vol)
+        grown = vol.size == new
+        if not grown:
+            vol.write(55 * SS, b"u" * 5 * SS)  # unflushed, before the grow's fdatasync
+            vol.resize(new)
+        vol.write(58 * SS, b"v" * 4 * SS)      # across the old end, unflushed
+        vol.abandon()
+        simulate_power_cut(path, journal, mode=mode, seed=seed)
+        with Volume.open(path, kms=kms) as vol:
+            assert vol.size in (old, new)
+            assert vol.read(0, 55 * SS) == b"f" * 55 * SS
+            for s in range(55, 60):
+                assert vol.read(s * SS, SS) in (b"f" * SS, b"u" * SS, b"v" * SS), (seed, s)
+            if vol.size == new:
+                for s in range(60, 62):
+                    assert vol.read(s * SS, SS) in (bytes(SS), b"v" * SS), (seed, s)
+                assert vol.read(62 * SS, new - 62 * SS) == bytes(new - 62 * SS)
+                vol.write(new - SS, b"e" * SS)
+                vol.flush()
+                assert vol.read(new - SS, SS) == b"e" * SS
+                vol.write(new - SS, bytes(SS))
