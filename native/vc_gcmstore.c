@@ -1080,7 +1080,8 @@ int vc_gcm_open(vc_store *s, const unsigned char *key, size_t key_len, const vc_
 {
     if (gs == NULL || key == NULL || key_len != 32 || !gs->meta_key || !gs->note_key ||
         !gs->mac_key || !gs->uuid || !gs->salt || !gs->mac_tmpl || !gs->hdr_tmpl ||
-        s->ss != PAGE || gs->reserve_chunk == 0 || gs->nonce_limit >= UINT64_MAX - G)
+        s->ss != PAGE || gs->reserve_chunk == 0 || gs->nonce_limit >= UINT64_MAX - G ||
+        gs->next == 0) /* counter 0 marks an empty slot: never a nonce */
         return vc_fail(VC_E_RANGE, "a GCM core needs a 32-byte key, its session and 4 KiB sectors");
     gcm_state *st = calloc(1, sizeof *st);
     if (st == NULL)

@@ -301,7 +301,7 @@ def test_a_malformed_gcm_session_tuple_is_refused(make_volume, kms):
                 1 << 20, (1 << 63) - 1, b"", "{}", "{}")
         for bad in (good[:3] + (bytes(15),) + good[4:], good[:12] + (b"x" * 17,) + good[13:],
                     good[:2] + (bytearray(31),) + good[3:], good[:11] + ((1 << 64) - 1,) + good[12:],
-                    good[:10] + (0,) + good[11:], good[:5]):
+                    good[:10] + (0,) + good[11:], good[:5] + (0,) + good[6:], good[:5]):
             with pytest.raises((ValueError, TypeError)):
                 mod.VolumeCore(cipher="gcm", key=bytearray(32), data_offset=F.DATA_OFFSET,
                                size=1 << 20, name=path, fd=fd, gcm=bad)
