@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from volumed.errors import IntegrityError, StateError, UsageError
+from volumed.errors import FormatError, IntegrityError, StateError, UsageError
 from volumed.volume import Volume, gcmformat as F, gcmstore
 from volumed.volume.backing import BackingFile, RecordingBackingFile, simulate_power_cut
 from volumed.volume.cores import native_module
@@ -507,3 +507,17 @@ def test_random_workloads_over_colliding_cache_slots_survive_repeated_power_cuts
                 got = bytes(vol.read(s * SS, SS))
                 assert got == durable[s] or got in later[s], (rnd, s)
                 durable[s] = got
+
+
+def test_a_truncated_file_is_refused_at_open_and_left_as_it_is(make_volume, kms):
+    """The file cut short (a bad copy, a full disk during cp): the open refuses it with one line
+    (it would otherwise read zeros past the end of file) and writes nothing."""
+    size = 3 * G * SS
+    path = make_volume("gcm", size=size)
+    with Volume.open(path, kms=kms) as vol:
+        vol.write(0, os.urandom(size))
+    os.truncate(path, F.slot_offset(1, 1, 10))  # group 1's slot 1 from sector 60 on, and group 2
+    before = open(path, "rb").read()
+    with pytest.raises(FormatError, match="truncated"):
+        Volume.open(path, kms=kms)
+    assert open(path, "rb").read() == before
