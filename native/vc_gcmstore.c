@@ -357,12 +357,13 @@ static int write_header(vc_store *s, int sync_after)
     pthread_mutex_lock(&st->hdr_mu);
     char *json = malloc(HDR_SIZE), *macj = malloc(HDR_SIZE);
     unsigned char *copy = calloc(1, HDR_SIZE);
-    int rc = 0;
+    int rc = 0, bumped = 0;
     if (!json || !macj || !copy) {
         rc = vc_fail(VC_E_NOMEM, "no memory for a header copy");
         goto out;
     }
     st->seqid++;
+    bumped = 1;
     int mlen = render(macj, HDR_SIZE, st->mac_tmpl, st, NULL);
     unsigned char mac[32], b64[64];
     if (mlen >= 0)
@@ -387,6 +388,8 @@ static int write_header(vc_store *s, int sync_after)
     if (rc == 0 && sync_after)
         rc = vb_sync(s->b);
 out:
+    if (rc && bumped)
+        st->seqid--; /* the retry rewrites this copy: the other stays the durable valid one */
     pthread_mutex_unlock(&st->hdr_mu);
     free(json);
     free(macj);
@@ -423,8 +426,12 @@ static int reserve(vc_store *s, uint64_t need)
     int rc = vb_sync(s->b);
     if (rc)
         return rc;
+    uint64_t old = st->reserved;
     st->reserved = want;
-    return write_header(s, 1);
+    rc = write_header(s, 1);
+    if (rc)
+        st->reserved = old; /* not durable: no counter of it may be used */
+    return rc;
 }
 
 /* n fresh counters from *first: each used for one encryption at most (see the top comment). */

@@ -521,3 +521,50 @@ def test_a_truncated_file_is_refused_at_open_and_left_as_it_is(make_volume, kms)
     with pytest.raises(FormatError, match="truncated"):
         Volume.open(path, kms=kms)
     assert open(path, "rb").read() == before
+
+
+# ---- a reservation whose header write failed ------------------------------------------------------
+
+class _HeaderFailsOnce(BackingFile):
+    """A backing file whose next header-copy write fails once with EIO (a subclass: the reference
+    core serves it; the native reserve() has the same order and no hook to fail only the header)."""
+
+    fail_next = False
+
+    def pwrite(self, offset, data):
+        if self.fail_next and offset < F.NOTE_OFFSET:
+            self.fail_next = False
+            raise OSError(5, "simulated EIO on a header copy")
+        return super().pwrite(offset, data)
+
+
+def test_no_counter_is_used_past_the_durable_reservation_after_a_failed_header_write(
+        make_volume, kms, monkeypatch):
+    """A reservation's header write fails: that write raises, and no later write may use counters
+    of the reservation that never reached the disk (after a crash they would not be doubtful, so
+    their torn slots would read as tampered, and the next session would start below them). The
+    retry writes the copy that failed again (same seqid), never over the other, still the only
+    durable valid one."""
+    monkeypatch.setattr(gcmstore, "RESERVE_CHUNK", 4)
+    size = 1 << 20
+    path = make_volume("gcm", size=size)
+    backing = _HeaderFailsOnce(path)
+    vol = Volume.open(path, kms=kms, backing=backing)
+    try:
+        vol.write(0, os.urandom(3 * SS))
+        vol.flush()
+        backing.fail_next = True
+        with pytest.raises(OSError):
+            for s in range(3, 12):
+                vol.write(s * SS, os.urandom(SS))
+        vol.write(20 * SS, os.urandom(SS))
+        vol.write(21 * SS, os.urandom(SS))
+        vol.flush()
+        top = max(e[3] for e in _entries(path, size))
+        assert top <= Volume.read_header(path).nonce_reserved, "a counter past the durable reservation"
+        with open(path, "rb") as f:  # the retry rewrote the failed copy, not the valid one
+            raw = f.read(2 * 16384)
+        seqids = sorted(int.from_bytes(raw[c * 16384 + 16:c * 16384 + 24], "big") for c in (0, 1))
+        assert seqids[1] == seqids[0] + 1, seqids
+    finally:
+        vol.abandon()

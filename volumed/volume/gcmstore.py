@@ -187,9 +187,13 @@ class GcmStore:
             h.doubtful = [list(r) for r in self._doubtful]
             h.mac = compute_mac(self.mac_key, h)
             off, data = F.encode_copy(h)
-            self.backing.pwrite(off, data)
-            if sync_after:
-                self.backing.fdatasync()
+            try:
+                self.backing.pwrite(off, data)
+                if sync_after:
+                    self.backing.fdatasync()
+            except BaseException:
+                h.seqid -= 1  # the retry rewrites this copy: the other stays the durable one
+                raise
 
     def _read_note(self) -> int | None:
         """The flushed counter of the newest valid nonce note (None if neither copy is valid)."""
@@ -280,8 +284,12 @@ class GcmStore:
                              "read-only now: copy its data to a new volume")
         new = min(max(h.nonce_reserved + RESERVE_CHUNK, need_upto), NONCE_LIMIT)
         self.backing.fdatasync()
-        h.nonce_reserved = new
-        self._write_header(sync_after=True)
+        old, h.nonce_reserved = h.nonce_reserved, new
+        try:
+            self._write_header(sync_after=True)
+        except BaseException:
+            h.nonce_reserved = old  # not durable: no counter of it may be used
+            raise
 
     def _alloc(self, n: int) -> np.ndarray:
         with self._ctr_lock:
