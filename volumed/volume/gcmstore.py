@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import uuid as _uuid
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -552,7 +553,7 @@ class GcmStore:
         if zeros.any():
             self._zeroed.append(s + np.flatnonzero(zeros))
 
-    def _forget_targets(self, g: int, page: bytearray, targets) -> None:
+    def _forget_targets(self, g: int, page: bytearray, targets: Iterable[tuple[int, int]]) -> None:
         """A write failed once its data writes had begun: any target slot (index, slot) may hold
         part of the new data under its old entry (for a sector written since the last flush, the
         entry of a write already returned). Empty those entries on disk and drop the sectors'
