@@ -1147,6 +1147,9 @@ int vc_gcm_grow_store(vc_store *s, uint64_t old_size, uint64_t size, const char 
     gcm_state *st = ST(s);
     if (!s->keyed)
         return vc_fail(VC_E_KEY, "the key of volume %s has been wiped", s->name);
+    if (groups_for(size) > ((uint64_t)INT64_MAX - DATA_OFFSET) / GROUP_BYTES) /* offsets would wrap */
+        return vc_fail(VC_E_RANGE, "cannot grow %s to %llu bytes: past the largest file", s->name,
+                       (unsigned long long)size);
     unsigned char page[PAGE];
     int rc = 0;
     for (uint64_t g = groups_for(old_size); g < groups_for(size) && rc == 0; g++) {

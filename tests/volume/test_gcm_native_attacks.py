@@ -573,3 +573,19 @@ def test_no_counter_is_used_past_the_durable_reservation_after_a_failed_header_w
         assert seqids[1] == seqids[0] + 1, seqids
     finally:
         vol.abandon()
+
+
+@pytest.mark.parametrize("new_size", [(1 << 64) - SS, 1 << 63, (1 << 62) + SS])
+def test_a_grow_whose_file_offsets_overflow_is_refused_by_the_core(make_volume, kms, new_size):
+    """gcm_grow takes the size from its caller (Volume.resize caps it at 1 PiB first): a size whose
+    last group's offset does not fit in 64 bits must be refused before any page is written (the
+    offsets would wrap onto the volume's own data)."""
+    path = make_volume("gcm", size=1 << 20)
+    with Volume.open(path, kms=kms) as vol:
+        vol.write(0, b"k" * SS)
+        vol.flush()
+        before = open(path, "rb").read()[F.DATA_OFFSET:]
+        with pytest.raises((UsageError, ValueError, OverflowError)):
+            vol.native_core.gcm_grow(new_size, *F.header_templates(vol.header))
+        assert open(path, "rb").read()[F.DATA_OFFSET:] == before
+        assert vol.read(0, SS) == b"k" * SS
