@@ -357,12 +357,13 @@ static int write_header(vc_store *s, int sync_after)
     pthread_mutex_lock(&st->hdr_mu);
     char *json = malloc(HDR_SIZE), *macj = malloc(HDR_SIZE);
     unsigned char *copy = calloc(1, HDR_SIZE);
-    int rc = 0;
+    int rc = 0, bumped = 0;
     if (!json || !macj || !copy) {
         rc = vc_fail(VC_E_NOMEM, "no memory for a header copy");
         goto out;
     }
     st->seqid++;
+    bumped = 1;
     int mlen = render(macj, HDR_SIZE, st->mac_tmpl, st, NULL);
     unsigned char mac[32], b64[64];
     if (mlen >= 0)
@@ -387,6 +388,8 @@ static int write_header(vc_store *s, int sync_after)
     if (rc == 0 && sync_after)
         rc = vb_sync(s->b);
 out:
+    if (rc && bumped)
+        st->seqid--; /* the retry rewrites this copy: the other stays the durable valid one */
     pthread_mutex_unlock(&st->hdr_mu);
     free(json);
     free(macj);
@@ -423,8 +426,12 @@ static int reserve(vc_store *s, uint64_t need)
     int rc = vb_sync(s->b);
     if (rc)
         return rc;
+    uint64_t old = st->reserved;
     st->reserved = want;
-    return write_header(s, 1);
+    rc = write_header(s, 1);
+    if (rc)
+        st->reserved = old; /* not durable: no counter of it may be used */
+    return rc;
 }
 
 /* n fresh counters from *first: each used for one encryption at most (see the top comment). */
@@ -432,7 +439,10 @@ static int alloc(vc_store *s, size_t n, uint64_t *first)
 {
     gcm_state *st = ST(s);
     pthread_mutex_lock(&st->ctr_mu);
-    uint64_t last = st->next + n - 1;
+    /* next may lie past the limit (a session started at it, or skip-ahead to a counter near 2^64
+     * from a page on disk): refuse rather than let next + n wrap round to 0, "empty" */
+    uint64_t last = st->next > st->limit || n > st->limit - st->next + 1 ? UINT64_MAX
+                                                                          : st->next + n - 1;
     int rc = last > st->reserved ? reserve(s, last) : 0;
     if (rc == 0) {
         *first = st->next;
@@ -520,7 +530,7 @@ static int meta(vc_store *s, uint64_t g, unsigned char *page)
                 "session's %llu (the header is older than the data); counting on from above it\n",
                 s->name, (unsigned long long)(g * G), (unsigned long long)(g * G + G - 1),
                 (unsigned long long)top, (unsigned long long)st->next);
-        st->next = top + 1;
+        st->next = top == UINT64_MAX ? top : top + 1; /* past the limit: alloc refuses */
     }
     pthread_mutex_unlock(&st->ctr_mu);
     cache_put(s, g, page, 0); /* not cached if a dirty page could not make room: loaded again */
@@ -723,6 +733,9 @@ static int gcm_read(vc_store *s, uint64_t first, size_t n, unsigned char *out)
     return 0;
 }
 
+static void forget_targets(vc_store *s, uint64_t g, unsigned i0, unsigned cnt,
+                           const unsigned char *target, uint64_t sectors);
+
 /* write_sectors for sectors [g*G+i0, +cnt) (in NULL: zeros). */
 static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const unsigned char *in)
 {
@@ -784,6 +797,7 @@ static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const
         put_be64(e + SALT, c0 + j);
         memcpy(e + SALT + 8, tags + 16 * j, 16);
     }
+    int landing = rc == 0; /* from here a failure may leave any target slot half-written */
     for (unsigned k = 0; k < 2 && rc == 0; k++) {
         for (int z = 0; z < 2 && rc == 0; z++) { /* data runs, then zero runs, of slot k */
             for (unsigned j = 0; j < cnt && rc == 0;) {
@@ -809,11 +823,40 @@ static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const
     }
     if (rc == 0)
         rc = mark(st, g, written, zeroed);
+    else if (landing)
+        forget_targets(s, g, i0, cnt, target, written);
     if (buf) {
         OPENSSL_cleanse(buf, (size_t)cnt * PAGE);
         free(buf);
     }
     return rc;
+}
+
+/* A write of sectors [g*G+i0, +cnt) failed once its data writes had begun: any target slot may
+ * hold part of the new data under its old entry (for a sector written since the last flush, that
+ * is the entry of a write already returned). Empty those entries in the cached page (written at
+ * the next flush) and drop the sectors' volatile bits, so a read takes the other slot (the version
+ * of the last flush) and the next write goes to the emptied slot, never over that version. */
+static void forget_targets(vc_store *s, uint64_t g, unsigned i0, unsigned cnt,
+                           const unsigned char *target, uint64_t sectors)
+{
+    gcm_state *st = ST(s);
+    unsigned char page[PAGE];
+    if (meta(s, g, page) != 0)
+        return; /* the page cannot be had: its sectors fail to read anyway */
+    for (unsigned j = 0; j < cnt; j++)
+        memset(entry(page, i0 + j, target[j]), 0, SLOT_BYTES);
+    if (cache_put(s, g, page, 1) != 0) {
+        seal_meta(st, g, page);
+        vb_pwrite(s->b, meta_offset(g), PAGE, page);
+    }
+    pthread_mutex_lock(&st->dmu);
+    if (st->dcap) {
+        size_t d = dfind(st, g);
+        if (st->dkey[d] == g)
+            st->dmask[d] &= ~sectors;
+    }
+    pthread_mutex_unlock(&st->dmu);
 }
 
 static int gcm_write(vc_store *s, uint64_t first, size_t n, const unsigned char *in)
@@ -869,9 +912,10 @@ static int gcm_flush(vc_store *s)
     if (rc)
         return rc;
     uint64_t last = st->next - 1;
-    if (last > st->flushed) {
-        st->flushed = last;
+    if (last > st->flushed) { /* flushed moves only once noted: a failed note is owed */
         rc = write_note(s, last);
+        if (rc == 0)
+            st->flushed = last;
     }
     if (rc != 0) { /* no note: forget which sectors are volatile, keep the zeroed for the next */
         if (st->dcap)
@@ -1043,7 +1087,8 @@ int vc_gcm_open(vc_store *s, const unsigned char *key, size_t key_len, const vc_
 {
     if (gs == NULL || key == NULL || key_len != 32 || !gs->meta_key || !gs->note_key ||
         !gs->mac_key || !gs->uuid || !gs->salt || !gs->mac_tmpl || !gs->hdr_tmpl ||
-        s->ss != PAGE || gs->reserve_chunk == 0 || gs->nonce_limit >= UINT64_MAX - G)
+        s->ss != PAGE || gs->reserve_chunk == 0 || gs->nonce_limit >= UINT64_MAX - G ||
+        gs->next == 0) /* counter 0 marks an empty slot: never a nonce */
         return vc_fail(VC_E_RANGE, "a GCM core needs a 32-byte key, its session and 4 KiB sectors");
     gcm_state *st = calloc(1, sizeof *st);
     if (st == NULL)
@@ -1102,6 +1147,9 @@ int vc_gcm_grow_store(vc_store *s, uint64_t old_size, uint64_t size, const char 
     gcm_state *st = ST(s);
     if (!s->keyed)
         return vc_fail(VC_E_KEY, "the key of volume %s has been wiped", s->name);
+    if (groups_for(size) > ((uint64_t)INT64_MAX - DATA_OFFSET) / GROUP_BYTES) /* offsets would wrap */
+        return vc_fail(VC_E_RANGE, "cannot grow %s to %llu bytes: past the largest file", s->name,
+                       (unsigned long long)size);
     unsigned char page[PAGE];
     int rc = 0;
     for (uint64_t g = groups_for(old_size); g < groups_for(size) && rc == 0; g++) {

@@ -400,6 +400,8 @@ static PyObject *records(VolumeCoreObject *self, PyObject *args,
     if (at_count(self, args, "count", &first, &n))
         return NULL;
     size_t ss = vc_record_size(self->core);
+    if ((size_t)n > ((size_t)PY_SSIZE_T_MAX - 1) / ss) /* n * ss would wrap: no volume is that big */
+        return PyErr_Format(PyExc_OverflowError, "count %zd of records is too large", n);
     unsigned char *buf = PyMem_Malloc(n * ss + 1), *present = PyMem_Malloc(n + 1);
     if (buf == NULL || present == NULL) {
         PyMem_Free(buf);
@@ -445,6 +447,8 @@ static PyObject *vcpy_read_sealed(VolumeCoreObject *self, PyObject *args)
     Py_ssize_t n;
     if (at_count(self, args, "count", &first, &n))
         return NULL;
+    if (n > PY_SSIZE_T_MAX / (Py_ssize_t)vc_sector_size(self->core)) /* n * ss: signed overflow */
+        return PyErr_Format(PyExc_OverflowError, "count %zd of sectors is too large", n);
     return filled_bytearray(self, vc_read_sealed, first, (size_t)n,
                             n * (Py_ssize_t)vc_sector_size(self->core));
 }

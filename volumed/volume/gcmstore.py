@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import uuid as _uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -191,9 +191,13 @@ class GcmStore:
             h.doubtful = list(self._doubtful)
             h.mac = compute_mac(self.mac_key, h)
             off, data = F.encode_copy(h)
-            self.backing.pwrite(off, data)
-            if sync_after:
-                self.backing.fdatasync()
+            try:
+                self.backing.pwrite(off, data)
+                if sync_after:
+                    self.backing.fdatasync()
+            except BaseException:
+                h.seqid -= 1  # the retry rewrites this copy: the other stays the durable one
+                raise
 
     def _read_note(self) -> int | None:
         """The flushed counter of the newest valid nonce note (None if neither copy is valid)."""
@@ -284,8 +288,12 @@ class GcmStore:
                              "read-only now: copy its data to a new volume")
         new = min(max(h.nonce_reserved + RESERVE_CHUNK, need_upto), NONCE_LIMIT)
         self.backing.fdatasync()
-        h.nonce_reserved = new
-        self.write_header(sync_after=True)
+        old, h.nonce_reserved = h.nonce_reserved, new
+        try:
+            self.write_header(sync_after=True)
+        except BaseException:
+            h.nonce_reserved = old  # not durable: no counter of it may be used
+            raise
 
     def _alloc(self, n: int) -> npt.NDArray[np.uint64]:
         with self._ctr_lock:
@@ -490,12 +498,17 @@ class GcmStore:
         page[o + 16:o + 24] = nonce[4:]
         page[o + 24:o + 40] = tag
         F.seal_meta(self.meta_key, g, page)
+        try:
+            if zero:
+                self.backing.punch_hole(F.slot_offset(g, target, i), PAGE)
+            else:
+                self.backing.pwrite(F.slot_offset(g, target, i), buf)
+            self.backing.pwrite(F.meta_offset(g), page)
+        except BaseException:
+            self._forget_targets(g, page, [(i, target)])
+            raise
         if zero:
-            self.backing.punch_hole(F.slot_offset(g, target, i), PAGE)
             self._zeroed.append(np.array([s], dtype=np.int64))
-        else:
-            self.backing.pwrite(F.slot_offset(g, target, i), buf)
-        self.backing.pwrite(F.meta_offset(g), page)
         d[i] = True
 
     def _write_group(self, s: int, g: int, i0: int, cnt: int, chunk: memoryview | None) -> None:
@@ -535,15 +548,36 @@ class GcmStore:
         sub["ctr"][ar, target] = counters
         sub["tag"][ar, target] = tag_arr
         F.seal_meta(self.meta_key, g, page)
-        for k in (0, 1):
-            for a, b in runs(~zeros & (target == k)):
-                self.backing.pwrite(F.slot_offset(g, k, i0 + a), buf[a * PAGE:b * PAGE])
-            for a, b in runs(zeros & (target == k)):
-                self.backing.punch_hole(F.slot_offset(g, k, i0 + a), (b - a) * PAGE)
-        self.backing.pwrite(F.meta_offset(g), page)
+        try:
+            for k in (0, 1):
+                for a, b in runs(~zeros & (target == k)):
+                    self.backing.pwrite(F.slot_offset(g, k, i0 + a), buf[a * PAGE:b * PAGE])
+                for a, b in runs(zeros & (target == k)):
+                    self.backing.punch_hole(F.slot_offset(g, k, i0 + a), (b - a) * PAGE)
+            self.backing.pwrite(F.meta_offset(g), page)
+        except BaseException:
+            self._forget_targets(g, page, zip((i0 + ar).tolist(), target.tolist()))
+            raise
         d[i0:i0 + cnt] = True
         if zeros.any():
             self._zeroed.append(s + np.flatnonzero(zeros))
+
+    def _forget_targets(self, g: int, page: bytearray, targets: Iterable[tuple[int, int]]) -> None:
+        """A write failed once its data writes had begun: any target slot (index, slot) may hold
+        part of the new data under its old entry (for a sector written since the last flush, the
+        entry of a write already returned). Empty those entries on disk and drop the sectors'
+        volatile flags, so a read takes the other slot (the version of the last flush) and the next
+        write goes to the emptied slot, never over that version. Best effort: the caller raises."""
+        d = self._dirty_of(g)
+        for i, k in targets:
+            o = (2 * i + k) * F.SLOT_BYTES
+            page[o:o + F.SLOT_BYTES] = bytes(F.SLOT_BYTES)
+            d[i] = False
+        F.seal_meta(self.meta_key, g, page)
+        try:
+            self.backing.pwrite(F.meta_offset(g), page)
+        except OSError as exc:  # the sectors stay unreadable until rewritten; the write raises
+            log.error("GCM volume %s: could not empty the slots of a failed write: %s", self.path, exc)
 
     def discard_sectors(self, first: int, n: int) -> None:
         """Sectors [first, first+n) read as zeros; their space is returned at the next flush."""
@@ -557,8 +591,8 @@ class GcmStore:
         self._dirty.clear()
         last = self._next - 1
         if last > self.header.nonce_flushed:
-            self.header.nonce_flushed = last
             self._write_note(last)
+            self.header.nonce_flushed = last  # only once noted: a failed note is owed by the next flush
         self._punch_stale()
 
     def _punch_stale(self) -> None:
