@@ -49,7 +49,7 @@ def load_with_root(store, snap_id: str, *, kms) -> tuple[dict, bytearray]:
     (share, a same-key copy); the caller wipes the root (seal.wipe)."""
     m, mac = _read(store, snap_id)
     if mac is None:  # refuse before any KMS call
-        raise seal.UnsealedManifest(seal.unsealed_message(snap_id))
+        seal.refuse_unsealed(m)
     root = seal.root_from_kms(kms, m)
     try:
         seal.verify(root, snap_id, canonical(m), mac)
@@ -63,14 +63,14 @@ def load(store, snap_id: str, *, kms=None, root=None) -> dict:
     """The manifest of ``snap_id`` after its MAC verified under ``root`` (the snapshot's MAC root,
     wiped by the caller) or, without it, under the root of the snapshot's own data key (one
     Decrypt through ``kms``). IntegrityError if it was altered, seal.UnsealedManifest if it has no
-    MAC."""
+    MAC (seal.ManifestMacRemoved if its key's context says it was created with one)."""
     m, mac = _read(store, snap_id)
     own = root is None
     if own:
         if kms is None:
             raise TypeError("catalog.load needs kms or root")
-        if mac is None:  # refuse before any KMS call
-            raise seal.UnsealedManifest(seal.unsealed_message(snap_id))
+        if mac is None:  # refuse before any KMS call (ManifestMacRemoved if its key says it had one)
+            seal.refuse_unsealed(m)
         root = seal.root_from_kms(kms, m)
     try:
         seal.verify(root, snap_id, canonical(m), mac)

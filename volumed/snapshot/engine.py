@@ -24,8 +24,8 @@ from volumed.clock import SYSTEM_CLOCK
 from volumed.errors import IntegrityError, KeyAccessError, StateError, UsageError
 from volumed.snapshot import catalog, keys, recrypt, seal
 from volumed.snapshot.ids import new_snapshot_id
-from volumed.snapshot.objects import (MANIFEST_FORMAT, MANIFEST_VERSION, RECORD_SIZE, chunk_name,
-                                      decode_chunk, encode_chunk, manifest_name)
+from volumed.snapshot.objects import (MANIFEST_FORMAT, MANIFEST_VERSION, RECORD_SIZE, canonical,
+                                      chunk_name, decode_chunk, encode_chunk, manifest_name)
 
 CHUNK_SECTORS = 16
 MANAGED_KEY_REFUSAL = ("You can't share a snapshot that has been encrypted using the AWS managed key "
@@ -147,6 +147,10 @@ def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, des
     any failure no manifest is written and the chunks this call stored that no manifest names are
     removed; the session always ends. ``progress(done, total)`` runs after each chunk is stored,
     holding no volume lock."""
+    if key["context"] == keys.snapshot_context(vol.header.db_id, key["snapshot_id"], marked=False):
+        raise UsageError(f"the snapshot key for {vol.path} has no manifest-MAC marker "
+                         f"({keys.MAC_MARKER}): it was made by an older volumed; run `volumed "
+                         "snapshot create` with the same volumed version as the mount")
     if key["context"] != keys.snapshot_context(vol.header.db_id, key["snapshot_id"]):
         raise UsageError(f"snapshot key was made for another volume than {vol.path}")
     root = vol.snapshot_root()
@@ -348,35 +352,54 @@ def _copy_verified(store, src, src_root, *, kms, key_id, clock, description, pro
 
 def seal_snapshot(store, snap_id: str, *, kms, progress=None) -> dict:
     """Migration: give a manifest written before manifest MACs existed its MAC. Needs the
-    snapshot's data key (Decrypt). Every chunk is fetched and checked first (its SHA-256 and
-    format; for GCM every sector's tag under the key), so a seal never vouches for a chunk that does
-    not belong to the key; the operator running it vouches for the chunk list, owner and sharing
-    as they stand (XTS sectors carry no tag: a chunk of another snapshot of the same volume would
-    pass). A manifest that is already sealed is verified and returned unchanged."""
-    m = catalog.peek(store, snap_id)
-    root = seal.root_from_kms(kms, m)
-    try:
-        with store.lock():
-            m, mac = catalog.read_with_mac(store, snap_id)
+    snapshot's data key (Decrypt) and ReEncrypt on its KMS key. Every chunk is fetched and checked
+    first (its SHA-256 and format; for GCM every sector's tag under the key), so a seal never
+    vouches for a chunk that does not belong to the key; the operator running it vouches for the
+    chunk list, owner and sharing as they stand (XTS sectors carry no tag: a chunk of another
+    snapshot of the same volume would pass). Refused (seal.ManifestMacRemoved, nothing changed) if
+    the snapshot's key carries the manifest-MAC marker: it was created with a MAC, which was removed.
+    The sealed manifest's key is rewrapped (ReEncrypt) under the marked context, so its MAC cannot
+    be removed and resealed later either. A manifest that is already sealed is verified; if its key
+    has no marker yet (made before the marker) it gets one the same way, else it is returned
+    unchanged."""
+    with store.lock():
+        m, mac = catalog.read_with_mac(store, snap_id)
+        key = seal.open_for_seal(kms, m, sealed=mac is not None)
+        root = seal.root_from_key(key)
+        try:
             if mac is not None:
-                return catalog.load(store, snap_id, root=root)
-            cipher = m["volume"]["cipher"]
-            c = recrypt.make_cipher(cipher, keys.open_snapshot_key(kms, m), m["aad_uuid"])
-            try:
-                total = len(m["chunks"])
-                for ci in range(total):
-                    if m["chunks"][ci] is not None:
-                        plain = recrypt.decrypt(c, cipher, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
-                                                snap_id)
-                        plain[:] = bytes(len(plain))
-                    if progress:
-                        progress(ci + 1, total)
-            finally:
-                c.close()
+                seal.wipe(key)
+                seal.verify(root, snap_id, canonical(m), mac)
+            else:
+                _check_chunks(store, m, key, progress)  # wipes key
+            if keys.has_mac_marker(m["context"]):
+                return m
+            ctx = keys.snapshot_context(m["volume"]["db_id"], snap_id)
+            wrapped, arn = keys.rewrap(kms, base64.b64decode(m["wrapped_key"]), m["key_arn"],
+                                       m["context"], m["key_arn"], ctx)
+            m = dict(m, key_arn=arn, wrapped_key=base64.b64encode(wrapped).decode(), context=ctx)
             catalog.save(store, m, root)
-    finally:
-        seal.wipe(root)
+        finally:
+            seal.wipe(key, root)
     return m
+
+
+def _check_chunks(store, m: dict, key: bytearray, progress) -> None:
+    """Fetch every chunk of ``m`` and open every record under ``key`` (wiped: the cipher takes
+    it): IntegrityError/FormatError on the first that does not belong."""
+    cipher = m["volume"]["cipher"]
+    c = recrypt.make_cipher(cipher, key, m["aad_uuid"])
+    try:
+        total = len(m["chunks"])
+        for ci in range(total):
+            if m["chunks"][ci] is not None:
+                plain = recrypt.decrypt(c, cipher, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
+                                        m["snapshot_id"])
+                plain[:] = bytes(len(plain))
+            if progress:
+                progress(ci + 1, total)
+    finally:
+        c.close()
 
 
 ACCOUNT_RE = re.compile(r"^[0-9]{12}$")

@@ -1,8 +1,9 @@
 """The snapshot's data key: which encryption context, which KMS calls.
 
 A snapshot keeps the volume's data key wrapped for the context
-``{"aws:rds:db-id": <the volume's db id>, "aws:ebs:id": <snapshot id>}`` (EBS puts the snapshot id
-in the context of a snapshot's key). Moving a wrapped key from one context to another is one
+``{"aws:rds:db-id": <the volume's db id>, "aws:ebs:id": <snapshot id>, "volumed:manifest-mac": "v1"}``
+(EBS puts the snapshot id in the context of a snapshot's key; the last pair is the manifest-MAC
+marker, MAC_MARKER below; snapshots made before manifest MACs have a key without it). Moving a wrapped key from one context to another is one
 ReEncrypt: the plaintext key never leaves the key service. A copy under another KMS key gets a
 fresh data key (GenerateDataKeyWithoutPlaintext) under the new key and the new snapshot's context.
 Unwrapping (Decrypt) happens only where sectors must be decrypted: restore under another key or to
@@ -17,10 +18,29 @@ from volumed.volume.keywrap import new_wrapped_key, unwrap
 
 KEY_BYTES = {"xts": 64, "gcm": 32}
 
+# The manifest-MAC marker: a pair in the encryption context of every snapshot key wrapped for a
+# snapshot whose manifest is MAC'd from birth (every snapshot and copy this volumed makes, and every
+# manifest `snapshot seal` seals). KMS binds the context to the wrapped key, so a key that unwraps
+# under a context with the marker proves its manifest must carry a MAC: a writer of the store who
+# strips the MAC (to have a spliced manifest sealed) cannot strip the marker without the key no
+# longer unwrapping. Keys of snapshots made before manifest MACs have no marker (legacy).
+MAC_MARKER = "volumed:manifest-mac"
+MAC_MARKER_VERSION = "v1"
 
-def snapshot_context(db_id: str, snap_id: str) -> dict:
-    """The encryption context of a snapshot's wrapped data key."""
-    return {CONTEXT_DB: db_id, CONTEXT_EBS: snap_id}
+
+def snapshot_context(db_id: str, snap_id: str, *, marked: bool = True) -> dict[str, str]:
+    """The encryption context of a snapshot's wrapped data key: with the manifest-MAC marker
+    (``marked``, every key this volumed wraps), or the legacy context of older snapshots."""
+    ctx = {CONTEXT_DB: db_id, CONTEXT_EBS: snap_id}
+    if marked:
+        ctx[MAC_MARKER] = MAC_MARKER_VERSION
+    return ctx
+
+
+def has_mac_marker(ctx: object) -> bool:
+    """True if the context (as a manifest states it) carries the manifest-MAC marker, whatever its
+    value: only the KMS Decrypt under it proves it is the key's."""
+    return isinstance(ctx, dict) and MAC_MARKER in ctx
 
 
 def _error(exc: Exception) -> tuple[str, str] | None:
