@@ -22,6 +22,7 @@ from volumed.snapshot import catalog, copy_snapshot, create_snapshot, restore_sn
 from volumed.snapshot.engine import seal_snapshot, snapshot_key, write_snapshot
 from volumed.snapshot.keys import MAC_MARKER, snapshot_context
 from volumed.snapshot.objects import manifest_name
+from volumed.secrets import wipe
 from volumed.snapshot.seal import ManifestMacRemoved, UnsealedManifest
 from volumed.volume import Volume
 
@@ -212,7 +213,7 @@ def test_a_sealed_snapshot_made_before_the_marker_gets_it_at_seal(kms, store, ma
     m = catalog.peek(store, sid)
     root = seal.root_from_kms(kms, m)
     catalog.save(store, m, root)  # MAC'd under the legacy context, as that version wrote it
-    seal.wipe(root)
+    wipe(root)
     assert MAC_MARKER not in catalog.load(store, sid, kms=kms)["context"]
     sealed = seal_snapshot(store, sid, kms=kms)
     assert sealed["context"][MAC_MARKER] == "v1" and sealed["chunks"] == m["chunks"]

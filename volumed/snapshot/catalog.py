@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from volumed.errors import IntegrityError, UsageError, VolumedError
+from volumed.secrets import wipe
 from volumed.snapshot import seal
 from volumed.snapshot.ids import validate_snapshot_id
 from volumed.snapshot.objects import canonical, decode_manifest, encode_manifest, manifest_name
@@ -46,7 +47,7 @@ def peek(store, snap_id: str) -> dict:
 
 def load_with_root(store, snap_id: str, *, kms) -> tuple[dict, bytearray]:
     """(verified manifest, its MAC root) for callers that seal a manifest under the same data key
-    (share, a same-key copy); the caller wipes the root (seal.wipe)."""
+    (share, a same-key copy); the caller wipes the root (volumed.secrets.wipe)."""
     m, mac = _read(store, snap_id)
     if mac is None:  # refuse before any KMS call
         seal.refuse_unsealed(m)
@@ -54,7 +55,7 @@ def load_with_root(store, snap_id: str, *, kms) -> tuple[dict, bytearray]:
     try:
         seal.verify(root, snap_id, canonical(m), mac)
     except BaseException:
-        seal.wipe(root)
+        wipe(root)
         raise
     return m, root
 
@@ -76,7 +77,7 @@ def load(store, snap_id: str, *, kms=None, root=None) -> dict:
         seal.verify(root, snap_id, canonical(m), mac)
     finally:
         if own:
-            seal.wipe(root)
+            wipe(root)
     return m
 
 

@@ -15,17 +15,24 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as _dt
 import json
 import logging
 import os
 import re
 
-from volumed.clock import SYSTEM_CLOCK
+from volumed.clock import SYSTEM_CLOCK, iso_utc
 from volumed.errors import IntegrityError, KeyAccessError, StateError, UsageError
+from volumed.kms.arn import Arn
+from volumed.secrets import wipe
 from volumed.snapshot import catalog, keys, recrypt, seal
 from volumed.snapshot.ids import new_snapshot_id
 from volumed.snapshot.objects import (MANIFEST_FORMAT, MANIFEST_VERSION, RECORD_SIZE, canonical,
                                       chunk_name, decode_chunk, encode_chunk, manifest_name)
+from volumed.snapshot.store import open_store
+from volumed.volume import Volume
+from volumed.volume.device import parse_size
+from volumed.volume.records import DEFAULT_MAX_KEPT_BYTES
 
 CHUNK_SECTORS = 16
 MANAGED_KEY_REFUSAL = ("You can't share a snapshot that has been encrypted using the AWS managed key "
@@ -36,8 +43,8 @@ MANAGED_KEY_REFUSAL = ("You can't share a snapshot that has been encrypted using
 ENV_MAX_PRESERVED = "VOLUMED_SNAPSHOT_MAX_PRESERVED"
 
 
-def _stamp(when) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _stamp(when: _dt.datetime) -> str:
+    return iso_utc(when, micros=True)
 
 
 def _now(clock) -> str:
@@ -49,9 +56,6 @@ def max_preserved(value=None) -> int:
     ``value`` (bytes or a size like 512M) if given, else $VOLUMED_SNAPSHOT_MAX_PRESERVED, else
     256 MiB (records.DEFAULT_MAX_KEPT_BYTES). UsageError if malformed or not positive.
     Callers: mounted (the CLI side sends it, the daemon side applies it)."""
-    from volumed.volume.device import parse_size
-    from volumed.volume.records import DEFAULT_MAX_KEPT_BYTES
-
     if value is None:
         value = os.environ.get(ENV_MAX_PRESERVED) or DEFAULT_MAX_KEPT_BYTES
     n = parse_size(value)
@@ -64,7 +68,7 @@ def caller_account(kms) -> str:
     """The AWS account of the principal ``kms`` calls as (embedded: its principal ARN; AWS: STS)."""
     principal = getattr(kms, "principal", None)
     if isinstance(principal, str) and principal.startswith("arn:"):
-        return principal.split(":")[4]
+        return Arn.parse(principal).account
     import boto3
 
     return boto3.client("sts").get_caller_identity()["Account"]
@@ -159,7 +163,7 @@ def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, des
             return _write_snapshot_locked(vol, store, key, root, live, clock, description, progress,
                                           max_kept_bytes)
     finally:
-        seal.wipe(root)
+        wipe(root)
 
 
 def _write_snapshot_locked(vol, store, key, root, live, clock, description, progress, max_kept_bytes):
@@ -259,8 +263,6 @@ def create_snapshot(volume_path: str, *, kms, store, clock=None, description: st
                     progress=None) -> dict:
     """Snapshot the volume at ``volume_path``. Unmounted: opened (and so locked) for the duration.
     Mounted: the key part here, the sectors by the daemon that holds it (volumed.snapshot.mounted)."""
-    from volumed.volume import Volume
-
     try:
         vol = Volume.open(volume_path, kms=kms)
     except StateError:
@@ -302,7 +304,7 @@ def copy_snapshot(store, snap_id: str, *, kms, key_id: str | None = None, clock=
         return _copy_verified(store, src, src_root, kms=kms, key_id=key_id, clock=clock,
                               description=description, progress=progress)
     finally:
-        seal.wipe(src_root)
+        wipe(src_root)
 
 
 def _copy_verified(store, src, src_root, *, kms, key_id, clock, description, progress) -> dict:
@@ -335,7 +337,7 @@ def _copy_verified(store, src, src_root, *, kms, key_id, clock, description, pro
                 first = ci * CHUNK_SECTORS
                 plain = recrypt.decrypt(old, cipher, first, recs, snap_id)
                 digest, n = _put_chunk(store, cipher, recrypt.encrypt(new, cipher, first, plain), known)
-                plain[:] = bytes(len(plain))
+                wipe(plain)
                 chunks.append(digest)
                 stored += n
                 if progress:
@@ -346,7 +348,7 @@ def _copy_verified(store, src, src_root, *, kms, key_id, clock, description, pro
         finally:
             old.close()
             new.close()
-            seal.wipe(new_root)
+            wipe(new_root)
     return m
 
 
@@ -368,7 +370,7 @@ def seal_snapshot(store, snap_id: str, *, kms, progress=None) -> dict:
         root = seal.root_from_key(key)
         try:
             if mac is not None:
-                seal.wipe(key)
+                wipe(key)
                 seal.verify(root, snap_id, canonical(m), mac)
             else:
                 _check_chunks(store, m, key, progress)  # wipes key
@@ -380,7 +382,7 @@ def seal_snapshot(store, snap_id: str, *, kms, progress=None) -> dict:
             m = dict(m, key_arn=arn, wrapped_key=base64.b64encode(wrapped).decode(), context=ctx)
             catalog.save(store, m, root)
         finally:
-            seal.wipe(key, root)
+            wipe(key, root)
     return m
 
 
@@ -395,7 +397,7 @@ def _check_chunks(store, m: dict, key: bytearray, progress) -> None:
             if m["chunks"][ci] is not None:
                 plain = recrypt.decrypt(c, cipher, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
                                         m["snapshot_id"])
-                plain[:] = bytes(len(plain))
+                wipe(plain)
             if progress:
                 progress(ci + 1, total)
     finally:
@@ -423,7 +425,7 @@ def share_snapshot(store, snap_id: str, account: str, *, kms) -> tuple[dict, str
                 m["shared_with"] = sorted(m["shared_with"] + [account])
                 catalog.save(store, m, root)
     finally:
-        seal.wipe(root)
+        wipe(root)
     return m, policy_hint(arn, account)
 
 
@@ -474,8 +476,6 @@ def latest_snapshot_hint(volume_header, store=None, *, kms_spec: str | None = No
     The mount's terminal-state refusal calls it."""
     try:
         if store is None:
-            from volumed.snapshot.store import open_store
-
             store = open_store(kms_spec=kms_spec)
         snaps = catalog.of_volume(store, volume_header.uuid)
     except Exception:  # a hint must never turn a clear refusal into another error

@@ -13,16 +13,11 @@ from __future__ import annotations
 import fcntl
 import os
 
-from volumed.errors import KeyAccessError, StateError
+from volumed.errors import KeyAccessError, StateError, aws_error_code
 from volumed.volume.device import _open_backing, load_header
 from volumed.volume.erase import crypto_erase
 
 _NO_GRANTS = ("NotFoundException", "KMSInvalidStateException", "DisabledException")
-
-
-def _code(exc: Exception) -> str | None:
-    resp = getattr(exc, "response", None)
-    return resp.get("Error", {}).get("Code") if isinstance(resp, dict) else None
 
 
 def volume_grants(kms, key_arn: str, volume_uuid: str) -> list[dict]:
@@ -62,7 +57,7 @@ def delete_volume(path: str, *, kms) -> dict:
         try:
             grants = volume_grants(kms, h.key_arn, h.uuid)
         except Exception as exc:
-            code = _code(exc)
+            code = aws_error_code(exc)
             if code in _NO_GRANTS:
                 grants = []
             elif code is not None:
@@ -75,7 +70,7 @@ def delete_volume(path: str, *, kms) -> dict:
             try:
                 _retire(kms, h.key_arn, g["GrantId"])
             except Exception as exc:
-                code = _code(exc)
+                code = aws_error_code(exc)
                 if code is None:
                     raise
                 raise KeyAccessError(f"cannot delete {path}: retiring grant {g['GrantId']} failed: "

@@ -12,7 +12,9 @@ a GCM volume, and copies under another key. Callers: engine, restore.
 
 from __future__ import annotations
 
-from volumed.errors import KeyAccessError
+import base64
+
+from volumed.errors import KeyAccessError, aws_error_code, aws_error_message
 from volumed.volume.header import CONTEXT_DB, CONTEXT_EBS
 from volumed.volume.keywrap import new_wrapped_key, unwrap
 
@@ -43,21 +45,12 @@ def has_mac_marker(ctx: object) -> bool:
     return isinstance(ctx, dict) and MAC_MARKER in ctx
 
 
-def _error(exc: Exception) -> tuple[str, str] | None:
-    """(AWS error code, message) of a botocore ClientError or an embedded-service error."""
-    resp = getattr(exc, "response", None)
-    if isinstance(resp, dict) and "Error" in resp:
-        return str(resp["Error"].get("Code", "")), str(resp["Error"].get("Message", ""))
-    code = getattr(exc, "code", None)
-    return (code, str(exc)) if isinstance(code, str) else None
-
-
 def _refused(action: str, key: str, exc: Exception) -> KeyAccessError:
     """The KeyAccessError for a KMS refusal; anything that is not a KMS answer is re-raised."""
-    err = _error(exc)
-    if err is None:
+    code = aws_error_code(exc)
+    if code is None:
         raise exc
-    code, msg = err
+    msg = aws_error_message(exc)
     return KeyAccessError(f"{action} with KMS key {key} failed: {code}: {msg} (check that the key "
                           "is enabled and that your principal may use it)", code=code)
 
@@ -86,8 +79,6 @@ def open_key(kms, key_arn: str, wrapped: bytes, ctx: dict, cipher: str) -> bytea
 
 def open_snapshot_key(kms, manifest: dict) -> bytearray:
     """open_key for a snapshot's own wrapped key."""
-    import base64
-
     return open_key(kms, manifest["key_arn"], base64.b64decode(manifest["wrapped_key"]),
                     manifest["context"], manifest["volume"]["cipher"])
 

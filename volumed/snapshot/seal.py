@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from volumed.errors import IntegrityError, KeyAccessError
+from volumed.secrets import wipe
 from volumed.snapshot import keys
 from volumed.volume.header import snapshot_root_key
 
@@ -51,12 +52,6 @@ class ManifestMacRemoved(IntegrityError):
     with a MAC, which a writer of the store removed."""
 
     code = "ManifestMacRemoved"
-
-
-def wipe(*bufs) -> None:
-    for b in bufs:
-        if isinstance(b, bytearray):
-            b[:] = bytes(len(b))
 
 
 def mac_key(root, snap_id: str) -> bytearray:

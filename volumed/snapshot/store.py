@@ -25,7 +25,9 @@ import re
 import socket
 import time
 
-from volumed.errors import StateError, UsageError, VolumedError
+from volumed import kms
+from volumed.clock import SYSTEM_CLOCK
+from volumed.errors import StateError, UsageError, VolumedError, aws_error_code
 from volumed.safefile import is_temp_name, write_atomic
 
 ENV_STORE = "VOLUMED_SNAPSHOT_STORE"
@@ -123,12 +125,6 @@ class LocalStore:
             os.close(fd)
 
 
-def _s3_code(exc: Exception) -> str | None:
-    """The AWS error code of a botocore ClientError, else None."""
-    resp = getattr(exc, "response", None)
-    return resp.get("Error", {}).get("Code") if isinstance(resp, dict) else None
-
-
 class S3Store:
     """A snapshot store in an S3 bucket under a key prefix (boto3; endpoint from the environment).
     ``clock`` and ``sleep`` time the writer lock (tests inject them); ``lease`` is how long a lock
@@ -143,8 +139,6 @@ class S3Store:
                  lease: float | None = None, lock_wait: float | None = None):
         import boto3
 
-        from volumed.clock import SYSTEM_CLOCK
-
         self.clock = clock or SYSTEM_CLOCK
         self.sleep = sleep
         self.lease = self.LEASE if lease is None else lease
@@ -158,7 +152,7 @@ class S3Store:
         return self.prefix + _check_name(name)
 
     def _fail(self, what: str, name: str, exc: Exception) -> VolumedError:
-        code = _s3_code(exc)
+        code = aws_error_code(exc)
         return VolumedError(f"cannot {what} {name} in the snapshot store {self.spec}: {code or exc}",
                             code=code or None)
 
@@ -172,7 +166,7 @@ class S3Store:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
         except Exception as exc:
-            code = _s3_code(exc)
+            code = aws_error_code(exc)
             if code in ("NoSuchKey", "404"):
                 raise ObjectMissing(f"{name} is missing from the snapshot store {self.spec}") from None
             raise self._fail("read", name, exc) from None
@@ -182,7 +176,7 @@ class S3Store:
             self.client.head_object(Bucket=self.bucket, Key=self._key(name))
             return True
         except Exception as exc:
-            code = _s3_code(exc)
+            code = aws_error_code(exc)
             if code in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise self._fail("look up", name, exc) from None
@@ -225,7 +219,7 @@ class S3Store:
                                               IfNoneMatch="*")["ETag"]
                 break
             except Exception as exc:
-                if _s3_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                if aws_error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                     raise self._fail("lock", self.LOCK_NAME, exc) from None
             holder = self._lock_holder(key)
             if holder is not None and holder[1] < now:
@@ -249,7 +243,7 @@ class S3Store:
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _s3_code(exc) in ("NoSuchKey", "404"):
+            if aws_error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise self._fail("read", self.LOCK_NAME, exc) from None
         try:
@@ -263,7 +257,7 @@ class S3Store:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
         except Exception as exc:
-            if _s3_code(exc) not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+            if aws_error_code(exc) not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 raise self._fail("unlock", self.LOCK_NAME, exc) from None
 
 
@@ -273,8 +267,6 @@ def default_spec() -> str:
     spec = os.environ.get(ENV_STORE)
     if spec:
         return spec
-    from volumed import kms
-
     ks = kms.default_spec()
     if ks == "aws" or ks.startswith(("http://", "https://")):
         raise UsageError("no snapshot store: with AWS KMS name one with --store s3://BUCKET/PREFIX "
