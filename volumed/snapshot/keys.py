@@ -13,10 +13,17 @@ a GCM volume, and copies under another key. Callers: engine, restore.
 from __future__ import annotations
 
 import base64
+from typing import Any, TypeAlias
 
 from volumed.errors import KeyAccessError, aws_error_code, aws_error_message
 from volumed.volume.header import CONTEXT_DB, CONTEXT_EBS
+from volumed.snapshot.objects import Manifest
 from volumed.volume.keywrap import new_wrapped_key, unwrap
+
+# boto3's "kms" client or volumed.kms's embedded service (the same methods, responses and errors);
+# boto3 ships no types, so the calls are not checked.
+KmsClient: TypeAlias = Any
+Context: TypeAlias = dict[str, str]
 
 KEY_BYTES = {"xts": 64, "gcm": 32}
 
@@ -30,7 +37,7 @@ MAC_MARKER = "volumed:manifest-mac"
 MAC_MARKER_VERSION = "v1"
 
 
-def snapshot_context(db_id: str, snap_id: str, *, marked: bool = True) -> dict[str, str]:
+def snapshot_context(db_id: str, snap_id: str, *, marked: bool = True) -> Context:
     """The encryption context of a snapshot's wrapped data key: with the manifest-MAC marker
     (``marked``, every key this volumed wraps), or the legacy context of older snapshots."""
     ctx = {CONTEXT_DB: db_id, CONTEXT_EBS: snap_id}
@@ -55,7 +62,7 @@ def _refused(action: str, key: str, exc: Exception) -> KeyAccessError:
                           "is enabled and that your principal may use it)", code=code)
 
 
-def rewrap(kms, blob: bytes, src_arn: str, src_ctx: dict, dst_key: str, dst_ctx: dict) -> tuple[bytes, str]:
+def rewrap(kms: KmsClient, blob: bytes, src_arn: str, src_ctx: Context, dst_key: str, dst_ctx: Context) -> tuple[bytes, str]:
     """ReEncrypt ``blob`` from (src_arn, src_ctx) to (dst_key, dst_ctx): (new blob, dest key ARN).
     KMS refusals become KeyAccessError with the AWS code."""
     try:
@@ -66,24 +73,24 @@ def rewrap(kms, blob: bytes, src_arn: str, src_ctx: dict, dst_key: str, dst_ctx:
     return bytes(resp["CiphertextBlob"]), str(resp["KeyId"])
 
 
-def fresh(kms, key_id: str, cipher: str, ctx: dict) -> tuple[bytes, str]:
+def fresh(kms: KmsClient, key_id: str, cipher: str, ctx: Context) -> tuple[bytes, str]:
     """A new wrapped data key for ``cipher`` under ``key_id`` and ``ctx``: (blob, key ARN)."""
     return new_wrapped_key(kms, key_id, KEY_BYTES[cipher], ctx)
 
 
-def open_key(kms, key_arn: str, wrapped: bytes, ctx: dict, cipher: str) -> bytearray:
+def open_key(kms: KmsClient, key_arn: str, wrapped: bytes, ctx: Context, cipher: str) -> bytearray:
     """The plaintext data key (Decrypt of ``wrapped`` under ``key_arn`` and ``ctx``); the caller
     hands it to a cipher (which wipes it) or wipes it."""
     return unwrap(kms, key_arn, wrapped, ctx, expect_len=KEY_BYTES[cipher])
 
 
-def open_snapshot_key(kms, manifest: dict) -> bytearray:
+def open_snapshot_key(kms: KmsClient, manifest: Manifest) -> bytearray:
     """open_key for a snapshot's own wrapped key."""
     return open_key(kms, manifest["key_arn"], base64.b64decode(manifest["wrapped_key"]),
                     manifest["context"], manifest["volume"]["cipher"])
 
 
-def key_manager(kms, key_id: str) -> tuple[str, str]:
+def key_manager(kms: KmsClient, key_id: str) -> tuple[str, str]:
     """(key ARN, KeyManager: "AWS" or "CUSTOMER") from DescribeKey."""
     try:
         meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]

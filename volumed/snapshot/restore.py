@@ -21,7 +21,10 @@ from volumed.clock import SYSTEM_CLOCK, iso_utc
 from volumed.errors import UsageError, VolumedError
 from volumed.secrets import wipe
 from volumed.snapshot import catalog, keys, recrypt
-from volumed.snapshot.engine import CHUNK_SECTORS, check_access, chunk_records
+from volumed.snapshot.engine import CHUNK_SECTORS, Progress, check_access, chunk_records
+from volumed.snapshot.keys import KmsClient
+from volumed.snapshot.objects import Manifest
+from volumed.snapshot.store import Store
 from volumed.volume import Volume, luks2
 from volumed.volume.backing import staged_file
 from volumed.volume.formats import format_of
@@ -39,8 +42,9 @@ def _check_target(path: str) -> None:
         raise UsageError(f"cannot create {path}: directory {parent} does not exist")
 
 
-def restore_snapshot(store, snap_id: str, volume_path: str, *, kms, key_id: str | None = None,
-                     ebs_id: str | None = None, db_id: str | None = None, progress=None) -> VolumeHeader:
+def restore_snapshot(store: Store, snap_id: str, volume_path: str | os.PathLike[str], *, kms: KmsClient,
+                     key_id: str | None = None, ebs_id: str | None = None, db_id: str | None = None,
+                     progress: Progress = None) -> VolumeHeader:
     """Create the volume ``volume_path`` holding exactly the snapshot's data; return its header.
     New ids unless given. Leaves nothing behind on failure."""
     volume_path = os.fspath(volume_path)
@@ -56,7 +60,8 @@ def restore_snapshot(store, snap_id: str, volume_path: str, *, kms, key_id: str 
     return _restore_new_key(store, m, volume_path, kms, target, db_id, ebs_id, progress)
 
 
-def _restore_new_key(store, m, path, kms, target, db_id, ebs_id, progress) -> VolumeHeader:
+def _restore_new_key(store: Store, m: Manifest, path: str, kms: KmsClient, target: str, db_id: str,
+                     ebs_id: str, progress: Progress) -> VolumeHeader:
     """Volume.create under ``target`` (a new data key), then decrypt-and-write every chunk."""
     cipher = m["volume"]["cipher"]
     h = Volume.create(path, size=m["volume"]["size"], kms=kms, key_id=target, cipher=cipher,
@@ -84,7 +89,8 @@ def _restore_new_key(store, m, path, kms, target, db_id, ebs_id, progress) -> Vo
     return h
 
 
-def _restore_shared_key(store, m, path, kms, db_id, ebs_id, progress) -> VolumeHeader:
+def _restore_shared_key(store: Store, m: Manifest, path: str, kms: KmsClient, db_id: str, ebs_id: str,
+                        progress: Progress) -> VolumeHeader:
     """XTS under the snapshot's key: ReEncrypt the data key to the new context, build the LUKS2
     header, copy the ciphertext records in place."""
     ctx = {CONTEXT_DB: db_id, CONTEXT_EBS: ebs_id}

@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from volumed.errors import IntegrityError, KeyAccessError
 from volumed.secrets import wipe
 from volumed.snapshot import keys
+from volumed.snapshot.keys import KmsClient
+from volumed.snapshot.objects import Manifest
 from volumed.volume.header import snapshot_root_key
 
 MAC_INFO = b"volumed snapshot manifest mac v1"
@@ -54,13 +56,13 @@ class ManifestMacRemoved(IntegrityError):
     code = "ManifestMacRemoved"
 
 
-def mac_key(root, snap_id: str) -> bytearray:
+def mac_key(root: bytes | bytearray, snap_id: str) -> bytearray:
     """The manifest MAC key of ``snap_id`` under ``root``."""
     hk = HKDF(algorithm=hashes.SHA256(), length=32, salt=snap_id.encode(), info=MAC_INFO)
     return bytearray(hk.derive(bytes(root)))
 
 
-def compute(root, snap_id: str, canonical: bytes) -> str:
+def compute(root: bytes | bytearray, snap_id: str, canonical: bytes) -> str:
     """HMAC-SHA256 (hex) of a manifest's canonical JSON."""
     k = mac_key(root, snap_id)
     try:
@@ -69,7 +71,7 @@ def compute(root, snap_id: str, canonical: bytes) -> str:
         wipe(k)
 
 
-def matches(root, snap_id: str, canonical: bytes, mac: str | None) -> bool:
+def matches(root: bytes | bytearray, snap_id: str, canonical: bytes, mac: str | None) -> bool:
     """True if ``mac`` is the MAC of the manifest under ``root``."""
     return isinstance(mac, str) and hmac.compare_digest(compute(root, snap_id, canonical), mac)
 
@@ -87,7 +89,7 @@ def mac_removed_message(snap_id: str) -> str:
             "trusted; it is refused and cannot be sealed (restore another snapshot; docs/SNAPSHOTS.md)")
 
 
-def refuse_unsealed(manifest: dict) -> None:
+def refuse_unsealed(manifest: Manifest) -> None:
     """The refusal of a manifest that has no MAC, before any KMS call: ManifestMacRemoved if its
     key carries the manifest-MAC marker, else UnsealedManifest (with the command that seals it)."""
     sid = manifest["snapshot_id"]
@@ -96,7 +98,7 @@ def refuse_unsealed(manifest: dict) -> None:
     raise UnsealedManifest(unsealed_message(sid))
 
 
-def verify(root, snap_id: str, canonical: bytes, mac: str | None) -> None:
+def verify(root: bytes | bytearray, snap_id: str, canonical: bytes, mac: str | None) -> None:
     """IntegrityError unless ``mac`` verifies (UnsealedManifest if there is none)."""
     if mac is None:
         raise UnsealedManifest(unsealed_message(snap_id))
@@ -105,12 +107,12 @@ def verify(root, snap_id: str, canonical: bytes, mac: str | None) -> None:
                              "the snapshot store (chunk list, owner, sharing or key); do not use it")
 
 
-def root_from_key(data_key) -> bytearray:
+def root_from_key(data_key: bytes | bytearray) -> bytearray:
     """The MAC root of a plaintext data key (the caller still wipes ``data_key``)."""
     return snapshot_root_key(data_key)
 
 
-def check_context(manifest: dict) -> None:
+def check_context(manifest: Manifest) -> None:
     """IntegrityError unless the manifest's key context is the snapshot's own: its db id and
     snapshot id, with the manifest-MAC marker or (legacy) without; nothing else. KMS binds the
     wrapped key to it, so a wrapped key moved from another snapshot's manifest does not unwrap."""
@@ -121,7 +123,7 @@ def check_context(manifest: dict) -> None:
                              "the snapshot's own: it was altered; do not use it")
 
 
-def root_from_kms(kms, manifest: dict) -> bytearray:
+def root_from_kms(kms: KmsClient, manifest: Manifest) -> bytearray:
     """The MAC root of a snapshot's own data key (one Decrypt under the snapshot's context, which
     must be its own: check_context)."""
     check_context(manifest)
@@ -132,7 +134,7 @@ def root_from_kms(kms, manifest: dict) -> bytearray:
         wipe(key)
 
 
-def open_for_seal(kms, manifest: dict, *, sealed: bool) -> bytearray:
+def open_for_seal(kms: KmsClient, manifest: Manifest, *, sealed: bool) -> bytearray:
     """The snapshot's plaintext data key for ``snapshot seal`` (the caller wipes it or hands it to
     a cipher). For a manifest with no MAC (not ``sealed``): refused before any KMS call if its
     context carries the manifest-MAC marker; and if the key does not unwrap under its stated

@@ -24,9 +24,11 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from volumed import kms
-from volumed.clock import SYSTEM_CLOCK
+from volumed.clock import SYSTEM_CLOCK, Clock
 from volumed.errors import StateError, UsageError, VolumedError, aws_error_code
 from volumed.safefile import is_temp_name, write_atomic
 
@@ -40,6 +42,27 @@ def _check_name(name: str) -> str:
     return name
 
 
+class Store(Protocol):
+    """What the snapshot code uses of a store (LocalStore, S3Store): named objects and a writer lock.
+    ``list`` is last: in a class body its name would shadow the builtin in later annotations."""
+
+    spec: str
+
+    def put(self, name: str, data: bytes) -> None: ...
+
+    def get(self, name: str) -> bytes: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def lock(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def list(self, prefix: str = "") -> list[str]: ...
+
+
 class ObjectMissing(VolumedError):
     """An object the caller asked for is not in the store."""
 
@@ -49,7 +72,7 @@ class ObjectMissing(VolumedError):
 class LocalStore:
     """A snapshot store in a local directory (created on first write)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.spec = self.root
 
@@ -112,7 +135,7 @@ class LocalStore:
             os.unlink(self._path(name))
 
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self) -> Iterator[None]:
         """Exclusive writer lock on this store (flock on ``.lock``)."""
         import fcntl
 
@@ -135,8 +158,9 @@ class S3Store:
     LOCK_WAIT = 15 * 60.0    # how long a writer waits for another's lock before giving up
     POLL = 0.5
 
-    def __init__(self, bucket: str, prefix: str = "", client=None, *, clock=None, sleep=time.sleep,
-                 lease: float | None = None, lock_wait: float | None = None):
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None, *, clock: Clock | None = None,
+                 sleep: Callable[[float], None] = time.sleep, lease: float | None = None,
+                 lock_wait: float | None = None) -> None:
         import boto3
 
         self.clock = clock or SYSTEM_CLOCK
@@ -203,7 +227,7 @@ class S3Store:
         """S3 objects are durable when put returns."""
 
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self) -> Iterator[None]:
         """Exclusive writer lock on this store: the object ``.lock`` under the prefix, created only
         if absent (If-None-Match: *). Waits (polling) while another writer holds an unexpired
         lease, up to ``lock_wait`` seconds, then StateError naming the holder; breaks an expired
@@ -274,7 +298,7 @@ def default_spec() -> str:
     return os.path.join(ks, "snapshots")
 
 
-def open_store(spec: str | None = None, *, kms_spec: str | None = None):
+def open_store(spec: str | None = None, *, kms_spec: str | None = None) -> LocalStore | S3Store:
     """The store named by ``spec`` (a directory or ``s3://bucket/prefix``); None means the default.
     ``kms_spec`` (the CLI's --kms) places the default store next to that keystore."""
     if not spec:
