@@ -255,3 +255,35 @@ def test_a_copy_of_a_sealed_legacy_snapshot_is_marked_from_birth(kms, store, mak
     with pytest.raises(ManifestMacRemoved):
         seal_snapshot(store, copy["snapshot_id"], kms=NoKms())
     assert json.loads(obj(store, copy["snapshot_id"])).get("mac") is None
+
+
+def test_seal_without_reencrypt_changes_nothing(kms, store, make_volume, cmk):
+    """Sealing a legacy snapshot rewraps its key (ReEncrypt): an operator allowed only Decrypt is
+    refused with the AWS code, and the manifest stays as it was (no MAC without the marker)."""
+    vol = make_volume("xts", key_id=cmk)
+    write(kms, vol, [(0, pattern(12, MiB))])
+    sid = create_snapshot(vol, kms=kms, store=store)["snapshot_id"]
+    make_legacy(kms, store, sid)
+    before = obj(store, sid)
+    operator = kms.principal.rsplit(":", 1)[0] + ":user/operator"
+    kms.create_grant(KeyId=cmk, GranteePrincipal=operator, Operations=["Decrypt"])
+    with pytest.raises(KeyAccessError, match="ReEncrypt") as exc:
+        seal_snapshot(store, sid, kms=kms.with_identity(principal=operator))
+    assert exc.value.code == "AccessDeniedException"
+    assert obj(store, sid) == before
+
+
+def test_the_downgrade_is_refused_on_s3_too(kms, s3, make_volume, tmp_path):
+    """The same attack on an S3 store (moto): seal refuses before any KMS call, nothing changes."""
+    from volumed.snapshot.store import S3Store
+
+    store = S3Store("fleet-snapshots", "team/a", client=s3)
+    vol = make_volume("gcm")
+    old, new = two_snapshots(kms, store, vol)
+    splice_and_strip(store, old, new)
+    before = obj(store, new["snapshot_id"])
+    with pytest.raises(ManifestMacRemoved):
+        seal_snapshot(store, new["snapshot_id"], kms=NoKms())
+    with pytest.raises(ManifestMacRemoved):
+        restore_snapshot(store, new["snapshot_id"], str(tmp_path / "r"), kms=kms)
+    assert obj(store, new["snapshot_id"]) == before and not (tmp_path / "r").exists()
