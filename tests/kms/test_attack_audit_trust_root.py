@@ -122,6 +122,22 @@ def test_a_pin_others_could_replace_or_a_missing_pin_is_no_trust_root(sealed_key
     assert audit.verify(conn).ok
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_pin_owned_by_another_user_is_no_trust_root(sealed_keystore):
+    """Mode 0644 but owned by another non-root user: that user could rewrite it with their own key
+    (after resealing the database with it), so it is refused like a writable pin."""
+    keystore, conn = sealed_keystore
+    pin = os.path.join(keystore, audit.PIN_FILE)
+    os.chown(pin, 4242, -1)
+    report = audit.verify(conn)
+    assert not report.ok and [p.kind for p in report.problems] == ["key"]
+    assert "owned by uid 4242" in report.problems[0].message and "\n" not in report.problems[0].message
+    assert report.trust_root is None
+    assert _cli_verify(keystore) != 0
+    os.chown(pin, 0, -1)  # root's pin is a trust root again
+    assert audit.verify(conn).ok
+
+
 def test_a_replaced_signing_key_file_is_refused_at_open(sealed_keystore, clock):
     keystore, _ = sealed_keystore
     path = os.path.join(keystore, audit.SIGNING_KEY_FILE)

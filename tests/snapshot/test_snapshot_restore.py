@@ -40,7 +40,8 @@ def test_snapshot_key_is_bound_to_the_snapshot_id(kms, store, make_volume):
 
     vol = make_volume("xts")
     m = create_snapshot(vol, kms=kms, store=store)
-    assert m["context"] == {"aws:rds:db-id": Volume.read_header(vol).db_id, "aws:ebs:id": m["snapshot_id"]}
+    assert m["context"] == {"aws:rds:db-id": Volume.read_header(vol).db_id, "aws:ebs:id": m["snapshot_id"],
+                            "volumed:manifest-mac": "v1"}  # the manifest-MAC marker (docs/SNAPSHOTS.md)
     blob = base64.b64decode(m["wrapped_key"])
     with pytest.raises(Exception):
         kms.decrypt(CiphertextBlob=blob, EncryptionContext=Volume.read_header(vol).context)

@@ -15,17 +15,28 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as _dt
 import json
 import logging
 import os
 import re
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeAlias
 
-from volumed.clock import SYSTEM_CLOCK
+from volumed.clock import SYSTEM_CLOCK, Clock, iso_utc
 from volumed.errors import IntegrityError, KeyAccessError, StateError, UsageError
+from volumed.kms.arn import Arn
+from volumed.secrets import wipe
 from volumed.snapshot import catalog, keys, recrypt, seal
 from volumed.snapshot.ids import new_snapshot_id
-from volumed.snapshot.objects import (MANIFEST_FORMAT, MANIFEST_VERSION, RECORD_SIZE, chunk_name,
-                                      decode_chunk, encode_chunk, manifest_name)
+from volumed.snapshot.keys import KmsClient
+from volumed.snapshot.objects import (MANIFEST_FORMAT, MANIFEST_VERSION, RECORD_SIZE, Manifest, canonical,
+                                      chunk_name, decode_chunk, encode_chunk, manifest_name)
+from volumed.snapshot.store import Store, open_store
+from volumed.volume import Volume
+from volumed.volume.device import parse_size
+from volumed.volume.header import VolumeHeader
+from volumed.volume.records import DEFAULT_MAX_KEPT_BYTES
 
 CHUNK_SECTORS = 16
 MANAGED_KEY_REFUSAL = ("You can't share a snapshot that has been encrypted using the AWS managed key "
@@ -35,36 +46,50 @@ MANAGED_KEY_REFUSAL = ("You can't share a snapshot that has been encrypted using
 
 ENV_MAX_PRESERVED = "VOLUMED_SNAPSHOT_MAX_PRESERVED"
 
+# engine.snapshot_key's result, sent over the mount's control channel as JSON: snapshot_id, key_arn,
+# wrapped_key (base64), context, owner_account.
+SnapshotKey: TypeAlias = dict[str, Any]
+Progress: TypeAlias = Callable[[int, int], None] | None  # (chunks done, total) after each chunk
 
-def _stamp(when) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+class RecordSource(Protocol):
+    """What a snapshot copies from: an open Volume held still, or its capture session."""
+
+    @property
+    def header(self) -> VolumeHeader: ...
+
+    @property
+    def path(self) -> str: ...
+
+    def read_records(self, first: int, n: int) -> list[bytes | None]: ...
 
 
-def _now(clock) -> str:
+def _stamp(when: _dt.datetime) -> str:
+    return iso_utc(when, micros=True)
+
+
+def _now(clock: Clock | None) -> str:
     return _stamp((clock or SYSTEM_CLOCK).now())
 
 
-def max_preserved(value=None) -> int:
+def max_preserved(value: int | str | None = None) -> int:
     """The byte cap on the records a live snapshot's capture session may hold in memory:
     ``value`` (bytes or a size like 512M) if given, else $VOLUMED_SNAPSHOT_MAX_PRESERVED, else
     256 MiB (records.DEFAULT_MAX_KEPT_BYTES). UsageError if malformed or not positive.
     Callers: mounted (the CLI side sends it, the daemon side applies it)."""
-    from volumed.volume.device import parse_size
-    from volumed.volume.records import DEFAULT_MAX_KEPT_BYTES
-
     if value is None:
         value = os.environ.get(ENV_MAX_PRESERVED) or DEFAULT_MAX_KEPT_BYTES
-    n = parse_size(value)
+    n = parse_size(str(value))  # an int from the control request, or text
     if n <= 0:
         raise UsageError(f"invalid {ENV_MAX_PRESERVED} {value!r}: must be a positive size (e.g. 256M)")
     return n
 
 
-def caller_account(kms) -> str:
+def caller_account(kms: KmsClient) -> str:
     """The AWS account of the principal ``kms`` calls as (embedded: its principal ARN; AWS: STS)."""
     principal = getattr(kms, "principal", None)
     if isinstance(principal, str) and principal.startswith("arn:"):
-        return principal.split(":")[4]
+        return Arn.parse(principal).account
     import boto3
 
     return boto3.client("sts").get_caller_identity()["Account"]
@@ -75,7 +100,7 @@ def chunk_count(sectors: int) -> int:
     return -(-sectors // CHUNK_SECTORS)
 
 
-def chunk_records(store, manifest: dict, ci: int) -> list:
+def chunk_records(store: Store, manifest: Manifest, ci: int) -> list[bytes | None]:
     """The records of chunk ``ci`` of ``manifest`` (all None for an absent chunk), verified."""
     sectors = manifest["volume"]["size"] // 4096
     n = min(CHUNK_SECTORS, sectors - ci * CHUNK_SECTORS)
@@ -90,7 +115,7 @@ def chunk_records(store, manifest: dict, ci: int) -> list:
     return recs
 
 
-def _put_chunk(store, cipher: str, records: list, known: set) -> tuple[str | None, int]:
+def _put_chunk(store: Store, cipher: str, records: list[bytes | None], known: set[str]) -> tuple[str | None, int]:
     """Store a chunk unless ``known`` (chunks of the previous snapshot's manifest, durable and
     verified by name when read) has it: (digest or None, bytes stored). A chunk object found in
     the store but named by no manifest is rewritten, not trusted: it may be the torn leftover of
@@ -106,10 +131,11 @@ def _put_chunk(store, cipher: str, records: list, known: set) -> tuple[str | Non
     return digest, len(data)
 
 
-def _manifest(snap_id: str, vol_header, *, key_arn: str, wrapped: bytes, ctx: dict, owner: str,
-              clock, aad_uuid: str, created: str | None = None, **extra) -> dict:
+def _manifest(snap_id: str, vol_header: dict[str, Any], *, key_arn: str, wrapped: bytes,
+              ctx: keys.Context, owner: str, clock: Clock | None, aad_uuid: str,
+              created: str | None = None, **extra: Any) -> Manifest:
     h = vol_header
-    m = {
+    m: Manifest = {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "snapshot_id": snap_id,
         "created": created or _now(clock), "state": "completed", "owner_account": owner, "shared_with": [],
         "volume": {"uuid": h["uuid"], "ebs_id": h["ebs_id"], "db_id": h["db_id"], "cipher": h["cipher"],
@@ -123,7 +149,7 @@ def _manifest(snap_id: str, vol_header, *, key_arn: str, wrapped: bytes, ctx: di
     return m
 
 
-def snapshot_key(kms, header) -> dict:
+def snapshot_key(kms: KmsClient, header: VolumeHeader) -> SnapshotKey:
     """Phase 1 of a snapshot, as the user: a new snapshot id and the volume's data key rewrapped
     (ReEncrypt) for the snapshot's context. Needs no access to the volume's sectors, so the CLI
     can do it for a mounted volume whose daemon (a host principal without ReEncrypt) copies them."""
@@ -134,8 +160,9 @@ def snapshot_key(kms, header) -> dict:
             "context": ctx, "owner_account": caller_account(kms)}
 
 
-def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, description: str = "",
-                   progress=None, max_kept_bytes: int | None = None) -> dict:
+def write_snapshot(vol: Volume, store: Store, key: SnapshotKey, *, live: bool = False,
+                   clock: Clock | None = None, description: str = "", progress: Progress = None,
+                   max_kept_bytes: int | None = None) -> Manifest:
     """Phase 2: copy the open Volume's sector records into ``store`` under the snapshot ``key``
     (from snapshot_key) and save the manifest. Not ``live``: the caller holds the volume still (no
     write runs while this reads). ``live`` (the mount daemon): once the store lock is taken, a
@@ -147,6 +174,10 @@ def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, des
     any failure no manifest is written and the chunks this call stored that no manifest names are
     removed; the session always ends. ``progress(done, total)`` runs after each chunk is stored,
     holding no volume lock."""
+    if key["context"] == keys.snapshot_context(vol.header.db_id, key["snapshot_id"], marked=False):
+        raise UsageError(f"the snapshot key for {vol.path} has no manifest-MAC marker "
+                         f"({keys.MAC_MARKER}): it was made by an older volumed; run `volumed "
+                         "snapshot create` with the same volumed version as the mount")
     if key["context"] != keys.snapshot_context(vol.header.db_id, key["snapshot_id"]):
         raise UsageError(f"snapshot key was made for another volume than {vol.path}")
     root = vol.snapshot_root()
@@ -155,10 +186,12 @@ def write_snapshot(vol, store, key: dict, *, live: bool = False, clock=None, des
             return _write_snapshot_locked(vol, store, key, root, live, clock, description, progress,
                                           max_kept_bytes)
     finally:
-        seal.wipe(root)
+        wipe(root)
 
 
-def _write_snapshot_locked(vol, store, key, root, live, clock, description, progress, max_kept_bytes):
+def _write_snapshot_locked(vol: Volume, store: Store, key: SnapshotKey, root: bytearray, live: bool,
+                           clock: Clock | None, description: str, progress: Progress,
+                           max_kept_bytes: int | None) -> Manifest:
     """write_snapshot under the store lock; ``root`` is the volume's manifest MAC root: the parent
     is the newest snapshot of the volume whose MAC verifies under it, the manifest is sealed with it."""
     previous = catalog.of_volume(store, vol.header.uuid, root)
@@ -166,9 +199,10 @@ def _write_snapshot_locked(vol, store, key, root, live, clock, description, prog
     known = {c for c in (parent["chunks"] if parent else []) if c}
     added: list[str] = []
     try:
+        source: contextlib.AbstractContextManager[RecordSource]
         if live:
-            source = vol.begin_capture(clock=clock, max_kept_bytes=max_kept_bytes or max_preserved())
-            created = _stamp(source.started)
+            session = vol.begin_capture(clock=clock, max_kept_bytes=max_kept_bytes or max_preserved())
+            source, created = session, _stamp(session.started)
         else:
             source, created = contextlib.nullcontext(vol), _now(clock)
         with source as src:
@@ -191,7 +225,7 @@ def _write_snapshot_locked(vol, store, key, root, live, clock, description, prog
     return m
 
 
-def _check_reused(store, chunks: list, added, snap_id: str) -> None:
+def _check_reused(store: Store, chunks: list[str | None], added: Iterable[str], snap_id: str) -> None:
     """Before a manifest naming ``chunks`` is saved: every chunk it names that this call did not
     store itself (``added``) must still be in the store, else StateError. A writer that does not
     hold the store lock (an older volumed on the same S3 prefix) may have swept a chunk the new
@@ -204,17 +238,19 @@ def _check_reused(store, chunks: list, added, snap_id: str) -> None:
                              "the copy (a concurrent snapshot delete): retry the snapshot")
 
 
-def _copy_records(src, store, known: set, added: list, progress) -> tuple[list, int]:
+def _copy_records(src: RecordSource, store: Store, known: set[str], added: list[str],
+                  progress: Progress) -> tuple[list[str | None], int]:
     """Store the chunks of ``src`` (a Volume or a capture session: header, read_records) in sector
     order; returns (chunk digests, bytes stored) and appends each digest stored to ``added``."""
-    chunks, stored = [], 0
+    chunks: list[str | None] = []
+    stored = 0
     sectors = src.header.sectors
     total = chunk_count(sectors)
     for ci in range(total):
         first = ci * CHUNK_SECTORS
         digest, n = _put_chunk(store, src.header.cipher,
                                src.read_records(first, min(CHUNK_SECTORS, sectors - first)), known)
-        if n:
+        if digest is not None and n:
             added.append(digest)
         chunks.append(digest)
         stored += n
@@ -223,7 +259,7 @@ def _copy_records(src, store, known: set, added: list, progress) -> tuple[list, 
     return chunks, stored
 
 
-def _sweep(store, candidates) -> int:
+def _sweep(store: Store, candidates: Iterable[str]) -> int:
     """Delete the chunks among ``candidates`` (digests) that no manifest in the store names;
     returns the bytes freed. If any manifest is unreadable, nothing is removed (its chunks cannot
     be told apart) and a warning is logged. The caller holds the store lock."""
@@ -245,7 +281,8 @@ def _sweep(store, candidates) -> int:
     return freed
 
 
-def snapshot_open_volume(vol, *, kms, store, clock=None, description: str = "", progress=None) -> dict:
+def snapshot_open_volume(vol: Volume, *, kms: KmsClient, store: Store, clock: Clock | None = None,
+                         description: str = "", progress: Progress = None) -> Manifest:
     """snapshot_key then write_snapshot for an open Volume the caller holds still."""
     return write_snapshot(vol, store, snapshot_key(kms, vol.header), clock=clock,
                           description=description, progress=progress)
@@ -255,8 +292,6 @@ def create_snapshot(volume_path: str, *, kms, store, clock=None, description: st
                     progress=None) -> dict:
     """Snapshot the volume at ``volume_path``. Unmounted: opened (and so locked) for the duration.
     Mounted: the key part here, the sectors by the daemon that holds it (volumed.snapshot.mounted)."""
-    from volumed.volume import Volume
-
     try:
         vol = Volume.open(volume_path, kms=kms)
     except StateError:
@@ -268,7 +303,7 @@ def create_snapshot(volume_path: str, *, kms, store, clock=None, description: st
                                     progress=progress)
 
 
-def check_access(manifest: dict, kms, *, for_restore: bool) -> None:
+def check_access(manifest: Manifest, kms: KmsClient, *, for_restore: bool) -> None:
     """The caller's account may use the snapshot: its owner may; an account it is shared with may
     copy it but must copy it before restoring (as with EBS/RDS shared encrypted snapshots)."""
     account = caller_account(kms)
@@ -285,8 +320,8 @@ def check_access(manifest: dict, kms, *, for_restore: bool) -> None:
                          f"shared with your account {account}", code="AuthFailure")
 
 
-def copy_snapshot(store, snap_id: str, *, kms, key_id: str | None = None, clock=None,
-                  description: str = "", progress=None) -> dict:
+def copy_snapshot(store: Store, snap_id: str, *, kms: KmsClient, key_id: str | None = None,
+                  clock: Clock | None = None, description: str = "", progress: Progress = None) -> Manifest:
     """A new snapshot with the same data. Same KMS key: it shares the data key (ReEncrypt to the
     new snapshot id's context) and every chunk. Another key: a new data key and every sector
     re-encrypted (a full copy). The source's manifest MAC is verified first (a Decrypt of its
@@ -298,10 +333,11 @@ def copy_snapshot(store, snap_id: str, *, kms, key_id: str | None = None, clock=
         return _copy_verified(store, src, src_root, kms=kms, key_id=key_id, clock=clock,
                               description=description, progress=progress)
     finally:
-        seal.wipe(src_root)
+        wipe(src_root)
 
 
-def _copy_verified(store, src, src_root, *, kms, key_id, clock, description, progress) -> dict:
+def _copy_verified(store: Store, src: Manifest, src_root: bytearray, *, kms: KmsClient, key_id: str | None,
+                   clock: Clock | None, description: str, progress: Progress) -> Manifest:
     snap_id = src["snapshot_id"]
     cipher = src["volume"]["cipher"]
     new_id = new_snapshot_id()
@@ -324,14 +360,15 @@ def _copy_verified(store, src, src_root, *, kms, key_id, clock, description, pro
         new_root = seal.root_from_key(new_key)
         new = recrypt.make_cipher(cipher, new_key, src["aad_uuid"])
         try:
-            chunks, stored, known = [], 0, set()
+            chunks: list[str | None] = []
+            stored, known = 0, set[str]()
             total = len(src["chunks"])
             for ci in range(total):
                 recs = chunk_records(store, src, ci)
                 first = ci * CHUNK_SECTORS
                 plain = recrypt.decrypt(old, cipher, first, recs, snap_id)
                 digest, n = _put_chunk(store, cipher, recrypt.encrypt(new, cipher, first, plain), known)
-                plain[:] = bytes(len(plain))
+                wipe(plain)
                 chunks.append(digest)
                 stored += n
                 if progress:
@@ -342,47 +379,66 @@ def _copy_verified(store, src, src_root, *, kms, key_id, clock, description, pro
         finally:
             old.close()
             new.close()
-            seal.wipe(new_root)
+            wipe(new_root)
     return m
 
 
-def seal_snapshot(store, snap_id: str, *, kms, progress=None) -> dict:
+def seal_snapshot(store: Store, snap_id: str, *, kms: KmsClient, progress: Progress = None) -> Manifest:
     """Migration: give a manifest written before manifest MACs existed its MAC. Needs the
-    snapshot's data key (Decrypt). Every chunk is fetched and checked first (its SHA-256 and
-    format; for GCM every sector's tag under the key), so a seal never vouches for a chunk that does
-    not belong to the key; the operator running it vouches for the chunk list, owner and sharing
-    as they stand (XTS sectors carry no tag: a chunk of another snapshot of the same volume would
-    pass). A manifest that is already sealed is verified and returned unchanged."""
-    m = catalog.peek(store, snap_id)
-    root = seal.root_from_kms(kms, m)
-    try:
-        with store.lock():
-            m, mac = catalog.read_with_mac(store, snap_id)
+    snapshot's data key (Decrypt) and ReEncrypt on its KMS key. Every chunk is fetched and checked
+    first (its SHA-256 and format; for GCM every sector's tag under the key), so a seal never
+    vouches for a chunk that does not belong to the key; the operator running it vouches for the
+    chunk list, owner and sharing as they stand (XTS sectors carry no tag: a chunk of another
+    snapshot of the same volume would pass). Refused (seal.ManifestMacRemoved, nothing changed) if
+    the snapshot's key carries the manifest-MAC marker: it was created with a MAC, which was removed.
+    The sealed manifest's key is rewrapped (ReEncrypt) under the marked context, so its MAC cannot
+    be removed and resealed later either. A manifest that is already sealed is verified; if its key
+    has no marker yet (made before the marker) it gets one the same way, else it is returned
+    unchanged."""
+    with store.lock():
+        m, mac = catalog.read_with_mac(store, snap_id)
+        key = seal.open_for_seal(kms, m, sealed=mac is not None)
+        root = seal.root_from_key(key)
+        try:
             if mac is not None:
-                return catalog.load(store, snap_id, root=root)
-            cipher = m["volume"]["cipher"]
-            c = recrypt.make_cipher(cipher, keys.open_snapshot_key(kms, m), m["aad_uuid"])
-            try:
-                total = len(m["chunks"])
-                for ci in range(total):
-                    if m["chunks"][ci] is not None:
-                        plain = recrypt.decrypt(c, cipher, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
-                                                snap_id)
-                        plain[:] = bytes(len(plain))
-                    if progress:
-                        progress(ci + 1, total)
-            finally:
-                c.close()
+                wipe(key)
+                seal.verify(root, snap_id, canonical(m), mac)
+            else:
+                _check_chunks(store, m, key, progress)  # wipes key
+            if keys.has_mac_marker(m["context"]):
+                return m
+            ctx = keys.snapshot_context(m["volume"]["db_id"], snap_id)
+            wrapped, arn = keys.rewrap(kms, base64.b64decode(m["wrapped_key"]), m["key_arn"],
+                                       m["context"], m["key_arn"], ctx)
+            m = dict(m, key_arn=arn, wrapped_key=base64.b64encode(wrapped).decode(), context=ctx)
             catalog.save(store, m, root)
-    finally:
-        seal.wipe(root)
+        finally:
+            wipe(key, root)
     return m
+
+
+def _check_chunks(store: Store, m: Manifest, key: bytearray, progress: Progress) -> None:
+    """Fetch every chunk of ``m`` and open every record under ``key`` (wiped: the cipher takes
+    it): IntegrityError/FormatError on the first that does not belong."""
+    cipher = m["volume"]["cipher"]
+    c = recrypt.make_cipher(cipher, key, m["aad_uuid"])
+    try:
+        total = len(m["chunks"])
+        for ci in range(total):
+            if m["chunks"][ci] is not None:
+                plain = recrypt.decrypt(c, cipher, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
+                                        m["snapshot_id"])
+                wipe(plain)
+            if progress:
+                progress(ci + 1, total)
+    finally:
+        c.close()
 
 
 ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
 
 
-def share_snapshot(store, snap_id: str, account: str, *, kms) -> tuple[dict, str]:
+def share_snapshot(store: Store, snap_id: str, account: str, *, kms: KmsClient) -> tuple[Manifest, str]:
     """Record that ``account`` may copy the snapshot; returns (manifest, what the key policy must
     allow). Refused (StateError, nothing recorded) for a snapshot under the AWS managed key."""
     if not ACCOUNT_RE.fullmatch(account or ""):
@@ -400,7 +456,7 @@ def share_snapshot(store, snap_id: str, account: str, *, kms) -> tuple[dict, str
                 m["shared_with"] = sorted(m["shared_with"] + [account])
                 catalog.save(store, m, root)
     finally:
-        seal.wipe(root)
+        wipe(root)
     return m, policy_hint(arn, account)
 
 
@@ -415,7 +471,7 @@ def policy_hint(key_arn: str, account: str) -> str:
             f"its own key before restoring:\n{json.dumps(stmt, indent=2)}")
 
 
-def delete_snapshot(store, snap_id: str, *, kms=None) -> int:
+def delete_snapshot(store: Store, snap_id: str, *, kms: KmsClient | None = None) -> int:
     """Delete a snapshot: its manifest, then every chunk no other manifest names (other
     snapshots stay restorable). Returns the bytes freed. If any manifest is unreadable no chunk
     is removed (its chunks cannot be told apart), and the manifest alone goes."""
@@ -427,7 +483,7 @@ def delete_snapshot(store, snap_id: str, *, kms=None) -> int:
         return _sweep(store, {c for c in m["chunks"] if c})
 
 
-def describe(m: dict, sealed: bool | None = None) -> dict:
+def describe(m: Manifest, sealed: bool | None = None) -> dict[str, Any]:
     """The JSON view of a manifest for list/describe (no chunk list). ``sealed``: whether the
     stored object carries a manifest MAC (present, not verified: list and describe need no key)."""
     present = sum(1 for c in m["chunks"] if c)
@@ -444,15 +500,14 @@ def describe(m: dict, sealed: bool | None = None) -> dict:
     }
 
 
-def latest_snapshot_hint(volume_header, store=None, *, kms_spec: str | None = None) -> str | None:
+def latest_snapshot_hint(volume_header: VolumeHeader, store: Store | None = None, *,
+                         kms_spec: str | None = None) -> str | None:
     """One sentence naming the latest snapshot of the volume and the command that restores it, or
     None when the store has none (or cannot be read). Default store: open_store(kms_spec=...),
     i.e. $VOLUMED_SNAPSHOT_STORE, else next to the keystore ``kms_spec`` (the mount's --kms).
     The mount's terminal-state refusal calls it."""
     try:
         if store is None:
-            from volumed.snapshot.store import open_store
-
             store = open_store(kms_spec=kms_spec)
         snaps = catalog.of_volume(store, volume_header.uuid)
     except Exception:  # a hint must never turn a clear refusal into another error

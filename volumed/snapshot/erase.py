@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+from typing import Any
 
-from volumed.errors import KeyAccessError, StateError
+from volumed.errors import KeyAccessError, StateError, aws_error_code
+from volumed.snapshot.keys import KmsClient
 from volumed.volume.device import _open_backing, load_header
 from volumed.volume.erase import crypto_erase
 
 _NO_GRANTS = ("NotFoundException", "KMSInvalidStateException", "DisabledException")
 
 
-def _code(exc: Exception) -> str | None:
-    resp = getattr(exc, "response", None)
-    return resp.get("Error", {}).get("Code") if isinstance(resp, dict) else None
-
-
-def volume_grants(kms, key_arn: str, volume_uuid: str) -> list[dict]:
+def volume_grants(kms: KmsClient, key_arn: str, volume_uuid: str) -> list[dict[str, Any]]:
     """The grants the mount created for this volume (by name), on any host."""
     prefix = f"volumed-{volume_uuid}-"
     out, marker = [], None
@@ -40,7 +37,7 @@ def volume_grants(kms, key_arn: str, volume_uuid: str) -> list[dict]:
         marker = resp.get("NextMarker")
 
 
-def _retire(kms, key_arn: str, grant_id: str) -> None:
+def _retire(kms: KmsClient, key_arn: str, grant_id: str) -> None:
     """RetireGrant, else RevokeGrant (the key administrator may revoke any grant)."""
     try:
         kms.retire_grant(KeyId=key_arn, GrantId=grant_id)
@@ -48,7 +45,7 @@ def _retire(kms, key_arn: str, grant_id: str) -> None:
         kms.revoke_grant(KeyId=key_arn, GrantId=grant_id)
 
 
-def delete_volume(path: str, *, kms) -> dict:
+def delete_volume(path: str, *, kms: KmsClient) -> dict[str, Any]:
     """Delete the unmounted volume at ``path``; returns {"grants_retired", "erased_bytes"}."""
     path = os.fspath(path)
     backing = _open_backing(path)
@@ -62,7 +59,7 @@ def delete_volume(path: str, *, kms) -> dict:
         try:
             grants = volume_grants(kms, h.key_arn, h.uuid)
         except Exception as exc:
-            code = _code(exc)
+            code = aws_error_code(exc)
             if code in _NO_GRANTS:
                 grants = []
             elif code is not None:
@@ -75,7 +72,7 @@ def delete_volume(path: str, *, kms) -> dict:
             try:
                 _retire(kms, h.key_arn, g["GrantId"])
             except Exception as exc:
-                code = _code(exc)
+                code = aws_error_code(exc)
                 if code is None:
                     raise
                 raise KeyAccessError(f"cannot delete {path}: retiring grant {g['GrantId']} failed: "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from typing import Any, TypeAlias
 
 from volumed.errors import FormatError, IntegrityError
 
@@ -39,6 +40,10 @@ RECORD_SIZE = {"xts": 4096, "gcm": 16 + 12 + 16 + 4096}
 RECORD_SIZES = {"xts": (4096,), "gcm": (RECORD_SIZE["gcm"], 12 + 16 + 4096)}  # gcm: format 2, 1
 MANIFEST_FORMAT = "volumed-snapshot"
 MANIFEST_VERSION = 1
+
+# A manifest M as JSON (fields in docs/SNAPSHOTS.md). A plain dict: it is read from the store,
+# hashed and MAC'd whole (canonical), and written back with every field it had.
+Manifest: TypeAlias = dict[str, Any]
 
 
 def chunk_name(digest_hex: str) -> str:
@@ -99,19 +104,19 @@ def decode_chunk(digest_hex: str, data: bytes, cipher: str, where: str) -> list[
     return out
 
 
-def canonical(manifest: dict) -> bytes:
+def canonical(manifest: Manifest) -> bytes:
     """The canonical JSON of a manifest (sorted keys, no spaces): what its SHA-256 and MAC cover."""
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
-def encode_manifest(manifest: dict, mac: str) -> bytes:
+def encode_manifest(manifest: Manifest, mac: str) -> bytes:
     """The manifest object's bytes: the manifest, the SHA-256 of its canonical JSON and its MAC
     (volumed.snapshot.seal)."""
     return json.dumps({"manifest": manifest, "sha256": hashlib.sha256(canonical(manifest)).hexdigest(),
                        "mac": mac}, sort_keys=True, indent=1).encode()
 
 
-def decode_manifest(data: bytes, where: str) -> tuple[dict, str | None]:
+def decode_manifest(data: bytes, where: str) -> tuple[Manifest, str | None]:
     """(manifest, MAC hex or None if it has none) of a manifest object; IntegrityError if it fails
     its SHA-256, FormatError if it is not a volumed snapshot manifest of a known version. The MAC
     is not checked here (it needs the snapshot's key: volumed.snapshot.seal)."""

@@ -11,18 +11,27 @@ Callers: restore (plaintext into a new volume), engine.copy_snapshot (another ke
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from volumed.volume.formats import format_of
 
 PAGE = 4096
 _ZERO = bytes(PAGE)
 
 
-def make_cipher(cipher: str, key: bytearray, aad_uuid: str):
+class SnapshotCipher(Protocol):
+    """A format's sector cipher under a snapshot's data key (Format.snapshot_cipher): the format
+    opens and seals records with it; its holder closes it (which wipes the key)."""
+
+    def close(self) -> None: ...
+
+
+def make_cipher(cipher: str, key: bytearray, aad_uuid: str) -> SnapshotCipher:
     """The sector cipher for a snapshot's data key (the constructor wipes ``key``)."""
     return format_of(cipher).snapshot_cipher(key, aad_uuid)
 
 
-def decrypt(c, cipher: str, first: int, records: list[bytes | None], where: str = "the snapshot") -> bytearray:
+def decrypt(c: SnapshotCipher, cipher: str, first: int, records: list[bytes | None], where: str = "the snapshot") -> bytearray:
     """Plaintext of len(records) sectors starting at sector ``first`` (the format opens each)."""
     fmt = format_of(cipher)
     out = bytearray(len(records) * PAGE)
@@ -33,7 +42,7 @@ def decrypt(c, cipher: str, first: int, records: list[bytes | None], where: str 
     return out
 
 
-def encrypt(c, cipher: str, first: int, plain: bytearray, nonce_base: int = 1) -> list[bytes | None]:
+def encrypt(c: SnapshotCipher, cipher: str, first: int, plain: bytearray, nonce_base: int = 1) -> list[bytes | None]:
     """Records of the sectors in ``plain`` (starting at sector ``first``) under cipher ``c``."""
     fmt = format_of(cipher)
     mv = memoryview(plain)

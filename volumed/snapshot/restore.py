@@ -14,25 +14,24 @@ Callers: the CLI, tests.
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import os
 import uuid as _uuid
 
+from volumed.clock import SYSTEM_CLOCK, iso_utc
 from volumed.errors import UsageError, VolumedError
+from volumed.secrets import wipe
 from volumed.snapshot import catalog, keys, recrypt
-from volumed.snapshot.engine import CHUNK_SECTORS, check_access, chunk_records
-from volumed.volume import luks2
+from volumed.snapshot.engine import CHUNK_SECTORS, Progress, check_access, chunk_records
+from volumed.snapshot.keys import KmsClient
+from volumed.snapshot.objects import Manifest
+from volumed.snapshot.store import Store
+from volumed.volume import Volume, luks2
+from volumed.volume.backing import staged_file
 from volumed.volume.formats import format_of
 from volumed.volume.header import CONTEXT_DB, CONTEXT_EBS, MAC_INFO, VolumeHeader, compute_mac, derive_key
 from volumed.volume.ids import new_db_id, new_ebs_id, validate_db_id, validate_ebs_id
 
 PAGE = 4096
-
-
-def _wipe(*bufs) -> None:
-    for b in bufs:
-        if isinstance(b, bytearray):
-            b[:] = bytes(len(b))
 
 
 def _check_target(path: str) -> None:
@@ -43,8 +42,9 @@ def _check_target(path: str) -> None:
         raise UsageError(f"cannot create {path}: directory {parent} does not exist")
 
 
-def restore_snapshot(store, snap_id: str, volume_path: str, *, kms, key_id: str | None = None,
-                     ebs_id: str | None = None, db_id: str | None = None, progress=None) -> VolumeHeader:
+def restore_snapshot(store: Store, snap_id: str, volume_path: str | os.PathLike[str], *, kms: KmsClient,
+                     key_id: str | None = None, ebs_id: str | None = None, db_id: str | None = None,
+                     progress: Progress = None) -> VolumeHeader:
     """Create the volume ``volume_path`` holding exactly the snapshot's data; return its header.
     New ids unless given. Leaves nothing behind on failure."""
     volume_path = os.fspath(volume_path)
@@ -60,10 +60,9 @@ def restore_snapshot(store, snap_id: str, volume_path: str, *, kms, key_id: str 
     return _restore_new_key(store, m, volume_path, kms, target, db_id, ebs_id, progress)
 
 
-def _restore_new_key(store, m, path, kms, target, db_id, ebs_id, progress) -> VolumeHeader:
+def _restore_new_key(store: Store, m: Manifest, path: str, kms: KmsClient, target: str, db_id: str,
+                     ebs_id: str, progress: Progress) -> VolumeHeader:
     """Volume.create under ``target`` (a new data key), then decrypt-and-write every chunk."""
-    from volumed.volume import Volume
-
     cipher = m["volume"]["cipher"]
     h = Volume.create(path, size=m["volume"]["size"], kms=kms, key_id=target, cipher=cipher,
                       db_id=db_id, ebs_id=ebs_id)
@@ -77,7 +76,7 @@ def _restore_new_key(store, m, path, kms, target, db_id, ebs_id, progress) -> Vo
                     first = ci * CHUNK_SECTORS
                     plain = recrypt.decrypt(c, cipher, first, chunk_records(store, m, ci), m["snapshot_id"])
                     vol.write(first * PAGE, plain)
-                    _wipe(plain)
+                    wipe(plain)
                 if progress:
                     progress(ci + 1, total)
             vol.flush()
@@ -90,11 +89,10 @@ def _restore_new_key(store, m, path, kms, target, db_id, ebs_id, progress) -> Vo
     return h
 
 
-def _restore_shared_key(store, m, path, kms, db_id, ebs_id, progress) -> VolumeHeader:
+def _restore_shared_key(store: Store, m: Manifest, path: str, kms: KmsClient, db_id: str, ebs_id: str,
+                        progress: Progress) -> VolumeHeader:
     """XTS under the snapshot's key: ReEncrypt the data key to the new context, build the LUKS2
     header, copy the ciphertext records in place."""
-    from volumed.volume.backing import staged_file
-
     ctx = {CONTEXT_DB: db_id, CONTEXT_EBS: ebs_id}
     wrapped, arn = keys.rewrap(kms, base64.b64decode(m["wrapped_key"]), m["key_arn"], m["context"],
                                m["key_arn"], ctx)
@@ -104,7 +102,7 @@ def _restore_shared_key(store, m, path, kms, db_id, ebs_id, progress) -> VolumeH
     h = VolumeHeader(uuid=vol_uuid, cipher="xts", size=size, sector_size=PAGE,
                      data_offset=luks2.DATA_OFFSET, key_arn=arn, wrapped_key=wrapped, context=ctx,
                      db_id=db_id, ebs_id=ebs_id, format="luks2",
-                     created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                     created=iso_utc(SYSTEM_CLOCK.now()))
     mac_key = None
     try:
         mac_key = derive_key(key, vol_uuid, MAC_INFO)
@@ -112,7 +110,7 @@ def _restore_shared_key(store, m, path, kms, db_id, ebs_id, progress) -> VolumeH
         digest = luks2.volume_key_digest(key, salt)
         h.mac = compute_mac(mac_key, h)
     finally:
-        _wipe(key, mac_key)
+        wipe(key, mac_key)
     try:
         with staged_file(path) as backing:
             backing.truncate(h.data_offset + size)

@@ -17,7 +17,12 @@ except the wrapped key itself, which KMS only unwraps under the context naming t
 
 A manifest without a MAC (written before this check existed) is refused with the command that
 seals it (``volumed snapshot seal SNAP``, run by an operator with access to the key after the
-chunks are checked: engine.seal_snapshot). Callers: catalog (verify, seal), engine, restore.
+chunks are checked: engine.seal_snapshot). A manifest without a MAC whose key carries the
+manifest-MAC marker (keys.MAC_MARKER, in the KMS encryption context) was MAC'd from birth: its MAC
+was removed in the store, and it is refused everywhere, seal included (ManifestMacRemoved); if the
+marker was stripped from the manifest's context too, the key no longer unwraps under the stated
+context but does under the marked one, which ``open_for_seal`` checks. Callers: catalog (verify,
+seal), engine, restore.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import hmac
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from volumed.errors import IntegrityError
+from volumed.errors import IntegrityError, KeyAccessError
+from volumed.secrets import wipe
 from volumed.snapshot import keys
+from volumed.snapshot.keys import KmsClient
+from volumed.snapshot.objects import Manifest
 from volumed.volume.header import snapshot_root_key
 
 MAC_INFO = b"volumed snapshot manifest mac v1"
@@ -41,19 +49,20 @@ class UnsealedManifest(IntegrityError):
     code = "UnsealedManifest"
 
 
-def wipe(*bufs) -> None:
-    for b in bufs:
-        if isinstance(b, bytearray):
-            b[:] = bytes(len(b))
+class ManifestMacRemoved(IntegrityError):
+    """A manifest with no MAC whose snapshot key carries the manifest-MAC marker: it was created
+    with a MAC, which a writer of the store removed."""
+
+    code = "ManifestMacRemoved"
 
 
-def mac_key(root, snap_id: str) -> bytearray:
+def mac_key(root: bytes | bytearray, snap_id: str) -> bytearray:
     """The manifest MAC key of ``snap_id`` under ``root``."""
     hk = HKDF(algorithm=hashes.SHA256(), length=32, salt=snap_id.encode(), info=MAC_INFO)
     return bytearray(hk.derive(bytes(root)))
 
 
-def compute(root, snap_id: str, canonical: bytes) -> str:
+def compute(root: bytes | bytearray, snap_id: str, canonical: bytes) -> str:
     """HMAC-SHA256 (hex) of a manifest's canonical JSON."""
     k = mac_key(root, snap_id)
     try:
@@ -62,7 +71,7 @@ def compute(root, snap_id: str, canonical: bytes) -> str:
         wipe(k)
 
 
-def matches(root, snap_id: str, canonical: bytes, mac: str | None) -> bool:
+def matches(root: bytes | bytearray, snap_id: str, canonical: bytes, mac: str | None) -> bool:
     """True if ``mac`` is the MAC of the manifest under ``root``."""
     return isinstance(mac, str) and hmac.compare_digest(compute(root, snap_id, canonical), mac)
 
@@ -73,7 +82,23 @@ def unsealed_message(snap_id: str) -> str:
             f"it and seals it with `volumed snapshot seal {snap_id}` (docs/SNAPSHOTS.md)")
 
 
-def verify(root, snap_id: str, canonical: bytes, mac: str | None) -> None:
+def mac_removed_message(snap_id: str) -> str:
+    return (f"snapshot {snap_id} was created with a manifest MAC (its key's KMS encryption context "
+            f"carries {keys.MAC_MARKER}={keys.MAC_MARKER_VERSION}) but its manifest has none: the MAC "
+            "was removed in the snapshot store, so its chunk list, owner and sharing cannot be "
+            "trusted; it is refused and cannot be sealed (restore another snapshot; docs/SNAPSHOTS.md)")
+
+
+def refuse_unsealed(manifest: Manifest) -> None:
+    """The refusal of a manifest that has no MAC, before any KMS call: ManifestMacRemoved if its
+    key carries the manifest-MAC marker, else UnsealedManifest (with the command that seals it)."""
+    sid = manifest["snapshot_id"]
+    if keys.has_mac_marker(manifest.get("context")):
+        raise ManifestMacRemoved(mac_removed_message(sid))
+    raise UnsealedManifest(unsealed_message(sid))
+
+
+def verify(root: bytes | bytearray, snap_id: str, canonical: bytes, mac: str | None) -> None:
     """IntegrityError unless ``mac`` verifies (UnsealedManifest if there is none)."""
     if mac is None:
         raise UnsealedManifest(unsealed_message(snap_id))
@@ -82,22 +107,51 @@ def verify(root, snap_id: str, canonical: bytes, mac: str | None) -> None:
                              "the snapshot store (chunk list, owner, sharing or key); do not use it")
 
 
-def root_from_key(data_key) -> bytearray:
+def root_from_key(data_key: bytes | bytearray) -> bytearray:
     """The MAC root of a plaintext data key (the caller still wipes ``data_key``)."""
     return snapshot_root_key(data_key)
 
 
-def root_from_kms(kms, manifest: dict) -> bytearray:
-    """The MAC root of a snapshot's own data key (one Decrypt under the snapshot's context). The
-    context must name this snapshot: KMS binds the wrapped key to it, so a wrapped key moved from
-    another snapshot's manifest does not unwrap here."""
+def check_context(manifest: Manifest) -> None:
+    """IntegrityError unless the manifest's key context is the snapshot's own: its db id and
+    snapshot id, with the manifest-MAC marker or (legacy) without; nothing else. KMS binds the
+    wrapped key to it, so a wrapped key moved from another snapshot's manifest does not unwrap."""
     ctx = manifest.get("context") or {}
-    want = keys.snapshot_context(manifest["volume"]["db_id"], manifest["snapshot_id"])
-    if ctx != want:
-        raise IntegrityError(f"the manifest of snapshot {manifest['snapshot_id']} names a key context "
-                             f"{ctx} that is not the snapshot's own: it was altered; do not use it")
+    db_id, sid = manifest["volume"]["db_id"], manifest["snapshot_id"]
+    if ctx not in (keys.snapshot_context(db_id, sid), keys.snapshot_context(db_id, sid, marked=False)):
+        raise IntegrityError(f"the manifest of snapshot {sid} names a key context {ctx} that is not "
+                             "the snapshot's own: it was altered; do not use it")
+
+
+def root_from_kms(kms: KmsClient, manifest: Manifest) -> bytearray:
+    """The MAC root of a snapshot's own data key (one Decrypt under the snapshot's context, which
+    must be its own: check_context)."""
+    check_context(manifest)
     key = keys.open_snapshot_key(kms, manifest)
     try:
         return root_from_key(key)
     finally:
         wipe(key)
+
+
+def open_for_seal(kms: KmsClient, manifest: Manifest, *, sealed: bool) -> bytearray:
+    """The snapshot's plaintext data key for ``snapshot seal`` (the caller wipes it or hands it to
+    a cipher). For a manifest with no MAC (not ``sealed``): refused before any KMS call if its
+    context carries the manifest-MAC marker; and if the key does not unwrap under its stated
+    (legacy) context but does under the marked one, the marker was stripped from the manifest
+    too: ManifestMacRemoved, the key wiped, nothing sealed."""
+    if not sealed and keys.has_mac_marker(manifest.get("context")):
+        refuse_unsealed(manifest)
+    check_context(manifest)
+    try:
+        return keys.open_snapshot_key(kms, manifest)
+    except KeyAccessError as exc:
+        if sealed or exc.code != "InvalidCiphertextException":
+            raise
+        marked = dict(manifest, context=keys.snapshot_context(manifest["volume"]["db_id"],
+                                                              manifest["snapshot_id"]))
+        try:
+            wipe(keys.open_snapshot_key(kms, marked))
+        except KeyAccessError:
+            raise exc from None  # not ours either: the original refusal stands
+        raise ManifestMacRemoved(mac_removed_message(manifest["snapshot_id"])) from None

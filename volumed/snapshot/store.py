@@ -24,8 +24,12 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
-from volumed.errors import StateError, UsageError, VolumedError
+from volumed import kms
+from volumed.clock import SYSTEM_CLOCK, Clock
+from volumed.errors import StateError, UsageError, VolumedError, aws_error_code
 from volumed.safefile import is_temp_name, write_atomic
 
 ENV_STORE = "VOLUMED_SNAPSHOT_STORE"
@@ -38,6 +42,27 @@ def _check_name(name: str) -> str:
     return name
 
 
+class Store(Protocol):
+    """What the snapshot code uses of a store (LocalStore, S3Store): named objects and a writer lock.
+    ``list`` is last: in a class body its name would shadow the builtin in later annotations."""
+
+    spec: str
+
+    def put(self, name: str, data: bytes) -> None: ...
+
+    def get(self, name: str) -> bytes: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def lock(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def list(self, prefix: str = "") -> list[str]: ...
+
+
 class ObjectMissing(VolumedError):
     """An object the caller asked for is not in the store."""
 
@@ -47,7 +72,7 @@ class ObjectMissing(VolumedError):
 class LocalStore:
     """A snapshot store in a local directory (created on first write)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.spec = self.root
 
@@ -110,7 +135,7 @@ class LocalStore:
             os.unlink(self._path(name))
 
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self) -> Iterator[None]:
         """Exclusive writer lock on this store (flock on ``.lock``)."""
         import fcntl
 
@@ -123,12 +148,6 @@ class LocalStore:
             os.close(fd)
 
 
-def _s3_code(exc: Exception) -> str | None:
-    """The AWS error code of a botocore ClientError, else None."""
-    resp = getattr(exc, "response", None)
-    return resp.get("Error", {}).get("Code") if isinstance(resp, dict) else None
-
-
 class S3Store:
     """A snapshot store in an S3 bucket under a key prefix (boto3; endpoint from the environment).
     ``clock`` and ``sleep`` time the writer lock (tests inject them); ``lease`` is how long a lock
@@ -139,11 +158,10 @@ class S3Store:
     LOCK_WAIT = 15 * 60.0    # how long a writer waits for another's lock before giving up
     POLL = 0.5
 
-    def __init__(self, bucket: str, prefix: str = "", client=None, *, clock=None, sleep=time.sleep,
-                 lease: float | None = None, lock_wait: float | None = None):
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None, *, clock: Clock | None = None,
+                 sleep: Callable[[float], None] = time.sleep, lease: float | None = None,
+                 lock_wait: float | None = None) -> None:
         import boto3
-
-        from volumed.clock import SYSTEM_CLOCK
 
         self.clock = clock or SYSTEM_CLOCK
         self.sleep = sleep
@@ -158,7 +176,7 @@ class S3Store:
         return self.prefix + _check_name(name)
 
     def _fail(self, what: str, name: str, exc: Exception) -> VolumedError:
-        code = _s3_code(exc)
+        code = aws_error_code(exc)
         return VolumedError(f"cannot {what} {name} in the snapshot store {self.spec}: {code or exc}",
                             code=code or None)
 
@@ -172,7 +190,7 @@ class S3Store:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
         except Exception as exc:
-            code = _s3_code(exc)
+            code = aws_error_code(exc)
             if code in ("NoSuchKey", "404"):
                 raise ObjectMissing(f"{name} is missing from the snapshot store {self.spec}") from None
             raise self._fail("read", name, exc) from None
@@ -182,7 +200,7 @@ class S3Store:
             self.client.head_object(Bucket=self.bucket, Key=self._key(name))
             return True
         except Exception as exc:
-            code = _s3_code(exc)
+            code = aws_error_code(exc)
             if code in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise self._fail("look up", name, exc) from None
@@ -209,7 +227,7 @@ class S3Store:
         """S3 objects are durable when put returns."""
 
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self) -> Iterator[None]:
         """Exclusive writer lock on this store: the object ``.lock`` under the prefix, created only
         if absent (If-None-Match: *). Waits (polling) while another writer holds an unexpired
         lease, up to ``lock_wait`` seconds, then StateError naming the holder; breaks an expired
@@ -225,7 +243,7 @@ class S3Store:
                                               IfNoneMatch="*")["ETag"]
                 break
             except Exception as exc:
-                if _s3_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                if aws_error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                     raise self._fail("lock", self.LOCK_NAME, exc) from None
             holder = self._lock_holder(key)
             if holder is not None and holder[1] < now:
@@ -249,7 +267,7 @@ class S3Store:
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _s3_code(exc) in ("NoSuchKey", "404"):
+            if aws_error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise self._fail("read", self.LOCK_NAME, exc) from None
         try:
@@ -263,7 +281,7 @@ class S3Store:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
         except Exception as exc:
-            if _s3_code(exc) not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+            if aws_error_code(exc) not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 raise self._fail("unlock", self.LOCK_NAME, exc) from None
 
 
@@ -273,8 +291,6 @@ def default_spec() -> str:
     spec = os.environ.get(ENV_STORE)
     if spec:
         return spec
-    from volumed import kms
-
     ks = kms.default_spec()
     if ks == "aws" or ks.startswith(("http://", "https://")):
         raise UsageError("no snapshot store: with AWS KMS name one with --store s3://BUCKET/PREFIX "
@@ -282,7 +298,7 @@ def default_spec() -> str:
     return os.path.join(ks, "snapshots")
 
 
-def open_store(spec: str | None = None, *, kms_spec: str | None = None):
+def open_store(spec: str | None = None, *, kms_spec: str | None = None) -> LocalStore | S3Store:
     """The store named by ``spec`` (a directory or ``s3://bucket/prefix``); None means the default.
     ``kms_spec`` (the CLI's --kms) places the default store next to that keystore."""
     if not spec:

@@ -167,7 +167,8 @@ def _pinned_keys(conn: sqlite3.Connection, report: VerifyReport) -> list[Ed25519
     try:
         if path is None:
             raise FileNotFoundError
-        mode = os.stat(path).st_mode & 0o777
+        st = os.stat(path)
+        mode = st.st_mode & 0o777
         keys = _audit.read_pin(path)
     except FileNotFoundError:
         report.add("key", f"no trusted public key: {where} is missing; pass --public-key, or open the "
@@ -180,6 +181,10 @@ def _pinned_keys(conn: sqlite3.Connection, report: VerifyReport) -> list[Ed25519
     if mode & 0o022:
         report.add("key", f"the pinned public key {path} has mode {mode:04o}: others could replace it, "
                           f"so it is no trust root; run 'chmod 644 {path}'")
+        return []
+    if st.st_uid not in (0, os.geteuid()):  # its owner could replace it, whatever its mode
+        report.add("key", f"the pinned public key {path} is owned by uid {st.st_uid}, neither root nor "
+                          f"you: that user could replace it, so it is no trust root; run 'chown root {path}'")
         return []
     if not keys:  # an empty pin would otherwise mean "check no signature"
         report.add("key", f"the pin file {path} lists no key, so it is no trust root; add the line "
