@@ -85,10 +85,12 @@ def _print_snapshot(args, m, extra: str = "") -> None:
 
 @holds_keys
 def cmd_create(args) -> int:
+    from volumed.mount.snapshots import snapshot_through_daemon
     from volumed.snapshot.engine import create_snapshot
 
     m = _with_progress(args, "snapshot", lambda p: create_snapshot(
-        args.volume, kms=_kms(args), store=_store(args), description=args.description, progress=p))
+        args.volume, kms=_kms(args), store=_store(args), description=args.description, progress=p,
+        mounted=snapshot_through_daemon))
     _print_snapshot(args, m)
     return 0
 

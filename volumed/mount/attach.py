@@ -11,7 +11,10 @@ import re
 import socket
 from dataclasses import dataclass
 
+from botocore.exceptions import BotoCoreError
+
 from volumed.errors import KeyAccessError, VolumedError
+from volumed.kms.principals import host_arn
 from volumed.mount import keyservice
 
 # What the host needs, and no more: Decrypt to unwrap the data key at open; the monitor's check is a
@@ -47,8 +50,6 @@ def grant_name(volume_uuid: str, hostname: str) -> str:
 
 def host_principal(key_arn: str, hostname: str | None = None) -> str:
     """The host principal of this machine in the key's account."""
-    from volumed.kms.principals import host_arn
-
     _, account = keyservice.arn_parts(key_arn)
     return host_arn(account, hostname or socket.gethostname())
 
@@ -86,8 +87,6 @@ def create_grant(user_client, *, key_arn: str, context: dict, volume_uuid: str,
 
 def _is_service_failure(exc: BaseException) -> bool:
     """True for failures to reach the key service (connection, timeout), not bugs."""
-    from botocore.exceptions import BotoCoreError
-
     return isinstance(exc, (BotoCoreError, OSError))
 
 

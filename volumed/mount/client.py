@@ -4,19 +4,28 @@ mounts. Callers: volumed.cli.mount_cmd, the mount helper, tests.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import glob
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import time
 
+import boto3
+
 from volumed.clock import SYSTEM_CLOCK, FakeClock
 from volumed.errors import StateError, UsageError, VolumedError
-from volumed.mount import attach, control, keyservice, paths
+from volumed.kms.principals import rds_via
+from volumed.kms.server.remote import caller_arn, change_counter_fn
+from volumed.mount import attach, control, daemon, keyservice, paths
+from volumed.mount.daemon import MountConfig
 from volumed.mount.latch import TERMINAL, VolumeRecord
+from volumed.snapshot import latest_snapshot_hint
+from volumed.volume.device import Volume
 
 READY_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 30.0
@@ -80,8 +89,6 @@ def check_record(header_uuid: str, volume: str, *, now: float, window: float,
     if rec.state == TERMINAL:
         hint = None
         if header is not None:
-            from volumed.snapshot import latest_snapshot_hint
-
             hint = latest_snapshot_hint(header, kms_spec=kms_spec)
         raise StateError(
             f"{volume} is {TERMINAL}: {rec.reason}; its data cannot be recovered from this volume, "
@@ -99,10 +106,6 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
           io_threads: int | None = None, out=sys.stdout) -> int:
     """``volumed mount``: check the record, attach (grant to the host), start the daemon, wait
     until it serves, print the file's path. Raises VolumedError with one line on failure."""
-    from volumed.kms.principals import rds_via
-    from volumed.mount.daemon import MountConfig
-    from volumed.volume.device import Volume
-
     if (fake_time is not None or recording_journal) and not allow_faults:
         raise UsageError("test options need --allow-faults")
     if io_threads is not None and not 1 <= io_threads <= 64:
@@ -147,14 +150,10 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
 def _remote_host_principal(kms_spec: str, host_profile: str | None, user) -> str | None:
     """The principal of the host's credentials (AWS profile ``host_profile``) as a ``volumed kms
     serve`` endpoint knows it (STS GetCallerIdentity there); None for other key services."""
-    from volumed.kms.server.remote import caller_arn, change_counter_fn
-
     # Only a volumed key server answers its change counter (not AWS, moto, or nothing at all,
     # whose failure create_grant reports as before).
     if not str(kms_spec).startswith(("http://", "https://")) or change_counter_fn(user) is None:
         return None
-    import boto3
-
     try:
         return caller_arn(boto3.Session(profile_name=host_profile), str(kms_spec), user.meta.region_name)
     except Exception as exc:
@@ -165,8 +164,6 @@ def _remote_host_principal(kms_spec: str, host_profile: str | None, user) -> str
 
 def _foreground(cfg, out) -> int:
     """Serve in this process (``--foreground``); returns when unmounted."""
-    from volumed.mount import daemon
-
     daemon._setup_logging()
     result = {}
 
@@ -184,8 +181,6 @@ def _foreground(cfg, out) -> int:
 def _background(cfg, out) -> int:
     """Start the daemon in its own session, hand it the configuration on stdin, and wait for its
     readiness line on stdout (the daemon's log goes to the run directory)."""
-    import dataclasses
-
     mid = paths.mount_id(cfg.mountpoint)
     log = open(paths.log_path(mid), "ab")
     proc = subprocess.Popen([sys.executable, "-m", "volumed.mount.daemon"], stdin=subprocess.PIPE,
@@ -211,8 +206,6 @@ def _background(cfg, out) -> int:
 
 def _read_line(proc, timeout: float) -> bytes:
     """One line from the daemon's stdout, or b"" on EOF or timeout."""
-    import selectors
-
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -228,7 +221,7 @@ def _read_line(proc, timeout: float) -> bytes:
     return buf
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while process ``pid`` exists and is not a zombie (a killed daemon's leader thread can
     linger as a zombie while its other threads exit)."""
     if pid <= 0:
@@ -240,13 +233,16 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+_pid_alive = pid_alive  # the name tests/mount use
+
+
 def stop_process(pid: int | None, *, grace: float = 0.0, timeout: float = 10.0) -> bool:
     """Stop process ``pid`` and wait until it is gone (a zombie counts as gone): SIGTERM first and
     up to ``grace`` seconds to exit when ``grace`` > 0, then SIGKILL and up to ``timeout`` seconds.
     Returns True once it is gone. A process that exits (or is reaped) meanwhile is no error.
     Callers: the pytest plugin's kill and teardown, the mount tests' fixtures."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, timeout)):
-        if not _pid_alive(pid or 0):
+        if not pid_alive(pid or 0):
             return True
         if wait <= 0:
             continue
@@ -255,9 +251,9 @@ def stop_process(pid: int | None, *, grace: float = 0.0, timeout: float = 10.0) 
         except ProcessLookupError:
             return True
         deadline = time.monotonic() + wait
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-    return not _pid_alive(pid or 0)
+    return not pid_alive(pid or 0)
 
 
 def mounts() -> list[dict]:
@@ -279,7 +275,7 @@ def clean_stale_runtime() -> None:
             data = json.loads(rec.read_text())
         except (OSError, ValueError):
             continue
-        if _pid_alive(int(data.get("pid", 0))):
+        if pid_alive(int(data.get("pid", 0))):
             continue
         mp = data.get("mountpoint")
         if mp and mp in volumed_mounts():
@@ -344,7 +340,7 @@ def unmount(mountpoint: str, *, timeout: float = UNMOUNT_TIMEOUT, force: bool = 
         pid = int(json.loads(rec_path.read_text())["pid"])
     except (OSError, ValueError, KeyError):
         pid = None
-    if pid is None or not _pid_alive(pid):
+    if pid is None or not pid_alive(pid):
         clean_stale_runtime()
         if _is_dead_mount(mountpoint):
             _lazy_unmount(mountpoint)
@@ -355,7 +351,7 @@ def unmount(mountpoint: str, *, timeout: float = UNMOUNT_TIMEOUT, force: bool = 
     except OSError:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             raise StateError(f"the daemon (pid {pid}) did not exit within {timeout:.0f}s; "
                              f"see {paths.log_path(mid)}")

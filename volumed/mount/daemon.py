@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 import pyfuse3
@@ -32,10 +33,11 @@ import trio
 from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock
 from volumed.errors import StateError, VolumedError
 from volumed.hardening import current_state, harden_process
-from volumed.mount import attach, control, engine, keyservice, paths
+from volumed.mount import attach, control, engine, faults, keyservice, paths
 from volumed.mount.fs import VolumeFS
 from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
 from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
+from volumed.snapshot.mounted import daemon_snapshot
 from volumed.volume.device import Volume
 
 log = logging.getLogger("volumed.mount")
@@ -94,9 +96,7 @@ class Daemon:
         self.backing = backing
         self.faults = None
         if cfg.allow_faults and backing is not None:
-            from volumed.mount.faults import FaultVolume
-
-            self.faults = FaultVolume(volume, to_error=pyfuse3.FUSEError, backing=backing)
+            self.faults = faults.FaultVolume(volume, to_error=pyfuse3.FUSEError, backing=backing)
         self.header = header
         self.host_client = host_client
         self.grant = grant
@@ -216,8 +216,6 @@ class Daemon:
                 return {"ok": False, "error": "hold-gil needs a daemon started with --allow-faults"}
             return {"ok": True, **hold_gil(min(float(msg.get("seconds", 1.0)), 10.0))}
         if op == "snapshot":  # volumed.snapshot.mounted: flush + capture under a short pause, copy
-            from volumed.snapshot.mounted import daemon_snapshot
-
             return await trio.to_thread.run_sync(daemon_snapshot, self.volume, msg, self.cfg.allow_faults)
         return {"ok": False, "error": f"unknown op {op!r}"}
 
@@ -225,8 +223,6 @@ class Daemon:
         """The "fault" control op (volumed.mount.faults.handle), for --allow-faults daemons only."""
         if self.faults is None:
             return {"ok": False, "error": "fault injection needs a mount started with --allow-faults"}
-        from volumed.mount import faults
-
         if msg.get("kind") in ("power-cut", "rollback"):
             # No native request may touch the backing file meanwhile: route them through the gate
             # (which fails them once the power is off) and wait for those in flight.
@@ -286,9 +282,6 @@ def hold_gil(seconds: float) -> dict:
     switch interval raised above it, so no other Python thread runs meanwhile. Returns the
     CLOCK_MONOTONIC interval held and how often another Python thread ran in between (0 unless
     something dropped the GIL)."""
-    import sys
-    import threading
-
     ran = [0]
     stop = threading.Event()
 
@@ -347,9 +340,7 @@ def _open_backing(cfg: MountConfig):
         raise VolumedError("--test-recording-journal needs --allow-faults")
     if not cfg.allow_faults:
         return None
-    from volumed.mount.faults import FaultBacking
-
-    return FaultBacking(cfg.volume, _journal_path(cfg), native=cfg.engine != "python")
+    return faults.FaultBacking(cfg.volume, _journal_path(cfg), native=cfg.engine != "python")
 
 
 def serve(cfg: MountConfig, ready) -> None:

@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
+import pyfuse3
 import trio
 
 from volumed.errors import UsageError
+from volumed.mount.fs import invalidate_file_cache
+from volumed.volume.cores import native_module
 
 ENGINES = ("native", "python")
 MOUNT_OPTIONS = ("fsname=volumed", "subtype=volumed", "allow_other", "default_permissions")
@@ -103,8 +107,6 @@ class NativeEngine:
 
     def mount(self) -> None:
         """Mount (libfuse, as root: mount(2) directly). OSError if the kernel refuses."""
-        from volumed.volume.cores import native_module
-
         self.fe = native_module().FuseEngine(self.core, self.mountpoint, self.file_name,
                                              self.threads, self.options)
         self._minor = connection_minor(self.mountpoint)
@@ -118,8 +120,6 @@ class NativeEngine:
         """End serving: detach the mount; if open files (a loop device) keep the connection
         serving for more than EXIT_GRACE seconds, abort it so the daemon can exit (from a thread:
         never blocks the loop)."""
-        import threading
-
         fe, minor = self.fe, self._minor
         fe.exit()
 
@@ -180,19 +180,13 @@ class PythonEngine:
         self._mounted = False
 
     def mount(self) -> None:
-        import pyfuse3
-
         pyfuse3.init(self.fs, self.mountpoint, self.options)
         self._mounted = True
 
     async def serve(self) -> None:
-        import pyfuse3
-
         await pyfuse3.main(min_tasks=2, max_tasks=64)
 
     def terminate(self) -> None:
-        import pyfuse3
-
         pyfuse3.terminate()
 
     def close_latch(self) -> None:
@@ -202,8 +196,6 @@ class PythonEngine:
         """Requests in flight finish inside Volume calls; wipe_key waits for them."""
 
     async def invalidate(self, log=None) -> None:
-        from volumed.mount.fs import invalidate_file_cache
-
         await invalidate_file_cache(log)
 
     def set_fault_hook(self, hook) -> None:
@@ -216,8 +208,6 @@ class PythonEngine:
                 "bytes_written": c.bytes_written}
 
     def close(self) -> None:
-        import pyfuse3
-
         if self._mounted:
             self._mounted = False
             pyfuse3.close(unmount=True)

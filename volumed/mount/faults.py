@@ -31,7 +31,9 @@ import threading
 import time
 
 from volumed.errors import UsageError
+from volumed.mount import throttle
 from volumed.volume.backing import _REC, PAGE, RecordingBackingFile, simulate_power_cut
+from volumed.volume.formats import format_of
 
 ROLLBACK_PAGES = 4096    # 16 MiB of remembered previous page images at most (locked memory)
 OPS = ("read", "write", "flush", "any")
@@ -342,8 +344,6 @@ class FaultVolume:
 def backing_pages(header, sectors) -> list[int]:
     """Backing-file offsets of the 4 KiB pages holding the data of volume ``sectors`` (the
     format's rule: volumed.volume.formats)."""
-    from volumed.volume.formats import format_of
-
     return format_of(header.cipher).backing_pages(header, sectors)
 
 
@@ -372,8 +372,6 @@ def handle(msg: dict, fvol: FaultVolume, backing: FaultBacking, header) -> dict:
             raise UsageError(f"latency {seconds} s out of range: 0 to 10 seconds")
         fvol.latency = seconds
     elif kind == "throttle":
-        from volumed.mount import throttle
-
         if msg.get("off"):
             fvol.throttle = None
         else:

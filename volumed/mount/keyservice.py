@@ -13,7 +13,9 @@ the embedded service and against AWS KMS alike.
 
 from __future__ import annotations
 
+from volumed import kms
 from volumed.errors import VolumedError
+from volumed.kms.server.remote import change_counter_fn
 
 REVOKED_CODES = frozenset({
     "AccessDeniedException", "DisabledException", "KMSInvalidStateException",
@@ -27,14 +29,10 @@ def connect(spec, *, principal=None, via_service=None, clock=None, profile=None)
     """A client of the key service named by ``spec`` (see volumed.kms.connect); ``clock`` drives
     the embedded service's deletion windows (the daemon passes its injectable clock); ``profile``
     is the AWS profile whose credentials sign calls to an endpoint (a host's access key)."""
-    from volumed import kms
-
     return kms.connect(spec, principal=principal, via_service=via_service, clock=clock, profile=profile)
 
 
 def default_spec():
-    from volumed import kms
-
     return kms.default_spec()
 
 
@@ -81,6 +79,4 @@ def change_counter(client):
     fn = getattr(client, "change_counter", None)
     if callable(fn):
         return fn
-    from volumed.kms.server.remote import change_counter_fn
-
     return change_counter_fn(client)

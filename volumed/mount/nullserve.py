@@ -26,9 +26,12 @@ import sys
 
 import trio
 
-from volumed.errors import UsageError
+from volumed.errors import UsageError, VolumedError
+from volumed.mount.engine import NativeEngine, PythonEngine, default_io_threads
 from volumed.mount.fs import VolumeFS
 from volumed.mount.tuning import tune_mount
+from volumed.volume.cores import native_module
+from volumed.volume.device import Volume
 
 MARK = "user.volumed.bench-null"
 FILE_NAME = "bench-null"
@@ -71,9 +74,6 @@ class NullVolume:
 
 
 def _native_module():
-    from volumed.errors import VolumedError
-    from volumed.volume.cores import native_module
-
     native = native_module()
     if native is None:
         raise VolumedError("the null-cipher mount needs the native extension (volumed._native); "
@@ -93,8 +93,6 @@ class OpenLatch:
 def prepare_file(path: str, size: int) -> None:
     """Create ``path`` as a sparse plain file of ``size`` bytes, or accept one this module created.
     Raises UsageError for a volume (any file with a volumed header) or any other non-empty file."""
-    from volumed.volume.device import Volume
-
     if size <= 0 or size % 4096:
         raise UsageError(f"--bench-null-cipher size {size} must be a positive multiple of 4096")
     if os.path.exists(path) and os.path.getsize(path) > 0:
@@ -129,14 +127,10 @@ def serve(size: int, path: str, mountpoint: str, ready, *, engine: str = "native
     """Serve ``path`` at ``mountpoint`` until unmounted; ``ready(file)`` once up. ``engine``:
     "native" (the native engine over the native core's null cipher, as XTS volumes are served) or
     "python" (VolumeFS over NullVolume on pyfuse3)."""
-    from volumed.mount.engine import NativeEngine, PythonEngine, default_io_threads
-
     prepare_file(path, size)
     options = ("fsname=volumed-bench-null", "subtype=volumed", "allow_other", "default_permissions")
     threads = io_threads or default_io_threads()
     if engine == "native":
-        from volumed.volume.cores import native_module
-
         mod = native_module()
         if mod is None:
             raise UsageError("the native engine needs the native extension (volumed._native)")

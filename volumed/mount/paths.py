@@ -15,6 +15,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from volumed.errors import FormatError, UsageError
+from volumed.volume.ids import is_uuid
+
 
 def run_dir() -> Path:
     """The run directory, created 0700 (root-only) if missing."""
@@ -23,8 +26,6 @@ def run_dir() -> Path:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(d, 0o700)
     except PermissionError:
-        from volumed.errors import UsageError
-
         raise UsageError(f"mounts are managed by root ({d} is root-only); run as root") from None
     return d
 
@@ -65,9 +66,6 @@ def log_path(mid: str) -> Path:
 def _checked_uuid(volume_uuid: str) -> str:
     """``volume_uuid`` if it is a canonical UUID (the header parsers refuse any other, so this is
     a second line of defence: nothing outside these directories is ever named)."""
-    from volumed.errors import FormatError
-    from volumed.volume.ids import is_uuid
-
     if not is_uuid(volume_uuid):
         raise FormatError(f"malformed volume uuid {str(volume_uuid)[:80]!r}: refusing to name a file after it")
     return volume_uuid
