@@ -28,12 +28,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from volumed.kms.principals import rds_via
-from volumed.mount import client, control, keyservice, paths
+from volumed.errors import VolumedError
+from volumed.mount import client, keyservice, paths
+from volumed.mount.control import ControlClient
+from volumed.mount.protocol import Fault, ReplyT, RequestOf, Status, encode_reply
 from volumed.volume.device import Volume, parse_size
 
 CLI_TIMEOUT = 60
@@ -92,8 +96,8 @@ class Faults:
         self.vol = vol
 
     def _send(self, kind: str, **kw) -> dict:
-        return self.vol.control(dict({"op": "fault", "kind": kind},
-                                     **{k: v for k, v in kw.items() if v is not None}))
+        """The daemon's reply as JSON ({"ok": true, ...})."""
+        return encode_reply(self.vol.call(Fault(kind, kw)))
 
     def error(self, *, io="any", errno="EIO", start=None, end=None, nth=None, probability=None,
               count=None, seed=None) -> dict:
@@ -113,13 +117,13 @@ class Faults:
 
     def rollback(self, *sectors: int) -> int:
         """Put the previous on-disk version of these sectors back; returns pages rolled back."""
-        return self._send("rollback", sectors=list(sectors))["pages"]
+        return self.vol.call(Fault("rollback", {"sectors": list(sectors)})).pages or 0
 
     def clear(self) -> dict:
         return self._send("clear")
 
     def status(self) -> dict:
-        return self._send("status")["faults"]
+        return self.vol.call(Fault("status")).faults or {}
 
 
 class EncryptedVolume:
@@ -146,7 +150,7 @@ class EncryptedVolume:
         self.engine = engine  # None: the daemon's default (native for XTS, python for GCM)
         self.path: str | None = None
         self.pids: list[int] = []
-        self._undo = None
+        self._undo: Callable[[], object] | None = None
 
     # ---- mount lifecycle ----------------------------------------------------------------------
 
@@ -182,15 +186,30 @@ class EncryptedVolume:
     def _sock(self) -> Path:
         return Path(self.env["VOLUMED_RUN_DIR"]) / f"{paths.mount_id(self.mountpoint)}.sock"
 
+    @property
+    def channel(self) -> ControlClient:
+        """The daemon's control channel (volumed.mount.control.ControlClient)."""
+        return ControlClient(self._sock())
+
+    def call(self, req: RequestOf[ReplyT]) -> ReplyT:
+        """One typed control-channel request (volumed.mount.protocol); raises RuntimeError with
+        the daemon's error line."""
+        try:
+            return self.channel.call(req)
+        except VolumedError as exc:
+            kind = getattr(req, "kind", "")
+            raise RuntimeError(f"volumed {req.op} {kind}: {exc}") from None
+
     def control(self, msg: dict) -> dict:
-        """One control-channel request; raises RuntimeError with the daemon's error line."""
-        reply = control.request(self._sock(), msg)
-        if not reply.get("ok"):
-            raise RuntimeError(f"volumed {msg.get('op')} {msg.get('kind', '')}: {reply.get('error')}")
-        return reply
+        """One control-channel request in its JSON form ({"op": ...}), answered in JSON; raises
+        RuntimeError with the daemon's error line."""
+        try:
+            return self.channel.call_wire(msg)
+        except VolumedError as exc:
+            raise RuntimeError(f"volumed {msg.get('op')} {msg.get('kind', '')}: {exc}") from None
 
     def status(self) -> dict:
-        return self.control({"op": "status"})["status"]
+        return self.call(Status()).status
 
     def pid(self) -> int | None:
         """The serving daemon's pid (from its run record), or None."""
@@ -260,7 +279,7 @@ class EncryptedVolume:
         they are not durable, so the crash model decides their fate. Dirty pages the kernel still
         holds after that (written in the meantime) are lost with the power."""
         _write_back(self.path)
-        report = self.control({"op": "fault", "kind": "power-cut", "mode": mode, "seed": seed})["report"]
+        report = self.call(Fault("power-cut", {"mode": mode, "seed": seed})).report or {}
         if remount:
             self.remount()
         return report

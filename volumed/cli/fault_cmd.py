@@ -6,14 +6,19 @@ answers it). Prints the daemon's reply as JSON (the fault state, or the power-cu
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from volumed.cli.common import print_json
+
+if TYPE_CHECKING:
+    from volumed.mount.protocol import Fault
 
 
 def _sectors(text: str) -> list[int]:
     """ "3,5,8-10" -> [3, 5, 8, 9, 10]."""
     from volumed.errors import UsageError
 
-    out = []
+    out: list[int] = []
     try:
         for part in text.split(","):
             a, _, b = part.partition("-")
@@ -67,9 +72,12 @@ def register(sub) -> None:
         sp.set_defaults(func=_fault)
 
 
-def request_for(args) -> dict:
+def request_for(args) -> Fault:
     """The control request for parsed ``volumed fault`` arguments."""
-    msg = {"op": "fault", "kind": args.kind}
+    # deferred: CLI start-up cost (the mount stack loads trio, FUSE and the volume formats)
+    from volumed.mount.protocol import Fault
+
+    msg: dict[str, Any] = {}
     if args.kind == "error":
         end = None if args.offset is None else args.offset + (args.length or 1)
         msg.update(io=args.io, errno=args.errno, start=args.offset, end=end, nth=args.nth,
@@ -83,13 +91,12 @@ def request_for(args) -> dict:
                    off=args.off)
     elif args.kind == "power-cut":
         msg.update(mode=args.mode, seed=args.seed)
-    return {k: v for k, v in msg.items() if v is not None}
+    return Fault(args.kind, {k: v for k, v in msg.items() if v is not None})
 
 
 def _fault(args) -> int:
-    from volumed.mount import client
+    from volumed.mount import client  # deferred: CLI start-up cost, as in request_for
 
-    reply = client.send(args.mountpoint, request_for(args))
-    reply.pop("ok", None)
-    print_json(reply)
+    reply = client.channel(args.mountpoint).call(request_for(args))
+    print_json(reply.fields())
     return 0

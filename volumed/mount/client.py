@@ -21,7 +21,8 @@ from volumed.clock import SYSTEM_CLOCK, FakeClock
 from volumed.errors import StateError, UsageError, VolumedError
 from volumed.kms.principals import rds_via
 from volumed.kms.server.remote import caller_arn, change_counter_fn
-from volumed.mount import attach, control, daemon, keyservice, paths
+from volumed.mount import attach, daemon, keyservice, paths
+from volumed.mount.control import ControlClient
 from volumed.mount.daemon import MountConfig
 from volumed.mount.latch import TERMINAL, VolumeRecord
 from volumed.snapshot import latest_snapshot_hint
@@ -289,25 +290,19 @@ def status_all() -> list[dict]:
     result = []
     for rec in mounts():
         try:
-            reply = control.request(paths.socket_path(rec["id"]), {"op": "status"})
-            result.append(reply["status"])
-        except (OSError, ValueError, KeyError) as exc:
+            result.append(ControlClient(paths.socket_path(rec["id"])).status())
+        except (OSError, ValueError, VolumedError) as exc:
             result.append({"mountpoint": rec.get("mountpoint"), "volume": rec.get("volume"),
                            "file": rec.get("file"), "pid": rec.get("pid"),
                            "state": "daemon-not-answering", "reason": str(exc)})
     return result
 
 
-def send(mountpoint: str, msg: dict) -> dict:
-    """Send a control request to the daemon serving ``mountpoint``."""
-    mid = paths.mount_id(mountpoint)
-    sock = paths.socket_path(mid)
-    if not paths.record_path(mid).exists():
+def channel(mountpoint: str, *, timeout: float = 10.0) -> ControlClient:
+    """The control channel of the daemon serving ``mountpoint``; UsageError if none does."""
+    if not paths.record_path(paths.mount_id(mountpoint)).exists():
         raise UsageError(f"{mountpoint} is not a volumed mount on this host (see volumed status)")
-    reply = control.request(sock, msg)
-    if not reply.get("ok"):
-        raise VolumedError(reply.get("error", "control request failed"))
-    return reply
+    return ControlClient.for_mountpoint(mountpoint, timeout=timeout)
 
 
 def loop_devices_on(mountpoint: str) -> list[str]:
@@ -347,8 +342,8 @@ def unmount(mountpoint: str, *, timeout: float = UNMOUNT_TIMEOUT, force: bool = 
             return
         raise UsageError(f"{mountpoint} is not a volumed mount on this host (see volumed status)")
     try:
-        control.request(paths.socket_path(mid), {"op": "unmount"})
-    except OSError:
+        ControlClient(paths.socket_path(mid)).unmount()
+    except (OSError, ValueError, VolumedError):  # not answering: the signal does the same
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while pid_alive(pid):

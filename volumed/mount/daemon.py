@@ -37,10 +37,20 @@ from volumed.mount import attach, control, engine, faults, keyservice, paths
 from volumed.mount.fs import VolumeFS
 from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
 from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
+from volumed.mount.protocol import (Check, ClockReply, Done, ErrorCode, ErrorReply, Fault, GilReply,
+                                    Reply, Request, SetClock, Snapshot, SnapshotReply, Status,
+                                    StatusReply, Unmount)
 from volumed.snapshot.mounted import daemon_snapshot
 from volumed.volume.device import Volume
 
 log = logging.getLogger("volumed.mount")
+
+# The answer to a test hook sent to a daemon started without --allow-faults.
+NEEDS_FAULTS = {
+    "set-clock": "set-clock needs a daemon started with --allow-faults",
+    "hold-gil": "hold-gil needs a daemon started with --allow-faults",
+    "fault": "fault injection needs a mount started with --allow-faults",
+}
 
 
 @dataclasses.dataclass
@@ -187,56 +197,58 @@ class Daemon:
             "clock": self.clock.time(),
         }
 
-    async def handle(self, msg: dict) -> dict:
-        """Answer one control-channel request (see volumed.mount.control)."""
-        op = msg.get("op")
-        if op == "status":
-            return {"ok": True, "status": self.status()}
-        if op == "unmount":
+    async def handle(self, req: Request) -> Reply:
+        """Answer one control-channel request (volumed.mount.protocol)."""
+        if isinstance(req, Status):
+            return StatusReply(self.status())
+        if isinstance(req, Unmount):
             log.info("unmount requested over the control channel")
             self.engine.terminate()
-            return {"ok": True}
-        if op == "check":
+            return Done()
+        if isinstance(req, Check):
             self.monitor.request_check()
-            return {"ok": True}
-        if op == "set-clock":
-            if not self.cfg.allow_faults:
-                return {"ok": False, "error": "set-clock needs a daemon started with --allow-faults"}
-            if "time" in msg:
-                self.clock.set(float(msg["time"]))
-            if "advance" in msg:
-                self.clock.advance(float(msg["advance"]))
-            if msg.get("check"):
+            return Done()
+        if isinstance(req, Snapshot):  # volumed.snapshot.mounted: flush + capture under a short pause, copy
+            out = await trio.to_thread.run_sync(daemon_snapshot, self.volume, req.order,
+                                                self.cfg.allow_faults)
+            if out["ok"]:
+                return SnapshotReply(out["snapshot_id"])
+            return ErrorReply(ErrorCode.FAILED, out["error"])
+        if not self.cfg.allow_faults:  # the rest are test hooks
+            return ErrorReply(ErrorCode.FAULTS_NOT_ALLOWED, NEEDS_FAULTS[req.op])
+        if isinstance(req, SetClock):
+            if req.time is not None:
+                self.clock.set(req.time)
+            if req.advance is not None:
+                self.clock.advance(req.advance)
+            if req.check:
                 self.monitor.request_check()
-            return {"ok": True, "time": self.clock.time()}
-        if op == "fault":
-            return await self._fault(msg)
-        if op == "hold-gil":  # tests: the native engine serves while Python holds the GIL
-            if not self.cfg.allow_faults:
-                return {"ok": False, "error": "hold-gil needs a daemon started with --allow-faults"}
-            return {"ok": True, **hold_gil(min(float(msg.get("seconds", 1.0)), 10.0))}
-        if op == "snapshot":  # volumed.snapshot.mounted: flush + capture under a short pause, copy
-            return await trio.to_thread.run_sync(daemon_snapshot, self.volume, msg, self.cfg.allow_faults)
-        return {"ok": False, "error": f"unknown op {op!r}"}
+            return ClockReply(self.clock.time())
+        if isinstance(req, Fault):
+            return await self._fault(req)
+        # HoldGil: tests show the native engine serves while Python holds the GIL.
+        return hold_gil(min(req.seconds, 10.0))
 
-    async def _fault(self, msg: dict) -> dict:
+    async def _fault(self, req: Fault) -> Reply:
         """The "fault" control op (volumed.mount.faults.handle), for --allow-faults daemons only."""
-        if self.faults is None:
-            return {"ok": False, "error": "fault injection needs a mount started with --allow-faults"}
-        if msg.get("kind") in ("power-cut", "rollback"):
+        fvol = self.faults
+        if fvol is None or self.backing is None:
+            return ErrorReply(ErrorCode.FAULTS_NOT_ALLOWED, NEEDS_FAULTS[req.op])
+        disk_changes = req.kind in ("power-cut", "rollback")
+        if disk_changes:
             # No native request may touch the backing file meanwhile: route them through the gate
             # (which fails them once the power is off) and wait for those in flight.
-            self.engine.set_fault_hook(self.faults.gate)
+            self.engine.set_fault_hook(fvol.gate)
             await trio.to_thread.run_sync(self.engine.drain)
         try:
-            reply = await trio.to_thread.run_sync(faults.handle, msg, self.faults, self.backing,
-                                                  self.header)
+            reply = await trio.to_thread.run_sync(faults.handle, req.kind, req.params, fvol,
+                                                  self.backing, self.header)
         except VolumedError as exc:
-            return {"ok": False, "error": str(exc)}
+            return ErrorReply(ErrorCode.REFUSED, str(exc))
         finally:
-            self.engine.set_fault_hook(self.faults.gate if self.faults.active else None)
-        if msg.get("kind") in ("power-cut", "rollback"):
-            log.warning("fault injected: %s", json.dumps({k: v for k, v in msg.items() if k != "op"}))
+            self.engine.set_fault_hook(fvol.gate if fvol.active else None)
+        if disk_changes:
+            log.warning("fault injected: %s", json.dumps(req.fields()))
             await self.engine.invalidate(log)  # the kernel's cached pages no longer match the disk
         return reply
 
@@ -277,7 +289,7 @@ class Daemon:
                 log.warning("closing the volume: %s", exc)
 
 
-def hold_gil(seconds: float) -> dict:
+def hold_gil(seconds: float) -> GilReply:
     """Keep the GIL in this (the loop's) thread for ``seconds``: a pure-Python busy loop with the
     switch interval raised above it, so no other Python thread runs meanwhile. Returns the
     CLOCK_MONOTONIC interval held and how often another Python thread ran in between (0 unless
@@ -306,7 +318,7 @@ def hold_gil(seconds: float) -> dict:
         sys.setswitchinterval(old)
         stop.set()
     t.join()
-    return {"held_from": t0, "held_until": t1, "other_python_ran": during}
+    return GilReply(t0, t1, during)
 
 
 async def _call_soon(fn) -> None:

@@ -29,11 +29,15 @@ import os
 import random
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from volumed.errors import UsageError
 from volumed.mount import throttle
+from volumed.mount.protocol import FaultReply
 from volumed.volume.backing import _REC, PAGE, RecordingBackingFile, simulate_power_cut
 from volumed.volume.formats import format_of
+from volumed.volume.header import VolumeHeader
 
 ROLLBACK_PAGES = 4096    # 16 MiB of remembered previous page images at most (locked memory)
 OPS = ("read", "write", "flush", "any")
@@ -347,13 +351,14 @@ def backing_pages(header, sectors) -> list[int]:
     return format_of(header.cipher).backing_pages(header, sectors)
 
 
-def handle(msg: dict, fvol: FaultVolume, backing: FaultBacking, header) -> dict:
-    """Answer a "fault" control request (blocking: the daemon runs it in a worker thread).
+def handle(kind: str, msg: Mapping[str, Any], fvol: FaultVolume, backing: FaultBacking,
+           header: VolumeHeader) -> FaultReply:
+    """Answer a "fault" control request of ``kind`` with parameters ``msg`` (blocking: the daemon
+    runs it in a worker thread).
 
     kinds: error {io, errno, start, end, nth, probability, count, seed}; bad-sector {sectors};
     latency {seconds}; throttle {volume_type, iops, throughput_mib} or {off: true}; clear;
     power-cut {mode, seed}; rollback {sectors}; status. Raises UsageError for bad requests."""
-    kind = msg.get("kind")
     if kind == "error":
         rule = ErrorRule(**{k: msg[k] for k in ("io", "errno", "start", "end", "nth", "probability",
                                                  "count", "seed") if msg.get(k) is not None})
@@ -385,15 +390,15 @@ def handle(msg: dict, fvol: FaultVolume, backing: FaultBacking, header) -> dict:
         fvol.latency = 0.0
         fvol.throttle = None
     elif kind == "power-cut":
-        return {"ok": True, "report": backing.power_cut(msg.get("mode", "all"), msg.get("seed"))}
+        return FaultReply(report=backing.power_cut(msg.get("mode", "all"), msg.get("seed")))
     elif kind == "rollback":
         sectors = [int(s) for s in msg.get("sectors", [])]
         if not sectors:
             raise UsageError("rollback needs sector numbers")
-        return {"ok": True, "pages": backing.rollback(backing_pages(header, sectors))}
+        return FaultReply(pages=backing.rollback(backing_pages(header, sectors)))
     elif kind != "status":
         raise UsageError(f"unknown fault kind {kind!r}: use error, bad-sector, latency, throttle, "
                          "clear, power-cut, rollback or status")
     out = fvol.status()
     out["power_lost"] = backing.lost
-    return {"ok": True, "faults": out}
+    return FaultReply(faults=out)

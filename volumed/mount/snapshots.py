@@ -13,7 +13,9 @@ import os
 from typing import Any
 
 from volumed.errors import StateError, VolumedError
-from volumed.mount import client, control, paths
+from volumed.mount import client
+from volumed.mount.control import ControlClient
+from volumed.mount.protocol import ControlError, UnsupportedRequest
 from volumed.snapshot import catalog
 from volumed.snapshot.engine import max_preserved, snapshot_key
 from volumed.snapshot.mounted import LiveSnapshotOrder
@@ -40,20 +42,18 @@ def snapshot_through_daemon(volume_path: str, *, kms: Any, store: Any,
     cap = max_preserved()  # a malformed setting is refused before any KMS call
     key = snapshot_key(kms, header)
     order = LiveSnapshotOrder(store.spec, key, description, cap)
-    msg = {"op": "snapshot", **order.to_wire()}
+    daemon = ControlClient.for_mountpoint(st["mountpoint"])
     try:  # the reply comes when the copy is done: wait as long as a slow copy may take
-        reply = control.request(paths.socket_path(paths.mount_id(st["mountpoint"])), msg,
-                                timeout=reply_timeout(header.size))
+        reply = daemon.snapshot(order, timeout=reply_timeout(header.size))
     except OSError as exc:
         raise VolumedError(f"snapshot of mounted {volume_path} failed: no answer from its daemon "
                            f"({exc.strerror or exc}); see volumed status") from None
-    if not reply.get("ok"):
-        error = reply.get("error", "control request failed")
-        if "unknown op" in error:
-            raise StateError(f"the daemon serving {volume_path} cannot take snapshots (older "
-                             "volumed): unmount the volume, then snapshot it")
-        raise VolumedError(f"snapshot of mounted {volume_path} failed: {error}")
-    return catalog.peek(store, key["snapshot_id"])  # to show: the daemon sealed it, nothing is used
+    except UnsupportedRequest:
+        raise StateError(f"the daemon serving {volume_path} cannot take snapshots (older "
+                         "volumed): unmount the volume, then snapshot it") from None
+    except ControlError as exc:
+        raise VolumedError(f"snapshot of mounted {volume_path} failed: {exc}") from None
+    return catalog.peek(store, reply.snapshot_id)  # to show: the daemon sealed it, nothing is used
 
 
 def reply_timeout(size: int) -> float:
