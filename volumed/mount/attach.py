@@ -7,13 +7,16 @@ service (ViaService rds), before starting the daemon; the daemon calls ``retire_
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 import socket
 from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError
 
-from volumed.errors import KeyAccessError, VolumedError
+from volumed.errors import KeyAccessError, VolumedError, aws_error_code
+from volumed.kms.arn import Arn
 from volumed.kms.principals import host_arn
 from volumed.mount import keyservice
 
@@ -21,6 +24,8 @@ from volumed.mount import keyservice
 # GenerateDataKeyWithoutPlaintext under the volume's context (authorised exactly like Decrypt, and
 # returns no plaintext). RetireGrant needs no operation: the host is the retiring principal.
 HOST_OPERATIONS = ["Decrypt", "GenerateDataKeyWithoutPlaintext"]
+
+log = logging.getLogger("volumed.mount")
 
 
 @dataclass
@@ -49,9 +54,10 @@ def grant_name(volume_uuid: str, hostname: str) -> str:
 
 
 def host_principal(key_arn: str, hostname: str | None = None) -> str:
-    """The host principal of this machine in the key's account."""
-    _, account = keyservice.arn_parts(key_arn)
-    return host_arn(account, hostname or socket.gethostname())
+    """The host principal of this machine in the key's account and partition."""
+    key = keyservice.key_arn(key_arn)
+    host = Arn.parse(host_arn(key.account, hostname or socket.gethostname()))
+    return str(dataclasses.replace(host, partition=key.partition))
 
 
 def create_grant(user_client, *, key_arn: str, context: dict, volume_uuid: str,
@@ -71,7 +77,7 @@ def create_grant(user_client, *, key_arn: str, context: dict, volume_uuid: str,
             Name=grant_name(volume_uuid, hostname),
         )
     except Exception as exc:
-        code = keyservice.error_code(exc)
+        code = aws_error_code(exc)
         if code is None:
             if keyservice.classify(exc) == "transient" and _is_service_failure(exc):
                 raise VolumedError(f"cannot attach {volume_name}: the key service did not answer "
@@ -88,6 +94,24 @@ def create_grant(user_client, *, key_arn: str, context: dict, volume_uuid: str,
 def _is_service_failure(exc: BaseException) -> bool:
     """True for failures to reach the key service (connection, timeout), not bugs."""
     return isinstance(exc, (BotoCoreError, OSError))
+
+
+class Attachment:
+    """This host's hold on a volume's key for one mount: the host's key-service client and the
+    grant, retired at most once (``retire``), whichever of the daemon's exits comes first."""
+
+    def __init__(self, host_client, grant: Grant):
+        self.host_client = host_client
+        self.grant = grant
+        self.retired = False
+
+    def retire(self) -> None:
+        """RetireGrant as the host, once; the outcome goes to the daemon's log."""
+        if self.retired:
+            return
+        self.retired = True
+        why = retire_grant(self.host_client, self.grant)
+        log.info("grant %s %s", self.grant.grant_id, "retired" if why is None else f"not retired: {why}")
 
 
 def retire_grant(host_client, grant: Grant) -> str | None:

@@ -18,7 +18,7 @@ import time
 import boto3
 
 from volumed.clock import SYSTEM_CLOCK, FakeClock
-from volumed.errors import StateError, UsageError, VolumedError
+from volumed.errors import StateError, UsageError, VolumedError, aws_error_code
 from volumed.kms.principals import rds_via
 from volumed.kms.server.remote import caller_arn, change_counter_fn
 from volumed.mount import attach, daemon, keyservice, paths
@@ -120,7 +120,7 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
                           header=header, kms_spec=kms_spec)
     clean_stale_runtime()
     clean_stale_mountpoint(mountpoint)
-    region, _ = keyservice.arn_parts(key_arn)
+    region = keyservice.key_arn(key_arn).region
     user = keyservice.connect(kms_spec, principal=principal, via_service=via_service or rds_via(region))
     # Through a key server (volumed kms serve) the grantee is whoever the host's access key is.
     grantee = _remote_host_principal(kms_spec, host_profile, user)
@@ -160,7 +160,7 @@ def _remote_host_principal(kms_spec: str, host_profile: str | None, user) -> str
     except Exception as exc:
         raise VolumedError(f"cannot learn the host's principal from {kms_spec}: "
                            f"{keyservice.error_message(exc)}; check --host-profile and its access key",
-                           code=keyservice.error_code(exc) or "KMSUnreachable") from None
+                           code=aws_error_code(exc) or "KMSUnreachable") from None
 
 
 def _foreground(cfg, out) -> int:

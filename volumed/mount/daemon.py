@@ -17,6 +17,7 @@ stderr. Callers: volumed.mount.client (background mounts) and ``volumed mount --
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -26,12 +27,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import TypedDict
 
 import pyfuse3
 import trio
 
-from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock
-from volumed.errors import StateError, VolumedError
+from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock, iso_utc
+from volumed.errors import StateError, VolumedError, aws_error_code
 from volumed.hardening import current_state, harden_process
 from volumed.mount import attach, control, engine, faults, keyservice, paths
 from volumed.mount.fs import VolumeFS
@@ -51,6 +54,16 @@ NEEDS_FAULTS = {
     "hold-gil": "hold-gil needs a daemon started with --allow-faults",
     "fault": "fault injection needs a mount started with --allow-faults",
 }
+
+
+class ReadyLine(TypedDict, total=False):
+    """The daemon's one line to whoever started it: {"ok": true, "file": PATH} once serving, or
+    {"ok": false, "error": ONE LINE, "exit_code": N} when it could not start."""
+
+    ok: bool
+    file: str
+    error: str
+    exit_code: int
 
 
 @dataclasses.dataclass
@@ -95,7 +108,7 @@ class LiveClock(Clock):
 class Daemon:
     """One mount being served. Built by ``serve``; its methods run on the trio loop."""
 
-    def __init__(self, cfg: MountConfig, volume, host_client, grant, clock: LiveClock,
+    def __init__(self, cfg: MountConfig, volume, attachment: attach.Attachment, clock: LiveClock,
                  backing=None):
         """Everything about the volume comes from ``volume.header``: the header Volume.open
         verified (MAC under the unwrapped key, context), never an earlier unverified read."""
@@ -108,8 +121,9 @@ class Daemon:
         if cfg.allow_faults and backing is not None:
             self.faults = faults.FaultVolume(volume, to_error=pyfuse3.FUSEError, backing=backing)
         self.header = header
-        self.host_client = host_client
-        self.grant = grant
+        self.attachment = attachment
+        self.host_client = host_client = attachment.host_client
+        self.grant = grant = attachment.grant
         self.clock = clock
         self.mid = paths.mount_id(cfg.mountpoint)
         self.uuid = header.uuid
@@ -170,8 +184,8 @@ class Daemon:
         """The status record of this mount (control op "status", ``volumed status``)."""
         latch = self.latch
 
-        def iso(t):
-            return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        def iso(t: float | None) -> str | None:
+            return None if t is None else iso_utc(t)
 
         return {
             "mountpoint": self.cfg.mountpoint,
@@ -271,22 +285,27 @@ class Daemon:
             await self.engine.serve()
             nursery.cancel_scope.cancel()
 
-    def shutdown(self) -> None:
-        """After the FUSE loop ended: flush (if still allowed), retire the grant, wipe the key."""
+    def finish(self) -> None:
+        """After the FUSE loop ended: flush (if still allowed), then retire the grant. (The key is
+        wiped and the volume closed next, by ``_close_volume``.)"""
         if self.latch.serving and not getattr(self.backing, "lost", False):
             try:
                 self.volume.flush()
             except Exception as exc:
                 log.error("final flush failed: %s", keyservice.error_message(exc))
-        why = attach.retire_grant(self.host_client, self.grant)
-        log.info("grant %s %s", self.grant.grant_id, "retired" if why is None else f"not retired: {why}")
+        self.attachment.retire()
+
+
+def _close_volume(volume: Volume) -> None:
+    """Wipe the key, then close the volume (a closed disk after a simulated power loss is only
+    logged)."""
+    try:
+        volume.wipe_key()
+    finally:
         try:
-            self.volume.wipe_key()
-        finally:
-            try:
-                self.volume.close()
-            except OSError as exc:  # a simulated power loss: the disk is gone
-                log.warning("closing the volume: %s", exc)
+            volume.close()
+        except OSError as exc:  # a simulated power loss: the disk is gone
+            log.warning("closing the volume: %s", exc)
 
 
 def hold_gil(seconds: float) -> GilReply:
@@ -327,15 +346,28 @@ async def _call_soon(fn) -> None:
     fn()
 
 
-def _lock_volume(uuid: str):
-    """Take the per-volume lock (held for the daemon's life; released by the kernel when it dies).
-    Raises StateError if another daemon on this host serves the volume."""
+class VolumeBusy(StateError):
+    """The per-volume lock is held: another daemon on this host serves the volume, under the grant
+    ``holder_grant`` (None when it did not say)."""
+
+    def __init__(self, uuid: str, holder_grant: str | None):
+        super().__init__(f"volume {uuid} is already mounted on this host (volumed status shows where)")
+        self.holder_grant = holder_grant
+
+
+def _lock_volume(uuid: str, grant_id: str) -> int:
+    """Take the per-volume lock (held for the daemon's life; released by the kernel when it dies)
+    and write the serving grant's id into it. Raises VolumeBusy, naming the holder's grant, if
+    another daemon on this host serves the volume."""
     fd = os.open(paths.volume_lock_path(uuid), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or None
         os.close(fd)
-        raise StateError(f"volume {uuid} is already mounted on this host (volumed status shows where)")
+        raise VolumeBusy(uuid, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, grant_id.encode() + b"\n", 0)
     return fd
 
 
@@ -355,90 +387,110 @@ def _open_backing(cfg: MountConfig):
     return faults.FaultBacking(cfg.volume, _journal_path(cfg), native=cfg.engine != "python")
 
 
-def serve(cfg: MountConfig, ready) -> None:
-    """Open, mount and serve ``cfg.volume`` at ``cfg.mountpoint`` until unmounted.
+class RunFiles:
+    """The mount's run-time files (record, control socket, default fault journal): written once
+    the mount serves, removed at unmount. A start that failed never wrote them and removes nothing
+    (another mount's files may have the same names)."""
 
-    ``ready(result: dict)`` is called exactly once: {"ok": True, "file": path} when the mount serves,
-    or {"ok": False, "error": one line, "exit_code": n} when it could not start.
-    """
-    harden_process(lock_memory=True)  # the daemon always tries (and logs a failure)
-    clock = LiveClock(FakeClock(cfg.fake_time) if cfg.fake_time is not None else SYSTEM_CLOCK)
-    grant = attach.Grant.from_json(cfg.grant)
-    lock_fd = None
-    mounted = False
-    daemon = None
-    mid = paths.mount_id(cfg.mountpoint)
+    def __init__(self, cfg: MountConfig):
+        self.cfg = cfg
+        self.mid = paths.mount_id(cfg.mountpoint)
+        self.written = False
+
+    def write(self, file: str) -> None:
+        paths.record_path(self.mid).write_text(json.dumps({
+            "pid": os.getpid(), "mountpoint": self.cfg.mountpoint, "volume": self.cfg.volume,
+            "file": file}))
+        self.written = True
+
+    def remove(self) -> None:
+        if not self.written:
+            return
+        for p in (paths.socket_path(self.mid), paths.record_path(self.mid)):
+            p.unlink(missing_ok=True)
+        if self.cfg.allow_faults and not self.cfg.recording_journal:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_journal_path(self.cfg))
+
+
+def _start(cfg: MountConfig, grant: attach.Grant, clock: LiveClock,
+           stack: contextlib.ExitStack) -> Daemon:
+    """Lock, open and mount; every resource's undo goes on ``stack`` as it is taken, so that
+    closing the stack (after serving, or after a failed start) tears down in this order: flush
+    and retire the grant, wipe the key and close the volume, unmount, remove the run-time files,
+    release the lock (last: no other daemon serves the volume before this one is gone)."""
+    header = Volume.read_header(cfg.volume)  # unverified: only its uuid (shape-checked) to lock
+    host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock,
+                                     profile=cfg.host_profile)
+    attachment = attach.Attachment(host_client, grant)
     try:
-        header = Volume.read_header(cfg.volume)  # unverified: only its uuid (shape-checked) to lock
-        lock_fd = _lock_volume(header.uuid)
-        host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock,
-                                         profile=cfg.host_profile)
+        lock_fd = _lock_volume(header.uuid, grant.grant_id)
+    except VolumeBusy as busy:
+        # The grant is named after the volume and the host, so the serving daemon's grant is
+        # usually this very one (CreateGrant returned it again): retire only a grant of our own.
+        if busy.holder_grant is not None and busy.holder_grant != grant.grant_id:
+            attachment.retire()
+        raise
+    stack.callback(os.close, lock_fd)
+    stack.callback(attachment.retire)  # on any failure while the lock is held; once only
+    run_files = RunFiles(cfg)
+    stack.callback(run_files.remove)
+    unmount = stack.enter_context(contextlib.ExitStack())  # filled once the engine exists
+    with contextlib.ExitStack() as opening:
         backing = _open_backing(cfg)
+        if backing is not None:
+            opening.callback(backing.close)
         try:
             volume = Volume.open(cfg.volume, kms=host_client, grant_tokens=[grant.token],
                                  backing=backing)
         except Exception as exc:
-            if backing is not None:
-                backing.close()
-            attach.retire_grant(host_client, grant)
-            if keyservice.error_code(exc) is None:
+            code = aws_error_code(exc)
+            if code is None:
                 raise
             raise VolumedError(f"cannot open {cfg.volume} as the host: {keyservice.error_message(exc)}",
-                               code=keyservice.error_code(exc)) from None
-        if volume.header.uuid != header.uuid:  # the lock above was taken for the uuid read first
-            volume.close()
-            attach.retire_grant(host_client, grant)
-            raise StateError(f"the header of {cfg.volume} changed while it was being mounted: retry")
-        daemon = Daemon(cfg, volume, host_client, grant, clock, backing)
-        daemon.latch.mark_ok()
-        daemon.latch.clear_record()
-        daemon.engine.mount()
-        mounted = True
-        paths.record_path(mid).write_text(json.dumps({
-            "pid": os.getpid(), "mountpoint": cfg.mountpoint, "volume": cfg.volume,
-            "file": daemon.file}))
-        log.info("serving %s at %s (key %s, grant %s, %s engine, %d threads)", cfg.volume,
-                 daemon.file, grant.key_arn, grant.grant_id, daemon.engine.name,
-                 daemon.engine.threads)
-    except VolumedError as exc:
-        _abort(daemon, mounted, lock_fd)
-        ready({"ok": False, "error": str(exc), "exit_code": exc.exit_code})
-        return
-    except Exception as exc:
-        log.exception("mount failed")
-        _abort(daemon, mounted, lock_fd)
-        ready({"ok": False, "error": f"mount failed: {keyservice.error_message(exc)}", "exit_code": 1})
-        return
-    try:
-        trio.run(daemon.run, lambda: ready({"ok": True, "file": daemon.file}))
-    finally:
-        try:
-            daemon.shutdown()
-        finally:
-            daemon.engine.close()
-            for p in (paths.socket_path(mid), paths.record_path(mid)):
-                p.unlink(missing_ok=True)
-            if cfg.allow_faults and not cfg.recording_journal:
-                try:
-                    os.unlink(_journal_path(cfg))
-                except FileNotFoundError:
-                    pass
-            os.close(lock_fd)
-            log.info("unmounted %s", cfg.mountpoint)
+                               code=code) from None
+        opening.pop_all()  # the volume owns the backing file now
+    stack.callback(_close_volume, volume)
+    if volume.header.uuid != header.uuid:  # the lock above was taken for the uuid read first
+        raise StateError(f"the header of {cfg.volume} changed while it was being mounted: retry")
+    daemon = Daemon(cfg, volume, attachment, clock, backing)
+    stack.callback(daemon.finish)
+    unmount.callback(daemon.engine.close)
+    daemon.latch.mark_ok()
+    daemon.latch.clear_record()
+    daemon.engine.mount()
+    run_files.write(daemon.file)
+    log.info("serving %s at %s (key %s, grant %s, %s engine, %d threads)", cfg.volume,
+             daemon.file, grant.key_arn, grant.grant_id, daemon.engine.name, daemon.engine.threads)
+    return daemon
 
 
-def _abort(daemon, mounted, lock_fd) -> None:
-    """Undo a start that failed: wipe the key, unmount, drop the lock."""
-    if daemon is not None:
+def serve(cfg: MountConfig, ready: Callable[[ReadyLine], None]) -> None:
+    """Open, mount and serve ``cfg.volume`` at ``cfg.mountpoint`` until unmounted.
+
+    ``ready(result)`` is called exactly once: {"ok": True, "file": path} when the mount serves,
+    or {"ok": False, "error": one line, "exit_code": n} when it could not start (after what it
+    had taken is undone).
+    """
+    harden_process(lock_memory=True)  # the daemon always tries (and logs a failure)
+    clock = LiveClock(FakeClock(cfg.fake_time) if cfg.fake_time is not None else SYSTEM_CLOCK)
+    grant = attach.Grant.from_json(cfg.grant)
+    failure: ReadyLine | None = None
+    with contextlib.ExitStack() as stack:
         try:
-            daemon.volume.wipe_key()
-            daemon.volume.close()
-        except Exception:
-            log.exception("while aborting")
-    if mounted:
-        daemon.engine.close()
-    if lock_fd is not None:
-        os.close(lock_fd)
+            daemon = _start(cfg, grant, clock, stack)
+        except VolumedError as exc:
+            failure = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+        except Exception as exc:
+            log.exception("mount failed")
+            failure = {"ok": False, "error": f"mount failed: {keyservice.error_message(exc)}",
+                       "exit_code": 1}
+        else:
+            trio.run(daemon.run, lambda: ready({"ok": True, "file": daemon.file}))
+    if failure is not None:
+        ready(failure)
+        return
+    log.info("unmounted %s", cfg.mountpoint)
 
 
 def _setup_logging() -> None:
