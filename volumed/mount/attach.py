@@ -19,6 +19,7 @@ from volumed.errors import KeyAccessError, VolumedError, aws_error_code
 from volumed.kms.arn import Arn
 from volumed.kms.principals import host_arn
 from volumed.mount import keyservice
+from volumed.mount.keyservice import KmsClient
 
 # What the host needs, and no more: Decrypt to unwrap the data key at open; the monitor's check is a
 # GenerateDataKeyWithoutPlaintext under the volume's context (authorised exactly like Decrypt, and
@@ -37,12 +38,12 @@ class Grant:
     key_arn: str
     host_principal: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, str]:
         return {"grant_id": self.grant_id, "token": self.token, "key_arn": self.key_arn,
                 "host_principal": self.host_principal}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Grant":
+    def from_json(cls, d: dict[str, str]) -> "Grant":
         return cls(d["grant_id"], d["token"], d["key_arn"], d["host_principal"])
 
 
@@ -60,7 +61,7 @@ def host_principal(key_arn: str, hostname: str | None = None) -> str:
     return str(dataclasses.replace(host, partition=key.partition))
 
 
-def create_grant(user_client, *, key_arn: str, context: dict, volume_uuid: str,
+def create_grant(user_client: KmsClient, *, key_arn: str, context: dict[str, str], volume_uuid: str,
                  volume_name: str, hostname: str | None = None, grantee: str | None = None) -> Grant:
     """DescribeKey then CreateGrant as the user; the grant lets the host use the key for this
     volume's context only. ``grantee`` overrides the hostname's principal (a key server's
@@ -100,7 +101,7 @@ class Attachment:
     """This host's hold on a volume's key for one mount: the host's key-service client and the
     grant, retired at most once (``retire``), whichever of the daemon's exits comes first."""
 
-    def __init__(self, host_client, grant: Grant):
+    def __init__(self, host_client: KmsClient, grant: Grant):
         self.host_client = host_client
         self.grant = grant
         self.retired = False
@@ -114,7 +115,7 @@ class Attachment:
         log.info("grant %s %s", self.grant.grant_id, "retired" if why is None else f"not retired: {why}")
 
 
-def retire_grant(host_client, grant: Grant) -> str | None:
+def retire_grant(host_client: KmsClient, grant: Grant) -> str | None:
     """RetireGrant as the host. Returns None on success, else the one-line reason (the key may be
     disabled or deleted, or the grant already revoked; none of that stops an unmount)."""
     try:

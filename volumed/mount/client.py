@@ -14,19 +14,23 @@ import signal
 import subprocess
 import sys
 import time
+from typing import IO, Any, TextIO
 
 import boto3
 
 from volumed.clock import SYSTEM_CLOCK, FakeClock
 from volumed.errors import StateError, UsageError, VolumedError, aws_error_code
 from volumed.kms.principals import rds_via
-from volumed.kms.server.remote import caller_arn, change_counter_fn
+from volumed.kms.server.remote import caller_arn
 from volumed.mount import attach, daemon, keyservice, paths
 from volumed.mount.control import ControlClient
-from volumed.mount.daemon import MountConfig
+from volumed.mount.protocol import StatusRecord
+from volumed.mount.daemon import MountConfig, ReadyLine
+from volumed.mount.keyservice import KmsClient
 from volumed.mount.latch import TERMINAL, VolumeRecord
 from volumed.snapshot import latest_snapshot_hint
 from volumed.volume.device import Volume
+from volumed.volume.header import VolumeHeader
 
 READY_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 30.0
@@ -77,7 +81,7 @@ def clean_stale_mountpoint(mountpoint: str) -> None:
 
 
 def check_record(header_uuid: str, volume: str, *, now: float, window: float,
-                 header=None, kms_spec: str | None = None) -> VolumeRecord:
+                 header: VolumeHeader | None = None, kms_spec: str | None = None) -> VolumeRecord:
     """Refuse a volume whose persisted state is terminal or whose recovery window has passed
     (recording it terminal). Returns the record otherwise. With ``header`` the refusal names the
     volume's latest snapshot and the restore command (looked up in the store next to ``kms_spec``
@@ -104,7 +108,7 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
           recovery_window: float, grace: float, interval: float | None,
           fake_time: float | None = None, recording_journal: str | None = None,
           host_profile: str | None = None, engine: str | None = None,
-          io_threads: int | None = None, out=sys.stdout) -> int:
+          io_threads: int | None = None, out: TextIO = sys.stdout) -> int:
     """``volumed mount``: check the record, attach (grant to the host), start the daemon, wait
     until it serves, print the file's path. Raises VolumedError with one line on failure."""
     if (fake_time is not None or recording_journal) and not allow_faults:
@@ -148,12 +152,12 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
     return _background(cfg, out)
 
 
-def _remote_host_principal(kms_spec: str, host_profile: str | None, user) -> str | None:
+def _remote_host_principal(kms_spec: str, host_profile: str | None, user: KmsClient) -> str | None:
     """The principal of the host's credentials (AWS profile ``host_profile``) as a ``volumed kms
     serve`` endpoint knows it (STS GetCallerIdentity there); None for other key services."""
     # Only a volumed key server answers its change counter (not AWS, moto, or nothing at all,
     # whose failure create_grant reports as before).
-    if not str(kms_spec).startswith(("http://", "https://")) or change_counter_fn(user) is None:
+    if not str(kms_spec).startswith(("http://", "https://")) or keyservice.change_counter(user) is None:
         return None
     try:
         return caller_arn(boto3.Session(profile_name=host_profile), str(kms_spec), user.meta.region_name)
@@ -163,12 +167,12 @@ def _remote_host_principal(kms_spec: str, host_profile: str | None, user) -> str
                            code=aws_error_code(exc) or "KMSUnreachable") from None
 
 
-def _foreground(cfg, out) -> int:
+def _foreground(cfg: MountConfig, out: TextIO) -> int:
     """Serve in this process (``--foreground``); returns when unmounted."""
-    daemon._setup_logging()
-    result = {}
+    daemon.setup_logging()
+    result: ReadyLine = {}
 
-    def ready(res):
+    def ready(res: ReadyLine) -> None:
         result.update(res)
         if res.get("ok"):
             print(res["file"], file=out, flush=True)
@@ -179,7 +183,7 @@ def _foreground(cfg, out) -> int:
     return 0
 
 
-def _background(cfg, out) -> int:
+def _background(cfg: MountConfig, out: TextIO) -> int:
     """Start the daemon in its own session, hand it the configuration on stdin, and wait for its
     readiness line on stdout (the daemon's log goes to the run directory)."""
     mid = paths.mount_id(cfg.mountpoint)
@@ -188,9 +192,10 @@ def _background(cfg, out) -> int:
                             stdout=subprocess.PIPE, stderr=log, start_new_session=True,
                             close_fds=True)
     log.close()
+    assert proc.stdin is not None and proc.stdout is not None  # both are pipes
     proc.stdin.write(json.dumps(dataclasses.asdict(cfg)).encode() + b"\n")
     proc.stdin.close()
-    line = _read_line(proc, READY_TIMEOUT)
+    line = _read_line(proc.stdout, READY_TIMEOUT)
     proc.stdout.close()
     if not line:
         proc.kill() if proc.poll() is None else None
@@ -205,17 +210,17 @@ def _background(cfg, out) -> int:
     return 0
 
 
-def _read_line(proc, timeout: float) -> bytes:
+def _read_line(stdout: IO[bytes], timeout: float) -> bytes:
     """One line from the daemon's stdout, or b"" on EOF or timeout."""
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
     buf = b""
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0 or not sel.select(left):
             return b""
-        chunk = os.read(proc.stdout.fileno(), 65536)
+        chunk = os.read(stdout.fileno(), 65536)
         if not chunk:
             break
         buf += chunk
@@ -243,7 +248,7 @@ def stop_process(pid: int | None, *, grace: float = 0.0, timeout: float = 10.0) 
     Returns True once it is gone. A process that exits (or is reaped) meanwhile is no error.
     Callers: the pytest plugin's kill and teardown, the mount tests' fixtures."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, timeout)):
-        if not pid_alive(pid or 0):
+        if pid is None or not pid_alive(pid):
             return True
         if wait <= 0:
             continue
@@ -257,7 +262,7 @@ def stop_process(pid: int | None, *, grace: float = 0.0, timeout: float = 10.0) 
     return not pid_alive(pid or 0)
 
 
-def mounts() -> list[dict]:
+def mounts() -> list[dict[str, Any]]:
     """Run records of every mount on this host (stale ones removed)."""
     clean_stale_runtime()
     out = []
@@ -285,7 +290,7 @@ def clean_stale_runtime() -> None:
         rec.unlink(missing_ok=True)
 
 
-def status_all() -> list[dict]:
+def status_all() -> list[StatusRecord]:
     """The status of every mount on this host (``volumed status``)."""
     result = []
     for rec in mounts():

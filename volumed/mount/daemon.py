@@ -493,7 +493,7 @@ def serve(cfg: MountConfig, ready: Callable[[ReadyLine], None]) -> None:
     log.info("unmounted %s", cfg.mountpoint)
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     """The daemon logs to stderr (the run directory's <id>.log for background daemons)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s volumed-mount[%(process)d] %(levelname)s %(message)s")
@@ -501,7 +501,7 @@ def _setup_logging() -> None:
 
 def main() -> int:
     """Entry point of ``python -m volumed.mount.daemon`` (started by volumed.mount.client)."""
-    _setup_logging()
+    setup_logging()
     cfg = MountConfig(**json.loads(sys.stdin.readline()))
     os.chdir("/")  # keep no file system busy
     devnull = os.open(os.devnull, os.O_RDWR)

@@ -13,7 +13,11 @@ the embedded service and against AWS KMS alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
 from volumed import kms
+from volumed.clock import Clock
 from volumed.errors import VolumedError, aws_error_code, aws_error_message
 from volumed.kms.arn import Arn
 from volumed.kms.server.remote import change_counter_fn
@@ -25,15 +29,24 @@ REVOKED_CODES = frozenset({
 })
 DELETED_CODES = frozenset({"NotFoundException"})
 
+# A boto3 "kms" client or volumed's EmbeddedKMS: the same methods, parameters and response shapes
+# (boto3 clients carry no static types).
+KmsClient: TypeAlias = Any
+ChangeCounter: TypeAlias = Callable[[], int]
 
-def connect(spec, *, principal=None, via_service=None, clock=None, profile=None):
+# The key server's change-counter lookup, with the type the mount relies on.
+_remote_change_counter: Callable[[KmsClient], ChangeCounter | None] = change_counter_fn
+
+
+def connect(spec: str | None, *, principal: str | None = None, via_service: str | None = None,
+            clock: Clock | None = None, profile: str | None = None) -> KmsClient:
     """A client of the key service named by ``spec`` (see volumed.kms.connect); ``clock`` drives
     the embedded service's deletion windows (the daemon passes its injectable clock); ``profile``
     is the AWS profile whose credentials sign calls to an endpoint (a host's access key)."""
     return kms.connect(spec, principal=principal, via_service=via_service, clock=clock, profile=profile)
 
 
-def default_spec():
+def default_spec() -> str:
     return kms.default_spec()
 
 
@@ -65,10 +78,11 @@ def key_arn(text: str) -> Arn:
     return arn
 
 
-def change_counter(client):
+def change_counter(client: KmsClient) -> ChangeCounter | None:
     """The keystore's change counter callable: the embedded service's, or a ``volumed kms serve``
     endpoint's (volumed.kms.server.remote); None for AWS KMS (no such thing)."""
     fn = getattr(client, "change_counter", None)
     if callable(fn):
-        return fn
-    return change_counter_fn(client)
+        counter: ChangeCounter = fn
+        return counter
+    return _remote_change_counter(client)

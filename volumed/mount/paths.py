@@ -37,7 +37,7 @@ def state_dir() -> Path:
     return d
 
 
-def mount_id(mountpoint: str | os.PathLike) -> str:
+def mount_id(mountpoint: str | os.PathLike[str]) -> str:
     """A short stable name for a mount point (its real path hashed). Only the parent directory is
     resolved: the mount point itself may be a FUSE mount whose daemon is hung or dead (or this
     very process)."""
@@ -45,7 +45,7 @@ def mount_id(mountpoint: str | os.PathLike) -> str:
     return hashlib.sha256(real.encode()).hexdigest()[:16]
 
 
-def real_mountpoint(mountpoint: str | os.PathLike) -> str:
+def real_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
     """The mount point's path with its parent resolved, without touching the mount point itself."""
     p = os.path.abspath(os.fspath(mountpoint)).rstrip("/") or "/"
     return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
