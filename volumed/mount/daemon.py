@@ -42,7 +42,7 @@ from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
 from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
 from volumed.mount.protocol import (Check, ClockReply, Done, ErrorCode, ErrorReply, Fault, GilReply,
                                     Reply, Request, SetClock, Snapshot, SnapshotReply, Status,
-                                    StatusReply, Unmount)
+                                    StatusRecord, StatusReply, Unmount)
 from volumed.snapshot.mounted import daemon_snapshot
 from volumed.volume.device import Volume
 
@@ -73,7 +73,7 @@ class MountConfig:
     volume: str
     mountpoint: str
     kms: str
-    grant: dict
+    grant: dict[str, str]
     allow_faults: bool = False
     recovery_window: float = DEFAULT_RECOVERY_WINDOW
     grace: float = DEFAULT_GRACE
@@ -108,8 +108,8 @@ class LiveClock(Clock):
 class Daemon:
     """One mount being served. Built by ``serve``; its methods run on the trio loop."""
 
-    def __init__(self, cfg: MountConfig, volume, attachment: attach.Attachment, clock: LiveClock,
-                 backing=None):
+    def __init__(self, cfg: MountConfig, volume: Volume, attachment: attach.Attachment,
+                 clock: LiveClock, backing: faults.FaultBacking | None = None):
         """Everything about the volume comes from ``volume.header``: the header Volume.open
         verified (MAC under the unwrapped key, context), never an earlier unverified read."""
         self.cfg = cfg
@@ -117,7 +117,7 @@ class Daemon:
         header = volume.header
         # Faults (--allow-faults only): the FUSE side sees the Volume through the fault layer.
         self.backing = backing
-        self.faults = None
+        self.faults: faults.FaultVolume | None = None
         if cfg.allow_faults and backing is not None:
             self.faults = faults.FaultVolume(volume, to_error=pyfuse3.FUSEError, backing=backing)
         self.header = header
@@ -134,7 +134,8 @@ class Daemon:
         # (a request to itself from the loop thread would deadlock).
         self.file = os.path.join(cfg.mountpoint, self.name)
         self.latch = AccessLatch(clock, paths.volume_state_path(self.uuid), grant.key_arn)
-        self.fs = None
+        self.fs: VolumeFS | None = None
+        self.engine: engine.Engine
         core = volume.native_core
         io_threads = cfg.io_threads or engine.default_io_threads()
         if engine.choose(cfg.engine, core) == "native":
@@ -148,7 +149,7 @@ class Daemon:
         self.monitor = KeyMonitor(
             check=self._check, counter=keyservice.change_counter(host_client), latch=self.latch,
             clock=clock, interval=cfg.interval, grace=cfg.grace, window=cfg.recovery_window)
-        self._nursery = None
+        self._nursery: trio.Nursery | None = None
         # True once a closed latch's actions finished: the key is wiped and the kernel's cached
         # pages are dropped, so no path (not even a cached read) reaches the data any more.
         self.cut_off = False
@@ -180,7 +181,7 @@ class Daemon:
         await self.engine.invalidate(log)
         self.cut_off = True
 
-    def status(self) -> dict:
+    def status(self) -> StatusRecord:
         """The status record of this mount (control op "status", ``volumed status``)."""
         latch = self.latch
 
@@ -273,7 +274,7 @@ class Daemon:
                 log.info("signal %d: unmounting", sig)
                 self.engine.terminate()
 
-    async def run(self, ready) -> None:
+    async def run(self, ready: Callable[[], None]) -> None:
         """Serve until unmounted. ``ready()`` is called once the mount answers requests."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -316,7 +317,7 @@ def hold_gil(seconds: float) -> GilReply:
     ran = [0]
     stop = threading.Event()
 
-    def other():
+    def other() -> None:
         while not stop.is_set():
             ran[0] += 1
             time.sleep(0.001)
@@ -340,7 +341,7 @@ def hold_gil(seconds: float) -> GilReply:
     return GilReply(t0, t1, during)
 
 
-async def _call_soon(fn) -> None:
+async def _call_soon(fn: Callable[[], None]) -> None:
     """Call ``fn()`` once the loop has run everything already scheduled (the FUSE workers)."""
     await trio.sleep(0)
     fn()
@@ -371,13 +372,13 @@ def _lock_volume(uuid: str, grant_id: str) -> int:
     return fd
 
 
-def _journal_path(cfg: MountConfig):
+def _journal_path(cfg: MountConfig) -> str:
     """The undo journal of a fault-enabled mount: --test-recording-journal (kept for the test that
     asked for it) or ``<run dir>/<mount id>.journal`` (removed at unmount)."""
     return cfg.recording_journal or str(paths.run_dir() / f"{paths.mount_id(cfg.mountpoint)}.journal")
 
 
-def _open_backing(cfg: MountConfig):
+def _open_backing(cfg: MountConfig) -> faults.FaultBacking | None:
     """For a mount started with --allow-faults, the fault-injecting backing file (a recording one:
     volumed.mount.faults.FaultBacking); otherwise None for the Volume's own."""
     if cfg.recording_journal and not cfg.allow_faults:
@@ -507,9 +508,9 @@ def main() -> int:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     out = os.fdopen(os.dup(1), "w")
-    result = {}
+    result: ReadyLine = {}
 
-    def ready(res: dict) -> None:
+    def ready(res: ReadyLine) -> None:
         result.update(res)
         out.write(json.dumps(res) + "\n")
         out.flush()

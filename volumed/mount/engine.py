@@ -42,7 +42,7 @@ log = logging.getLogger("volumed.mount")
 # The native extension's objects (volumed._native: VolumeCore, FuseEngine) carry no static types.
 NativeObject = Any
 FaultHook = Callable[[int, int, int], int]  # (op, offset, length) -> errno or 0
-_native_module: Callable[[], Any] = native_module
+native_extension: Callable[[], Any] = native_module
 
 
 def default_io_threads() -> int:
@@ -114,7 +114,7 @@ class NativeEngine:
 
     def mount(self) -> None:
         """Mount (libfuse, as root: mount(2) directly). OSError if the kernel refuses."""
-        self.fe = _native_module().FuseEngine(self.core, self.mountpoint, self.file_name,
+        self.fe = native_extension().FuseEngine(self.core, self.mountpoint, self.file_name,
                                              self.threads, self.options)
         self._minor = connection_minor(self.mountpoint)
 

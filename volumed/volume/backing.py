@@ -182,7 +182,7 @@ def staged_file(path):
 class RecordingBackingFile(BackingFile):
     """BackingFile that keeps an undo journal of everything written since the last fdatasync."""
 
-    def __init__(self, path, journal_path, **kw):
+    def __init__(self, path: str | os.PathLike[str], journal_path: str | os.PathLike[str], **kw: bool) -> None:
         super().__init__(path, **kw)
         self.journal_path = os.fspath(journal_path)
         self._jfd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
