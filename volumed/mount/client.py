@@ -1,5 +1,5 @@
 """What the CLI does for mounts: attach and start a daemon, unmount, list status, clean up stale
-mounts. Callers: volumed.cli.mount_cmd, the mount helper, tests.
+mounts. Callers: volumed.cli.mount_cmd (and so the mount helper), tests.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ Lifecycle (``serve``):
      threads, or pyfuse3 tasks on the loop) and run, on one trio loop, the key-access monitor, the
      control channel and a signal watcher; report readiness (``ready``) once all are up;
   4. when the file system is unmounted (``volumed unmount``, ``fusermount3 -u``, SIGTERM/SIGINT):
-     flush, retire the grant, wipe the key, unmount, remove the run-time files.
+     flush, retire the grant, wipe the key, unmount, remove the run-time files, release the lock.
+Each resource's undo is pushed on one ExitStack as the resource is taken (``_start``), so a start
+that fails part-way undoes exactly what it took, in the same order.
 
 Run as ``python -m volumed.mount.daemon``: the configuration (a MountConfig as JSON, holding the grant
 token) arrives on stdin, the readiness line leaves on stdout (one JSON object), the log goes to

@@ -16,21 +16,21 @@ Tuned for throughput (docs/MOUNT.md, "Concurrency invariants"; docs/PERFORMANCE.
 - ``keep_cache`` and long entry/attribute timeouts: the file never changes behind the kernel's back
   (revocation and fault injection invalidate it explicitly);
 - requests of at most ``INLINE_BYTES`` (random 4 KiB I/O, small write-backs) run inline on the
-  loop: on two busy cores a thread hop costs ~300 us, far more than one sector's cipher and a
-  backing pread (measured: cold random 4 KiB reads 2.4k/s through threads, 7.5k/s inline; a
-  read that would wait for the disk waits on the loop too: sending such reads to a thread when
-  other requests were queued, so their disk waits overlap, halved random 4 KiB reads at queue
-  depth 16, A/B in one run, 2026-11-30). Larger reads and writes
-  run in worker threads behind a CapacityLimiter, so several are in flight at once; buffers go to
-  the Volume without copies. Large reads (the kernel's read-ahead, up to 1 MiB each) have their
-  own, wider limiter (``READ_THREADS``): they mostly wait for the disk with the GIL released, and
-  letting up to 16 overlap instead of 4 made cold sequential reads ~1.5x faster (A/B in one run,
-  4 interleaved rounds) without changing the random read/write mix;
-- a flush that is a plain ``fdatasync`` (XTS, the benchmark's null cipher) runs inline too: the
-  thread hop around it cost a database on ext4 over the mount (one FSYNC per commit) about a
-  quarter of its transactions (pgbench A/B, docs/PERFORMANCE.md). GCM's flush is a barrier that
-  waits for every request in flight (and a mounted snapshot's copy), so it stays in a thread, as
-  does every flush while the volume says it may block.
+  loop: on two busy cores a thread hop costs far more than one sector's cipher and a backing
+  pread, and a read that would wait for the disk waits on the loop too (overlapping such waits in
+  threads cost more than it saved). Larger reads and writes run in worker threads behind a
+  CapacityLimiter, so several are in flight at once; buffers go to the Volume without copies.
+  Large reads (the kernel's read-ahead, up to 1 MiB each) have their own, wider limiter
+  (``READ_THREADS``): they mostly wait for the disk with the GIL released, so more of them may
+  overlap without slowing the random read/write mix;
+- a flush that is a plain ``fdatasync`` (XTS, the benchmark's null cipher) runs inline too: a
+  database on ext4 over the mount sends one FSYNC per commit, and the thread hop around it was a
+  large share of each commit's cost. GCM's flush is a barrier that waits for every request in
+  flight (and a mounted snapshot's copy), so it stays in a thread, as does every flush while the
+  volume says it may block.
+
+The measurements behind each of these choices (A/B runs, dated) are in docs/PERFORMANCE.md
+("The tuned path" and "Changed").
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from volumed.mount.errno_map import fuse_errors
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 FILE_INODE = ROOT_INODE + 1
-INLINE_BYTES = 32768  # requests up to this size run inline: under load a thread hop costs ~300 us
+INLINE_BYTES = 32768  # requests up to this size run inline (docs/PERFORMANCE.md: the thread hop's cost)
 THREAD = INLINE_BYTES + 1  # nbytes for _run that always means "in a worker thread"
 INLINE = 0  # nbytes for _run that means "inline unless the volume may block"
 READ_THREADS = 16  # large reads in flight at once (they share no limiter with the rest)
