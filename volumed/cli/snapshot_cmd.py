@@ -85,7 +85,7 @@ def _print_snapshot(args, m, extra: str = "") -> None:
 
 @holds_keys
 def cmd_create(args) -> int:
-    from volumed.mount.snapshots import snapshot_through_daemon
+    from volumed.mount.snapshots import snapshot_through_daemon  # deferred: CLI start-up cost (the mount stack)
     from volumed.snapshot.engine import create_snapshot
 
     m = _with_progress(args, "snapshot", lambda p: create_snapshot(
