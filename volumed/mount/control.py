@@ -22,10 +22,10 @@ from typing import Any
 import trio
 
 from volumed.mount import paths
-from volumed.mount.protocol import (ClockReply, ControlError, ErrorCode, ErrorReply, Fault,
-                                    FaultReply, ProtocolError, Reply, Request, SetClock, Snapshot,
-                                    ReplyT, RequestOf, SnapshotReply, Status, StatusRecord, Unmount, Wire,
-                                    decode_request, encode_reply, encode_request)
+from volumed.mount.protocol import (ControlError, ErrorCode, ErrorReply, ProtocolError, Reply,
+                                    ReplyT, Request, RequestOf, Snapshot, SnapshotReply, Status,
+                                    StatusRecord, Unmount, Wire, decode_request, encode_reply,
+                                    encode_request)
 from volumed.snapshot.mounted import LiveSnapshotOrder
 
 MAX_LINE = 1 << 16
@@ -156,13 +156,6 @@ class ControlClient:
 
     def unmount(self) -> None:
         self.call(Unmount())
-
-    def set_clock(self, *, time: float | None = None, advance: float | None = None,
-                  check: bool = False) -> ClockReply:
-        return self.call(SetClock(time, advance, check))
-
-    def fault(self, kind: str, **params: Any) -> FaultReply:
-        return self.call(Fault(kind, params))
 
     def snapshot(self, order: LiveSnapshotOrder, *, timeout: float) -> SnapshotReply:
         return self.call(Snapshot(order), timeout=timeout)
