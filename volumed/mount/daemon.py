@@ -479,21 +479,25 @@ def serve(cfg: MountConfig, ready: Callable[[ReadyLine], None]) -> None:
     clock = LiveClock(FakeClock(cfg.fake_time) if cfg.fake_time is not None else SYSTEM_CLOCK)
     grant = attach.Grant.from_json(cfg.grant)
     failure: ReadyLine | None = None
-    with contextlib.ExitStack() as stack:
-        try:
-            daemon = _start(cfg, grant, clock, stack)
-        except VolumedError as exc:
-            failure = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
-        except Exception as exc:
-            log.exception("mount failed")
-            failure = {"ok": False, "error": f"mount failed: {keyservice.error_message(exc)}",
-                       "exit_code": 1}
-        else:
-            trio.run(daemon.run, lambda: ready({"ok": True, "file": daemon.file}))
+    served = False
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                daemon = _start(cfg, grant, clock, stack)
+            except VolumedError as exc:
+                failure = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+            except Exception as exc:
+                log.exception("mount failed")
+                failure = {"ok": False, "error": f"mount failed: {keyservice.error_message(exc)}",
+                           "exit_code": 1}
+            else:
+                served = True
+                trio.run(daemon.run, lambda: ready({"ok": True, "file": daemon.file}))
+    finally:
+        if served:  # and torn down now, even if serving raised
+            log.info("unmounted %s", cfg.mountpoint)
     if failure is not None:
         ready(failure)
-        return
-    log.info("unmounted %s", cfg.mountpoint)
 
 
 def setup_logging() -> None:
