@@ -1,7 +1,7 @@
 """An independent model of AWS KMS authorization by key policy and identity policies.
 
 Written from AWS's documented rules (IAM policy evaluation logic, IAM condition operators, the KMS
-key policy and condition-key pages), for the property test of volumed.kms.policy.evaluate. It
+key policy and condition-key pages), for the property test of volumed.kms.policy.policy.evaluate. It
 imports nothing from volumed and works on raw JSON dicts, so a shared bug cannot hide.
 
 The rules it encodes:

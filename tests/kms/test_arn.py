@@ -10,8 +10,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from volumed.kms import arn as A
-from volumed.kms import grants, iam, iamstore, policy
 from volumed.kms.arn import Arn, InvalidArn
+from volumed.kms.ops import iam_ops
+from volumed.kms.policy import grants, policy
+from volumed.kms.store import iamstore
 
 ACCT = "111122223333"
 
@@ -63,7 +65,7 @@ def _checks(entry: str, caller: str) -> dict[str, bool]:
         "key policy": _policy_names(entry, caller),
         "grant": grants.grantee_matches(entry, caller),
         "iam store": bool(iamstore.policies_for_caller(conn, caller)),
-        "iam": iam.may(conn, caller, ACCT, "Get", f"arn:aws:iam::{ACCT}:user/bob"),
+        "iam": iam_ops.may(conn, caller, ACCT, "Get", f"arn:aws:iam::{ACCT}:user/bob"),
     }
 
 

@@ -23,6 +23,7 @@ from tests.kms.test_audit_verify import rehash_from, resign_digests
 from volumed import kms as kms_pkg
 from volumed.cli import audit_cmd
 from volumed.kms import audit
+from volumed.kms.audit import log as audit_log
 
 
 def _cli_verify(keystore: str, *extra: str) -> int:
@@ -91,10 +92,10 @@ def test_rewritten_log_resealed_with_the_attackers_key_and_repointed_fails(seale
 
 
 def test_version_1_digests_still_verify_with_a_note(tmp_path, monkeypatch):
-    monkeypatch.setattr(audit, "DIGEST_VERSION", 1)
+    monkeypatch.setattr(audit_log, "DIGEST_VERSION", 1)
     conn, clock, _ = open_db(str(tmp_path), seal_every=5)
     fill(conn, clock, 7)
-    monkeypatch.setattr(audit, "DIGEST_VERSION", 2)
+    monkeypatch.setattr(audit_log, "DIGEST_VERSION", 2)
     fill(conn, clock, 5, start=8)
     bodies = [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_digest ORDER BY dseq")]
     assert [b["digestVersion"] for b in bodies] == [1, 2] and "sealEvery" not in bodies[0]

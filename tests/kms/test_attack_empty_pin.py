@@ -19,6 +19,7 @@ from tests.kms.test_attack_audit_trust_root import sealed_keystore  # noqa: F401
 from tests.kms.test_audit_verify import rehash_from, resign_digests
 from volumed import kms as kms_pkg
 from volumed.kms import audit
+from volumed.kms.audit import log as audit_log
 
 
 @pytest.mark.parametrize("content", ["", "# rotated: the old key is commented out\n"])
@@ -33,7 +34,7 @@ def test_a_pin_listing_no_key_is_no_trust_root(sealed_keystore, content):  # noq
     evil = Ed25519PrivateKey.generate()
     resign_digests(conn, evil)
     conn.execute("UPDATE audit_config SET value = ? WHERE name = 'public_key'",
-                 (audit._raw_public(evil.public_key()).hex(),))
+                 (audit_log._raw_public(evil.public_key()).hex(),))
     report = audit.verify(conn)
     assert not report.ok
     assert any(p.kind == "key" and "no key" in p.message for p in report.problems)

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from botocore.exceptions import ClientError
 
-from volumed.kms import keystore as ks
+from volumed.kms.store import keystore as ks
 
 
 def _audit_text(kms) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from volumed import kms as kms_pkg
 from volumed.errors import VolumedError
-from volumed.kms import rootkey
+from volumed.kms.store import rootkey
 
 
 def _meta(ks: str) -> dict:

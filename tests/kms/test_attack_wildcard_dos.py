@@ -2,8 +2,8 @@
 
 ``*a*a*a*a*a*a*a*a*b`` in a StringLike condition against a 46-character encryption-context value
 took seconds in a backtracking regex, inside the keystore's write lock, so every other client
-waited. Now: a linear matcher (volumed.kms.wildcard), encryption contexts capped at 8,192
-characters, and the decision made outside the write lock (volumed.kms.decisions)."""
+waited. Now: a linear matcher (volumed.kms.policy.wildcard), encryption contexts capped at 8,192
+characters, and the decision made outside the write lock (volumed.kms.policy.decisions)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from volumed import kms as kms_pkg
-from volumed.kms import authz, awsmodel, wildcard
+from volumed.kms import awsmodel
+from volumed.kms.policy import authz, wildcard
 
 EVIL = "*a*a*a*a*a*a*a*a*b"
 # Generous: a backtracking matcher takes minutes to hours on these; a linear one milliseconds.
@@ -123,7 +124,7 @@ def test_a_slow_decision_does_not_block_other_clients(kms, key, keystore, clock,
                 assert release.wait(JOIN_TIMEOUT_S * 3)
             return real(*args)
         return slow
-    monkeypatch.setattr(authz, "authorize", slowed(authz.authorize, lambda a, k, r: r["principal"]))
+    monkeypatch.setattr(authz, "authorize", slowed(authz.authorize, lambda a, k, r: r.principal))
     monkeypatch.setattr(authz, "identity_decision",
                         slowed(authz.identity_decision, lambda req, p, a: req.principal_arn))
     slow = kms.with_identity(principal=slow_principal)
@@ -180,7 +181,7 @@ def test_decisions_are_cached_by_their_inputs(kms, key, monkeypatch):
         kms.encrypt(KeyId=key, Plaintext=b"x")
     assert exc.value.response["Error"]["Code"] == "AccessDeniedException" and calls == ["kms:Encrypt"]
 
-    from volumed.kms import decisions
+    from volumed.kms.policy import decisions
     counter = iter(range(10**6))
     monkeypatch.setattr(decisions, "fingerprint", lambda *a: str(next(counter)))
     calls.clear()

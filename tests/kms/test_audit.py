@@ -14,6 +14,7 @@ import pytest
 
 from tests.kms.conftest_b import (ACCT, ALICE, HOST, KEY_ARN, RDS, REGION, call, fill, open_db)
 from volumed.kms import audit
+from volumed.kms.audit import log as audit_log
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ def test_a_missing_signing_key_fails_the_call_at_seal_time(db):
     conn, clock, key_path = db
     fill(conn, clock, 4)
     os.unlink(key_path)
-    audit._KEY_CACHE.clear()
+    audit_log._KEY_CACHE.clear()
     with pytest.raises(audit.AuditError, match="cannot read the audit signing key"):
         call(conn, clock, 5)
     assert conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 4

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from volumed import kms as kms_pkg
-from volumed.kms import audit, awsmodel, principals, rootkey
+from volumed.kms import audit, awsmodel, principals
+from volumed.kms.store import rootkey
 
 CTX = {"aws:rds:db-id": "db-ABC", "aws:ebs:id": "vol-1"}
 

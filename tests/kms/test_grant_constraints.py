@@ -9,22 +9,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from volumed.errors import UsageError
-from volumed.kms import grants as G
+from volumed.kms.policy import grants as G
+from volumed.kms.values import Grant
 
 VOL = {"aws:ebs:id": "vol-1"}
 CTX = {"aws:rds:db-id": "db-1", "aws:ebs:id": "vol-1"}
 
 
-def grant(ops, subset=None, equals=None, **extra):
-    g = {"KeyId": "k", "GrantId": "g", "GranteePrincipal": "host", "Operations": list(ops), **extra}
+def grant(ops, subset=None, equals=None, GranteePrincipal="host", GrantId="g"):
     constraints = {}
     if subset is not None:
         constraints["EncryptionContextSubset"] = subset
     if equals is not None:
         constraints["EncryptionContextEquals"] = equals
-    if constraints:
-        g["Constraints"] = constraints
-    return g
+    return Grant(key_arn="k", grant_id=GrantId, created=0.0, grantee=GranteePrincipal,
+                 issuing_account="a", operations=tuple(ops), constraints=constraints or None)
 
 
 def test_grant_allows_only_its_operations():
@@ -187,7 +186,7 @@ def test_grantee_matching_and_the_allowing_grant():
     gs = [grant(["Decrypt"], subset={"aws:ebs:id": "vol-2"}, GranteePrincipal=role),
           grant(["Decrypt"], subset=VOL, GranteePrincipal=host, GrantId="g2"),
           grant(["Encrypt"], GranteePrincipal="arn:aws:iam::111122223333:user/alice")]
-    assert G.allowing_grant(gs, host, "Decrypt", CTX)["GrantId"] == "g2"
+    assert G.allowing_grant(gs, host, "Decrypt", CTX).grant_id == "g2"
     assert G.allowing_grant(gs, host, "Decrypt", {"aws:ebs:id": "vol-2"}) is gs[0]
     assert G.allowing_grant(gs, host, "Decrypt", {"aws:ebs:id": "vol-3"}) is None
     assert G.allowing_grant(gs, host, "Encrypt", VOL) is None

@@ -12,7 +12,8 @@ import pytest
 from tests.kms.conftest import code_of, message_of
 from tests.kms.test_enforcement_audit import cli_runner
 from volumed import kms as kms_pkg
-from volumed.kms import iamstore, principals
+from volumed.kms import principals
+from volumed.kms.store import iamstore
 
 ALLOW_DECRYPT = json.dumps({"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:Encrypt"], "Resource": "*"}]})

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from volumed.kms import policy as P
+from volumed.kms.policy import policy as P
 
 ACCT = "111122223333"
 OTHER = "444455556666"

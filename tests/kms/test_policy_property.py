@@ -1,4 +1,4 @@
-"""Property test: volumed.kms.policy.evaluate agrees with the independent model in
+"""Property test: volumed.kms.policy.policy.evaluate agrees with the independent model in
 tests/kms/policy_model.py on random key policies, identity policies and requests drawn from a
 vocabulary that makes statements overlap often (so allows, denies and delegation all occur)."""
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.kms import policy_model
-from volumed.kms import policy as P
+from volumed.kms.policy import policy as P
 
 from tests.kms.test_policy import ACCT, ALICE, BOB, EVE, HOST, KEY, OTHER, RDS, ROOT
 from tests.kms.test_policy import OTHER_KEY as KEY2

@@ -37,11 +37,11 @@ class KeyServer:
         self._ensure_keystore()
 
     def _ensure_keystore(self):
-        from volumed.kms.keystore import Keystore
+        from volumed.kms.store.keystore import Keystore
 
         store = Keystore(str(self.keystore))
         self.account, self.region = store.account_id, store.region
-        from volumed.kms import iamstore
+        from volumed.kms.store import iamstore
 
         self.admin = iamstore.admin_principal(store.conn)
         store.close()

@@ -174,7 +174,7 @@ def test_via_service_only_through_a_service_credential(server, alice):
     code, msg = _code(on_behalf(server.client(host), server.user("carol")).encrypt, KeyId=key["KeyId"], Plaintext=b"x")
     assert code == "AccessDeniedException" and "not a service credential" in msg
     # the audit record shows carol, invoked by RDS, with the service credential's key id
-    from volumed.kms.keystore import Keystore
+    from volumed.kms.store.keystore import Keystore
 
     store = Keystore(str(server.keystore))
     try:

@@ -54,7 +54,7 @@ def test_audit_records_the_network_caller(server, alice):
     request_id = resp["ResponseMetadata"]["RequestId"]
     with pytest.raises(ClientError):
         kms.disable_key(KeyId="1234abcd-12ab-34cd-56ef-1234567890ab")
-    from volumed.kms.keystore import Keystore
+    from volumed.kms.store.keystore import Keystore
 
     store = Keystore(str(server.keystore))
     try:

@@ -73,7 +73,7 @@ def test_revoked_grant_over_the_network_fails_the_mount_within_a_second(fleet, m
     assert grant["GranteePrincipal"] == server.host("fleet-host-1")  # the host key's principal
     _cut_within_a_second(m, fd, lambda: user.revoke_grant(KeyId=key, GrantId=st["grant_id"]))
     # the daemon's calls were the host's, signed with the host access key
-    from volumed.kms.keystore import Keystore
+    from volumed.kms.store.keystore import Keystore
 
     store = Keystore(str(server.keystore))
     try:

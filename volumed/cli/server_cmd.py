@@ -86,8 +86,8 @@ def register_serve(sub) -> None:
 def _create_key(args) -> int:
     import time
 
-    from volumed.kms.keystore import Keystore
     from volumed.kms.server import accesskeys
+    from volumed.kms.store.keystore import Keystore
 
     store = Keystore(_keystore_dir(args))
     try:
@@ -106,8 +106,8 @@ def _create_key(args) -> int:
 
 
 def _list_keys(args) -> int:
-    from volumed.kms.keystore import Keystore
     from volumed.kms.server import accesskeys
+    from volumed.kms.store.keystore import Keystore
 
     store = Keystore(_keystore_dir(args))
     try:
@@ -124,8 +124,8 @@ def _list_keys(args) -> int:
 
 
 def _delete_key(args) -> int:
-    from volumed.kms.keystore import Keystore
     from volumed.kms.server import accesskeys
+    from volumed.kms.store.keystore import Keystore
 
     store = Keystore(_keystore_dir(args))
     try:

@@ -17,9 +17,9 @@ The rules (docs/POLICY.md, "Principals"):
 - anything that is not an ARN (a service principal such as ``rds.amazonaws.com``) covers only
   itself, by string equality.
 
-Callers: volumed.kms.policy (principal elements, aws:PrincipalArn), volumed.kms.grants (grantee
-and retiring principals), volumed.kms.iamstore (whose policies apply to a caller), volumed.kms.iam
-(attachment targets, the root), volumed.kms.authz, volumed.kms.audit (userIdentity).
+Callers: volumed.kms.policy.policy (principal elements, aws:PrincipalArn), volumed.kms.policy.grants (grantee
+and retiring principals), volumed.kms.store.iamstore (whose policies apply to a caller), volumed.kms.ops.iam_ops
+(attachment targets, the root), volumed.kms.policy.authz, volumed.kms.audit (userIdentity).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Arn:
     resource: str
 
     @classmethod
-    def parse(cls, text: str) -> "Arn":
+    def parse(cls, text: object) -> "Arn":
         """Parse ``text``; InvalidArn naming the part at fault."""
         if not isinstance(text, str):
             raise InvalidArn(f"an ARN must be a string, not {type(text).__name__}")
@@ -77,7 +77,7 @@ class Arn:
         return cls(partition, service, region, account, resource)
 
     @classmethod
-    def try_parse(cls, text) -> "Arn | None":
+    def try_parse(cls, text: object) -> "Arn | None":
         """``parse`` that returns None for anything that is not an ARN."""
         try:
             return cls.parse(text)
@@ -148,11 +148,11 @@ class Arn:
         return Arn(partition, "iam", "", account, "root")
 
 
-def _as_arn(value) -> "Arn | None":
+def _as_arn(value: object) -> "Arn | None":
     return value if isinstance(value, Arn) else Arn.try_parse(value)
 
 
-def principal_key(caller) -> str:
+def principal_key(caller: object) -> str:
     """The caller as a policy sees it in aws:PrincipalArn: an assumed-role session counts as its
     role; anything else as itself."""
     a = _as_arn(caller)
@@ -160,7 +160,7 @@ def principal_key(caller) -> str:
     return str(role) if role else str(caller)
 
 
-def covers(entry, caller) -> bool:
+def covers(entry: object, caller: object) -> bool:
     """Whether a principal ``entry`` (of a key policy, a grant's grantee or retiring principal)
     names ``caller``: the same principal, or the caller is an assumed-role session of the role
     ``entry`` names (same partition, account and role name, any path). See the module doc."""
@@ -175,14 +175,14 @@ def covers(entry, caller) -> bool:
     return bool(s and e.role_name is not None and e.same_account(c) and e.role_name == s[0])
 
 
-def account_covers(entry, caller) -> bool:
+def account_covers(entry: object, caller: object) -> bool:
     """Whether ``entry`` is the root of the caller's account (same partition and account): a key
     policy statement naming it enables the caller's identity policies."""
     e, c = _as_arn(entry), _as_arn(caller)
     return bool(e and c and e.is_root and c.is_principal and e.same_account(c))
 
 
-def account_of(principal) -> str | None:
+def account_of(principal: object) -> str | None:
     """The 12-digit account of an IAM/STS principal ARN (or a bare account id), else None."""
     if isinstance(principal, str) and re.fullmatch(r"\d{12}", principal):
         return principal
@@ -190,19 +190,19 @@ def account_of(principal) -> str | None:
     return a.account if a and a.service in ("iam", "sts") and a.account else None
 
 
-def partition_of(principal) -> str | None:
+def partition_of(principal: object) -> str | None:
     """The partition of a principal ARN, else None."""
     a = _as_arn(principal)
     return a.partition if a else None
 
 
-def is_account_root(principal) -> bool:
+def is_account_root(principal: object) -> bool:
     """Whether ``principal`` is an account principal ``arn:P:iam::A:root`` (any partition)."""
     a = _as_arn(principal)
     return bool(a and a.is_root)
 
 
-def is_root_of(caller, account: str, partition: str = KEYSTORE_PARTITION) -> bool:
+def is_root_of(caller: object, account: str, partition: str = KEYSTORE_PARTITION) -> bool:
     """Whether ``caller`` is the root of ``account`` in ``partition`` (the keystore's account)."""
     a = _as_arn(caller)
     return bool(a and a == Arn.root(partition, account))

@@ -12,25 +12,71 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import re
 import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, NotRequired, TypedDict
 
 import botocore.session
+from botocore import xform_name
 from botocore.errorfactory import BaseClientExceptions, ClientExceptionsFactory
 from botocore.exceptions import ClientError, ParamValidationError
 from botocore.validate import ParamValidator
+
+
+
+class GrantListEntry(TypedDict):
+    """One grant as ListGrants/ListRetirableGrants return it."""
+
+    KeyId: str
+    GrantId: str
+    CreationDate: _dt.datetime | None
+    GranteePrincipal: str
+    IssuingAccount: str
+    Operations: list[str]
+    Name: NotRequired[str]
+    RetiringPrincipal: NotRequired[str]
+    Constraints: NotRequired[dict[str, dict[str, str]]]
+
+
+class KeyMetadata(TypedDict):
+    """DescribeKey's and CreateKey's KeyMetadata, as the embedded service fills it."""
+
+    AWSAccountId: str
+    KeyId: str
+    Arn: str
+    CreationDate: _dt.datetime | None
+    Enabled: bool
+    Description: str
+    KeyUsage: str
+    KeyState: str
+    Origin: str
+    KeyManager: str
+    CustomerMasterKeySpec: str
+    KeySpec: str
+    EncryptionAlgorithms: list[str]
+    MultiRegion: bool
+    CurrentKeyMaterialId: str
+    DeletionDate: NotRequired[_dt.datetime | None]
+    PendingDeletionWindowInDays: NotRequired[int | None]
+
+
+# A request's parameters and a response body as boto3 passes them (the service model's shapes).
+Params = dict[str, Any]
+Response = dict[str, Any]
 
 # Codes AWS KMS sends on the wire that its service model does not declare.
 _UNMODELLED_CODES = ("AccessDeniedException", "ValidationException", "NotAuthorizedException")
 
 
 @functools.lru_cache(maxsize=1)
-def service_model():
-    """The KMS ServiceModel of the installed botocore (cached)."""
+def service_model() -> Any:
+    """The KMS ServiceModel of the installed botocore (cached; botocore is untyped)."""
     return botocore.session.get_session().get_service_model("kms")
 
 
 @functools.lru_cache(maxsize=1)
-def paginator_model():
+def paginator_model() -> Any:
     """botocore's KMS pagination config (which List* calls page, by which tokens)."""
     return botocore.session.get_session().get_paginator_model("kms")
 
@@ -55,25 +101,30 @@ def client_error(code: str, message: str, operation: str) -> ClientError:
     return exceptions().from_code(code)(response, operation)
 
 
-def response_metadata(status: int = 200) -> dict:
+def response_metadata(status: int = 200) -> dict[str, Any]:
     """The ResponseMetadata member boto3 adds to every response."""
     return {"RequestId": str(uuid.uuid4()), "HTTPStatusCode": status,
             "HTTPHeaders": {"x-amzn-requestid": "embedded"}, "RetryAttempts": 0}
 
 
+def to_datetime(t: float | None) -> _dt.datetime | None:
+    """Epoch seconds -> aware UTC datetime (the type boto3 returns for timestamps)."""
+    if t is None:
+        return None
+    return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc)
+
+
 def operation_name(method: str) -> str:
     """boto3 method name (``create_key``) -> operation name (``CreateKey``)."""
-    return _method_to_op()[method]
+    return str(_method_to_op()[method])
 
 
 @functools.lru_cache(maxsize=1)
-def _method_to_op() -> dict:
-    from botocore import xform_name
-
+def _method_to_op() -> dict[str, str]:
     return {xform_name(op): op for op in service_model().operation_names}
 
 
-def validate_request(operation: str, params: dict) -> None:
+def validate_request(operation: str, params: Mapping[str, Any]) -> None:
     """Raise ParamValidationError exactly where boto3 would, before any request is sent."""
     shape = service_model().operation_model(operation).input_shape
     if shape is None:
@@ -85,7 +136,7 @@ def validate_request(operation: str, params: dict) -> None:
         raise ParamValidationError(report=report.generate_report())
 
 
-def validate_response(operation: str, response: dict) -> None:
+def validate_response(operation: str, response: Mapping[str, Any]) -> None:
     """Check a response against the model's output shape: required members present, types right,
     nothing extra (ResponseMetadata, which boto3 adds, excepted). Raises AssertionError."""
     shape = service_model().operation_model(operation).output_shape
@@ -99,7 +150,7 @@ def validate_response(operation: str, response: dict) -> None:
     _check_output_values(shape, body, operation)
 
 
-def _check_output_values(shape, value, path):
+def _check_output_values(shape: Any, value: Any, path: str) -> None:
     """Enums and timezone-awareness of timestamps, which ParamValidator does not check."""
     if value is None:
         return
@@ -123,7 +174,7 @@ MAX_ENCRYPTION_CONTEXT_CHARS = 8192  # keys and values together, as AWS KMS limi
 _CONTEXT_PARAMS = ("EncryptionContext", "SourceEncryptionContext", "DestinationEncryptionContext")
 
 
-def _context_sizes(params: dict):
+def _context_sizes(params: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """(where, characters) of every encryption context in a request, grant constraints included."""
     for name in _CONTEXT_PARAMS:
         if isinstance(params.get(name), dict):
@@ -133,7 +184,7 @@ def _context_sizes(params: dict):
             yield f"constraints.{name[0].lower() + name[1:]}", ctx
 
 
-def check_constraints(operation: str, params: dict) -> None:
+def check_constraints(operation: str, params: Mapping[str, Any]) -> None:
     """The server-side checks AWS applies after boto3's (enum values, max lengths, integer and
     list ranges, an encryption context of at most MAX_ENCRYPTION_CONTEXT_CHARS characters, which
     also bounds the text a policy's StringLike patterns are matched against); raise
@@ -154,13 +205,11 @@ def check_constraints(operation: str, params: dict) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _pattern(pattern: str):
-    import re
-
+def _pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern.removeprefix("^").removesuffix("$"))
 
 
-def _constraints(shape, value, path, errors, hide=False):
+def _constraints(shape: Any, value: Any, path: str, errors: list[str], hide: bool = False) -> None:
     """Append every violation in ``value`` to ``errors``. Values are quoted as AWS does, except
     sensitive members and list values and their items (``hide``): a list may hold grant tokens,
     which must never reach an error message and through it the audit log (docs/AUDIT.md)."""

@@ -7,9 +7,11 @@ grants to the host), the mount daemon (which calls as the host principal), tests
 from __future__ import annotations
 
 import getpass
+import os
 import socket
+from typing import Protocol
 
-from volumed.kms.arn import KEYSTORE_PARTITION, Arn
+from volumed.kms.arn import Arn, KEYSTORE_PARTITION
 
 
 def user_arn(account: str, login: str) -> str:
@@ -37,16 +39,20 @@ def current_login() -> str:
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry, no LOGNAME: a container uid
-        import os
-
         return f"uid{os.getuid()}"
 
 
-def default_user_principal(client) -> str:
+class _HasAccount(Protocol):
+    """A key-service client that names its keystore's account (EmbeddedKMS.account_id)."""
+
+    def account_id(self) -> str: ...
+
+
+def default_user_principal(client: _HasAccount) -> str:
     """The keystore's user ARN for the current login (the CLI's and the tests' default caller)."""
     return user_arn(client.account_id(), current_login())
 
 
-def default_host_principal(client) -> str:
+def default_host_principal(client: _HasAccount) -> str:
     """The host principal of this machine on the client's keystore."""
     return host_arn(client.account_id(), socket.gethostname())

@@ -2,7 +2,7 @@
 
 An access key is (id, secret, principal ARN, optional service). SigV4 needs the secret on the
 server to recompute a signature, so the secret is stored wrapped (AES-256-GCM under the keystore's
-root key, bound to the key id: volumed.kms.rootkey.wrap), never hashed and never in plaintext.
+root key, bound to the key id: volumed.kms.store.rootkey.wrap), never hashed and never in plaintext.
 The principal and the service come from this table only, never from a request.
 
 A *service credential* (``service`` set, e.g. ``rds.amazonaws.com``) stands for an AWS service
@@ -21,9 +21,12 @@ from __future__ import annotations
 import re
 import secrets
 import sqlite3
+from typing import Any
 
 from volumed.errors import UsageError
-from volumed.kms import rootkey
+from volumed.kms.store import rootkey
+from volumed.kms.store.keystore import Keystore
+from volumed.secrets import wipe
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS access_keys (
     access_key_id TEXT PRIMARY KEY, principal TEXT NOT NULL, service TEXT,
@@ -34,7 +37,7 @@ _SERVICE_RE = re.compile(r"^[a-z0-9-]{2,63}\.amazonaws\.com$")
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
-def ensure_schema(conn) -> None:
+def ensure_schema(conn: sqlite3.Connection) -> None:
     conn.execute(SCHEMA)
 
 
@@ -47,7 +50,7 @@ def new_id() -> str:
     return "AKIA" + "".join(secrets.choice(_ALPHABET) for _ in range(16))
 
 
-def is_principal(arn) -> bool:
+def is_principal(arn: object) -> bool:
     """True if ``arn`` is a principal an access key can stand for (or a service act on behalf of)."""
     return isinstance(arn, str) and _PRINCIPAL_RE.fullmatch(arn) is not None
 
@@ -66,7 +69,7 @@ def check_service(service: str | None) -> str | None:
     return service
 
 
-def create(store, principal: str, service: str | None, now: float) -> tuple[str, str]:
+def create(store: Keystore, principal: str, service: str | None, now: float) -> tuple[str, str]:
     """A new access key for ``principal`` (of the keystore's account); returns (id, secret). The
     secret exists in plaintext only in the return value."""
     check_principal(principal)
@@ -79,21 +82,21 @@ def create(store, principal: str, service: str | None, now: float) -> tuple[str,
     secret = secrets.token_urlsafe(30)[:40]
     wrapped = rootkey.wrap(store.root, _wrap_id(key_id), 0, secret.encode())
 
-    def txn(conn):
+    def txn(conn: sqlite3.Connection) -> None:
         ensure_schema(conn)
         conn.execute("INSERT INTO access_keys (access_key_id, principal, service, wrapped_secret, created) "
                       "VALUES (?, ?, ?, ?, ?)", (key_id, principal, service, wrapped, now))
-        conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'change_counter'")
+        Keystore.bump(conn)
     store.run(txn)
     return key_id, secret
 
 
-def listing(store, principal: str | None = None) -> list[dict]:
+def listing(store: Keystore, principal: str | None = None) -> list[dict[str, Any]]:
     """Every access key (or one principal's), without secrets."""
-    def txn(conn):
+    def txn(conn: sqlite3.Connection) -> list[sqlite3.Row]:
         ensure_schema(conn)
         sql = "SELECT access_key_id, principal, service, created FROM access_keys"
-        args: tuple = ()
+        args: tuple[str, ...] = ()
         if principal:
             sql += " WHERE principal = ?"
             args = (principal,)
@@ -101,19 +104,19 @@ def listing(store, principal: str | None = None) -> list[dict]:
     return [{"AccessKeyId": r[0], "Principal": r[1], "Service": r[2], "Created": r[3]} for r in store.run(txn)]
 
 
-def delete(store, access_key_id: str) -> None:
+def delete(store: Keystore, access_key_id: str) -> None:
     """Delete an access key; requests signed with it fail from the next request on."""
-    def txn(conn):
+    def txn(conn: sqlite3.Connection) -> int:
         ensure_schema(conn)
         cur = conn.execute("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,))
         if cur.rowcount:
-            conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'change_counter'")
+            Keystore.bump(conn)
         return cur.rowcount
     if not store.run(txn):
         raise UsageError(f"no access key {access_key_id!r}; list them with 'volumed iam list-access-keys'")
 
 
-def lookup(conn: sqlite3.Connection, root, access_key_id: str) -> tuple[str, str | None, str] | None:
+def lookup(conn: sqlite3.Connection, root: bytes | bytearray, access_key_id: str) -> tuple[str, str | None, str] | None:
     """(principal, service, secret) of an access key, or None if there is no such key."""
     row = conn.execute("SELECT principal, service, wrapped_secret FROM access_keys WHERE access_key_id = ?",
                        (access_key_id,)).fetchone()
@@ -121,6 +124,6 @@ def lookup(conn: sqlite3.Connection, root, access_key_id: str) -> tuple[str, str
         return None
     secret = rootkey.unwrap(root, _wrap_id(access_key_id), 0, row[2])
     try:
-        return row[0], row[1], bytes(secret).decode()
+        return str(row[0]), row[1], bytes(secret).decode()
     finally:
-        rootkey.wipe(secret)
+        wipe(secret)

@@ -27,21 +27,25 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
 from botocore.exceptions import ClientError, ParamValidationError
 
-from volumed.clock import SYSTEM_CLOCK
-from volumed.errors import VolumedError
-from volumed.kms import audit, awsmodel, keys
-from volumed.kms.keystore import DB_FILE, Keystore
+from volumed.clock import SYSTEM_CLOCK, Clock
+from volumed.errors import VolumedError, aws_error_code, aws_error_message
+from volumed.kms import audit, awsmodel
+from volumed.kms.awsmodel import Response
+from volumed.kms.ops import keys
 from volumed.kms.server import accesskeys, sigv4, wire
 from volumed.kms.server.commit import GroupCommitKeystore
 from volumed.kms.server.errors import WireError, status_of
 from volumed.kms.server.ratelimit import RateLimiter
-from volumed.kms.service import OPERATIONS, EmbeddedKMS
+from volumed.kms.service import EmbeddedKMS, OPERATIONS
+from volumed.kms.store.keystore import DB_FILE
 
 log = logging.getLogger("volumed.kms.server")
 
@@ -49,6 +53,10 @@ MAX_BODY = 256 * 1024
 MAX_HEADER = 16 * 1024
 DEFAULT_RATE = 2000.0
 ON_BEHALF_HEADER = "x-volumed-on-behalf-of"
+# ASGI's three arguments (the ASGI spec; uvicorn calls the application with these)
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 _OP_TO_METHOD = {awsmodel.operation_name(m): m for m in OPERATIONS}
 
 
@@ -56,7 +64,7 @@ class KeyServer:
     """The application object (ASGI callable). ``clock`` drives SigV4's skew check, rate limits
     and the key service's time."""
 
-    def __init__(self, keystore_dir: str, *, clock=SYSTEM_CLOCK, rate: float = DEFAULT_RATE,
+    def __init__(self, keystore_dir: str, *, clock: Clock = SYSTEM_CLOCK, rate: float = DEFAULT_RATE,
                  burst: float | None = None, max_body: int = MAX_BODY, max_header: int = MAX_HEADER,
                  workers: int = 64):
         self.clock = clock
@@ -101,7 +109,7 @@ class KeyServer:
         self._read.close()
 
     # -- reads outside the write path ----------------------------------------------------------
-    def _lookup(self, access_key_id: str):
+    def _lookup(self, access_key_id: str) -> sigv4.KeyOwner | None:
         with self._read_lock:
             return accesskeys.lookup(self._read, self.store.root, access_key_id)
 
@@ -110,19 +118,13 @@ class KeyServer:
             counter = int(self._read.execute("SELECT v FROM meta WHERE k = 'change_counter'").fetchone()[0])
             due = keys.deletion_due(self._read, self.clock.time())
         if due:  # a deletion window ended: apply it, so watchers see the key's destruction
-            def sweep(conn):
-                ctx = self.kms._context(conn, "ChangeCounter", {})
-                keys.apply_time_effects(ctx)
-                if ctx.changed:
-                    Keystore.bump(conn)
-            self.store.run(sweep)
-            self.store.checkpoint()
+            self.kms.apply_time_effects()
             with self._read_lock:
                 counter = int(self._read.execute("SELECT v FROM meta WHERE k = 'change_counter'").fetchone()[0])
         return counter
 
     # -- ASGI ----------------------------------------------------------------------------------
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 msg = await receive()
@@ -151,11 +153,12 @@ class KeyServer:
                                 (b"x-amzn-requestid", request_id.encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    async def _read_body(self, scope, receive, headers) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive, headers: dict[str, str]) -> bytes:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             raise WireError("ValidationException", f"request body exceeds {self.max_body} bytes", 413)
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
@@ -168,7 +171,7 @@ class KeyServer:
             if not msg.get("more_body"):
                 return b"".join(chunks)
 
-    def _headers(self, scope) -> dict:
+    def _headers(self, scope: Scope) -> dict[str, str]:
         headers: dict[str, str] = {}
         total = 0
         for k, v in scope["headers"]:
@@ -180,7 +183,7 @@ class KeyServer:
             raise WireError("ValidationException", f"request headers exceed {self.max_header} bytes", 431)
         return headers
 
-    async def _handle(self, scope, receive, request_id):
+    async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> tuple[int, bytes, str]:
         headers = self._headers(scope)
         if scope["method"] == "GET" and scope["path"] == "/ping":
             ok = self.store._writer.is_alive()
@@ -236,7 +239,7 @@ class KeyServer:
                                "user_agent": headers.get("user-agent", "")[:1024],
                                "access_key_id": auth["access_key_id"], "request_id": request_id}
 
-        def call():
+        def call() -> tuple[Response | None, ClientError | WireError | None]:
             try:
                 return getattr(client, method)(**params), None
             except ClientError as err:
@@ -246,15 +249,16 @@ class KeyServer:
             except VolumedError as err:  # keystore or audit fault
                 log.error("request %s: %s", request_id, err)
                 return None, WireError("KMSInternalException", str(err), 500)
-        response, err = await asyncio.get_running_loop().run_in_executor(self.pool, call)
-        if isinstance(err, WireError):
-            raise err
-        if err is not None:
-            code = err.response["Error"]["Code"]
-            raise WireError(code, err.response["Error"].get("Message", ""), status_of(code))
+        response, failure = await asyncio.get_running_loop().run_in_executor(self.pool, call)
+        if isinstance(failure, WireError):
+            raise failure
+        if failure is not None:
+            code = aws_error_code(failure) or "KMSInternalException"
+            raise WireError(code, aws_error_message(failure), status_of(code))
+        assert response is not None
         return 200, wire.encode_response(operation, response), wire.CONTENT_TYPE
 
-    def _sts(self, body: bytes, principal: str, request_id: str):
+    def _sts(self, body: bytes, principal: str, request_id: str) -> tuple[int, bytes, str]:
         form = parse_qs(body.decode("utf-8", "replace"))
         action = (form.get("Action") or [""])[0]
         if action != "GetCallerIdentity":
@@ -270,7 +274,6 @@ class KeyServer:
         return 200, xml.encode(), "text/xml"
 
 
-WireError.sts = False
 
 
 def _sts_error(exc: WireError, request_id: str) -> bytes:

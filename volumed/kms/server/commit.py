@@ -21,19 +21,24 @@ import os
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable
+from typing import TypeVar, cast
 
-from volumed.kms import rootkey
-from volumed.kms.keystore import MAX_ATTEMPTS, Keystore, _is_busy, begin_immediate
+from volumed.kms.store import rootkey
+from volumed.kms.store.keystore import Keystore, MAX_ATTEMPTS, _is_busy, begin_immediate
+
+
+T = TypeVar("T")
 
 
 class _Call:
     __slots__ = ("fn", "done", "result", "exc")
 
-    def __init__(self, fn):
+    def __init__(self, fn: Callable[[sqlite3.Connection], object]):
         self.fn = fn
         self.done = threading.Event()
-        self.result = None
-        self.exc = None
+        self.result: object = None
+        self.exc: BaseException | None = None
 
 
 class GroupCommitKeystore(Keystore):
@@ -42,12 +47,12 @@ class GroupCommitKeystore(Keystore):
         self.max_batch = max_batch
         self.batches = 0
         self.calls = 0
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._batch_fd = os.open(os.path.join(self.directory, ".server-write.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         self._writer = threading.Thread(target=self._write_loop, name="kms-group-commit", daemon=True)
         self._writer.start()
 
-    def run(self, fn):
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if threading.current_thread() is self._writer:
             raise RuntimeError("nested key-service transaction on the group-commit writer")
         call = _Call(fn)
@@ -55,7 +60,7 @@ class GroupCommitKeystore(Keystore):
         call.done.wait()
         if call.exc is not None:
             raise call.exc
-        return call.result
+        return cast(T, call.result)  # what fn returned, set by the writer thread
 
     def close(self) -> None:
         if hasattr(self, "_writer"):  # (Keystore.__init__ closes a store it failed to open)
@@ -88,7 +93,7 @@ class GroupCommitKeystore(Keystore):
             for call in batch:
                 call.done.set()
 
-    def _run_batch(self, batch: list) -> None:
+    def _run_batch(self, batch: list[_Call]) -> None:
         # Several server processes (--workers) queue on one flock, which wakes the next writer as
         # soon as a batch commits, instead of SQLite's busy handler sleeping 1, 2, 5, 10... ms.
         fcntl.flock(self._batch_fd, fcntl.LOCK_EX)
@@ -97,7 +102,7 @@ class GroupCommitKeystore(Keystore):
         finally:
             fcntl.flock(self._batch_fd, fcntl.LOCK_UN)
 
-    def _run_batch_locked(self, batch: list) -> None:
+    def _run_batch_locked(self, batch: list[_Call]) -> None:
         conn = self.conn
         with self.lock:
             for attempt in range(MAX_ATTEMPTS):

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 
 class WireError(Exception):
-    """A request refused before or outside the key service (auth, protocol, limits)."""
+    """A request refused before or outside the key service (auth, protocol, limits). ``sts``: the
+    request was an STS call, answered in STS's XML error shape (set by volumed.kms.server.app)."""
+
+    sts: bool = False
 
     def __init__(self, code: str, message: str, status: int = 400):
         super().__init__(f"{code}: {message}")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import threading
 
+from volumed.clock import Clock
+
 
 class RateLimiter:
-    def __init__(self, rate: float, burst: float | None, clock):
+    def __init__(self, rate: float, burst: float | None, clock: Clock):
         self.rate = float(rate)
         self.burst = float(burst if burst is not None else max(1.0, rate))
         self.clock = clock

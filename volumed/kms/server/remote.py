@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 
+from collections.abc import Callable
+from typing import Any
+
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError
@@ -19,12 +22,12 @@ from botocore.exceptions import ClientError
 TARGET = "VolumedService.GetChangeCounter"
 
 
-def is_volumed_endpoint(client) -> bool:
+def is_volumed_endpoint(client: Any) -> bool:
     url = getattr(getattr(client, "meta", None), "endpoint_url", None) or ""
     return url.startswith(("http://", "https://")) and ".amazonaws.com" not in url
 
 
-def _signed_post(client, target: str, body: bytes):
+def _signed_post(client: Any, target: str, body: bytes) -> Any:
     url = client.meta.endpoint_url.rstrip("/") + "/"
     req = AWSRequest(method="POST", url=url, data=body,
                      headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target})
@@ -33,7 +36,7 @@ def _signed_post(client, target: str, body: bytes):
     return client._endpoint.http_session.send(req.prepare())
 
 
-def change_counter_fn(client):
+def change_counter_fn(client: Any) -> Callable[[], int] | None:
     """The server's change counter as a callable (raises ClientError or a connection error), or
     None when ``client`` does not talk to a volumed key server."""
     if not is_volumed_endpoint(client):
@@ -58,7 +61,7 @@ def change_counter_fn(client):
     return counter
 
 
-def caller_arn(session, endpoint_url: str, region: str) -> str:
+def caller_arn(session: Any, endpoint_url: str, region: str) -> str:
     """The ARN of ``session``'s credentials as the key server knows them."""
     sts = session.client("sts", endpoint_url=endpoint_url, region_name=region)
-    return sts.get_caller_identity()["Arn"]
+    return str(sts.get_caller_identity()["Arn"])

@@ -17,8 +17,13 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
+from types import FrameType
 
+from volumed.clock import FakeClock, SYSTEM_CLOCK
 from volumed.errors import UsageError
+from volumed.kms.server import tls
+from volumed.kms.server.app import KeyServer
+from volumed.kms.store.keystore import Keystore
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 
@@ -91,11 +96,6 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
 
     import uvicorn
 
-    from volumed.clock import SYSTEM_CLOCK, FakeClock
-    from volumed.kms.keystore import Keystore
-    from volumed.kms.server import tls
-    from volumed.kms.server.app import KeyServer
-
     host, port = parse_listen(listen)
     if insecure_http and not is_loopback(host):
         raise UsageError(f"--insecure-http serves keys without TLS and is allowed only on a loopback "
@@ -106,7 +106,8 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
         raise UsageError("--workers must be at least 1")
     clock = FakeClock(fake_time) if fake_time is not None else SYSTEM_CLOCK
     Keystore(keystore).close()  # create/upgrade it once, before any worker opens it
-    ssl_args: dict = {}
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     fp = None
     if not insecure_http:
         if tls_cert:
@@ -116,11 +117,11 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
             if created:
                 print(f"created a self-signed TLS certificate {cert}", file=sys.stderr)
         fp = tls.fingerprint(cert)
-        ssl_args = {"ssl_certfile": cert, "ssl_keyfile": key}
+        ssl_certfile, ssl_keyfile = cert, key
     sock = _bind(host, port)
     children = _fork_workers(workers - 1) if fake_time is None else []
     if children:
-        def stop_children(signum, _frame):
+        def stop_children(signum: int, _frame: FrameType | None) -> None:
             for pid in children:
                 try:
                     os.kill(pid, signal.SIGTERM)
@@ -139,15 +140,15 @@ def serve(*, keystore: str, listen: str, tls_cert: str | None, tls_key: str | No
         port = sock.getsockname()[1]
         scheme = "http" if insecure_http else "https"
         shown = f"[{host}]" if ":" in host else host
-        ready = {"url": f"{scheme}://{shown}:{port}", "keystore": app.store.directory,
+        ready: dict[str, object] = {"url": f"{scheme}://{shown}:{port}", "keystore": app.store.directory,
                  "region": app.region, "account": app.account}
         if fp:
-            ready.update(certificate=ssl_args["ssl_certfile"], sha256_fingerprint=fp)
+            ready.update(certificate=ssl_certfile, sha256_fingerprint=fp)
         if not is_worker:
             print(json.dumps(ready), flush=True)
         config = uvicorn.Config(app, http="httptools", loop="asyncio", lifespan="on", log_level="warning",
                                 access_log=False, timeout_keep_alive=75, limit_concurrency=2048,
-                                backlog=1024, **ssl_args)
+                                backlog=1024, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
         server = uvicorn.Server(config)
         server.run(sockets=[sock])
     finally:

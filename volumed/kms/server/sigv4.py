@@ -25,6 +25,8 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Callable, Mapping
+from typing import TypedDict
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
@@ -39,31 +41,46 @@ _CRED_RE = re.compile(r"^([A-Z0-9]{16,128})/(\d{8})/([a-z0-9-]+)/([a-z0-9-]+)/aw
 _SIG_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class _Recompute(SigV4Auth):
+class _Recompute(SigV4Auth):  # type: ignore[misc]  # botocore is untyped (Any); its signer is the reference
     """botocore's SigV4 signer restricted to the headers the client signed."""
 
-    def __init__(self, credentials, service, region, signed: list[str]):
+    def __init__(self, credentials: Credentials, service: str, region: str, signed: list[str]):
         super().__init__(credentials, service, region)
         self._signed = signed
 
-    def headers_to_sign(self, request):
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
         out = HTTPHeaders()
         for name in self._signed:
             out[name] = request.headers.get(name, "")
         return out
 
 
+class Authorization(TypedDict):
+    """The parts of a SigV4 Authorization header (and its credential scope)."""
+
+    access_key_id: str
+    date: str
+    region: str
+    service: str
+    signed: list[str]
+    signature: str
+
+
+# (principal, service it acts for or None, secret) of an access key
+KeyOwner = tuple[str, str | None, str]
+
+
 def _incomplete(message: str) -> WireError:
     return WireError("IncompleteSignatureException", message)
 
 
-def parse_authorization(value: str) -> dict:
+def parse_authorization(value: str) -> Authorization:
     """The Credential, SignedHeaders and Signature parts of an Authorization header."""
     m = _AUTH_RE.fullmatch(value or "")
     if not m:
         raise _incomplete(f"Authorization header requires the AWS4-HMAC-SHA256 algorithm. "
                           f"Authorization={value[:64]}")
-    parts = {}
+    parts: dict[str, str] = {}
     for item in m.group(1).split(","):
         k, sep, v = item.strip().partition("=")
         if sep:
@@ -98,7 +115,7 @@ def check_time(amz_date: str, now: float) -> None:
     except (ValueError, TypeError):
         raise _incomplete("X-Amz-Date must be in the ISO 8601 basic format YYYYMMDDTHHMMSSZ") from None
 
-    def fmt(x):
+    def fmt(x: float) -> str:
         return time.strftime(_TS, time.gmtime(x))
     if t < now - MAX_SKEW_S:
         raise WireError("InvalidSignatureException",
@@ -110,8 +127,9 @@ def check_time(amz_date: str, now: float) -> None:
                         f"{fmt(now + MAX_SKEW_S)} ({fmt(now)} + 5 min.)")
 
 
-def verify(*, method: str, path: str, query: str, headers: dict, body: bytes, region: str,
-           services: tuple[str, ...], now: float, lookup) -> tuple[dict, tuple]:
+def verify(*, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes, region: str,
+           services: tuple[str, ...], now: float,
+           lookup: Callable[[str], KeyOwner | None]) -> tuple[Authorization, KeyOwner]:
     """Authenticate one request. ``headers`` maps lower-case names to values; ``lookup(akid)``
     gives (principal, service, secret) or None. Returns (parsed Authorization, lookup result)."""
     value = headers.get("authorization")
@@ -154,7 +172,7 @@ def verify(*, method: str, path: str, query: str, headers: dict, body: bytes, re
     signer = _Recompute(Credentials(auth["access_key_id"], secret), auth["service"], auth["region"],
                         auth["signed"])
     canonical = signer.canonical_request(req)
-    expected = signer.signature(signer.string_to_sign(req, canonical), req)
+    expected: str = signer.signature(signer.string_to_sign(req, canonical), req)
     if not hmac.compare_digest(expected, auth["signature"]):
         raise WireError("InvalidSignatureException",
                         "The request signature we calculated does not match the signature you provided. "

@@ -33,7 +33,7 @@ def fingerprint(cert_path: str) -> str:
 
 
 def _san(names: list[str]) -> x509.SubjectAlternativeName:
-    entries: list = []
+    entries: list[x509.GeneralName] = []
     seen = set()
     for name in names:
         if not name or name in seen or name in ("0.0.0.0", "::"):

@@ -12,8 +12,10 @@ import base64
 import binascii
 import datetime as _dt
 import json
+from typing import Any
 
 from volumed.kms import awsmodel
+from volumed.kms.awsmodel import Params, Response
 from volumed.kms.server.errors import WireError
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -23,14 +25,14 @@ def _serialization(message: str) -> WireError:
     return WireError("SerializationException", message)
 
 
-def _from_json(shape, value, path: str):
+def _from_json(shape: Any, value: Any, path: str) -> Any:
     if value is None:
         return None
     t = shape.type_name
     if t == "structure":
         if not isinstance(value, dict):
             raise _serialization(f"{path or 'request'}: expected a JSON object")
-        out = {}
+        out: dict[str, Any] = {}
         for k, v in value.items():
             member = shape.members.get(k)
             out[k] = _from_json(member, v, f"{path}.{k}" if path else k) if member is not None else v
@@ -63,7 +65,7 @@ def _from_json(shape, value, path: str):
     return value
 
 
-def _to_json(shape, value):
+def _to_json(shape: Any, value: Any) -> Any:
     if value is None:
         return None
     t = shape.type_name if shape is not None else None
@@ -81,7 +83,7 @@ def _to_json(shape, value):
     return value
 
 
-def decode_request(operation: str, body: bytes) -> dict:
+def decode_request(operation: str, body: bytes) -> Params:
     """The request body of ``operation`` as boto3 parameters; SerializationException if malformed."""
     try:
         data = json.loads(body.decode("utf-8", "strict") or "{}") if body else {}
@@ -90,10 +92,11 @@ def decode_request(operation: str, body: bytes) -> dict:
     shape = awsmodel.service_model().operation_model(operation).input_shape
     if shape is None:
         return {}
-    return _from_json(shape, data, "")
+    params: Params = _from_json(shape, data, "")
+    return params
 
 
-def encode_response(operation: str, response: dict) -> bytes:
+def encode_response(operation: str, response: Response) -> bytes:
     shape = awsmodel.service_model().operation_model(operation).output_shape
     out = _to_json(shape, response) if shape is not None else {}
     return json.dumps(out or {}, separators=(",", ":")).encode()

@@ -1,10 +1,10 @@
-"""Grant semantics as pure functions over grants in the AWS ListGrants shape.
+"""Grant semantics as pure functions over grants (volumed.kms.values.Grant, and GrantTerms for a
+grant CreateGrant is asked to make).
 
-A grant is a dict ``{"KeyId", "GrantId", "Name", "GranteePrincipal", "RetiringPrincipal",
-"Operations": [...], "Constraints": {"EncryptionContextSubset": {...}, "EncryptionContextEquals":
-{...}}}``. Grants only ever allow. Callers: the key service's CreateGrant (``validate_operations``,
-``validate_constraints``, ``is_as_strict``) and its ``_authorize`` after the policies give an
-implicit deny (``grant_allows``).
+A grant names its grantee, operations and optional constraints (``{"EncryptionContextSubset":
+{...}, "EncryptionContextEquals": {...}}``). Grants only ever allow. Callers: the key service's
+CreateGrant (``validate_operations``, ``validate_constraints``, ``is_as_strict``) and the
+authorizer after the policies give an implicit deny (``grant_allows``, ``allowing_grant``).
 
 Rules (AWS KMS GrantConstraints):
 - EncryptionContextSubset: the request's context includes every pair; EncryptionContextEquals: the
@@ -16,10 +16,12 @@ Rules (AWS KMS GrantConstraints):
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from volumed.errors import UsageError
 from volumed.kms import arn as _arn
+from volumed.kms.values import Constraints, Grant, GrantTerms
 
 GRANT_OPERATIONS = frozenset({
     "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
@@ -53,7 +55,7 @@ def validate_operations(operations: Any) -> list[str]:
     return list(operations)
 
 
-def validate_constraints(constraints: Any) -> dict | None:
+def validate_constraints(constraints: Any) -> Constraints | None:
     """Check CreateGrant's Constraints and return them normalised (empty maps dropped; None when
     nothing is left). Raises UsageError (ValidationException) naming the fault."""
     if constraints is None:
@@ -61,7 +63,7 @@ def validate_constraints(constraints: Any) -> dict | None:
     if not isinstance(constraints, Mapping):
         raise UsageError("Constraints must be an object with EncryptionContextSubset or "
                          "EncryptionContextEquals")
-    out = {}
+    out: Constraints = {}
     for name, pairs in constraints.items():
         if name not in CONSTRAINT_TYPES:
             raise UsageError(f"Constraints: unknown constraint {name!r}; valid: {', '.join(CONSTRAINT_TYPES)}")
@@ -71,7 +73,7 @@ def validate_constraints(constraints: Any) -> dict | None:
             raise UsageError(f"Constraints.{name} must be a map of strings to strings")
         if len(pairs) > MAX_CONSTRAINT_PAIRS:
             raise UsageError(f"Constraints.{name} has {len(pairs)} pairs; the limit is {MAX_CONSTRAINT_PAIRS}")
-        folded = set()
+        folded: set[str] = set()
         for k, v in pairs.items():
             if not isinstance(k, str) or not isinstance(v, str) or not k:
                 raise UsageError(f"Constraints.{name} must map non-empty strings to strings")
@@ -100,7 +102,8 @@ def _equals(context: Mapping[str, str], pairs: Mapping[str, str]) -> bool:
     return _fold(context) == _fold(pairs) and len(context) == len(pairs)
 
 
-def constraints_allow(constraints: Mapping | None, encryption_context: Mapping[str, str] | None) -> bool:
+def constraints_allow(constraints: Mapping[str, Mapping[str, str]] | None,
+                      encryption_context: Mapping[str, str] | None) -> bool:
     """Whether a request's encryption context satisfies a grant's constraints (None/{} = none)."""
     constraints = constraints or {}
     ctx = encryption_context or {}
@@ -113,7 +116,7 @@ def constraints_allow(constraints: Mapping | None, encryption_context: Mapping[s
     return True
 
 
-def grant_allows(grant: Mapping, operation: str, encryption_context: Mapping[str, str] | None) -> bool:
+def grant_allows(grant: Grant | GrantTerms, operation: str, encryption_context: Mapping[str, str] | None) -> bool:
     """Whether ``grant`` allows ``operation`` (a grant operation name such as "Decrypt", with or
     without a "kms:" prefix) for a request carrying ``encryption_context``.
 
@@ -121,21 +124,21 @@ def grant_allows(grant: Mapping, operation: str, encryption_context: Mapping[str
     must also check ``is_as_strict(grant, new_grant)``."""
     if operation.startswith("kms:"):
         operation = operation[4:]
-    if operation not in (grant.get("Operations") or ()):
+    if operation not in grant.operations:
         return False
     if operation not in CONTEXT_OPERATIONS:
         return True
-    return constraints_allow(grant.get("Constraints"), encryption_context)
+    return constraints_allow(grant.constraints, encryption_context)
 
 
-def is_as_strict(parent_grant: Mapping, new_grant: Mapping) -> bool:
+def is_as_strict(parent_grant: Grant | GrantTerms, new_grant: Grant | GrantTerms) -> bool:
     """Whether a grant created under ``parent_grant``'s CreateGrant permission is allowed: its
     operations are a subset of the parent's, and every encryption context it would accept the
     parent's constraints accept too (so it is as strict or stricter)."""
-    if not set(new_grant.get("Operations") or ()) <= set(parent_grant.get("Operations") or ()):
+    if not set(new_grant.operations) <= set(parent_grant.operations):
         return False
-    parent = parent_grant.get("Constraints") or {}
-    child = new_grant.get("Constraints") or {}
+    parent = parent_grant.constraints or {}
+    child = new_grant.constraints or {}
     p_sub, p_eq = parent.get("EncryptionContextSubset"), parent.get("EncryptionContextEquals")
     c_sub, c_eq = child.get("EncryptionContextSubset"), child.get("EncryptionContextEquals")
     if not p_sub and not p_eq:
@@ -149,7 +152,7 @@ def is_as_strict(parent_grant: Mapping, new_grant: Mapping) -> bool:
         return False  # the child accepts contexts with extra pairs; the parent does not
     # Parent Subset only; child Subset only (or none): the child's smallest context must carry
     # the parent's pairs.
-    return bool(c_sub) and _includes(c_sub, p_sub)
+    return bool(c_sub) and _includes(c_sub or {}, p_sub or {})
 
 
 def grantee_matches(grantee_principal: str, caller_arn: str) -> bool:
@@ -159,13 +162,13 @@ def grantee_matches(grantee_principal: str, caller_arn: str) -> bool:
     return _arn.covers(grantee_principal, caller_arn)
 
 
-def allowing_grant(grants: Iterable[Mapping], caller_arn: str, operation: str,
-                   encryption_context: Mapping[str, str] | None) -> Mapping | None:
+def allowing_grant(grants: Iterable[Grant], caller_arn: str, operation: str,
+                   encryption_context: Mapping[str, str] | None) -> Grant | None:
     """The first of a key's ``grants`` that lets ``caller_arn`` perform ``operation`` with this
     context, or None. Caller: the key service's ``_authorize`` after ``policy.evaluate`` gives an
     implicit (never an explicit) deny; for CreateGrant it must also check ``is_as_strict``."""
     for g in grants:
-        if grantee_matches(g.get("GranteePrincipal", ""), caller_arn) and grant_allows(
+        if grantee_matches(g.grantee, caller_arn) and grant_allows(
                 g, operation, encryption_context):
             return g
     return None

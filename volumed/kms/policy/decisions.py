@@ -29,33 +29,41 @@ import dataclasses
 import hashlib
 import json
 import threading
+from collections.abc import Callable
+from typing import Any
+
+from volumed.errors import aws_error_code, aws_error_message
 
 MAX_PASSES = 8
 MAX_ENTRIES = 1024
 _IGNORED = ("time", "grant_tokens")  # not read by the authorizer (tokens arrive as token_grants)
+
+# ("value", v): the decision returned v; ("deny", code, message): it raised a refusal;
+# ("inside",): it raised anything else.
+Outcome = tuple[Any, ...]
 
 
 class NeedDecision(Exception):
     """Internal: abort the transaction; run ``decide()`` outside the lock, cache it under
     ``fingerprint``, and run the transaction again."""
 
-    def __init__(self, fingerprint: str, decide):
+    def __init__(self, fingerprint: str, decide: Callable[[], object]):
         super().__init__(fingerprint)
         self.fingerprint, self.decide = fingerprint, decide
 
 
-def _plain(obj):
+def _plain(obj: object) -> object:
+    """A dataclass (key, grant, authorization request, policy request) as a dict of what decisions
+    read: the authorization request loses the members no decision reads (``_IGNORED``)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"__type__": type(obj).__name__, **dataclasses.asdict(obj)}
+        fields = {k: v for k, v in dataclasses.asdict(obj).items() if k not in _IGNORED}
+        return {"__type__": type(obj).__name__, **fields}
     return repr(obj)
 
 
-def fingerprint(kind: str, *inputs) -> str:
-    """SHA-256 of the canonical JSON of a decision's kind and everything it reads. A request dict
-    (the authorizer's) loses the members no decision reads."""
-    norm = [{k: v for k, v in x.items() if k not in _IGNORED} if isinstance(x, dict) and "principal" in x
-            else x for x in inputs]
-    text = json.dumps([kind, norm], sort_keys=True, separators=(",", ":"), default=_plain)
+def fingerprint(kind: str, *inputs: object) -> str:
+    """SHA-256 of the canonical JSON of a decision's kind and everything it reads."""
+    text = json.dumps([kind, list(inputs)], sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -66,30 +74,29 @@ class DecisionCache:
 
     def __init__(self, max_entries: int = MAX_ENTRIES):
         self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, Outcome] = collections.OrderedDict()
         self._max = max_entries
 
-    def get(self, fp: str) -> tuple | None:
+    def get(self, fp: str) -> Outcome | None:
         with self._lock:
             hit = self._entries.get(fp)
             if hit is not None:
                 self._entries.move_to_end(fp)
             return hit
 
-    def _put(self, fp: str, outcome: tuple) -> None:
+    def _put(self, fp: str, outcome: Outcome) -> None:
         with self._lock:
             self._entries[fp] = outcome
             self._entries.move_to_end(fp)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
 
-    def decide(self, need: NeedDecision, refusal_type: type) -> None:
+    def decide(self, need: NeedDecision, refusal_type: type[Exception]) -> None:
         """Run ``need.decide()`` (outside any lock) and remember the outcome."""
         try:
             value = need.decide()
         except refusal_type as err:
-            error = err.response["Error"]
-            self._put(need.fingerprint, ("deny", error["Code"], error["Message"]))
+            self._put(need.fingerprint, ("deny", aws_error_code(err), aws_error_message(err)))
         except Exception:  # noqa: BLE001 - surfaced by deciding inside the transaction next pass
             self._put(need.fingerprint, ("inside",))
         else:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sqlite3
 from typing import Any, Iterator
 
-from volumed.kms import wildcard
+from volumed.clock import iso_utc
 from volumed.kms.arn import Arn
+from volumed.kms.policy import wildcard
 
 _CONTEXT_MEMBERS = ("encryptionContext", "sourceEncryptionContext", "destinationEncryptionContext")
 
@@ -29,10 +31,10 @@ def _time_text(t: Any) -> str | None:
             raise ValueError(f"time {t!r} is not ISO 8601 (e.g. 2026-01-31T12:00:00Z)") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=_dt.timezone.utc)
-    return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(t)
 
 
-def contexts(record: dict) -> Iterator[dict]:
+def contexts(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Every encryption-context map a record carries (request contexts and grant constraints)."""
     params = record.get("requestParameters") or {}
     for name in _CONTEXT_MEMBERS:
@@ -45,7 +47,7 @@ def contexts(record: dict) -> Iterator[dict]:
                 yield v
 
 
-def _key_matches(record: dict, key: str) -> bool:
+def _key_matches(record: dict[str, Any], key: str) -> bool:
     arns = [r.get("ARN", "") for r in record.get("resources") or ()]
     key_id = (record.get("requestParameters") or {}).get("keyId")
     for cand in arns + ([key_id] if isinstance(key_id, str) else []):
@@ -54,7 +56,7 @@ def _key_matches(record: dict, key: str) -> bool:
     return False
 
 
-def _principal_matches(record: dict, principal: str) -> bool:
+def _principal_matches(record: dict[str, Any], principal: str) -> bool:
     ident = record.get("userIdentity") or {}
     issuer = ((ident.get("sessionContext") or {}).get("sessionIssuer") or {}).get("arn")
     for cand in (ident.get("arn"), issuer):
@@ -63,7 +65,7 @@ def _principal_matches(record: dict, principal: str) -> bool:
     return False
 
 
-def _context_matches(record: dict, key: str | None, value: str | None) -> bool:
+def _context_matches(record: dict[str, Any], key: str | None, value: str | None) -> bool:
     for ctx in contexts(record):
         for k, v in ctx.items():
             if (key is None or k.lower() == key.lower()) and (value is None or v == value):
@@ -71,9 +73,9 @@ def _context_matches(record: dict, key: str | None, value: str | None) -> bool:
     return False
 
 
-def query(conn, key: str | None = None, event_name: str | None = None, principal: str | None = None,
+def query(conn: sqlite3.Connection, key: str | None = None, event_name: str | None = None, principal: str | None = None,
           context_key: str | None = None, context_value: str | None = None, since: Any = None,
-          until: Any = None, errors_only: bool = False, limit: int | None = None) -> list[dict]:
+          until: Any = None, errors_only: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
     """Records in log order that pass every given filter.
 
     ``key``: key ARN or id (matches resources and requestParameters.keyId). ``event_name``: e.g.
@@ -106,13 +108,13 @@ def query(conn, key: str | None = None, event_name: str | None = None, principal
     return out[-limit:] if limit else out
 
 
-def _short_principal(ident: dict) -> str:
+def _short_principal(ident: dict[str, Any]) -> str:
     arn = ident.get("arn") or "?"
     parsed = Arn.try_parse(arn)
     return parsed.resource if parsed else arn
 
 
-def format_record(rec: dict) -> str:
+def format_record(rec: dict[str, Any]) -> str:
     """One line: time, event, outcome, principal (and service), key id, encryption context."""
     ident = rec.get("userIdentity") or {}
     who = _short_principal(ident)
@@ -126,6 +128,6 @@ def format_record(rec: dict) -> str:
     return "  ".join(p for p in parts if p).rstrip()
 
 
-def format_records(records: list[dict]) -> str:
+def format_records(records: list[dict[str, Any]]) -> str:
     """The human-readable listing of ``volumed kms audit`` (one line per record)."""
     return "\n".join(format_record(r) for r in records)

@@ -1,5 +1,5 @@
 """The ciphertext blob of the embedded key service: what Encrypt/GenerateDataKey return and
-Decrypt/ReEncrypt take. Pure functions; callers: volumed.kms.ops_crypto.
+Decrypt/ReEncrypt take. Pure functions; callers: volumed.kms.ops.crypto_ops.
 
 Layout (all integers big-endian)::
 
@@ -22,6 +22,7 @@ import json
 import os
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -45,7 +46,7 @@ class Header:
     version: int
 
 
-def canonical_context(context: dict | None) -> bytes:
+def canonical_context(context: Mapping[str, str] | None) -> bytes:
     """The encryption context as the bytes that are authenticated."""
     return json.dumps(context or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -58,7 +59,8 @@ def parse_header(blob: bytes) -> Header:
     return Header(str(uuid.UUID(bytes=kid)), version)
 
 
-def seal(material: bytes, key_id: str, version: int, plaintext: bytes, context: dict | None) -> bytes:
+def seal(material: bytes | bytearray, key_id: str, version: int, plaintext: bytes | bytearray,
+         context: Mapping[str, str] | None) -> bytes:
     """Encrypt ``plaintext`` under one version of a key's material, bound to ``context``."""
     header = _HEADER.pack(MAGIC, uuid.UUID(key_id).bytes, version)
     nonce = os.urandom(_NONCE)
@@ -66,7 +68,7 @@ def seal(material: bytes, key_id: str, version: int, plaintext: bytes, context: 
     return header + nonce + ct
 
 
-def open_(material: bytes, blob: bytes, context: dict | None) -> bytearray:
+def open_(material: bytes | bytearray, blob: bytes, context: Mapping[str, str] | None) -> bytearray:
     """Decrypt a blob whose header named this material; BadBlob on any mismatch or tampering."""
     header = blob[:_HEADER.size]
     nonce = blob[_HEADER.size:_HEADER.size + _NONCE]

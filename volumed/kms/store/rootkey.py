@@ -5,8 +5,8 @@ derived with scrypt from the passphrase in ``VOLUMED_KEYSTORE_PASSPHRASE`` (salt
 parameters N, r, p in the database beside it, so they can be raised later; a keystore made before
 they were stored used N=2**15, r=8, p=1). A root key file others could read is refused. Key material is stored only as ``wrap(root, key_id, version, material)``:
 12-byte nonce || AES-256-GCM(material) || tag, with AAD binding key id and version, so a wrapped
-blob cannot be moved to another key or version. Callers: volumed.kms.keystore (load/create),
-volumed.kms.material (wrap/unwrap).
+blob cannot be moved to another key or version. Callers: volumed.kms.store.keystore (load/create),
+volumed.kms.ops.keys (wrap/unwrap), volumed.kms.server.accesskeys (access key secrets).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from volumed.errors import VolumedError
@@ -77,7 +79,7 @@ def read_file_key(directory: str) -> bytearray:
     return data
 
 
-def scrypt_params(meta: dict) -> tuple[int, int, int]:
+def scrypt_params(meta: Mapping[str, str]) -> tuple[int, int, int]:
     """(N, r, p) of a passphrase keystore from its meta rows: the stored ones, or LEGACY_SCRYPT
     for a keystore that stored none. KeystoreError if the stored ones are out of range."""
     if "scrypt_n" not in meta:
@@ -100,12 +102,12 @@ def derive_passphrase_key(passphrase: str, salt: bytes,
                                     maxmem=2 * 128 * r * n * p + (1 << 20), dklen=32))
 
 
-def check_value(root: bytes) -> str:
+def check_value(root: bytes | bytearray) -> str:
     """A public value that tells a right root key from a wrong one (HMAC of a fixed label)."""
     return hmac.new(bytes(root), _CHECK_LABEL, hashlib.sha256).hexdigest()
 
 
-def verify(root: bytes, expected: str, directory: str) -> None:
+def verify(root: bytes | bytearray, expected: str, directory: str) -> None:
     """KeystoreError unless ``root`` is this keystore's root key."""
     if not hmac.compare_digest(check_value(root), expected):
         raise KeystoreError(f"wrong root key for keystore {directory} (wrong "
@@ -116,16 +118,14 @@ def _aad(key_id: str, version: int) -> bytes:
     return _WRAP_LABEL + b"\0" + key_id.encode() + b"\0" + str(version).encode()
 
 
-def wrap(root: bytes, key_id: str, version: int, material: bytes) -> bytes:
+def wrap(root: bytes | bytearray, key_id: str, version: int, material: bytes | bytearray) -> bytes:
     """Encrypt key material for storage."""
     nonce = os.urandom(12)
     return nonce + AESGCM(bytes(root)).encrypt(nonce, bytes(material), _aad(key_id, version))
 
 
-def unwrap(root: bytes, key_id: str, version: int, wrapped: bytes) -> bytearray:
+def unwrap(root: bytes | bytearray, key_id: str, version: int, wrapped: bytes) -> bytearray:
     """Decrypt stored key material; KeystoreError if it was altered or moved."""
-    from cryptography.exceptions import InvalidTag
-
     try:
         return bytearray(AESGCM(bytes(root)).decrypt(wrapped[:12], wrapped[12:], _aad(key_id, version)))
     except InvalidTag:
@@ -133,8 +133,3 @@ def unwrap(root: bytes, key_id: str, version: int, wrapped: bytes) -> bytearray:
                             f"verify: the keystore database was altered") from None
 
 
-def wipe(buf: bytearray | None) -> None:
-    """Overwrite a secret buffer in place."""
-    if buf is not None:
-        for i in range(len(buf)):
-            buf[i] = 0

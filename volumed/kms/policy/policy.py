@@ -14,7 +14,7 @@ Evaluation, as AWS KMS does it (docs/POLICY.md has the details and the choices m
 3. An Allow in the key policy naming the caller's *account* (``arn:aws:iam::<account>:root`` or the
    bare account id) does not allow by itself: it enables the account's identity policies for the
    actions and conditions of that statement. Then an Allow in an identity policy allows.
-4. Otherwise implicit deny. Grants (volumed.kms.grants) are checked by the caller after an implicit
+4. Otherwise implicit deny. Grants (volumed.kms.policy.grants) are checked by the caller after an implicit
    deny, never after an explicit one.
 """
 
@@ -24,12 +24,14 @@ import dataclasses
 import functools
 import json
 import re
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from volumed.errors import VolumedError
 from volumed.kms import arn as _arn
-from volumed.kms import principals, wildcard
+from volumed.kms import principals
 from volumed.kms.arn import Arn
+from volumed.kms.policy import wildcard
 
 VERSIONS = ("2012-10-17", "2008-10-17")
 MAX_POLICY_BYTES = 32768  # AWS's key policy size limit
@@ -37,21 +39,20 @@ MAX_POLICY_BYTES = 32768  # AWS's key policy size limit
 _STATEMENT_ELEMENTS = ("Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction",
                        "Resource", "NotResource", "Condition")
 
-# Base condition operators: name -> (comparison, negated)
-_OPERATORS = {
-    "StringEquals": ("equals", False),
-    "StringNotEquals": ("equals", True),
-    "StringEqualsIgnoreCase": ("iequals", False),
-    "StringNotEqualsIgnoreCase": ("iequals", True),
-    "StringLike": ("like", False),
-    "StringNotLike": ("like", True),
-    "ArnEquals": ("like", False),
-    "ArnLike": ("like", False),
-    "ArnNotEquals": ("like", True),
-    "ArnNotLike": ("like", True),
-    "Bool": ("bool", False),
-    "Null": ("null", False),
+# Base condition operators: name -> (comparison, negated), each positive operator beside its
+# negation. ArnEquals compares like ArnLike, as in AWS.
+_OPERATORS: dict[str, tuple[str, bool]] = {
+    name: (kind, negated)
+    for kind, positive, negative in (
+        ("equals", "StringEquals", "StringNotEquals"),
+        ("iequals", "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"),
+        ("like", "StringLike", "StringNotLike"),
+        ("like", "ArnEquals", "ArnNotEquals"),
+        ("like", "ArnLike", "ArnNotLike"),
+    )
+    for name, negated in ((positive, False), (negative, True))
 }
+_OPERATORS.update(Bool=("bool", False), Null=("null", False))
 _SET_PREFIXES = ("ForAnyValue:", "ForAllValues:")
 
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
@@ -101,14 +102,14 @@ class Statement:
 class Policy:
     version: str
     statements: tuple[Statement, ...]
-    document: dict  # the document as given (for GetKeyPolicy)
+    document: dict[str, Any]  # the document as given (for GetKeyPolicy)
 
     def to_json(self) -> str:
         """The document as JSON text (what GetKeyPolicy returns)."""
         return json.dumps(self.document, indent=2)
 
 
-def parse_policy(text_or_dict: str | bytes | dict | Policy, *, kind: str = "key") -> Policy:
+def parse_policy(text_or_dict: str | bytes | dict[str, Any] | Policy, *, kind: str = "key") -> Policy:
     """Parse and validate a policy document; raise MalformedPolicyDocument naming the fault.
 
     ``kind`` is "key" (a resource-based key policy: every statement needs Principal or
@@ -196,7 +197,8 @@ def _parse_statement(st: Any, where: str, kind: str) -> Statement:
                      not_resources, conditions)
 
 
-def _either(st: dict, name: str, parse, where: str) -> tuple[Any, Any]:
+def _either(st: dict[str, Any], name: str, parse: Callable[[Any, str], tuple[str, ...]],
+            where: str) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
     """Parse the one of ``name``/``Not<name>`` a statement must have: (parsed, None) or (None, parsed)."""
     if (name in st) == (f"Not{name}" in st):
         raise MalformedPolicyDocument(f"{where} needs exactly one of {name} or Not{name}")
@@ -310,8 +312,9 @@ def _parse_conditions(value: Any, where: str) -> tuple[Condition, ...]:
                 raise MalformedPolicyDocument(f"{where}.{op} key {key!r} is not a condition key like "
                                               "kms:ViaService")
             items = raw if isinstance(raw, list) else [raw]
-            values = [_condition_value(v) for v in items]
-            if not values or any(v is None for v in values):
+            maybe = [_condition_value(v) for v in items]
+            values = [v for v in maybe if v is not None]
+            if not values or len(values) != len(maybe):
                 raise MalformedPolicyDocument(f"{where}.{op}.{key} must be a string, boolean, number "
                                               "or a non-empty list of them")
             if base in ("Bool", "Null") and any(v.lower() not in ("true", "false") for v in values):
@@ -385,7 +388,7 @@ account_of = _arn.account_of
 
 def _glob(pattern: str, text: str, *, ignore_case: bool = False) -> bool:
     """IAM wildcard match: ``*`` any run of characters, ``?`` one character, nothing else special;
-    linear in the text (volumed.kms.wildcard), never a backtracking regex."""
+    linear in the text (volumed.kms.policy.wildcard), never a backtracking regex."""
     return wildcard.match(pattern, text, ignore_case=ignore_case)
 
 
@@ -506,7 +509,7 @@ def _ident_policies(identity_policies: Iterable[Any] | None) -> list[Policy]:
     return [parse_policy(p, kind="identity") for p in identity_policies or ()]
 
 
-def evaluate(key_policy: Policy | dict | str, identity_policies: Iterable[Any] | None,
+def evaluate(key_policy: Policy | dict[str, Any] | str, identity_policies: Iterable[Any] | None,
              request: Request) -> Decision:
     """Decide ``request`` under ``key_policy`` and the caller's ``identity_policies`` (see module doc).
 
@@ -562,7 +565,7 @@ def access_denied_message(principal: str, action: str, resource: str, explicit: 
     return f"{head} because no {where} allows the {action} action"
 
 
-def would_lock_out(policy: Policy | dict | str, caller_arn: str, caller_account: str,
+def would_lock_out(policy: Policy | dict[str, Any] | str, caller_arn: str, caller_account: str,
                    identity_policies: Iterable[Any] | None = None, *, key_arn: str | None = None,
                    via_service: str | None = None) -> bool:
     """The lockout safety check of CreateKey and PutKeyPolicy: True when, under ``policy``, the
@@ -574,7 +577,7 @@ def would_lock_out(policy: Policy | dict | str, caller_arn: str, caller_account:
     return not evaluate(policy, identity_policies, req).allowed
 
 
-def default_key_policy(account: str) -> dict:
+def default_key_policy(account: str) -> dict[str, Any]:
     """AWS's default key policy (CreateKey without Policy): the account root may do ``kms:*``,
     which enables the account's identity policies."""
     return {
@@ -590,7 +593,7 @@ def default_key_policy(account: str) -> dict:
     }
 
 
-def aws_managed_rds_policy(account: str, region: str) -> dict:
+def aws_managed_rds_policy(account: str, region: str) -> dict[str, Any]:
     """The key policy AWS gives the AWS managed key aws/rds: the account's principals may use the
     key only through RDS (kms:CallerAccount and kms:ViaService); the account may read metadata and
     revoke grants directly (through its identity policies)."""

@@ -17,16 +17,26 @@ transaction; changes bump the keystore's change counter there.
 from __future__ import annotations
 
 import re
+import sqlite3
+from collections.abc import Callable, Sequence
+
+from botocore.exceptions import ClientError
 
 from volumed.kms import arn as _arn
-from volumed.kms import authz, awsmodel, iamstore, policy
+from volumed.kms import awsmodel
 from volumed.kms.arn import Arn
+from volumed.kms.policy import authz, policy
+from volumed.kms.store import iamstore
 
 _TARGET_NAME_RE = re.compile(r"^(user|role)/[\w+=,.@/-]{1,512}$")
 _NAME_RE = re.compile(r"^[\w+=,.@-]{1,128}$")
 
 
-def _error(code: str, message: str, operation: str):
+# Makes an identity-policy decision: (request, identity policies, account) -> Decision
+Decide = Callable[[policy.Request, Sequence[str], str], policy.Decision]
+
+
+def _error(code: str, message: str, operation: str) -> ClientError:
     return awsmodel.client_error(code, message, operation)
 
 
@@ -63,7 +73,8 @@ def iam_action(verb: str, target: str) -> str:
     return f"iam:{verb}{kind}Polic{'ies' if verb == 'List' else 'y'}"
 
 
-def may(conn, caller: str, account: str, verb: str, target: str, decide=None) -> bool:
+def may(conn: sqlite3.Connection, caller: str, account: str, verb: str, target: str,
+        decide: Decide | None = None) -> bool:
     """Whether ``caller`` may do the IAM ``verb`` on ``target``'s policies (see module doc).
     ``decide(request, identity_policies, account)`` makes the identity-policy decision
     (authz.identity_decision unless the service passes its own, which decides outside the write
@@ -76,20 +87,31 @@ def may(conn, caller: str, account: str, verb: str, target: str, decide=None) ->
     return decide(req, iamstore.policies_for_caller(conn, caller), account).allowed
 
 
-def _require(conn, caller: str, account: str, verb: str, target: str, operation: str, decide) -> None:
+def _require(conn: sqlite3.Connection, caller: str, account: str, verb: str, target: str, operation: str,
+             decide: Decide | None) -> None:
     if not may(conn, caller, account, verb, target, decide):
         action = iam_action(verb, target)
         raise _error("AccessDenied", policy.access_denied_message(caller, action, target, False,
                                                                   "identity-based policy"), operation)
 
 
-def put_policy(conn, caller: str, account: str, target: str, name: str, document: str, now: float,
-               decide=None) -> None:
+def _authorized(conn: sqlite3.Connection, caller: str, account: str, verb: str, target: str, name: str,
+                operation: str, decide: Decide | None) -> None:
+    """The checks every call on one named policy makes: target, name, then the caller's right."""
+    check_target(target, account, operation)
+    check_name(name, operation)
+    _require(conn, caller, account, verb, target, operation, decide)
+
+
+def _no_such_policy(target: str, name: str, operation: str) -> ClientError:
+    return _error("NoSuchEntity", f"The principal {target} has no policy named {name}", operation)
+
+
+def put_policy(conn: sqlite3.Connection, caller: str, account: str, target: str, name: str, document: str,
+               now: float, decide: Decide | None = None) -> None:
     """Attach or replace ``name`` on ``target`` after validating the document as an identity policy."""
     op = "PutPrincipalPolicy"
-    check_target(target, account, op)
-    check_name(name, op)
-    _require(conn, caller, account, "Put", target, op, decide)
+    _authorized(conn, caller, account, "Put", target, name, op, decide)
     try:
         policy.parse_policy(document, kind="identity")
     except policy.MalformedPolicyDocument as exc:
@@ -97,19 +119,19 @@ def put_policy(conn, caller: str, account: str, target: str, name: str, document
     iamstore.put(conn, target, name, document, now)
 
 
-def get_policy(conn, caller: str, account: str, target: str, name: str, decide=None) -> str:
+def get_policy(conn: sqlite3.Connection, caller: str, account: str, target: str, name: str,
+               decide: Decide | None = None) -> str:
     """The document of ``name`` on ``target``; NoSuchEntity if none."""
     op = "GetPrincipalPolicy"
-    check_target(target, account, op)
-    check_name(name, op)
-    _require(conn, caller, account, "Get", target, op, decide)
+    _authorized(conn, caller, account, "Get", target, name, op, decide)
     doc = iamstore.get(conn, target, name)
     if doc is None:
-        raise _error("NoSuchEntity", f"The principal {target} has no policy named {name}", op)
+        raise _no_such_policy(target, name, op)
     return doc
 
 
-def list_policies(conn, caller: str, account: str, target: str | None, decide=None) -> list[tuple[str, str]]:
+def list_policies(conn: sqlite3.Connection, caller: str, account: str, target: str | None,
+                  decide: Decide | None = None) -> list[tuple[str, str]]:
     """(principal, name) pairs: of ``target``, or of every principal the caller may list (all
     of them for the administrator). AccessDenied when the caller may list none that exist."""
     op = "ListPrincipalPolicies"
@@ -125,11 +147,10 @@ def list_policies(conn, caller: str, account: str, target: str | None, decide=No
     return visible
 
 
-def delete_policy(conn, caller: str, account: str, target: str, name: str, decide=None) -> None:
+def delete_policy(conn: sqlite3.Connection, caller: str, account: str, target: str, name: str,
+                  decide: Decide | None = None) -> None:
     """Detach ``name`` from ``target``; NoSuchEntity if it is not attached."""
     op = "DeletePrincipalPolicy"
-    check_target(target, account, op)
-    check_name(name, op)
-    _require(conn, caller, account, "Delete", target, op, decide)
+    _authorized(conn, caller, account, "Delete", target, name, op, decide)
     if not iamstore.delete(conn, target, name):
-        raise _error("NoSuchEntity", f"The principal {target} has no policy named {name}", op)
+        raise _no_such_policy(target, name, op)

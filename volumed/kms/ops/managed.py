@@ -1,17 +1,17 @@
 """AWS managed keys (``alias/aws/rds``) and the policies keys are created with.
 
-The policy documents themselves are volumed.kms.policy's (``default_key_policy``,
+The policy documents themselves are volumed.kms.policy.policy's (``default_key_policy``,
 ``aws_managed_rds_policy``); this module says which aliases are AWS managed, how such a key is
-described and rotated, and serialises the policies for storage. Callers: volumed.kms.keys (lazy
-creation when an AWS managed alias is first referenced), volumed.kms.ops_keys (CreateKey without
-Policy). What the managed key allows is decided by its policy alone (volumed.kms.authz).
+described and rotated, and serialises the policies for storage. Callers: volumed.kms.ops.keys (lazy
+creation when an AWS managed alias is first referenced), volumed.kms.ops.key_ops (CreateKey without
+Policy). What the managed key allows is decided by its policy alone (volumed.kms.policy.authz).
 """
 
 from __future__ import annotations
 
 import json
 
-from volumed.kms import policy
+from volumed.kms.policy import policy
 
 # alias name -> description AWS gives the key
 MANAGED_ALIASES = {

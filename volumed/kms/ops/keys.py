@@ -1,7 +1,7 @@
 """Keys of the embedded service: lookup by any KeyId form, metadata, state checks, key material,
 and the effects of time (automatic rotation, end of the deletion window).
 
-Callers: the operation modules (volumed.kms.ops_*) through a CallContext; volumed.kms.service runs
+Callers: the operation modules (volumed.kms.ops.*_ops) through a CallContext; volumed.kms.service runs
 ``apply_time_effects`` at the start of every call (and from ``change_counter`` when a deletion
 window has ended), so time-dependent changes need no background process.
 """
@@ -10,37 +10,44 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import uuid
 
-from volumed.kms import grantstore, managed, rootkey
-from volumed.kms.arn import KEYSTORE_PARTITION, Arn
-from volumed.kms.callctx import CallContext, to_datetime
+from botocore.exceptions import ClientError
+
+from volumed.kms.arn import Arn, KEYSTORE_PARTITION
+from volumed.kms.awsmodel import KeyMetadata, to_datetime
+from volumed.kms.ops import managed
+from volumed.kms.ops.context import CallContext
+from volumed.kms.store import grantstore, rootkey
+from volumed.kms.values import Key
+from volumed.secrets import wipe
 
 DAY = 86400.0
 ALIAS_RE = re.compile(r"^alias/[A-Za-z0-9/_-]{1,256}$")
 
 
 # -- lookup ------------------------------------------------------------------------------------
-def as_key(row) -> dict:
-    """A keys row as the dict operations and the authorizer see (raw columns + AWS names)."""
-    d = dict(row)
-    d.update(KeyId=d["key_id"], Arn=d["arn"], KeyManager=d["key_manager"], KeyState=d["state"],
-             Policy=d["policy"])
-    return d
-
-
-def get(ctx: CallContext, key_id: str) -> dict | None:
+def get(ctx: CallContext, key_id: str) -> Key | None:
     """The key with this id, or None (no resolution, no authorisation)."""
     row = ctx.conn.execute("SELECT * FROM keys WHERE key_id = ?", (key_id,)).fetchone()
-    return as_key(row) if row else None
+    return Key.from_row(row) if row else None
 
 
-def not_found(ctx: CallContext, key_id: str):
+def existing(ctx: CallContext, key_id: str) -> Key:
+    """The key with this id, which the caller knows exists (read again after a change)."""
+    key = get(ctx, key_id)
+    if key is None:
+        raise not_found(ctx, key_id)
+    return key
+
+
+def not_found(ctx: CallContext, key_id: str) -> ClientError:
     """NotFoundException for a key id, with AWS's message."""
     return ctx.error("NotFoundException", f"Key '{ctx.key_arn(key_id)}' does not exist")
 
 
-def resolve(ctx: CallContext, ref: str) -> dict:
+def resolve(ctx: CallContext, ref: str) -> Key:
     """The key a KeyId names: key id, key ARN, alias name or alias ARN (AWS managed aliases are
     created on first reference). NotFoundException / InvalidArnException as AWS."""
     if ref.startswith("arn:"):
@@ -65,7 +72,7 @@ def resolve(ctx: CallContext, ref: str) -> dict:
     return key
 
 
-def _resolve_alias(ctx: CallContext, alias: str) -> dict:
+def _resolve_alias(ctx: CallContext, alias: str) -> Key:
     """The key behind an alias name (creating an AWS managed one on first reference)."""
     row = ctx.conn.execute("SELECT key_id FROM aliases WHERE name = ?", (alias,)).fetchone()
     if row is None and alias in managed.MANAGED_ALIASES:
@@ -80,7 +87,7 @@ def _resolve_alias(ctx: CallContext, alias: str) -> dict:
 
 # -- creation and material ---------------------------------------------------------------------
 def insert_key(ctx: CallContext, *, description: str, policy: str, key_manager: str,
-               rotation_enabled: bool = False, rotation_period: int | None = None) -> dict:
+               rotation_enabled: bool = False, rotation_period: int | None = None) -> Key:
     """Create an Enabled SYMMETRIC_DEFAULT key with its first key material version."""
     key_id = str(uuid.uuid4())
     now = ctx.now()
@@ -93,10 +100,10 @@ def insert_key(ctx: CallContext, *, description: str, policy: str, key_manager: 
          now if rotation_enabled else None))
     add_material(ctx, key_id, 1, None, now)
     ctx.change()
-    return get(ctx, key_id)
+    return existing(ctx, key_id)
 
 
-def create_managed(ctx: CallContext, alias: str) -> dict:
+def create_managed(ctx: CallContext, alias: str) -> Key:
     """Create the AWS managed key behind ``alias`` (first reference), yearly rotation on."""
     key = insert_key(ctx, description=managed.MANAGED_ALIASES[alias],
                      policy=managed.managed_key_policy(alias, ctx.account, ctx.region),
@@ -104,7 +111,7 @@ def create_managed(ctx: CallContext, alias: str) -> dict:
                      rotation_period=managed.MANAGED_ROTATION_DAYS)
     now = ctx.now()
     ctx.conn.execute("INSERT INTO aliases (name, key_id, created, updated) VALUES (?,?,?,?)",
-                     (alias, key["KeyId"], now, now))
+                     (alias, key.key_id, now, now))
     return key
 
 
@@ -115,7 +122,7 @@ def add_material(ctx: CallContext, key_id: str, version: int, rotation_type: str
     try:
         wrapped = rootkey.wrap(ctx.store.root, key_id, version, material)
     finally:
-        rootkey.wipe(material)
+        wipe(material)
     ctx.conn.execute("INSERT INTO materials (key_id, version, created, rotation_type, material_id, wrapped)"
                      " VALUES (?,?,?,?,?,?)", (key_id, version, when, rotation_type, os.urandom(32).hex(), wrapped))
     ctx.conn.execute("UPDATE keys SET current_version = ? WHERE key_id = ?", (version, key_id))
@@ -129,51 +136,51 @@ def material(ctx: CallContext, key_id: str, version: int) -> tuple[bytearray, st
                            (key_id, version)).fetchone()
     if row is None:
         return None
-    return rootkey.unwrap(ctx.store.root, key_id, version, row["wrapped"]), row["material_id"]
+    return rootkey.unwrap(ctx.store.root, key_id, version, row["wrapped"]), str(row["material_id"])
 
 
-def current_material_id(ctx: CallContext, key: dict) -> str:
+def current_material_id(ctx: CallContext, key: Key) -> str:
     """The KeyMaterialId of the key's current version."""
-    return ctx.conn.execute("SELECT material_id FROM materials WHERE key_id = ? AND version = ?",
-                            (key["key_id"], key["current_version"])).fetchone()[0]
+    return str(ctx.conn.execute("SELECT material_id FROM materials WHERE key_id = ? AND version = ?",
+                            (key.key_id, key.current_version)).fetchone()[0])
 
 
 # -- state checks (the key-state table) --------------------------------------------------------
-def require_enabled(ctx: CallContext, key: dict) -> None:
+def require_enabled(ctx: CallContext, key: Key) -> None:
     """Cryptographic use, CreateGrant, rotation changes: DisabledException / KMSInvalidState."""
-    if key["state"] == "Disabled":
-        raise ctx.error("DisabledException", f"{key['arn']} is disabled.")
+    if key.state == "Disabled":
+        raise ctx.error("DisabledException", f"{key.arn} is disabled.")
     require_not_pending(ctx, key)
 
 
-def require_not_pending(ctx: CallContext, key: dict) -> None:
+def require_not_pending(ctx: CallContext, key: Key) -> None:
     """Enable/Disable, ScheduleKeyDeletion, CreateAlias: refused only while pending deletion."""
-    if key["state"] == "PendingDeletion":
-        raise ctx.error("KMSInvalidStateException", f"{key['arn']} is pending deletion.")
+    if key.state == "PendingDeletion":
+        raise ctx.error("KMSInvalidStateException", f"{key.arn} is pending deletion.")
 
 
-def metadata(ctx: CallContext, key: dict) -> dict:
+def metadata(ctx: CallContext, key: Key) -> KeyMetadata:
     """The KeyMetadata structure of DescribeKey/CreateKey."""
-    md = {
+    md: KeyMetadata = {
         "AWSAccountId": ctx.account,
-        "KeyId": key["key_id"],
-        "Arn": key["arn"],
-        "CreationDate": to_datetime(key["created"]),
-        "Enabled": key["state"] == "Enabled",
-        "Description": key["description"],
-        "KeyUsage": key["key_usage"],
-        "KeyState": key["state"],
-        "Origin": key["origin"],
-        "KeyManager": key["key_manager"],
-        "CustomerMasterKeySpec": key["key_spec"],
-        "KeySpec": key["key_spec"],
+        "KeyId": key.key_id,
+        "Arn": key.arn,
+        "CreationDate": to_datetime(key.created),
+        "Enabled": key.state == "Enabled",
+        "Description": key.description,
+        "KeyUsage": key.key_usage,
+        "KeyState": key.state,
+        "Origin": key.origin,
+        "KeyManager": key.key_manager,
+        "CustomerMasterKeySpec": key.key_spec,
+        "KeySpec": key.key_spec,
         "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"],
         "MultiRegion": False,
         "CurrentKeyMaterialId": current_material_id(ctx, key),
     }
-    if key["state"] == "PendingDeletion":
-        md["DeletionDate"] = to_datetime(key["deletion_date"])
-        md["PendingDeletionWindowInDays"] = key["pending_window"]
+    if key.state == "PendingDeletion":
+        md["DeletionDate"] = to_datetime(key.deletion_date)
+        md["PendingDeletionWindowInDays"] = key.pending_window
     return md
 
 
@@ -197,14 +204,15 @@ def apply_time_effects(ctx: CallContext) -> None:
         ctx.conn.execute("UPDATE keys SET rotation_anchor = ? WHERE key_id = ?", (anchor, row["key_id"]))
 
 
-def rotate_if_overdue(ctx: CallContext, key: dict) -> None:
+def rotate_if_overdue(ctx: CallContext, key: Key) -> None:
     """On re-enable: a key whose rotation fell due while it was disabled rotates now."""
-    if key["rotation_enabled"] and key["rotation_anchor"] + key["rotation_period"] * DAY <= ctx.now():
-        add_material(ctx, key["key_id"], key["current_version"] + 1, "AUTOMATIC", ctx.now())
-        ctx.conn.execute("UPDATE keys SET rotation_anchor = ? WHERE key_id = ?", (ctx.now(), key["key_id"]))
+    if (key.rotation_enabled and key.rotation_anchor is not None and key.rotation_period is not None
+            and key.rotation_anchor + key.rotation_period * DAY <= ctx.now()):
+        add_material(ctx, key.key_id, key.current_version + 1, "AUTOMATIC", ctx.now())
+        ctx.conn.execute("UPDATE keys SET rotation_anchor = ? WHERE key_id = ?", (ctx.now(), key.key_id))
 
 
-def deletion_due(conn, now: float) -> bool:
+def deletion_due(conn: sqlite3.Connection, now: float) -> bool:
     """Whether some key's deletion window has ended but the key is not yet destroyed."""
     return conn.execute("SELECT 1 FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ? LIMIT 1",
                         (now,)).fetchone() is not None

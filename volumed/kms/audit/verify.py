@@ -30,13 +30,14 @@ import difflib
 import hashlib
 import json
 import os
+import sqlite3
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from volumed.kms import audit as _audit
+from volumed.kms.audit import log as _audit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ class VerifyReport:
         return not self.problems
 
     def add(self, kind: str, message: str, *, seq: int | None = None, digest: int | None = None,
-            moved_to: int | None = None):
+            moved_to: int | None = None) -> None:
         self.problems.append(Finding(kind, message, seq, digest, moved_to))
 
     def seqs(self, kind: str | None = None) -> set[int]:
@@ -81,7 +82,7 @@ class VerifyReport:
         return {s for p in self.problems if kind is None or p.kind == kind
                 for s in (p.seq, p.moved_to) if s is not None}
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "records": self.records, "digests": self.digests,
                 "sealedThrough": self.sealed_through, "unsealed": self.unsealed,
                 "anchor": self.anchor, "anchorFound": self.anchor_found,
@@ -117,7 +118,7 @@ def _grouped(problems: list[Finding]) -> list[str]:
     while i < len(problems):
         j = i
         while (j + 1 < len(problems) and problems[j + 1].kind == problems[i].kind
-               and problems[j].seq is not None and problems[j + 1].seq == problems[j].seq + 1):
+               and (seq := problems[j].seq) is not None and problems[j + 1].seq == seq + 1):
             j += 1
         p = problems[i]
         if j - i >= 2:
@@ -148,13 +149,16 @@ def load_public_keys(public_key: Any) -> list[Ed25519PublicKey]:
         with open(public_key, "rb") as f:
             data = f.read()
         if b"PRIVATE KEY" in data:
-            key = serialization.load_pem_private_key(data, password=None)
-            return [key.public_key()]  # type: ignore[union-attr]
-        return [serialization.load_pem_public_key(data)]  # type: ignore[list-item]
+            pub: object = serialization.load_pem_private_key(data, password=None).public_key()
+        else:
+            pub = serialization.load_pem_public_key(data)
+        if not isinstance(pub, Ed25519PublicKey):
+            raise TypeError(f"{os.fspath(public_key)!s} holds a {type(pub).__name__}, not an Ed25519 key")
+        return [pub]
     raise TypeError(f"cannot use {type(public_key).__name__} as an audit public key")
 
 
-def _pinned_keys(conn, report: VerifyReport) -> list[Ed25519PublicKey]:
+def _pinned_keys(conn: sqlite3.Connection, report: VerifyReport) -> list[Ed25519PublicKey]:
     """The trust root when no public key is given: the keys pinned in ``audit-signing.pub``
     beside the database (never the key the database names, which its writer could replace).
     Reports a "key" problem when there is none, or it could have been replaced by others."""
@@ -185,7 +189,7 @@ def _pinned_keys(conn, report: VerifyReport) -> list[Ed25519PublicKey]:
     return keys
 
 
-def _check_configured_key(conn, keys: list[Ed25519PublicKey], report: VerifyReport) -> None:
+def _check_configured_key(conn: sqlite3.Connection, keys: list[Ed25519PublicKey], report: VerifyReport) -> None:
     """The signing key the database names (its public key row, and the key file its path names)
     must be a trusted one: otherwise the database was repointed at someone else's key."""
     cfg = _audit._config(conn)
@@ -210,7 +214,7 @@ def _check_configured_key(conn, keys: list[Ed25519PublicKey], report: VerifyRepo
             return
 
 
-def verify(conn, anchor: str | None = None, public_key: Any = None) -> "VerifyReport":
+def verify(conn: sqlite3.Connection, anchor: str | None = None, public_key: Any = None) -> "VerifyReport":
     """Check the audit log in ``conn`` (see module doc) and return a VerifyReport naming every
     problem by seq (records) or digest number. ``public_key`` (the trust root) defaults to the
     keys pinned in ``audit-signing.pub`` beside the database, never to the key the database
@@ -260,7 +264,9 @@ def _safe_hash(prev: str, text: str) -> str | None:
         return None
 
 
-def _check_digests(digests, keys, report: VerifyReport):
+def _check_digests(digests: list[Any], keys: list[Ed25519PublicKey], report: VerifyReport
+                   ) -> tuple[dict[int, tuple[str, int]], list[str], list[tuple[int, int, str | None, int]],
+                              tuple[int, float] | None]:
     """Check each digest; return {sealed seq: (content hash, digest number)}, the digests'
     recomputed hashes in order, (first, last, chain hash of last, digest) per digest, and the seal
     schedule (every, interval) signed in the newest version-2 digest (None if there is none)."""
@@ -334,7 +340,7 @@ def _check_digests(digests, keys, report: VerifyReport):
     return expected, hashes, last_hashes, schedule
 
 
-def _check_sealed(rows, ident: dict[int, str], expected: dict[int, tuple[str, int]],
+def _check_sealed(rows: list[Any], ident: dict[int, str], expected: dict[int, tuple[str, int]],
                   report: VerifyReport) -> None:
     """Align the sealed hashes with the records present and name each difference by seq."""
     if not expected:
@@ -373,7 +379,8 @@ def _check_sealed(rows, ident: dict[int, str], expected: dict[int, tuple[str, in
             already.add(seq)
 
 
-def _check_sealed_chain(rows, last_hashes, report: VerifyReport) -> None:
+def _check_sealed_chain(rows: list[Any], last_hashes: list[tuple[int, int, str | None, int]],
+                        report: VerifyReport) -> None:
     """The chain hash of each digest's last record must be the one sealed (binds the chain, so the
     unsealed tail hangs off a sealed hash), unless a finding at or before it already explains it
     (a change re-chains everything after it)."""
@@ -385,7 +392,7 @@ def _check_sealed_chain(rows, last_hashes, report: VerifyReport) -> None:
                                 f"one sealed in digest {dseq}", seq=last, digest=dseq)
 
 
-def _check_chain(rows, report: VerifyReport) -> None:
+def _check_chain(rows: list[Any], report: VerifyReport) -> None:
     """Report breaks of the prev_hash links, and gaps in the numbering (seq numbers are never
     reused, so a gap means removed records), that no other finding explains."""
     named = report.seqs()
@@ -403,7 +410,8 @@ def _check_chain(rows, report: VerifyReport) -> None:
         prev_seq, prev_hash = seq, h
 
 
-def _check_schedule(conn, rows, sealed_through: int, signed, report: VerifyReport) -> None:
+def _check_schedule(conn: sqlite3.Connection, rows: list[Any], sealed_through: int,
+                    signed: tuple[int, float] | None, report: VerifyReport) -> None:
     """An unsealed tail longer than the schedule allows means trailing digests were removed. The
     schedule is the one signed in the newest digest (a database writer cannot raise it to hide
     the removal), or the database's where it is stricter or no digest signs one."""
@@ -416,7 +424,11 @@ def _check_schedule(conn, rows, sealed_through: int, signed, report: VerifyRepor
         report.warnings.append(f"sealing is not configured: {len(tail)} records are protected by the "
                                "hash chain only")
         return
-    every, interval = signed if signed else (cfg["seal_every"], cfg["seal_interval"])
+    if signed:
+        every, interval = signed
+    else:
+        assert cfg is not None
+        every, interval = cfg["seal_every"], cfg["seal_interval"]
     if cfg is not None:
         every, interval = min(every, cfg["seal_every"]), min(interval, cfg["seal_interval"])
     times = [r[4] for r in tail if r[4] is not None]

@@ -41,12 +41,13 @@ import os
 import re
 import sqlite3
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from volumed import safefile
+from volumed.clock import Clock, iso_utc
 from volumed.errors import VolumedError
 from volumed.kms.arn import Arn
 
@@ -73,6 +74,16 @@ _FORBIDDEN_WORDS = ("plaintext", "ciphertext", "keymaterial", "privatekey", "sec
 # Maps whose members are data (context pairs, tags), not parameter names: no renaming inside.
 _DATA_MAPS = {"encryptioncontext", "sourceencryptioncontext", "destinationencryptioncontext",
               "encryptioncontextsubset", "encryptioncontextequals"}
+
+
+class RequestMeta(TypedDict, total=False):
+    """What a network call's record carries beyond the call (``record_call``'s keyword arguments
+    of the same names): set per request by volumed.kms.server, empty for the embedded service."""
+
+    source_ip: str
+    user_agent: str
+    access_key_id: str | None
+    request_id: str | None
 
 
 class AuditError(VolumedError):
@@ -144,7 +155,7 @@ def database_directory(conn: sqlite3.Connection) -> str | None:
     """The directory of ``conn``'s main database file (None for an in-memory database)."""
     for row in conn.execute("PRAGMA database_list").fetchall():
         if row[1] == "main" and row[2]:
-            return os.path.dirname(os.path.abspath(row[2]))
+            return os.path.dirname(os.path.abspath(str(row[2])))
     return None
 
 
@@ -249,7 +260,7 @@ def configure(conn: sqlite3.Connection, signing_key_path: str, *,
     return fingerprint(pub)
 
 
-def _config(conn: sqlite3.Connection) -> dict | None:
+def _config(conn: sqlite3.Connection) -> dict[str, Any] | None:
     cfg = dict(conn.execute("SELECT name, value FROM audit_config").fetchall())
     if "signing_key_path" not in cfg:
         return None
@@ -294,12 +305,8 @@ def scrub(obj: Any, *, data_map: bool = False) -> Any:
     if isinstance(obj, (list, tuple)):
         return [scrub(v) for v in obj if not isinstance(v, (bytes, bytearray, memoryview))]
     if isinstance(obj, _dt.datetime):
-        return _iso(obj)
+        return iso_utc(obj)
     return obj
-
-
-def _iso(t: _dt.datetime) -> str:
-    return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _principal_id(prefix: str, arn: str) -> str:
@@ -307,12 +314,12 @@ def _principal_id(prefix: str, arn: str) -> str:
     return prefix + digest[:17]
 
 
-def user_identity(principal: str, via_service: str | None) -> dict:
+def user_identity(principal: str, via_service: str | None) -> dict[str, Any]:
     """CloudTrail's userIdentity for a caller ARN: Root, IAMUser, AssumedRole (with its session
     issuer), or AWSService; ``invokedBy`` names the service a call came through."""
     a = Arn.try_parse(principal)
     if a is None or a.service not in ("iam", "sts") or not a.account:
-        ident: dict = {"type": "AWSService" if (principal or "").endswith("amazonaws.com") else "Unknown",
+        ident: dict[str, Any] = {"type": "AWSService" if (principal or "").endswith("amazonaws.com") else "Unknown",
                        "arn": principal}
     else:
         account = a.account
@@ -360,10 +367,11 @@ def chain_hash(prev_hash: str, record_text: str) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + record_text.encode()).hexdigest()
 
 
-def record_call(conn, *, clock, account_id, region, event_name, principal, via_service,
-                request_parameters, response_elements, error_code, error_message, key_arn,
-                read_only, source_ip="127.0.0.1", user_agent="volumed", access_key_id=None,
-                request_id=None) -> dict:
+def record_call(conn: sqlite3.Connection, *, clock: Clock, account_id: str, region: str, event_name: str,
+                principal: str, via_service: str | None, request_parameters: Any, response_elements: Any,
+                error_code: str | None, error_message: str | None, key_arn: str | None, read_only: bool,
+                source_ip: str = "127.0.0.1", user_agent: str = "volumed", access_key_id: str | None = None,
+                request_id: str | None = None) -> dict[str, Any]:
     """Append one CloudTrail-shaped record for a KMS call, allowed or denied, and seal on schedule.
     Over the network (volumed.kms.server) the caller's address, user agent, access key id and the
     request id it was answered with are passed in; the embedded service leaves the defaults.
@@ -372,10 +380,10 @@ def record_call(conn, *, clock, account_id, region, event_name, principal, via_s
     AuditError) if the record cannot be written or sealed; the caller then fails the call. Returns
     the record as stored. Caller: the key service, once per operation."""
     via_host = service_host(via_service) if via_service else None
-    record = {
+    record: dict[str, Any] = {
         "eventVersion": EVENT_VERSION,
         "userIdentity": user_identity(principal, via_service),
-        "eventTime": _iso(clock.now()),
+        "eventTime": iso_utc(clock.now()),
         "eventSource": "kms.amazonaws.com",
         "eventName": event_name,
         "awsRegion": region,
@@ -415,7 +423,11 @@ def record_call(conn, *, clock, account_id, region, event_name, principal, via_s
 # Sealing
 
 
-def _last_digest(conn) -> tuple[int, dict, str, str] | None:
+# (digest number, body, signature, hash) of a stored digest
+_Digest = tuple[int, dict[str, Any], str, str]
+
+
+def _last_digest(conn: sqlite3.Connection) -> _Digest | None:
     row = conn.execute("SELECT dseq, body, signature, hash FROM audit_digest "
                        "ORDER BY dseq DESC LIMIT 1").fetchone()
     if row is None:
@@ -423,7 +435,7 @@ def _last_digest(conn) -> tuple[int, dict, str, str] | None:
     return row[0], json.loads(row[1]), row[2], row[3]
 
 
-def _seal_if_due(conn, cfg: dict, clock) -> None:
+def _seal_if_due(conn: sqlite3.Connection, cfg: dict[str, Any], clock: Clock) -> None:
     last = _last_digest(conn)
     sealed_to = last[1]["lastSeq"] if last else 0
     count, oldest = conn.execute("SELECT COUNT(*), MIN(appended) FROM audit WHERE seq > ?",
@@ -433,7 +445,7 @@ def _seal_if_due(conn, cfg: dict, clock) -> None:
         _seal(conn, cfg, clock, last)
 
 
-def seal(conn: sqlite3.Connection, clock) -> dict | None:
+def seal(conn: sqlite3.Connection, clock: Clock) -> dict[str, Any] | None:
     """Seal every unsealed record now with a signed digest (returns the digest body, or None when
     nothing is unsealed). Needs ``configure``. Callers: tools that want a fresh anchor."""
     cfg = _config(conn)
@@ -442,7 +454,7 @@ def seal(conn: sqlite3.Connection, clock) -> dict | None:
     return _seal(conn, cfg, clock, _last_digest(conn))
 
 
-def _seal(conn, cfg: dict, clock, last) -> dict | None:
+def _seal(conn: sqlite3.Connection, cfg: dict[str, Any], clock: Clock, last: _Digest | None) -> dict[str, Any] | None:
     sealed_to = last[1]["lastSeq"] if last else 0
     rows = conn.execute("SELECT seq, hash, record FROM audit WHERE seq > ? ORDER BY seq",
                         (sealed_to,)).fetchall()
@@ -456,7 +468,7 @@ def _seal(conn, cfg: dict, clock, last) -> dict | None:
         "lastSeq": rows[-1][0],
         "recordHashes": [content_hash(r[2]) for r in rows],
         "lastHash": rows[-1][1],
-        "created": _iso(clock.now()),
+        "created": iso_utc(clock.now()),
         "previousDigestHash": last[3] if last else GENESIS,
         "previousDigestSignature": last[2] if last else "",
         "publicKeyFingerprint": fingerprint(key.public_key()),
@@ -477,10 +489,3 @@ def latest_anchor(conn: sqlite3.Connection) -> str | None:
     last = _last_digest(conn)
     return last[3] if last else None
 
-
-# The reading side lives in its own modules; re-exported so callers need only ``audit``.
-from volumed.kms.audit_query import format_record, format_records, query  # noqa: E402
-from volumed.kms.audit_verify import Finding, VerifyReport, verify  # noqa: E402
-
-__all__ = ["AuditError", "Finding", "VerifyReport", "configure", "ensure_schema", "format_record",
-           "format_records", "latest_anchor", "query", "record_call", "scrub", "seal", "verify"]

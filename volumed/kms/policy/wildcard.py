@@ -27,10 +27,15 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
+
+
+# ("equal", text) | ("stars", pieces) | ("nfa", masks, default_mask, star_mask, final_bit)
+_Compiled = tuple[Any, ...]
 
 
 @functools.lru_cache(maxsize=2048)
-def _compile(pattern: str):
+def _compile(pattern: str) -> _Compiled:
     """("equal", text) | ("stars", pieces) | ("nfa", masks, default_mask, star_mask, final_bit)."""
     p = re.sub(r"\*+", "*", pattern)
     if "*" not in p and "?" not in p:
@@ -84,7 +89,7 @@ def match(pattern: str, text: str, *, ignore_case: bool = False) -> bool:
     compiled = _compile(pattern)
     kind = compiled[0]
     if kind == "equal":
-        return text == compiled[1]
+        return bool(text == compiled[1])
     if kind == "stars":
         return _stars(compiled[1], text)
     return _nfa(compiled[1], compiled[2], compiled[3], compiled[4], text)

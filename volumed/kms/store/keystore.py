@@ -17,6 +17,8 @@ committed change; ``Keystore.change_counter`` reads it without a write lock.
 
 from __future__ import annotations
 
+from typing import Any
+
 import fcntl
 import os
 import random
@@ -24,8 +26,15 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
-from volumed.kms import audit, decisions, iamstore, rootkey
+from volumed.kms import audit
+from volumed.kms.policy import decisions
+from volumed.kms.store import iamstore, rootkey
+from volumed.secrets import wipe
+
+T = TypeVar("T")
 
 DB_FILE = "keystore.db"
 SCHEMA_VERSION = "1"
@@ -93,12 +102,12 @@ class Keystore:
             self._ensure_initialised()
             self.conn = self._open()
             audit.ensure_schema(self.conn)
-            meta = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
+            meta: dict[str, str] = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             raise rootkey.KeystoreError(f"keystore {self.directory} cannot be opened: {exc}; "
                                         f"is it a volumed keystore?") from None
-        self.account_id = meta["account_id"]
-        self.region = meta["region"]
+        self.account_id: str = meta["account_id"]
+        self.region: str = meta["region"]
         self.root = self._load_root(meta)
         try:
             self._configure_audit()
@@ -119,12 +128,12 @@ class Keystore:
             raise rootkey.KeystoreError(f"audit signing key {path} has mode {mode:04o}: others could "
                                         f"re-sign an altered audit log; run 'chmod 600 {path}'")
         have = dict(self.conn.execute("SELECT name, value FROM audit_config").fetchall())
-        schedule = {}
+        seal_every, seal_interval = audit.DEFAULT_SEAL_EVERY, audit.DEFAULT_SEAL_INTERVAL
         if have.get("signing_key_path") == os.path.abspath(path):
-            schedule = {"seal_every": int(have.get("seal_every", audit.DEFAULT_SEAL_EVERY)),
-                        "seal_interval": float(have.get("seal_interval", audit.DEFAULT_SEAL_INTERVAL))}
+            seal_every = int(have.get("seal_every", audit.DEFAULT_SEAL_EVERY))
+            seal_interval = float(have.get("seal_interval", audit.DEFAULT_SEAL_INTERVAL))
         try:
-            audit.configure(self.conn, path, **schedule)
+            audit.configure(self.conn, path, seal_every=seal_every, seal_interval=seal_interval)
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise
@@ -147,7 +156,7 @@ class Keystore:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise rootkey.KeystoreError(f"cannot create keystore {self.directory}: "
-                                        f"{exc.strerror.lower()}; choose a directory with --kms or "
+                                        f"{(exc.strerror or str(exc)).lower()}; choose a directory with --kms or "
                                         f"VOLUMED_KMS") from None
         if not os.access(self.directory, os.R_OK | os.W_OK | os.X_OK):
             raise rootkey.KeystoreError(f"keystore {self.directory} is not readable and writable "
@@ -193,12 +202,12 @@ class Keystore:
             root = rootkey.read_file_key(self.directory)
             meta["root_source"] = "file"
         meta["root_check"] = rootkey.check_value(root)
-        rootkey.wipe(root)
+        wipe(root)
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
         conn.execute("COMMIT")
 
-    def _load_root(self, meta: dict) -> bytearray:
+    def _load_root(self, meta: dict[str, Any]) -> bytearray:
         """This keystore's root key from root.key or the passphrase; KeystoreError if wrong or missing."""
         if meta["root_source"] == "passphrase":
             passphrase = os.environ.get(rootkey.PASSPHRASE_ENV)
@@ -213,7 +222,7 @@ class Keystore:
         return root
 
     # -- transactions --------------------------------------------------------------------------
-    def run(self, fn):
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one BEGIN IMMEDIATE transaction and commit; on any exception roll
         back and re-raise. SQLITE_BUSY anywhere restarts the whole transaction (``fn`` must have no
         effects outside the database). Returns fn's result."""
@@ -273,5 +282,5 @@ class Keystore:
     def close(self) -> None:
         """Close the connection and overwrite the root key in memory."""
         with self.lock:
-            rootkey.wipe(self.root)
+            wipe(self.root)
             self.conn.close()

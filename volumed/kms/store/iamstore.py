@@ -5,17 +5,19 @@ the account's IAM identity policies; this table is where the embedded service ke
 is attached to an IAM user or role ARN of the keystore's account; an assumed-role session
 (``arn:aws:sts::A:assumed-role/R/S``) has the policies of its role ``arn:aws:iam::A:role/R``.
 
-Callers: volumed.kms.keystore (schema, and the administrator's ``kms:*`` policy when a keystore is
-created), volumed.kms.callctx (the caller's policies, handed to the authorizer), volumed.kms.iam
+Callers: volumed.kms.store.keystore (schema, and the administrator's ``kms:*`` policy when a keystore is
+created), volumed.kms.ops.context (the caller's policies, handed to the authorizer), volumed.kms.ops.iam_ops
 (the put/get/list/delete extension calls). Pure storage: who may change policies is decided in
-volumed.kms.iam.
+volumed.kms.ops.iam_ops.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 
-from volumed.kms import arn as _arn, principals
+from volumed.kms import arn as _arn
+from volumed.kms import principals
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS identity_policies (
@@ -33,12 +35,12 @@ def admin_policy_document() -> str:
         indent=2)
 
 
-def ensure_schema(conn) -> None:
+def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the identity-policy table if missing (idempotent; inside or outside a transaction)."""
     conn.execute(SCHEMA)
 
 
-def ensure_admin(conn, account: str, now: float) -> None:
+def ensure_admin(conn: sqlite3.Connection, account: str, now: float) -> None:
     """Once per keystore: record the administrator (the keystore's user for the login that opened
     it first, ``principals.user_arn``) in ``meta`` and attach ADMIN_POLICY_NAME to it. Runs under
     the keystore's initialisation lock; commits its own transaction. A keystore created before
@@ -56,13 +58,13 @@ def ensure_admin(conn, account: str, now: float) -> None:
         raise
 
 
-def admin_principal(conn) -> str | None:
+def admin_principal(conn: sqlite3.Connection) -> str | None:
     """The keystore administrator's ARN (None for a keystore not yet given one)."""
     row = conn.execute("SELECT v FROM meta WHERE k = 'admin_principal'").fetchone()
-    return row[0] if row else None
+    return str(row[0]) if row else None
 
 
-def policies_for_caller(conn, caller_arn: str) -> list[str]:
+def policies_for_caller(conn: sqlite3.Connection, caller_arn: str) -> list[str]:
     """The policy documents (text) that apply to ``caller_arn``, in (principal, name) order: those
     attached to a principal that covers the caller by volumed.kms.arn.covers (itself, or for an
     assumed-role session its role, with any path, in the same partition and account)."""
@@ -71,20 +73,20 @@ def policies_for_caller(conn, caller_arn: str) -> list[str]:
     return [r[1] for r in rows if _arn.covers(r[0], caller_arn)]
 
 
-def put(conn, principal: str, name: str, document: str, now: float) -> None:
+def put(conn: sqlite3.Connection, principal: str, name: str, document: str, now: float) -> None:
     """Attach (or replace) the policy ``name`` of ``principal``. Inside the caller's transaction."""
     conn.execute("INSERT OR REPLACE INTO identity_policies (principal, name, document, updated) "
                  "VALUES (?, ?, ?, ?)", (principal, name, document, now))
 
 
-def get(conn, principal: str, name: str) -> str | None:
+def get(conn: sqlite3.Connection, principal: str, name: str) -> str | None:
     """The document of one attached policy, or None."""
     row = conn.execute("SELECT document FROM identity_policies WHERE principal = ? AND name = ?",
                        (principal, name)).fetchone()
-    return row[0] if row else None
+    return str(row[0]) if row else None
 
 
-def listing(conn, principal: str | None = None) -> list[tuple[str, str]]:
+def listing(conn: sqlite3.Connection, principal: str | None = None) -> list[tuple[str, str]]:
     """(principal, name) of every attached policy, or of one principal's, sorted."""
     if principal is None:
         rows = conn.execute("SELECT principal, name FROM identity_policies ORDER BY principal, name")
@@ -94,7 +96,7 @@ def listing(conn, principal: str | None = None) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows.fetchall()]
 
 
-def delete(conn, principal: str, name: str) -> bool:
+def delete(conn: sqlite3.Connection, principal: str, name: str) -> bool:
     """Detach one policy; whether it existed."""
     cur = conn.execute("DELETE FROM identity_policies WHERE principal = ? AND name = ?", (principal, name))
     return cur.rowcount > 0
