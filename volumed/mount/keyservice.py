@@ -34,9 +34,6 @@ DELETED_CODES = frozenset({"NotFoundException"})
 KmsClient: TypeAlias = Any
 ChangeCounter: TypeAlias = Callable[[], int]
 
-# The key server's change-counter lookup, with the type the mount relies on.
-_remote_change_counter: Callable[[KmsClient], ChangeCounter | None] = change_counter_fn
-
 
 def connect(spec: str | None, *, principal: str | None = None, via_service: str | None = None,
             clock: Clock | None = None, profile: str | None = None) -> KmsClient:
@@ -85,4 +82,4 @@ def change_counter(client: KmsClient) -> ChangeCounter | None:
     if callable(fn):
         counter: ChangeCounter = fn
         return counter
-    return _remote_change_counter(client)
+    return change_counter_fn(client)
