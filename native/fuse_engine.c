@@ -149,10 +149,13 @@ static void log_passed_through(int err)
     }
 }
 
-/* A core return code as the errno of a request, logging backing errors passed through. */
+/* A core return code as the errno of a request, logging backing errors passed through and
+ * integrity failures (with the core's message naming the sector, as errno_map.py logs them). */
 static int request_errno(int rc)
 {
     int err = fe_errno_of(rc);
+    if (rc == VC_E_INTEGRITY)
+        fprintf(stderr, "volumed-engine: integrity failure: %s\n", vc_last_error());
     if (rc < 0 && rc > -4096 && err == -rc)
         log_passed_through(err);
     return err;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -179,5 +180,39 @@ int vb_sync(vc_backing *b)
         if (rc != 0)
             return vc_fail(-errno, "power-loss journal truncate failed: %s", strerror(errno));
     }
+    return 0;
+}
+
+int vb_pwrite_durable(vc_backing *b, uint64_t off, size_t len, const unsigned char *buf)
+{
+    if (dead(b))
+        return dead(b);
+#ifdef RWF_DSYNC
+    struct iovec iov = {(void *)buf, len};
+    ssize_t n;
+    do
+        n = pwritev2(b->fd, &iov, 1, (off_t)off, RWF_DSYNC);
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)len)
+        return 0;
+    if (n >= 0 || (errno != EOPNOTSUPP && errno != EINVAL))
+        return vc_fail(n < 0 ? -errno : -EIO, "durable backing write at byte %llu failed: %s",
+                       (unsigned long long)off, n < 0 ? strerror(errno) : "short write");
+#endif
+    int rc = write_all(b->fd, buf, len, off);
+    if (rc == 0 && fdatasync(b->fd) != 0)
+        rc = vc_fail(-errno, "backing fdatasync failed: %s", strerror(errno));
+    return rc;
+}
+
+int vb_truncate_up(vc_backing *b, uint64_t size)
+{
+    if (dead(b))
+        return dead(b);
+    struct stat st;
+    if (fstat(b->fd, &st) != 0)
+        return vc_fail(-errno, "backing fstat failed: %s", strerror(errno));
+    if ((uint64_t)st.st_size < size && ftruncate(b->fd, (off_t)size) != 0)
+        return vc_fail(-errno, "backing file could not grow: %s", strerror(errno));
     return 0;
 }

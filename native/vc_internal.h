@@ -8,7 +8,9 @@
  *                 semantics of volumed.volume.backing.RecordingBackingFile, same record format).
  *   vc_rangelock  exclusive locks on half-open sector ranges plus a whole-space barrier.
  *   vc_store      whole-sector read/write/discard/flush of one format: XTS (LUKS2 aes-xts-plain64,
- *                 all-zero on-disk sector = hole) and null (plain bytes, benchmark only).
+ *                 all-zero on-disk sector = hole), GCM format 2 (vc_gcmstore.c: two slots per
+ *                 sector, session subkeys, metadata groups as lock units, a barrier flush) and
+ *                 null (plain bytes, benchmark only).
  *   vc_capture    the copy-on-write capture session of a snapshot of a live volume.
  *   vcore.c       the vcore.h API: range checks, key latch, partial-sector read-modify-write. */
 #ifndef VOLUMED_VC_INTERNAL_H
@@ -43,6 +45,10 @@ int vb_pread(vc_backing *b, uint64_t off, size_t len, unsigned char *buf); /* ze
 int vb_pwrite(vc_backing *b, uint64_t off, size_t len, const unsigned char *buf);
 int vb_punch(vc_backing *b, uint64_t off, uint64_t len);
 int vb_sync(vc_backing *b);
+/* Durable once it returns (RWF_DSYNC; pwrite + fdatasync where the flag is missing); not
+ * journalled, as RecordingBackingFile.pwrite_durable (the GCM nonce note). */
+int vb_pwrite_durable(vc_backing *b, uint64_t off, size_t len, const unsigned char *buf);
+int vb_truncate_up(vc_backing *b, uint64_t size); /* grow the file to at least size */
 
 /* ---- range locks ----------------------------------------------------------------------- */
 typedef struct {
@@ -75,7 +81,13 @@ typedef struct {
     int (*flush)(vc_store *s);
     void (*wipe)(vc_store *s);
     /* Encrypt n all-zero sectors from first in place (holes made explicit for export). */
-    int (*seal_zeros)(vc_store *s, uint64_t first, size_t n, unsigned char *buf); /* wipe the key; no call may be running */
+    int (*seal_zeros)(vc_store *s, uint64_t first, size_t n, unsigned char *buf);
+    /* Raw records of n sectors (rec_size bytes each), present[i] = 0 for none. */
+    int (*records)(vc_store *s, uint64_t first, size_t n, unsigned char *out, unsigned char *present);
+    /* The clean end of a session, under the barrier (XTS: the flush). */
+    int (*close)(vc_store *s);
+    /* Free what the store holds (after the wipe); NULL when nothing. */
+    void (*release)(vc_store *s);
 } vc_store_ops;
 
 struct vc_store {
@@ -85,19 +97,30 @@ struct vc_store {
     size_t ss;
     sc_key key;    /* XTS */
     int keyed;
+    size_t rec_size;       /* bytes of one raw record */
+    uint64_t unit;         /* sectors per lock unit: 1, or a GCM group (a write rewrites its page) */
+    int flush_is_barrier;  /* GCM: flush runs with no request in flight */
+    int killed;            /* vc_kill: the wipe does no bookkeeping I/O */
+    void *priv;            /* the GCM store's state */
+    const char *name;
 };
 
-extern const vc_store_ops vc_xts_ops, vc_null_ops;
+extern const vc_store_ops vc_xts_ops, vc_null_ops, vc_gcm_ops;
+/* Set up the GCM store in s (b, name, ss set); 0 or a code. gcm_free releases what it holds. */
+int vc_gcm_open(vc_store *s, const unsigned char *key, size_t key_len, const vc_gcm_session *g);
+int vc_gcm_grow_store(vc_store *s, uint64_t old_size, uint64_t size, const char *mac_tmpl,
+                      const char *hdr_tmpl);
+void vc_gcm_state_get(vc_store *s, uint64_t out[4]);
 /* Threads for one large cipher batch (volumed._native.set_threads; sector_cipher.c). */
 int native_pool_threads(void);
 int vc_is_zero(const unsigned char *p, size_t len);
-/* Raw records (what a snapshot keeps): n sectors as stored, present[i] = 0 for a hole. */
+/* Raw records (what a snapshot keeps): n records (rec_size each), present[i] = 0 for none. */
 int vc_store_records(vc_store *s, uint64_t first, size_t n, unsigned char *out,
                      unsigned char *present);
 
 /* ---- capture session ------------------------------------------------------------------- */
 typedef struct vc_capture vc_capture;
-vc_capture *cap_new(uint64_t sectors, uint64_t max_kept_bytes, size_t ss);
+vc_capture *cap_new(uint64_t sectors, uint64_t max_kept_bytes, size_t rec_size);
 void cap_free(vc_capture *cap);
 /* Called holding the range lock of [first, last), before anything changes. Never fails. */
 void cap_before_write(vc_capture *cap, vc_store *s, uint64_t first, uint64_t last);

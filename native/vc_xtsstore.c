@@ -142,8 +142,20 @@ static int xts_seal_zeros(vc_store *s, uint64_t first, size_t n, unsigned char *
     return rc ? vc_fail(VC_E_NOMEM, "the XTS cipher failed") : 0;
 }
 
+/* Records in place: the sector as stored, an all-zero one a hole. */
+static int plain_records(vc_store *s, uint64_t first, size_t n, unsigned char *out,
+                         unsigned char *present)
+{
+    int rc = vb_pread(s->b, s->base + first * s->ss, n * s->ss, out);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++)
+        present[i] = !vc_is_zero(out + i * s->ss, s->ss);
+    return 0;
+}
+
 const vc_store_ops vc_xts_ops = {"xts", xts_read, xts_write, common_discard, common_flush, xts_wipe,
-                                 xts_seal_zeros};
+                                 xts_seal_zeros, plain_records, common_flush, NULL};
 
 /* ---- null cipher (benchmarks: the request path without the cipher) ---------------------- */
 
@@ -169,15 +181,10 @@ static int null_seal_zeros(vc_store *s, uint64_t first, size_t n, unsigned char 
 }
 
 const vc_store_ops vc_null_ops = {"null", null_read, null_write, common_discard, common_flush,
-                                  null_wipe, null_seal_zeros};
+                                  null_wipe, null_seal_zeros, plain_records, common_flush, NULL};
 
 int vc_store_records(vc_store *s, uint64_t first, size_t n, unsigned char *out,
                      unsigned char *present)
 {
-    int rc = vb_pread(s->b, s->base + first * s->ss, n * s->ss, out);
-    if (rc)
-        return rc;
-    for (size_t i = 0; i < n; i++)
-        present[i] = !vc_is_zero(out + i * s->ss, s->ss);
-    return 0;
+    return s->ops->records(s, first, n, out, present);
 }

@@ -55,6 +55,9 @@ int vc_open(const vc_config *cfg, vcore **out)
             return vc_fail(VC_E_RANGE, "an XTS key must be 64 bytes, got %zu", cfg->key_len);
         if (CRYPTO_memcmp(cfg->key, cfg->key + 32, 32) == 0)
             return vc_fail(VC_E_RANGE, "an XTS key's two halves must differ");
+    } else if (cfg->cipher == VC_CIPHER_GCM) {
+        if (cfg->key == NULL || cfg->key_len != 32 || cfg->gcm == NULL)
+            return vc_fail(VC_E_RANGE, "a GCM core needs a 32-byte key and its session");
     } else if (cfg->cipher != VC_CIPHER_NULL) {
         return vc_fail(VC_E_RANGE, "unknown cipher %d", (int)cfg->cipher);
     }
@@ -78,8 +81,22 @@ int vc_open(const vc_config *cfg, vcore **out)
     c->store.b = &c->backing;
     c->store.base = cfg->data_offset;
     c->store.ss = ss;
-    c->store.ops = cfg->cipher == VC_CIPHER_XTS ? &vc_xts_ops : &vc_null_ops;
-    if (cfg->cipher == VC_CIPHER_XTS) {
+    c->store.rec_size = ss;
+    c->store.unit = 1;
+    c->store.name = c->name;
+    c->store.ops = cfg->cipher == VC_CIPHER_XTS ? &vc_xts_ops
+                   : cfg->cipher == VC_CIPHER_GCM ? &vc_gcm_ops
+                                                  : &vc_null_ops;
+    if (cfg->cipher == VC_CIPHER_GCM) {
+        rc = vc_gcm_open(&c->store, cfg->key, cfg->key_len, cfg->gcm);
+        if (rc != 0) {
+            vb_close(&c->backing);
+            rl_destroy(&c->locks);
+            free(c->name);
+            free(c);
+            return rc;
+        }
+    } else if (cfg->cipher == VC_CIPHER_XTS) {
         int err = sc_key_init(&c->store.key, SC_XTS, cfg->key, cfg->key_len);
         if (err != 0) {
             vb_close(&c->backing);
@@ -152,6 +169,8 @@ void vc_unref(vcore *c)
     if (c == NULL || atomic_fetch_sub(&c->refs, 1) != 1)
         return;
     vc_wipe_key(c);
+    if (c->store.ops->release)
+        c->store.ops->release(&c->store);
     cap_free(c->cap);
     vb_close(&c->backing);
     rl_destroy(&c->locks);
@@ -176,6 +195,28 @@ static int in_range(vcore *c, uint64_t off, uint64_t len)
     return off <= size && len <= size - off;
 }
 
+/* The preamble of vc_read, vc_write and vc_discard: 1 when there is nothing to do, 0 when the
+ * call is entered (the caller leaves), or a code. */
+static int begin_io(vcore *c, const char *what, uint64_t off, uint64_t len)
+{
+    if (!in_range(c, off, len))
+        return out_of_range(c, what, off, len);
+    return len == 0 ? 1 : enter(c);
+}
+
+/* Range locks on whole lock units (a GCM write rewrites its group's metadata page). */
+static int lock(vcore *c, uint64_t first, uint64_t last)
+{
+    uint64_t u = c->store.unit;
+    return rl_lock(&c->locks, first / u * u, (last + u - 1) / u * u);
+}
+
+static void unlock(vcore *c, uint64_t first, uint64_t last)
+{
+    uint64_t u = c->store.unit;
+    rl_unlock(&c->locks, first / u * u, (last + u - 1) / u * u);
+}
+
 /* Before a write or discard changes sectors [first, last) (their lock held). */
 static void before_change(vcore *c, uint64_t first, uint64_t last)
 {
@@ -186,13 +227,9 @@ static void before_change(vcore *c, uint64_t first, uint64_t last)
 
 int vc_read(vcore *c, uint64_t off, size_t len, unsigned char *out)
 {
-    if (!in_range(c, off, len))
-        return out_of_range(c, "read", off, len);
-    if (len == 0)
-        return 0;
-    int rc = enter(c);
+    int rc = begin_io(c, "read", off, len);
     if (rc)
-        return rc;
+        return rc > 0 ? 0 : rc;
     size_t ss = c->ss;
     uint64_t first = off / ss, last = (off + len + ss - 1) / ss;
     size_t n = (size_t)(last - first), head = (size_t)(off - first * ss);
@@ -204,10 +241,10 @@ int vc_read(vcore *c, uint64_t off, size_t len, unsigned char *out)
             return vc_fail(VC_E_NOMEM, "no memory for a %zu-sector read", n);
         }
     }
-    rc = rl_lock(&c->locks, first, last);
+    rc = lock(c, first, last);
     if (rc == 0) {
         rc = c->store.ops->read(&c->store, first, n, buf);
-        rl_unlock(&c->locks, first, last);
+        unlock(c, first, last);
     }
     if (buf != out) {
         if (rc == 0)
@@ -225,7 +262,7 @@ static int write_locked(vcore *c, uint64_t off, const unsigned char *in, size_t 
     size_t ss = c->ss;
     uint64_t first = off / ss, last = (off + len + ss - 1) / ss;
     size_t n = (size_t)(last - first), head = (size_t)(off - first * ss);
-    int rc = rl_lock(&c->locks, first, last);
+    int rc = lock(c, first, last);
     if (rc)
         return rc;
     before_change(c, first, last);
@@ -250,19 +287,15 @@ static int write_locked(vcore *c, uint64_t off, const unsigned char *in, size_t 
             free(b);
         }
     }
-    rl_unlock(&c->locks, first, last);
+    unlock(c, first, last);
     return rc;
 }
 
 int vc_write(vcore *c, uint64_t off, const unsigned char *in, size_t len)
 {
-    if (!in_range(c, off, len))
-        return out_of_range(c, "write", off, len);
-    if (len == 0)
-        return 0;
-    int rc = enter(c);
+    int rc = begin_io(c, "write", off, len);
     if (rc)
-        return rc;
+        return rc > 0 ? 0 : rc;
     rc = write_locked(c, off, in, len);
     leave(c);
     return rc;
@@ -280,13 +313,9 @@ static int write_zeros(vcore *c, uint64_t off, size_t len)
 
 int vc_discard(vcore *c, uint64_t off, uint64_t len)
 {
-    if (!in_range(c, off, len))
-        return out_of_range(c, "discard", off, len);
-    if (len == 0)
-        return 0;
-    int rc = enter(c);
+    int rc = begin_io(c, "discard", off, len);
     if (rc)
-        return rc;
+        return rc > 0 ? 0 : rc;
     size_t ss = c->ss;
     uint64_t first = (off + ss - 1) / ss, last = (off + len) / ss;
     if (last <= first) {
@@ -297,25 +326,83 @@ int vc_discard(vcore *c, uint64_t off, uint64_t len)
         if (rc == 0 && off + len > last * ss)
             rc = write_zeros(c, last * ss, (size_t)(off + len - last * ss));
         if (rc == 0)
-            rc = rl_lock(&c->locks, first, last);
+            rc = lock(c, first, last);
         if (rc == 0) {
             before_change(c, first, last);
             rc = c->store.ops->discard(&c->store, first, last - first);
-            rl_unlock(&c->locks, first, last);
+            unlock(c, first, last);
         }
     }
     leave(c);
     return rc;
 }
 
-int vc_flush(vcore *c)
+/* The store's flush; under the barrier where the store needs one (GCM: no write in flight while
+ * it declares its writes durable and forgets which slots are volatile). */
+static int flush_with(vcore *c, int (*fn)(vc_store *), int barrier)
 {
     int rc = enter(c);
     if (rc)
         return rc;
-    rc = c->store.ops->flush(&c->store);
+    if (barrier)
+        rl_exclusive(&c->locks);
+    rc = fn(&c->store);
+    if (barrier)
+        rl_exclusive_end(&c->locks);
     leave(c);
     return rc;
+}
+
+int vc_flush(vcore *c)
+{
+    return flush_with(c, c->store.ops->flush, c->store.flush_is_barrier);
+}
+
+int vc_close_clean(vcore *c)
+{
+    return flush_with(c, c->store.ops->close, 1);
+}
+
+void vc_kill(vcore *c)
+{
+    c->store.killed = 1;
+    vc_wipe_key(c);
+}
+
+size_t vc_record_size(const vcore *c)
+{
+    return c->store.rec_size;
+}
+
+int vc_gcm_grow(vcore *c, uint64_t size, const char *mac_tmpl, const char *hdr_tmpl)
+{
+    if (c->store.ops != &vc_gcm_ops)
+        return vc_fail(VC_E_STATE, "%s is not a GCM volume", c->name);
+    if (size % c->ss || size < vc_size(c))
+        return vc_fail(VC_E_RANGE, "cannot resize to %llu bytes (volume size %llu)",
+                       (unsigned long long)size, (unsigned long long)vc_size(c));
+    int rc = enter(c);
+    if (rc)
+        return rc;
+    rl_exclusive(&c->locks);
+    rc = vc_gcm_grow_store(&c->store, vc_size(c), size, mac_tmpl, hdr_tmpl);
+    if (rc == 0)
+        atomic_store(&c->size, size);
+    rl_exclusive_end(&c->locks);
+    leave(c);
+    return rc;
+}
+
+int vc_gcm_state(vcore *c, uint64_t out[4])
+{
+    if (c->store.ops != &vc_gcm_ops)
+        return vc_fail(VC_E_STATE, "%s is not a GCM volume", c->name);
+    int rc = enter(c);
+    if (rc)
+        return rc;
+    vc_gcm_state_get(&c->store, out);
+    leave(c);
+    return 0;
 }
 
 void vc_fail_backing(vcore *c, int err)
@@ -352,11 +439,13 @@ int vc_read_sealed(vcore *c, uint64_t first, size_t n, unsigned char *out)
 {
     if (first > vc_size(c) / c->ss || n > vc_size(c) / c->ss - first)
         return out_of_range(c, "sealed read", first * c->ss, (uint64_t)n * c->ss);
+    if (c->store.rec_size != c->ss)
+        return c->store.ops->seal_zeros(&c->store, first, 0, out); /* the format has no image */
     int rc = enter(c);
     if (rc)
         return rc;
     unsigned char *present = malloc(n ? n : 1);
-    rc = present ? rl_lock(&c->locks, first, first + n) : vc_fail(VC_E_NOMEM, "no memory");
+    rc = present ? lock(c, first, first + n) : vc_fail(VC_E_NOMEM, "no memory");
     if (rc == 0) {
         rc = vc_store_records(&c->store, first, n, out, present);
         size_t i = 0, ss = c->ss;
@@ -370,7 +459,7 @@ int vc_read_sealed(vcore *c, uint64_t first, size_t n, unsigned char *out)
                 i++;
             rc = c->store.ops->seal_zeros(&c->store, first + a, i - a, out + a * ss);
         }
-        rl_unlock(&c->locks, first, first + n);
+        unlock(c, first, first + n);
     }
     free(present);
     leave(c);
@@ -396,7 +485,7 @@ int vc_capture_begin(vcore *c, uint64_t max_kept_bytes)
     } else {
         rc = c->store.ops->flush(&c->store);
         if (rc == 0) {
-            vc_capture *cap = cap_new(vc_size(c) / c->ss, max_kept_bytes, c->ss);
+            vc_capture *cap = cap_new(vc_size(c) / c->ss, max_kept_bytes, c->store.rec_size);
             if (cap == NULL) {
                 rc = vc_fail(VC_E_NOMEM, "no memory for a capture session");
             } else {
@@ -413,7 +502,7 @@ int vc_capture_begin(vcore *c, uint64_t max_kept_bytes)
 
 int vc_capture_read(vcore *c, uint64_t first, size_t n, unsigned char *out, unsigned char *present)
 {
-    int rc = rl_lock(&c->locks, first, first + n);
+    int rc = lock(c, first, first + n);
     if (rc)
         return rc;
     rc = enter(c); /* a revoked volume's records are not copied on, even if all preserved */
@@ -425,7 +514,7 @@ int vc_capture_read(vcore *c, uint64_t first, size_t n, unsigned char *out, unsi
                  : vc_fail(VC_E_STATE, "the capture session was closed");
         leave(c);
     }
-    rl_unlock(&c->locks, first, first + n);
+    unlock(c, first, first + n);
     return rc;
 }
 

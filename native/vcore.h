@@ -70,10 +70,27 @@ const char *vc_last_error(void);
 /* ---- Additions (issue 12, the core's side; additive only) -------------------------------------
  * Opening a core, its geometry, resizing, the raw records a snapshot copies and the copy-on-write
  * capture session of a snapshot of a live volume. The engine needs none of these: it gets its
- * core from a volumed._native.VolumeCore object (vcore_py.h). Stores built so far: XTS and null;
- * GCM volumes are still served by the Python reference core (volumed/volume/refcore.py). */
+ * core from a volumed._native.VolumeCore object (vcore_py.h). Stores: XTS, null and GCM format 2
+ * (vc_gcmstore.c; volumed/volume/gcmstore.py is its reference). */
 
-typedef enum { VC_CIPHER_NULL = 0, VC_CIPHER_XTS = 1 } vc_cipher;
+typedef enum { VC_CIPHER_NULL = 0, VC_CIPHER_XTS = 1, VC_CIPHER_GCM = 2 } vc_cipher;
+
+/* A GCM format-2 session, begun by the Python side (volumed.volume.gcmstore.GcmStore's session
+ * start: the note read, doubtful ranges, their resolution past 64, the first reservation, all
+ * durable) and continued here. The header's varying fields are rendered into templates made by
+ * volumed.volume.gcmformat.header_templates: \x01D doubtful, \x01F nonce_flushed, \x01R
+ * nonce_reserved, \x01M the MAC (quoted base64; only in hdr_tmpl). */
+typedef struct {
+    const unsigned char *meta_key, *note_key, *mac_key; /* 32 bytes each; copied to locked memory */
+    const unsigned char *uuid;   /* 16 bytes: HKDF salt of the subkeys, AAD */
+    const unsigned char *salt;   /* 16 bytes: this session's salt */
+    uint64_t next, reserved, flushed, seqid, note_seq;
+    uint64_t reserve_chunk;      /* counters per reservation (gcmstore.RESERVE_CHUNK, 2^20) */
+    uint64_t nonce_limit;        /* the last counter ever used (gcmstore.NONCE_LIMIT, 2^63-1) */
+    const uint64_t *doubtful;    /* ndoubtful (lo, hi] pairs */
+    size_t ndoubtful;
+    const char *mac_tmpl, *hdr_tmpl; /* NUL-terminated */
+} vc_gcm_session;
 
 typedef struct {
     int fd;                   /* the backing file, read-write; the core keeps its own dup */
@@ -93,6 +110,7 @@ typedef struct {
                                  page's previous image (rollback). Emptied whenever it would pass
                                  history_max_bytes (0: no history, whatever history_fd says). */
     uint64_t history_max_bytes;
+    const vc_gcm_session *gcm; /* VC_CIPHER_GCM only (key: the 32-byte data key) */
 } vc_config;
 
 /* A new core with one reference. 0, or a negative code (VC_E_RANGE for a bad config, -errno). */
@@ -117,6 +135,25 @@ int vc_read_records(vcore *c, uint64_t first, size_t n, unsigned char *out, unsi
  * ciphertext, and for a hole the encryption of zeros (XTS; null: the bytes). Takes the range lock.
  * For exporting a volume to a plain LUKS2 image. */
 int vc_read_sealed(vcore *c, uint64_t first, size_t n, unsigned char *out);
+
+/* Bytes of one raw record (vc_read_records, vc_capture_read): the sector size, or for GCM
+ * salt (16) + nonce (12) + tag (16) + the slot's data page. */
+size_t vc_record_size(const vcore *c);
+
+/* The clean end of a session under the barrier: flush, then (GCM) record in the header that no
+ * reserved counter is outstanding. The key stays; the caller wipes it. */
+int vc_close_clean(vcore *c);
+
+/* What a dying process does (the crash tests): wipe the key with no bookkeeping I/O. (vc_wipe_key
+ * first records a clean GCM session when nothing was written since the last flush.) */
+void vc_kill(vcore *c);
+
+/* GCM: grow to size under the barrier: seal the new groups' metadata pages, extend the file,
+ * then write the header rendered from the new templates. VC_E_STATE for another format. */
+int vc_gcm_grow(vcore *c, uint64_t size, const char *mac_tmpl, const char *hdr_tmpl);
+
+/* GCM: the header state the core keeps (seqid, nonce_reserved, nonce_flushed, next counter). */
+int vc_gcm_state(vcore *c, uint64_t out[4]);
 
 /* Capture session (volumed.volume.records.CaptureSession's contract): vc_capture_begin, under the
  * barrier, flushes and opens the session (VC_E_STATE if one is open); from then on every write or

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from tests.volume.conftest import raw_key
 from volumed.errors import KeyAccessError, StateError, UsageError
 from volumed.volume import RecordingBackingFile, Volume, simulate_power_cut
+from volumed.volume import gcmformat as F, gcmstore
 from volumed.volume.cores import native_module
+from volumed.volume.header import MAC_INFO, derive_key, verify_mac
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(native_module() is None, reason="needs the native extension")]
@@ -29,10 +31,9 @@ SS = 4096
 SIZE = 64 * SS
 
 
-@pytest.fixture
-def pair(make_volume, kms, tmp_path):
-    """Open(core) -> Volume for two copies of one new XTS volume: native and reference."""
-    path = make_volume("xts", size=SIZE)
+def _pair(make_volume, kms, tmp_path, cipher: str):
+    """Open(core) -> Volume for two copies of one new volume: native and reference."""
+    path = make_volume(cipher, size=SIZE)
     key = bytes(raw_key(kms, path))
     opened = []
 
@@ -48,6 +49,23 @@ def pair(make_volume, kms, tmp_path):
     yield open_
     for v in opened:
         v.close()
+
+
+@pytest.fixture
+def pair(make_volume, kms, tmp_path):
+    yield from _pair(make_volume, kms, tmp_path, "xts")
+
+
+@pytest.fixture
+def gcm_pair(make_volume, kms, tmp_path, monkeypatch):
+    """The same for GCM, every session with one salt (so both files can be byte-identical)."""
+    monkeypatch.setattr(gcmstore, "new_salt", lambda: b"\x5a" * 16)
+    yield from _pair(make_volume, kms, tmp_path, "gcm")
+
+
+@pytest.fixture(params=["xts", "gcm"])
+def any_pair(request):
+    return request.getfixturevalue("pair" if request.param == "xts" else "gcm_pair")
 
 
 def _outcome(fn, *args):
@@ -66,9 +84,11 @@ ops = st.lists(st.tuples(st.sampled_from(["write", "zeros", "read", "discard", "
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seq=ops)
-def test_differential_native_and_reference(pair, seq):
+def test_differential_native_and_reference(any_pair, seq):
     """Random reads/writes/discards/flushes (partial sectors, holes, past the end) through both
-    cores: equal replies and errors, byte-identical files."""
+    cores, XTS and GCM (the native GCM store against the Python GcmStore): equal replies and
+    errors, byte-identical files (GCM: headers, notes, metadata pages and slots)."""
+    pair = any_pair
     native, ref = pair("native"), pair("reference")
     assert native.native_core is not None and ref.native_core is None
     for op, off, ln, b in seq:
@@ -95,7 +115,8 @@ def test_differential_native_and_reference(pair, seq):
     ref.close()
 
 
-def test_errors_and_the_key_latch_read_the_same(pair):
+def test_errors_and_the_key_latch_read_the_same(any_pair):
+    pair = any_pair
     native, ref = pair("native"), pair("reference")
     for v in (native, ref):
         with pytest.raises(UsageError, match=r"write of 10 bytes at .* is outside the volume"):
@@ -122,9 +143,10 @@ def test_export_is_the_same_image(pair, tmp_path):
     assert (tmp_path / "n.img").read_bytes()[base:] == (tmp_path / "r.img").read_bytes()[base:]
 
 
-def test_capture_sessions_agree(pair):
+def test_capture_sessions_agree(any_pair):
     """A capture session with writes landing ahead of the copier: both cores hand out the
     records as they were at the barrier."""
+    pair = any_pair
     native, ref = pair("native"), pair("reference")
     got = []
     for v in (native, ref):
@@ -143,11 +165,11 @@ def test_capture_sessions_agree(pair):
     assert got[0] == got[1]
 
 
-def test_overlapping_writes_from_threads_are_some_serial_order(pair):
+def test_overlapping_writes_from_threads_are_some_serial_order(any_pair):
     """16 threads write the same unaligned range with their own byte, and 16 more rewrite their own
     256-byte piece of one sector again and again (read-modify-write under the lock): the range is
     wholly one writer's, and no piece of the shared sector is lost."""
-    vol = pair("native")
+    vol = any_pair("native")
     off, ln = 3 * SS + 100, 10 * SS
     errors = []
 
@@ -181,9 +203,11 @@ def test_overlapping_writes_from_threads_are_some_serial_order(pair):
 
 
 @pytest.mark.parametrize("mode", ["all", "random", "torn"])
-def test_native_power_cut_recorder(pair, tmp_path, mode):
-    """The native core keeps RecordingBackingFile's undo journal itself: after the process dies,
-    simulate_power_cut leaves every sector old or new, and "all" gives back the flushed state."""
+def test_native_power_cut_recorder(any_pair, tmp_path, mode):
+    """The native core keeps RecordingBackingFile's undo journal itself (XTS and GCM): after the
+    process dies, simulate_power_cut leaves every sector old or new, and "all" gives back the
+    flushed state."""
+    pair = any_pair
     journal = str(tmp_path / "journal")
     vol = pair("native", backing=lambda p: RecordingBackingFile(p, journal))
     assert vol.native_core is not None
@@ -191,7 +215,7 @@ def test_native_power_cut_recorder(pair, tmp_path, mode):
     old, new = rng.randbytes(SIZE), rng.randbytes(SIZE)
     vol.write(0, old)
     vol.flush()
-    assert os.path.getsize(journal) == 0
+    assert vol.format.name == "gcm" or os.path.getsize(journal) == 0  # GCM: the note follows the sync
     for off in range(0, SIZE, 4 * SS):   # unaligned: each write read-modify-writes two edges
         vol.write(off + 10, new[off + 10:min(off + 4 * SS + 10, SIZE)])
     vol.abandon()
@@ -210,6 +234,56 @@ def test_native_power_cut_recorder(pair, tmp_path, mode):
         assert any(piece == v[s * SS:(s + 1) * SS] for v in versions), s
     if mode == "all":
         assert data == old
+
+
+@pytest.mark.parametrize("writer", ["native", "reference"])
+def test_gcm_files_open_with_either_store(gcm_pair, writer):
+    """A GCM file written (and resized, zeroed, left dirty) by one store reads the same through the
+    other: the same format."""
+    reader = "reference" if writer == "native" else "native"
+    vol = gcm_pair(writer)
+    rng = random.Random(writer)
+    data = bytearray(rng.randbytes(SIZE))
+    vol.write(0, data)
+    vol.flush()
+    vol.write(3 * SS + 5, b"z" * 7000)
+    data[3 * SS + 5:3 * SS + 7005] = b"z" * 7000
+    vol.discard(20 * SS, 9 * SS)
+    data[20 * SS:29 * SS] = bytes(9 * SS)
+    vol.resize(2 * SIZE)
+    vol.write(SIZE + 60 * SS, b"g" * SS)
+    data += bytes(SIZE)
+    data[SIZE + 60 * SS:SIZE + 61 * SS] = b"g" * SS
+    vol.close()
+    with Volume._open_with_key(vol.path, bytearray(gcm_pair.key), core=reader) as other:
+        assert other.size == 2 * SIZE and other.read(0, 2 * SIZE) == data
+        assert (other.native_core is not None) == (reader == "native")
+        other.write(7 * SS, b"r" * SS)
+        data[7 * SS:8 * SS] = b"r" * SS
+    with Volume._open_with_key(vol.path, bytearray(gcm_pair.key), core=writer) as again:
+        assert again.read(0, 2 * SIZE) == data
+
+
+def test_native_gcm_header_copies_are_the_python_encoding(gcm_pair):
+    """With doubtful ranges (unclean sessions), the header copy the native store writes at close
+    verifies and is byte for byte gcmformat.encode_copy of what it says."""
+    vol = gcm_pair("native")
+    path = vol.path
+    vol.abandon()
+    for _ in range(2):
+        v = Volume._open_with_key(path, bytearray(gcm_pair.key))
+        v.write(0, os.urandom(2 * SS))
+        v.abandon()                     # unclean: its counters become doubtful
+    v = Volume._open_with_key(path, bytearray(gcm_pair.key))
+    assert v.native_core is not None and v.header.doubtful
+    v.write(60 * SS, b"q" * SS)
+    v.close()
+    raw = open(path, "rb").read(2 * F.HDR_SIZE)
+    h, copies = F.decode(lambda o, n: raw[o:o + n])
+    assert all(c.ok for c in copies) and h.doubtful and h.nonce_flushed == h.nonce_reserved
+    verify_mac(derive_key(gcm_pair.key, h.uuid, MAC_INFO), h, path)
+    off, data = F.encode_copy(h)
+    assert raw[off:off + F.HDR_SIZE] == data
 
 
 def test_native_reads_run_while_python_holds_the_gil(make_volume, kms):
@@ -241,8 +315,9 @@ def test_native_reads_run_while_python_holds_the_gil(make_volume, kms):
         assert len(inside) >= 10, (len(inside), t1 - t0)
 
 
-def test_wipe_key_waits_for_calls_in_flight_then_refuses(make_volume, kms):
-    path = make_volume("xts", size=32 << 20)
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_wipe_key_waits_for_calls_in_flight_then_refuses(make_volume, kms, cipher):
+    path = make_volume(cipher, size=32 << 20)
     vol = Volume.open(path, kms=kms)
     try:
         core = vol.native_core
@@ -267,13 +342,14 @@ def test_wipe_key_waits_for_calls_in_flight_then_refuses(make_volume, kms):
         vol.close()
 
 
-def test_stress_threads_against_a_model(make_volume, kms):
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_stress_threads_against_a_model(make_volume, kms, cipher):
     """16 threads for a few seconds: random unaligned writes, discards and reads, with flushes,
     each thread in its own 4-sector blocks (interleaved with the others', so neighbouring sectors
     are rewritten concurrently); every read of a thread's own bytes matches its model at once, and
     at the end the whole volume matches the models byte for byte, also after reopening."""
     size, block, threads = 4 << 20, 4 * SS, 16
-    path = make_volume("xts", size=size)
+    path = make_volume(cipher, size=size)
     vol = Volume.open(path, kms=kms)
     model = bytearray(size)
     errors = []
@@ -321,10 +397,11 @@ def test_stress_threads_against_a_model(make_volume, kms):
         assert again.read(0, size) == model
 
 
-def test_wipe_key_under_many_threads(make_volume, kms):
+@pytest.mark.parametrize("cipher", ["xts", "gcm"])
+def test_wipe_key_under_many_threads(make_volume, kms, cipher):
     """8 threads reading and writing while the key is wiped: every call either completes with
     the right bytes or raises KeyAccessError; none started after wipe_key returned succeeds."""
-    path = make_volume("xts", size=8 << 20)
+    path = make_volume(cipher, size=8 << 20)
     vol = Volume.open(path, kms=kms)
     try:
         vol.write(0, b"k" * (8 << 20))

@@ -6,7 +6,11 @@
   slot entry); a write after such a rollback still outranks what is on disk (skip-ahead);
 - a power cut right after fsync: the acknowledged data reads back, and a flipped byte in its slot
   is an IntegrityError, not the older version;
-- more than MAX_DOUBTFUL unclean sessions: resolved, never merged over counters that were clean.
+- more than MAX_DOUBTFUL unclean sessions: resolved, never merged over counters that were clean;
+- a crash between a flush's fdatasync and its nonce note: the data reads back, no pair repeats.
+
+Every attack runs on both GCM stores: the native one (native/vc_gcmstore.c, the default) and the
+Python reference (gcmstore.GcmStore, VOLUMED_CIPHER=reference).
 """
 
 from __future__ import annotations
@@ -20,10 +24,25 @@ import pytest
 from volumed.errors import IntegrityError
 from volumed.volume import Volume, gcmformat as F, gcmstore
 from volumed.volume.backing import BackingFile, RecordingBackingFile, simulate_power_cut
+from volumed.volume.cores import native_module
 
 SS = 4096
 SIZE = 1 << 20
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True, params=["native", "reference"])
+def store(request, monkeypatch):
+    """The GCM store every Volume.open of the test uses."""
+    if request.param == "native" and native_module() is None:
+        pytest.skip("needs the native extension")
+    if request.param == "reference":
+        monkeypatch.setenv("VOLUMED_CIPHER", "reference")
+    return request.param
+
+
+def _served_by(vol, store) -> None:
+    assert (vol.native_core is not None) == (store == "native")
 
 
 def _entries(path):
@@ -156,7 +175,7 @@ def test_power_cut_right_after_fsync_keeps_acknowledged_data_authenticated(make_
     vol = Volume.open(path, kms=kms, backing=RecordingBackingFile(path, journal))
     vol.write(0, b"B" * SS)
     vol.flush()                 # acknowledged
-    vol._backing.close()        # the power goes: nothing after the flush reaches the disk
+    vol.abandon()               # the power goes: nothing after the flush reaches the disk
     simulate_power_cut(path, journal, mode="all")
     with Volume.open(path, kms=kms) as vol:
         assert vol.read(0, SS) == b"B" * SS
@@ -184,7 +203,7 @@ def test_unflushed_writes_may_still_fall_back_after_a_power_cut(make_volume, kms
         journal = str(tmp_path / f"journal{seed}")
         vol = Volume.open(path, kms=kms, backing=RecordingBackingFile(path, journal))
         vol.write(0, os.urandom(4 * SS))
-        vol._backing.close()
+        vol.abandon()  # the process dies (a native core holds its own descriptor)
         simulate_power_cut(path, journal, mode="torn", seed=seed)
         with Volume.open(path, kms=kms) as vol:
             assert len(vol.read(0, 4 * SS)) == 4 * SS  # each sector old or new, never an error
@@ -206,7 +225,7 @@ def test_many_unclean_sessions_are_resolved_not_merged(make_volume, kms, tmp_pat
         clean_ctrs.append(_current(path, 60 + n)[3])
         # ... then an unflushed write that the power cut tears (residue in a doubtful range)
         vol.write(n * SS, os.urandom(SS))
-        vol._backing.close()
+        vol.abandon()  # the process dies (a native core holds its own descriptor)
         simulate_power_cut(path, journal, mode="all")
         h = Volume.read_header(path)
         assert len(h.doubtful) <= 3
@@ -238,8 +257,36 @@ def test_resolution_skips_a_damaged_metadata_page(make_volume, kms, monkeypatch)
     for _ in range(3):
         vol = Volume.open(path, kms=kms)
         vol.write(0, os.urandom(SS))
-        vol._backing.close()  # killed
+        vol.abandon()  # killed
     with Volume.open(path, kms=kms) as vol:
         assert len(vol.header.doubtful) <= 1
         with pytest.raises(IntegrityError, match="metadata of sectors 100-149"):
             vol.read(120 * SS, SS)
+
+
+def test_a_crash_between_the_data_and_the_note_repeats_no_pair(make_volume, kms, store):
+    """A flush's data made durable but the process dead before its nonce note was written (the
+    notes as they were before the flush put back: the same bytes on disk): the data reads back (its
+    counters are doubtful, and it verifies); the next session writes under a new subkey, so no
+    (key, nonce) pair repeats although the counters come back."""
+    path = make_volume("gcm", size=SIZE)
+    plain = {}
+    with Volume.open(path, kms=kms) as vol:
+        _served_by(vol, store)
+        plain.update({(path, s): p for s, p in _write(vol, range(4), 1).items()})
+    old_header = open(path, "rb").read(F.DATA_OFFSET)
+    vol = Volume.open(path, kms=kms)
+    plain.update({(path, s): p for s, p in _write(vol, range(4, 8), 2).items()})
+    vol.abandon()                 # the process dies after the flush ...
+    with open(path, "r+b") as f:  # ... whose note had not been written
+        f.seek(F.NOTE_OFFSET)
+        f.write(old_header[F.NOTE_OFFSET:])
+    with Volume.open(path, kms=kms) as vol:
+        assert vol.header.doubtful, "the unnoted counters are doubtful"
+        assert vol.read(0, 8 * SS) == bytes([1]) * 4 * SS + bytes([2]) * 4 * SS
+    with open(path, "r+b") as f:
+        f.write(old_header)       # the header from before that session: its counters again
+    with Volume.open(path, kms=kms) as vol:  # (in a group the crashed session did not touch)
+        plain.update({(path, s): p for s, p in _write(vol, range(60, 64), 3).items()})
+        assert vol.read(0, 8 * SS) == bytes([1]) * 4 * SS + bytes([2]) * 4 * SS
+    _assert_no_pair_repeats([path], plain)

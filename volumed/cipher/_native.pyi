@@ -63,7 +63,8 @@ def kat_gcm_open(key: Buffer, nonce: Buffer, aad: Buffer, data: Buffer, tag: Buf
 
 class VolumeCore:
     """One open volume's decrypted bytes served by the native core (native/vcore.h): XTS (LUKS2
-    aes-xts-plain64, all-zero on-disk sector = hole) or the null cipher (benchmarks). Thread-safe;
+    aes-xts-plain64, all-zero on-disk sector = hole), GCM format 2 (native/vc_gcmstore.c) or the
+    null cipher (benchmarks). Thread-safe;
     the GIL is released around every I/O call. Errors: volumed.errors.KeyAccessError (key wiped),
     UsageError (outside the volume), StateError, OSError (the backing file's errno), MemoryError."""
 
@@ -72,12 +73,19 @@ class VolumeCore:
     cipher: Final[str]
     def __init__(self, fd: int, *, cipher: str, key: Buffer | None = None, data_offset: int = 0,
                  size: int, sector_size: int = 4096, journal_fd: int = -1, name: str = "",
-                 history_fd: int = -1, history_max_bytes: int = 32 << 20) -> None:
+                 history_fd: int = -1, history_max_bytes: int = 32 << 20,
+                 gcm: tuple[Buffer, Buffer, Buffer, bytes, bytes, int, int, int, int, int, int,
+                            int, bytes, str, str] | None = None) -> None:
         """fd: the backing file (the core keeps its own dup; yours stays yours). key: 64 bytes for
         xts (copied into locked memory, a writable buffer is overwritten with zeros), None for null.
         journal_fd: the power-loss recorder's undo journal (RecordingBackingFile's format), or -1.
         history_fd: with a journal, an append-only copy of its records that flushes leave alone
-        (the fault layer's previous page images, for rollback), emptied past history_max_bytes."""
+        (the fault layer's previous page images, for rollback), emptied past history_max_bytes.
+        gcm (cipher "gcm", key: the 32-byte data key): the session the Python GcmStore began:
+        (meta_key, note_key, mac_key, uuid, salt, next, nonce_reserved, nonce_flushed, seqid,
+        note_seq, reserve chunk, nonce limit, doubtful as native u64 pairs, mac template, header
+        template); the keys are
+        copied into locked memory and the writable buffers overwritten."""
     def read(self, offset: int, length: int) -> bytearray:
         """Exactly ``length`` bytes; the range must lie inside the volume (UsageError)."""
     def readinto(self, offset: int, buf: Buffer) -> None: ...
@@ -102,3 +110,11 @@ class VolumeCore:
     def capture_stats(self) -> dict[str, int]:
         """captured, peak_kept, kept_bytes, failed."""
     def capture_end(self) -> None: ...
+    def close_clean(self) -> None:
+        """Under the barrier: flush, then (GCM) record a clean session in the header."""
+    def kill(self) -> None:
+        """Wipe the key with no bookkeeping I/O (a dying process, in the crash tests)."""
+    def gcm_grow(self, size: int, mac_template: str, header_template: str) -> None:
+        """GCM: grow the volume (new metadata pages, file, header) under the barrier."""
+    def gcm_state(self) -> tuple[int, int, int, int]:
+        """GCM: (seqid, nonce_reserved, nonce_flushed, next counter)."""

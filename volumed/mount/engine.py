@@ -1,13 +1,13 @@
 """Which request engine serves a mount's FUSE requests, and the two engines behind one interface.
 
-- ``native`` (the default for XTS and null-cipher volumes): volumed._native.FuseEngine
+- ``native`` (the default for XTS, GCM and null-cipher volumes): volumed._native.FuseEngine
   (native/fuse_engine.c) mounts with libfuse and serves every request in up to ``--io-threads``
   native worker threads, each reading its own clone of /dev/fuse, straight into the volume's
   native core (native/vcore.h); the GIL is never taken on the request path. The access latch is
   the engine's (native memory), closed by ``close_latch`` at revocation.
-- ``python``: pyfuse3 on the daemon's trio loop, volumed.mount.fs.VolumeFS over the Volume (GCM
-  volumes, whose core is the Python reference until a native GCM store exists, and any volume on
-  request with ``--engine python``).
+- ``python``: pyfuse3 on the daemon's trio loop, volumed.mount.fs.VolumeFS over the Volume (any
+  volume on request with ``--engine python``, through the same native core; and volumes served by
+  the Python reference core: ``VOLUMED_CIPHER=reference`` or no native extension).
 
 Both engines answer every request with the same rules (tests/mount/test_engine_differential.py).
 The daemon (volumed.mount.daemon) keeps the rest either way: the control channel, the key monitor,
@@ -55,17 +55,17 @@ def default_io_threads() -> int:
 
 def choose(requested: str | None, native_core: NativeObject | None) -> str:
     """"native" or "python" for a volume whose native core is ``native_core`` (Volume.native_core:
-    None when the Python reference core serves it, as for GCM). UsageError when the native engine
-    is asked for a volume it cannot serve (one clear line)."""
+    None when the Python reference core serves it). UsageError when the native engine is asked
+    for a volume it cannot serve (one clear line)."""
     if requested is not None and requested not in ENGINES:
         raise UsageError(f"unknown engine {requested!r}: choose native or python")
     if requested == "python":
         return "python"
     if native_core is None:
         if requested == "native":
-            raise UsageError("--engine native serves XTS and null-cipher volumes with the native "
-                             "core only (GCM volumes use --engine python until a native GCM store "
-                             "exists)")
+            raise UsageError("--engine native needs the native volume core, and this volume is "
+                             "served by the Python reference core (VOLUMED_CIPHER=reference or no "
+                             "native extension): use --engine python")
         return "python"
     return "native"
 

@@ -4,10 +4,10 @@ Both the mount (volumed.mount.fs, and the native FUSE engine through native/vcor
 Volume API (snapshots, export, restore, the crash model, tests) go through an object of this
 protocol; nothing probes it with hasattr or reaches into its fields. Implementations:
 
-- ``volumed._native.VolumeCore`` (native/vcore.c): XTS and the null cipher, the default;
+- ``volumed._native.VolumeCore`` (native/vcore.c): XTS, GCM and the null cipher, the default;
 - ``volumed.volume.refcore.RefCore``: the pure-Python reference over a Python store; the test oracle
-  of the native core, the core of GCM volumes (not native yet) and of backing files whose every
-  call must be seen by Python code (the fault layer's FaultBacking, test tracers).
+  of the native core, and the core of backing files whose every call must be seen by Python code
+  (the fault layer's FaultBacking with the python engine, test tracers).
 
 ``choose(requested)`` picks "native" or "reference": ``core="reference"`` (Volume.open/create's
 argument) or ``VOLUMED_CIPHER=reference`` force the reference; otherwise native when the extension

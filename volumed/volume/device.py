@@ -2,8 +2,8 @@
 
 Volume.create makes a backing file (XTS = LUKS2, GCM = volumed's own format), Volume.open unwraps
 the key through KMS and verifies the header MAC, and the instance serves read/write/discard/flush
-from any number of threads through its core (volumed.volume.cores: the native core for XTS by
-default, the Python reference core for GCM). What depends on the format is in
+from any number of threads through its core (volumed.volume.cores: the native core by default,
+the Python reference core on request or without the extension). What depends on the format is in
 volumed.volume.formats; the I/O rules (range locks, read-modify-write of partial sectors, the key
 latch, the capture session) are the core's:
 
@@ -279,7 +279,8 @@ class Volume:
     @property
     def native_core(self):
         """The native VolumeCore (volumed._native) serving this volume, for the FUSE engine, or
-        None when the reference core serves it (GCM, a fault-injecting backing, core="reference")."""
+        None when the reference core serves it (a fault-injecting backing on the python engine,
+        core="reference")."""
         return self._opened.native if self._core is not None else None
 
     @property

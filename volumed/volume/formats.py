@@ -4,8 +4,9 @@
 XtsFormat   LUKS2 (aes-xts-plain64), the production default; served by the native core
             (volumed._native.VolumeCore) unless the reference is asked for or the backing file is
             one whose every call Python must see (the fault layer, test tracers).
-GcmFormat   volumed's authenticated format (docs/FORMAT.md); served by the reference core over the
-            Python GcmStore (not native yet).
+GcmFormat   volumed's authenticated format (docs/FORMAT.md); served by the native core over the
+            native GCM store (native/vc_gcmstore.c) on the same terms as XTS, else by the reference
+            core over the Python GcmStore (which begins every session either way).
 
 Each format also says how its snapshot records are sealed and opened under a snapshot's key
 (``snapshot_cipher``, ``open_record``, ``seal_record``: volumed.snapshot.recrypt) and whether a
@@ -20,14 +21,21 @@ callers; Opened reads the Volume's header and backing file.
 from __future__ import annotations
 
 import os
+import struct
+import uuid as _uuid
+from typing import TYPE_CHECKING, Protocol
 
 from volumed.cipher import XtsCipher
 from volumed.errors import FormatError, IntegrityError, UsageError
-from volumed.volume import cores, gcmformat, luks2
+from volumed.volume import cores, gcmformat, gcmstore, luks2
 from volumed.volume.gcmstore import GcmStore, SectorKeys, init_groups
 from volumed.volume.header import GCM_META_INFO, GCM_NOTE_INFO, compute_mac, derive_key
 from volumed.volume.refcore import RefCore
 from volumed.volume.xtsstore import XtsStore
+
+if TYPE_CHECKING:
+    from volumed.volume.device import Volume
+    from volumed.volume.header import VolumeHeader
 
 PAGE = 4096
 _ZERO = bytes(PAGE)
@@ -268,6 +276,70 @@ class GcmOpened(Opened):
             self.drop()
 
 
+class GcmNativeCore(cores.VolumeCore, Protocol):
+    """volumed._native.VolumeCore(cipher="gcm"): the protocol plus the GCM session's calls."""
+
+    def close_clean(self) -> None: ...
+    def kill(self) -> None: ...
+    def gcm_grow(self, size: int, mac_template: str, header_template: str) -> None: ...
+    def gcm_state(self) -> tuple[int, int, int, int]: ...
+
+
+# The gcm= argument of a native GCM core (native/vcore_py.c, vcpy_init).
+GcmSessionArg = tuple[bytearray, bytearray, bytearray, bytes, bytes, int, int, int, int, int, int,
+                      int, bytes, str, str]
+
+
+class GcmNativeOpened(Opened):
+    """A GCM volume served by the native GCM store (native/vc_gcmstore.c) in a native core."""
+
+    flush_is_barrier = True
+
+    def __init__(self, core: GcmNativeCore, h: VolumeHeader, mac_key: bytearray) -> None:
+        self.core: GcmNativeCore = core
+        self._h = h
+        self._mac_key = mac_key  # the Volume's own (it wipes it at close)
+
+    @property
+    def native(self) -> GcmNativeCore:
+        return self.core
+
+    def _sync_header(self) -> None:
+        """The header in memory follows what the core wrote (seqid, nonce counters)."""
+        seqid, reserved, flushed, _next = self.core.gcm_state()
+        h = self._h
+        h.seqid, h.nonce_reserved, h.nonce_flushed = seqid, reserved, flushed
+        h.mac = compute_mac(self._mac_key, h)
+
+    def resize(self, vol: Volume, new_size: int) -> None:
+        _commit_header(vol, new_size, lambda: self.core.gcm_grow(
+            new_size, *gcmformat.header_templates(vol.header)))
+        self._sync_header()
+
+    def close(self) -> None:
+        try:
+            self.core.close_clean()  # the barrier flush and the header's final state
+            self._sync_header()
+        finally:
+            self.drop()
+
+    def kill(self) -> None:
+        self.core.kill()
+
+
+def _native_session(store: GcmStore, h: VolumeHeader, meta_key: bytearray, note_key: bytearray,
+                    mac_key: bytearray) -> GcmSessionArg:
+    """The ``gcm=`` argument of a native GCM VolumeCore: the session ``store`` began (the keys are
+    copied into the core's locked memory and these buffers wiped by it; mac_key is copied first,
+    the Volume keeps its own)."""
+    st = store.session_state()
+    doubtful = b"".join(struct.pack("=QQ", a, b) for a, b in st.doubtful)
+    mac_t, hdr_t = gcmformat.header_templates(h)
+    return (meta_key, note_key, bytearray(mac_key), _uuid.UUID(h.uuid).bytes, st.salt, st.next,
+            h.nonce_reserved, h.nonce_flushed, h.seqid, st.note_seq, gcmstore.RESERVE_CHUNK,
+            gcmstore.NONCE_LIMIT, doubtful, mac_t, hdr_t)
+
+
 class GcmFormat:
     name = "gcm"
     key_bytes = 32
@@ -307,19 +379,34 @@ class GcmFormat:
         return None
 
     def open(self, path: str, backing, h, extras, copies, key: bytearray, mac_key, core: str | None):
+        """The Python GcmStore begins the session (note, doubtful ranges and their resolution,
+        reservation, header repair: one implementation of the open-time rules); the native GCM
+        store continues it when the native core serves this backing file, else the reference
+        core serves it over that GcmStore."""
         meta_key = derive_key(key, h.uuid, GCM_META_INFO)
         note_key = derive_key(key, h.uuid, GCM_NOTE_INFO)
+        spec = backing.native_spec()
+        native = cores.native_module() if cores.choose(core) == "native" and spec else None
+        core_key = bytearray(key) if native is not None else None  # the native core wipes it
         cipher = None
         try:
             cipher = SectorKeys(key, h.uuid)  # wipes key; GcmOpened closes it
             store = GcmStore(backing, h, cipher, meta_key, mac_key, note_key, path,  # repairs on start
                              copy_damaged=not all(c.ok for c in copies))
+            if native is None:
+                return GcmOpened(store, cipher, path, h)
+            ncore = native.VolumeCore(cipher="gcm", key=core_key, data_offset=h.data_offset,
+                                      size=h.size, name=path,
+                                      gcm=_native_session(store, h, meta_key, note_key, mac_key),
+                                      **spec)
+            backing.served_by(ncore)
+            cipher.close()
+            return GcmNativeOpened(ncore, h, mac_key)
         except BaseException:
             if cipher is not None:
                 cipher.close()
-            _wipe(meta_key, note_key)
+            _wipe(meta_key, note_key, core_key)
             raise
-        return GcmOpened(store, cipher, path, h)
 
     def repair(self, vol, copies) -> None:
         return None  # GcmStore repairs its header copies when it starts

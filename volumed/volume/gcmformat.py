@@ -167,6 +167,25 @@ def _json_obj(h: VolumeHeader) -> dict:
     }
 
 
+_MARKS = {"doubtful": "D", "nonce_flushed": "F", "nonce_reserved": "R", "mac": "M"}
+
+
+def _marked(fields: dict[str, object]) -> str:
+    text = json.dumps({k: "\x01" + _MARKS[k] if k in _MARKS else v for k, v in fields.items()},
+                      sort_keys=True, separators=(",", ":"))
+    for c in _MARKS.values():
+        text = text.replace(f'"\\u0001{c}"', "\x01" + c)
+    return text
+
+
+def header_templates(h: VolumeHeader) -> tuple[str, str]:
+    """The header MAC's canonical JSON (header.compute_mac) and the header copy's JSON
+    (encode_copy) of ``h``, with the fields a session changes as markers: \\x01D doubtful,
+    \\x01F nonce_flushed, \\x01R nonce_reserved, \\x01M the MAC (quoted base64). The native
+    GCM store renders them into the same bytes (native/vc_gcmstore.c, write_header)."""
+    return _marked(h.mac_fields()), _marked(_json_obj(h))
+
+
 def encode_copy(h: VolumeHeader) -> tuple[int, bytes]:
     """(offset, bytes) of the header copy that holds ``h.seqid`` (copy seqid % 2)."""
     which = h.seqid % 2

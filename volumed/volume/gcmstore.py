@@ -31,6 +31,7 @@ its group's metadata page.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -58,6 +59,22 @@ AAD_TAG_V1 = b"volumed-gcm-v1"
 SUBKEY_INFO = b"volumed gcm sector key v2"
 
 
+def new_salt() -> bytes:
+    """A session's random salt (os.urandom; the differential tests fix it to compare files)."""
+    return os.urandom(F.SALT_BYTES)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionState:
+    """Where a started session stands (GcmStore.session_state): what the native GCM store
+    continues from (its salt, next counter, last nonce note number, doubtful (lo, hi] ranges)."""
+
+    salt: bytes
+    next: int
+    note_seq: int
+    doubtful: list[tuple[int, int]]
+
+
 def aad_prefix(volume_uuid: str, tag: bytes = AAD_TAG) -> bytes:
     """The per-volume AAD prefix: format tag || volume UUID (16 bytes); the cipher appends n."""
     return tag + _uuid.UUID(volume_uuid).bytes
@@ -78,7 +95,7 @@ class SectorKeys:
         self.uuid = volume_uuid
         self._uuid_bytes = _uuid.UUID(volume_uuid).bytes
         self._root = GcmCipher(data_key, aad_prefix(volume_uuid, AAD_TAG_V1))  # wipes data_key
-        self.salt = os.urandom(F.SALT_BYTES)
+        self.salt = new_salt()
         self._ciphers: dict[bytes, object] = {}
         self._lock = threading.Lock()
 
@@ -153,6 +170,11 @@ class GcmStore:
         self._salt_arr = np.frombuffer(self.salt, dtype=">u8")
         self.cipher = keys.session()
         self._start_session(copy_damaged)
+
+    def session_state(self) -> SessionState:
+        """This session's state after its start (salt, next counter, note number, doubtful)."""
+        return SessionState(self.salt, self._next, self._note_seq,
+                            [(int(a), int(b)) for a, b in self._doubtful])
 
     # ---- header, nonce note and nonce reservation ------------------------------------------
 

@@ -20,7 +20,8 @@ for byte, so the two implement the same rules:
   they were at the barrier, consecutive ranges from sector 0. At most ``max_kept_bytes`` are held:
   past it the session fails (never the write) and frees what it held.
 
-The one production core for GCM volumes today (GCM is not native yet). Callers: volumed.volume.formats.
+Production serves both formats natively; this core serves them where the native core cannot
+(no extension, a backing file Python must see). Callers: volumed.volume.formats.
 """
 
 from __future__ import annotations
