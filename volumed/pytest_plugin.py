@@ -19,6 +19,8 @@ so pytest-xdist workers share nothing. Without root or /dev/fuse the fixtures sk
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -26,9 +28,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from volumed.kms.principals import rds_via
+from volumed.errors import VolumedError
+from volumed.mount import client, keyservice, paths
+from volumed.mount.control import ControlClient
+from volumed.mount.protocol import Fault, ReplyT, RequestOf, Status, encode_reply
+from volumed.volume.device import Volume, parse_size
 
 CLI_TIMEOUT = 60
 REVOKE_HOW = ("disable", "schedule-deletion", "revoke-grant", "deny-policy")
@@ -59,9 +69,7 @@ def _run(cmd, *, env=None, timeout=CLI_TIMEOUT, check=True) -> subprocess.Comple
 
 
 def _pid_alive(pid) -> bool:
-    from volumed.mount.client import _pid_alive as alive
-
-    return bool(pid) and alive(int(pid))
+    return bool(pid) and client.pid_alive(int(pid))
 
 
 class VolumedKMS:
@@ -74,8 +82,6 @@ class VolumedKMS:
 
     def client(self, principal: str | None = None, via_service: str | None = None):
         """A key-service client as ``principal`` (default: the keystore's administrator)."""
-        from volumed.mount import keyservice
-
         return keyservice.connect(self.spec, principal=principal, via_service=via_service)
 
     def create_key(self, description: str = "volumed pytest key") -> str:
@@ -90,8 +96,8 @@ class Faults:
         self.vol = vol
 
     def _send(self, kind: str, **kw) -> dict:
-        return self.vol.control(dict({"op": "fault", "kind": kind},
-                                     **{k: v for k, v in kw.items() if v is not None}))
+        """The daemon's reply as JSON ({"ok": true, ...})."""
+        return encode_reply(self.vol.call(Fault(kind, kw)))
 
     def error(self, *, io="any", errno="EIO", start=None, end=None, nth=None, probability=None,
               count=None, seed=None) -> dict:
@@ -111,13 +117,13 @@ class Faults:
 
     def rollback(self, *sectors: int) -> int:
         """Put the previous on-disk version of these sectors back; returns pages rolled back."""
-        return self._send("rollback", sectors=list(sectors))["pages"]
+        return self.vol.call(Fault("rollback", {"sectors": list(sectors)})).pages or 0
 
     def clear(self) -> dict:
         return self._send("clear")
 
     def status(self) -> dict:
-        return self._send("status")["faults"]
+        return self.vol.call(Fault("status")).faults or {}
 
 
 class EncryptedVolume:
@@ -125,9 +131,6 @@ class EncryptedVolume:
 
     def __init__(self, root: Path, kms: VolumedKMS, *, cipher="xts", size="64M", key_arn=None,
                  volume_type=None, iops=None, throughput_mib=None, engine=None):
-        from volumed.kms.principals import rds_via
-        from volumed.volume.device import Volume, parse_size
-
         self.root, self.kms = root, kms
         self.image = root / "volume.img"
         self.mountpoint = root / "mnt"
@@ -147,7 +150,7 @@ class EncryptedVolume:
         self.engine = engine  # None: the daemon's default (native for XTS, python for GCM)
         self.path: str | None = None
         self.pids: list[int] = []
-        self._undo = None
+        self._undo: Callable[[], object] | None = None
 
     # ---- mount lifecycle ----------------------------------------------------------------------
 
@@ -181,26 +184,35 @@ class EncryptedVolume:
         return self.mount()
 
     def _sock(self) -> Path:
-        from volumed.mount import paths
-
         return Path(self.env["VOLUMED_RUN_DIR"]) / f"{paths.mount_id(self.mountpoint)}.sock"
 
-    def control(self, msg: dict) -> dict:
-        """One control-channel request; raises RuntimeError with the daemon's error line."""
-        from volumed.mount import control
+    @property
+    def channel(self) -> ControlClient:
+        """The daemon's control channel (volumed.mount.control.ControlClient)."""
+        return ControlClient(self._sock())
 
-        reply = control.request(self._sock(), msg)
-        if not reply.get("ok"):
-            raise RuntimeError(f"volumed {msg.get('op')} {msg.get('kind', '')}: {reply.get('error')}")
-        return reply
+    def call(self, req: RequestOf[ReplyT]) -> ReplyT:
+        """One typed control-channel request (volumed.mount.protocol); raises RuntimeError with
+        the daemon's error line."""
+        try:
+            return self.channel.call(req)
+        except VolumedError as exc:
+            kind = getattr(req, "kind", "")
+            raise RuntimeError(f"volumed {req.op} {kind}: {exc}") from None
+
+    def control(self, msg: dict) -> dict:
+        """One control-channel request in its JSON form ({"op": ...}), answered in JSON; raises
+        RuntimeError with the daemon's error line."""
+        try:
+            return self.channel.call_wire(msg)
+        except VolumedError as exc:
+            raise RuntimeError(f"volumed {msg.get('op')} {msg.get('kind', '')}: {exc}") from None
 
     def status(self) -> dict:
-        return self.control({"op": "status"})["status"]
+        return self.call(Status()).status
 
     def pid(self) -> int | None:
         """The serving daemon's pid (from its run record), or None."""
-        from volumed.mount import paths
-
         rec = Path(self.env["VOLUMED_RUN_DIR"]) / f"{paths.mount_id(self.mountpoint)}.json"
         try:
             return int(json.loads(rec.read_text())["pid"])
@@ -267,30 +279,24 @@ class EncryptedVolume:
         they are not durable, so the crash model decides their fate. Dirty pages the kernel still
         holds after that (written in the meantime) are lost with the power."""
         _write_back(self.path)
-        report = self.control({"op": "fault", "kind": "power-cut", "mode": mode, "seed": seed})["report"]
+        report = self.call(Fault("power-cut", {"mode": mode, "seed": seed})).report or {}
         if remount:
             self.remount()
         return report
 
     def kill_daemon(self) -> None:
         """SIGKILL the serving daemon (what a crash looks like to everything above)."""
-        from volumed.mount.client import stop_process
-
-        stop_process(self.pid())
+        client.stop_process(self.pid())
 
     def teardown(self) -> None:
         """Best effort, each step independent: unmount, kill what is left, detach dead mounts."""
-        from volumed.mount.client import loop_devices_on
-
-        for dev in loop_devices_on(str(self.mountpoint)):
+        for dev in client.loop_devices_on(str(self.mountpoint)):
             _run(["losetup", "-d", dev], check=False)
         if _pid_alive(self.pid()):
             with contextlib.suppress(Exception):
                 self.cli("unmount", self.mountpoint, "--force", check=False, timeout=30)
-        from volumed.mount.client import stop_process
-
         for pid in self.pids:
-            stop_process(pid)
+            client.stop_process(pid)
         _run(["fusermount3", "-uz", self.mountpoint], check=False)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -305,9 +311,6 @@ def _mounted_at(path) -> bool:
 def _write_back(path) -> None:
     """sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER) over the whole file: write dirty pages back
     without asking for durability (no FSYNC reaches the daemon)."""
-    import ctypes
-    import ctypes.util
-
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     fd = os.open(path, os.O_RDWR)

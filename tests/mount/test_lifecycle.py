@@ -117,6 +117,39 @@ def test_mount_refusals_are_one_line(kms_env, make_volume, mounter, tmp_path):
     assert not os.path.ismount(other)
 
 
+def test_a_refused_second_attach_leaves_no_grant_behind(kms_env, make_volume, mounter, tmp_path):
+    """Attach a mounted volume again: the second daemon finds the volume locked and fails. A grant
+    of its own (attached under another host name) is retired; the first mount's grant, which
+    CreateGrant hands a second attach on the same host again (it is named after volume and host),
+    is left to the mount that serves with it."""
+    from tests.mount.conftest import VOLUMED, kms_client
+
+    vol = make_volume(kms_env, size=16 * MiB)
+    m = mounter(kms_env, vol)
+    st = m.status()
+    admin = kms_client(kms_env)
+
+    def grants() -> set[str]:
+        return {g["GrantId"] for g in admin.list_grants(KeyId=st["key_arn"])["Grants"]}
+
+    assert grants() == {st["grant_id"]}
+    other = tmp_path / "other"
+    other.mkdir()
+    p = kms_env.run("mount", vol, other, check=False)
+    assert p.returncode == 6 and "already mounted" in p.stderr
+    assert grants() == {st["grant_id"]}
+    # Another host name (a UTS namespace of its own): its attach makes a second grant.
+    p = subprocess.run(["unshare", "--uts", "sh", "-c", 'hostname volumed-other-host && exec "$@"',
+                        "sh", *VOLUMED, "mount", str(vol), str(other)], env=kms_env.env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 6 and "already mounted" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert grants() == {st["grant_id"]}
+    assert not os.path.ismount(other)
+    m.control({"op": "check"})
+    assert m.status()["grant_id"] == st["grant_id"]
+    m.wait_state("available")
+
+
 def test_mount_helper_for_mount_t_fuse_volumed(kms_env, make_volume, tmp_path):
     """`mount -t fuse.volumed VOLUME MOUNTPOINT -o kms=...` through /sbin/mount.fuse.volumed, and
     the documented /etc/fstab line (mount -T reads it from a file of the test's own)."""

@@ -7,10 +7,13 @@ answers it). Prints the daemon's reply as JSON (the fault state, or the power-cu
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volumed.cli.common import Subparsers, print_json
 from volumed.errors import UsageError
+
+if TYPE_CHECKING:
+    from volumed.mount.protocol import Fault
 
 
 def _sectors(text: str) -> list[int]:
@@ -69,9 +72,12 @@ def register(sub: Subparsers) -> None:
         sp.set_defaults(func=_fault)
 
 
-def request_for(args: argparse.Namespace) -> dict[str, Any]:
+def request_for(args: argparse.Namespace) -> Fault:
     """The control request for parsed ``volumed fault`` arguments."""
-    msg: dict[str, Any] = {"op": "fault", "kind": args.kind}
+    # deferred: CLI start-up cost (the mount stack loads trio, FUSE and the volume formats)
+    from volumed.mount.protocol import Fault
+
+    msg: dict[str, Any] = {}
     if args.kind == "error":
         end = None if args.offset is None else args.offset + (args.length or 1)
         msg.update(io=args.io, errno=args.errno, start=args.offset, end=end, nth=args.nth,
@@ -85,14 +91,13 @@ def request_for(args: argparse.Namespace) -> dict[str, Any]:
                    off=args.off)
     elif args.kind == "power-cut":
         msg.update(mode=args.mode, seed=args.seed)
-    return {k: v for k, v in msg.items() if v is not None}
+    return Fault(args.kind, {k: v for k, v in msg.items() if v is not None})
 
 
 def _fault(args: argparse.Namespace) -> int:
     # deferred: CLI start-up cost (volumed.mount.client and what it imports, about 50 ms)
     from volumed.mount import client
 
-    reply = client.send(args.mountpoint, request_for(args))
-    reply.pop("ok", None)
-    print_json(reply)
+    reply = client.channel(args.mountpoint).call(request_for(args))
+    print_json(reply.fields())
     return 0

@@ -90,10 +90,12 @@ def _print_snapshot(args: argparse.Namespace, m: dict[str, Any], extra: str = ""
 
 @holds_keys
 def cmd_create(args: argparse.Namespace) -> int:
+    from volumed.mount.snapshots import snapshot_through_daemon  # deferred: CLI start-up cost (the mount stack)
     from volumed.snapshot.engine import create_snapshot  # deferred: CLI start-up cost
 
     m = _with_progress(args, "snapshot", lambda p: create_snapshot(
-        args.volume, kms=user_kms(args), store=_store(args), description=args.description, progress=p))
+        args.volume, kms=user_kms(args), store=_store(args), description=args.description, progress=p,
+        mounted=snapshot_through_daemon))
     _print_snapshot(args, m)
     return 0
 

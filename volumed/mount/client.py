@@ -1,22 +1,36 @@
 """What the CLI does for mounts: attach and start a daemon, unmount, list status, clean up stale
-mounts. Callers: volumed.cli.mount_cmd, the mount helper, tests.
+mounts. Callers: volumed.cli.mount_cmd (and so the mount helper), tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import glob
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import time
+from typing import IO, Any, TextIO
+
+import boto3
 
 from volumed.clock import SYSTEM_CLOCK, FakeClock
-from volumed.errors import StateError, UsageError, VolumedError
-from volumed.mount import attach, control, keyservice, paths
+from volumed.errors import StateError, UsageError, VolumedError, aws_error_code
+from volumed.kms.principals import rds_via
+from volumed.kms.server.remote import caller_arn
+from volumed.mount import attach, daemon, keyservice, paths
+from volumed.mount.control import ControlClient
+from volumed.mount.protocol import StatusRecord
+from volumed.mount.daemon import MountConfig, ReadyLine
+from volumed.mount.keyservice import KmsClient
 from volumed.mount.latch import TERMINAL, VolumeRecord
+from volumed.snapshot import latest_snapshot_hint
+from volumed.volume.device import Volume
+from volumed.volume.header import VolumeHeader
 
 READY_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 30.0
@@ -67,7 +81,7 @@ def clean_stale_mountpoint(mountpoint: str) -> None:
 
 
 def check_record(header_uuid: str, volume: str, *, now: float, window: float,
-                 header=None, kms_spec: str | None = None) -> VolumeRecord:
+                 header: VolumeHeader | None = None, kms_spec: str | None = None) -> VolumeRecord:
     """Refuse a volume whose persisted state is terminal or whose recovery window has passed
     (recording it terminal). Returns the record otherwise. With ``header`` the refusal names the
     volume's latest snapshot and the restore command (looked up in the store next to ``kms_spec``
@@ -80,8 +94,6 @@ def check_record(header_uuid: str, volume: str, *, now: float, window: float,
     if rec.state == TERMINAL:
         hint = None
         if header is not None:
-            from volumed.snapshot import latest_snapshot_hint
-
             hint = latest_snapshot_hint(header, kms_spec=kms_spec)
         raise StateError(
             f"{volume} is {TERMINAL}: {rec.reason}; its data cannot be recovered from this volume, "
@@ -96,13 +108,9 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
           recovery_window: float, grace: float, interval: float | None,
           fake_time: float | None = None, recording_journal: str | None = None,
           host_profile: str | None = None, engine: str | None = None,
-          io_threads: int | None = None, out=sys.stdout) -> int:
+          io_threads: int | None = None, out: TextIO = sys.stdout) -> int:
     """``volumed mount``: check the record, attach (grant to the host), start the daemon, wait
     until it serves, print the file's path. Raises VolumedError with one line on failure."""
-    from volumed.kms.principals import rds_via
-    from volumed.mount.daemon import MountConfig
-    from volumed.volume.device import Volume
-
     if (fake_time is not None or recording_journal) and not allow_faults:
         raise UsageError("test options need --allow-faults")
     if io_threads is not None and not 1 <= io_threads <= 64:
@@ -116,7 +124,7 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
                           header=header, kms_spec=kms_spec)
     clean_stale_runtime()
     clean_stale_mountpoint(mountpoint)
-    region, _ = keyservice.arn_parts(key_arn)
+    region = keyservice.key_arn(key_arn).region
     user = keyservice.connect(kms_spec, principal=principal, via_service=via_service or rds_via(region))
     # Through a key server (volumed kms serve) the grantee is whoever the host's access key is.
     grantee = _remote_host_principal(kms_spec, host_profile, user)
@@ -144,33 +152,27 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
     return _background(cfg, out)
 
 
-def _remote_host_principal(kms_spec: str, host_profile: str | None, user) -> str | None:
+def _remote_host_principal(kms_spec: str, host_profile: str | None, user: KmsClient) -> str | None:
     """The principal of the host's credentials (AWS profile ``host_profile``) as a ``volumed kms
     serve`` endpoint knows it (STS GetCallerIdentity there); None for other key services."""
-    from volumed.kms.server.remote import caller_arn, change_counter_fn
-
     # Only a volumed key server answers its change counter (not AWS, moto, or nothing at all,
     # whose failure create_grant reports as before).
-    if not str(kms_spec).startswith(("http://", "https://")) or change_counter_fn(user) is None:
+    if not str(kms_spec).startswith(("http://", "https://")) or keyservice.change_counter(user) is None:
         return None
-    import boto3
-
     try:
         return caller_arn(boto3.Session(profile_name=host_profile), str(kms_spec), user.meta.region_name)
     except Exception as exc:
         raise VolumedError(f"cannot learn the host's principal from {kms_spec}: "
                            f"{keyservice.error_message(exc)}; check --host-profile and its access key",
-                           code=keyservice.error_code(exc) or "KMSUnreachable") from None
+                           code=aws_error_code(exc) or "KMSUnreachable") from None
 
 
-def _foreground(cfg, out) -> int:
+def _foreground(cfg: MountConfig, out: TextIO) -> int:
     """Serve in this process (``--foreground``); returns when unmounted."""
-    from volumed.mount import daemon
+    daemon.setup_logging()
+    result: ReadyLine = {}
 
-    daemon._setup_logging()
-    result = {}
-
-    def ready(res):
+    def ready(res: ReadyLine) -> None:
         result.update(res)
         if res.get("ok"):
             print(res["file"], file=out, flush=True)
@@ -181,20 +183,19 @@ def _foreground(cfg, out) -> int:
     return 0
 
 
-def _background(cfg, out) -> int:
+def _background(cfg: MountConfig, out: TextIO) -> int:
     """Start the daemon in its own session, hand it the configuration on stdin, and wait for its
     readiness line on stdout (the daemon's log goes to the run directory)."""
-    import dataclasses
-
     mid = paths.mount_id(cfg.mountpoint)
     log = open(paths.log_path(mid), "ab")
     proc = subprocess.Popen([sys.executable, "-m", "volumed.mount.daemon"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=log, start_new_session=True,
                             close_fds=True)
     log.close()
+    assert proc.stdin is not None and proc.stdout is not None  # both are pipes
     proc.stdin.write(json.dumps(dataclasses.asdict(cfg)).encode() + b"\n")
     proc.stdin.close()
-    line = _read_line(proc, READY_TIMEOUT)
+    line = _read_line(proc.stdout, READY_TIMEOUT)
     proc.stdout.close()
     if not line:
         proc.kill() if proc.poll() is None else None
@@ -209,26 +210,24 @@ def _background(cfg, out) -> int:
     return 0
 
 
-def _read_line(proc, timeout: float) -> bytes:
+def _read_line(stdout: IO[bytes], timeout: float) -> bytes:
     """One line from the daemon's stdout, or b"" on EOF or timeout."""
-    import selectors
-
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
     buf = b""
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0 or not sel.select(left):
             return b""
-        chunk = os.read(proc.stdout.fileno(), 65536)
+        chunk = os.read(stdout.fileno(), 65536)
         if not chunk:
             break
         buf += chunk
     return buf
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while process ``pid`` exists and is not a zombie (a killed daemon's leader thread can
     linger as a zombie while its other threads exit)."""
     if pid <= 0:
@@ -240,13 +239,16 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+_pid_alive = pid_alive  # the name tests/mount use
+
+
 def stop_process(pid: int | None, *, grace: float = 0.0, timeout: float = 10.0) -> bool:
     """Stop process ``pid`` and wait until it is gone (a zombie counts as gone): SIGTERM first and
     up to ``grace`` seconds to exit when ``grace`` > 0, then SIGKILL and up to ``timeout`` seconds.
     Returns True once it is gone. A process that exits (or is reaped) meanwhile is no error.
     Callers: the pytest plugin's kill and teardown, the mount tests' fixtures."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, timeout)):
-        if not _pid_alive(pid or 0):
+        if pid is None or not pid_alive(pid):
             return True
         if wait <= 0:
             continue
@@ -255,12 +257,12 @@ def stop_process(pid: int | None, *, grace: float = 0.0, timeout: float = 10.0) 
         except ProcessLookupError:
             return True
         deadline = time.monotonic() + wait
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-    return not _pid_alive(pid or 0)
+    return not pid_alive(pid or 0)
 
 
-def mounts() -> list[dict]:
+def mounts() -> list[dict[str, Any]]:
     """Run records of every mount on this host (stale ones removed)."""
     clean_stale_runtime()
     out = []
@@ -279,7 +281,7 @@ def clean_stale_runtime() -> None:
             data = json.loads(rec.read_text())
         except (OSError, ValueError):
             continue
-        if _pid_alive(int(data.get("pid", 0))):
+        if pid_alive(int(data.get("pid", 0))):
             continue
         mp = data.get("mountpoint")
         if mp and mp in volumed_mounts():
@@ -288,30 +290,24 @@ def clean_stale_runtime() -> None:
         rec.unlink(missing_ok=True)
 
 
-def status_all() -> list[dict]:
+def status_all() -> list[StatusRecord]:
     """The status of every mount on this host (``volumed status``)."""
     result = []
     for rec in mounts():
         try:
-            reply = control.request(paths.socket_path(rec["id"]), {"op": "status"})
-            result.append(reply["status"])
-        except (OSError, ValueError, KeyError) as exc:
+            result.append(ControlClient(paths.socket_path(rec["id"])).status())
+        except (OSError, ValueError, VolumedError) as exc:
             result.append({"mountpoint": rec.get("mountpoint"), "volume": rec.get("volume"),
                            "file": rec.get("file"), "pid": rec.get("pid"),
                            "state": "daemon-not-answering", "reason": str(exc)})
     return result
 
 
-def send(mountpoint: str, msg: dict) -> dict:
-    """Send a control request to the daemon serving ``mountpoint``."""
-    mid = paths.mount_id(mountpoint)
-    sock = paths.socket_path(mid)
-    if not paths.record_path(mid).exists():
+def channel(mountpoint: str, *, timeout: float = 10.0) -> ControlClient:
+    """The control channel of the daemon serving ``mountpoint``; UsageError if none does."""
+    if not paths.record_path(paths.mount_id(mountpoint)).exists():
         raise UsageError(f"{mountpoint} is not a volumed mount on this host (see volumed status)")
-    reply = control.request(sock, msg)
-    if not reply.get("ok"):
-        raise VolumedError(reply.get("error", "control request failed"))
-    return reply
+    return ControlClient.for_mountpoint(mountpoint, timeout=timeout)
 
 
 def loop_devices_on(mountpoint: str) -> list[str]:
@@ -344,18 +340,18 @@ def unmount(mountpoint: str, *, timeout: float = UNMOUNT_TIMEOUT, force: bool = 
         pid = int(json.loads(rec_path.read_text())["pid"])
     except (OSError, ValueError, KeyError):
         pid = None
-    if pid is None or not _pid_alive(pid):
+    if pid is None or not pid_alive(pid):
         clean_stale_runtime()
         if _is_dead_mount(mountpoint):
             _lazy_unmount(mountpoint)
             return
         raise UsageError(f"{mountpoint} is not a volumed mount on this host (see volumed status)")
     try:
-        control.request(paths.socket_path(mid), {"op": "unmount"})
-    except OSError:
+        ControlClient(paths.socket_path(mid)).unmount()
+    except (OSError, ValueError, VolumedError):  # not answering: the signal does the same
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             raise StateError(f"the daemon (pid {pid}) did not exit within {timeout:.0f}s; "
                              f"see {paths.log_path(mid)}")

@@ -1,19 +1,13 @@
 """The daemon's control channel: a unix socket speaking line-delimited JSON, for root only.
 
 The socket is ``<run dir>/<mount id>.sock`` (directory 0700, socket 0600) and the server also checks
-each peer's SO_PEERCRED uid is 0. One request per line, one JSON reply per line:
-  {"op": "status"}                        -> {"ok": true, "status": {...}}
-  {"op": "unmount"}                       -> {"ok": true}; the daemon then flushes, retires the grant,
-                                             wipes the key, unmounts and exits
-  {"op": "check"}                         -> {"ok": true}; run the real key check now
-  {"op": "set-clock", "time": EPOCH}      -> test hook (daemon started with --allow-faults): from now on
-  {"op": "set-clock", "advance": SECONDS}    the monitor's clock is a fake one at this time
-  {"op": "fault", "kind": KIND, ...}      -> test hook (--allow-faults): inject a fault; see
-                                             volumed.mount.faults.handle and docs/TESTING.md
-Errors: {"ok": false, "error": "..."}.
+each peer's SO_PEERCRED uid is 0. One request per line, one reply per line; the messages, their
+types and error codes are volumed.mount.protocol's.
 
-``serve(path, handler)`` is the trio server (caller: the daemon); ``request(path, msg)`` the
-blocking client (callers: the CLI and tests).
+``serve(path, handler)`` is the trio server (caller: the daemon; ``handler`` answers a decoded
+request with a reply); ``ControlClient`` the blocking client every caller uses (the CLI, the
+mount's snapshots, the pytest plugin); ``request(path, wire)`` its raw transport (tests speak raw
+JSON through it).
 """
 
 from __future__ import annotations
@@ -22,20 +16,33 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
+from volumed.mount import paths
+from volumed.mount.protocol import (ControlError, ErrorCode, ErrorReply, ProtocolError, Reply,
+                                    ReplyT, Request, RequestOf, Snapshot, SnapshotReply, Status,
+                                    StatusRecord, Unmount, Wire, decode_request, encode_reply,
+                                    encode_request)
+from volumed.snapshot.mounted import LiveSnapshotOrder
+
 MAX_LINE = 1 << 16
 
+Handler = Callable[[Request], Awaitable[Reply]]
 
-def peer_uid(sock) -> int:
+
+def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
     """The uid of the process at the other end of a connected unix socket."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    uid: int = struct.unpack("3i", creds)[1]
+    return uid
 
 
-async def serve(path, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Listen on ``path`` until cancelled; ``handler(msg: dict) -> dict`` (async) answers requests."""
+async def serve(path: str | os.PathLike[str], handler: Handler, *,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on ``path`` until cancelled; ``handler`` answers each decoded request."""
     path = os.fspath(path)
     try:
         os.unlink(path)
@@ -59,11 +66,27 @@ async def serve(path, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             listener.close()
 
 
-async def _session(conn, handler) -> None:
+def _line(reply: Reply) -> bytes:
+    return json.dumps(encode_reply(reply)).encode() + b"\n"
+
+
+async def answer(line: bytes, handler: Handler) -> Reply:
+    """The reply to one request line: decoded, handled, every failure an error reply."""
+    try:
+        return await handler(decode_request(json.loads(line)))
+    except ProtocolError as exc:
+        return ErrorReply(exc.error_code, str(exc))
+    except ValueError as exc:  # not JSON
+        return ErrorReply(ErrorCode.INVALID_REQUEST, f"malformed control message: {exc}")
+    except Exception as exc:  # a bad request must not take the daemon down
+        return ErrorReply(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+async def _session(conn: trio.socket.SocketType, handler: Handler) -> None:
     """One client connection: refuse non-root peers, then answer request lines until EOF."""
     with conn:
         if peer_uid(conn) != 0:
-            await conn.send(b'{"ok": false, "error": "control channel is for root only"}\n')
+            await conn.send(_line(ErrorReply(ErrorCode.NOT_ROOT, "control channel is for root only")))
             return
         buf = b""
         while True:
@@ -75,16 +98,12 @@ async def _session(conn, handler) -> None:
                 return
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
-                try:
-                    reply = await handler(json.loads(line))
-                except Exception as exc:  # a bad request must not take the daemon down
-                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                await conn.send(json.dumps(reply).encode() + b"\n")
+                await conn.send(_line(await answer(line, handler)))
 
 
-def request(path, msg: dict, *, timeout: float = 10.0) -> dict:
-    """Send one request to the daemon at ``path`` and return its reply (raises OSError if the
-    daemon is not there)."""
+def request(path: str | os.PathLike[str], msg: Wire, *, timeout: float = 10.0) -> Wire:
+    """Send one wire request to the daemon at ``path`` and return its wire reply (raises OSError
+    if the daemon is not there)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(os.fspath(path))
@@ -97,4 +116,46 @@ def request(path, msg: dict, *, timeout: float = 10.0) -> dict:
             buf += chunk
     if not buf:
         raise ConnectionError(f"no reply from {path}")
-    return json.loads(buf)
+    reply = json.loads(buf)
+    if not isinstance(reply, dict):
+        raise ConnectionError(f"malformed reply from {path}")
+    return reply
+
+
+class ControlClient:
+    """The typed client of one daemon's control channel. ``call`` raises OSError when the daemon
+    does not answer and ControlError (UnsupportedRequest for an op the daemon does not know) for
+    an error reply."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], *, timeout: float = 10.0):
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    @classmethod
+    def for_mountpoint(cls, mountpoint: str | os.PathLike[str], *,
+                       timeout: float = 10.0) -> "ControlClient":
+        """The client of the daemon serving ``mountpoint`` (in this run directory)."""
+        return cls(paths.socket_path(paths.mount_id(mountpoint)), timeout=timeout)
+
+    def call(self, req: RequestOf[ReplyT], *, timeout: float | None = None) -> ReplyT:
+        reply = request(self.socket_path, encode_request(req),
+                        timeout=self.timeout if timeout is None else timeout)
+        if not reply.get("ok"):
+            raise ControlError.for_reply(reply)
+        return req.decode_reply(reply)
+
+    def call_wire(self, msg: Wire) -> Wire:
+        """A request given in its wire form, answered in wire form (the pytest plugin's raw
+        ``control``): decoded first, so a malformed one fails here, as ProtocolError."""
+        req: Any = decode_request(msg)
+        reply: Reply = self.call(req)
+        return encode_reply(reply)
+
+    def status(self) -> StatusRecord:
+        return self.call(Status()).status
+
+    def unmount(self) -> None:
+        self.call(Unmount())
+
+    def snapshot(self, order: LiveSnapshotOrder, *, timeout: float) -> SnapshotReply:
+        return self.call(Snapshot(order), timeout=timeout)

@@ -8,7 +8,9 @@ Lifecycle (``serve``):
      threads, or pyfuse3 tasks on the loop) and run, on one trio loop, the key-access monitor, the
      control channel and a signal watcher; report readiness (``ready``) once all are up;
   4. when the file system is unmounted (``volumed unmount``, ``fusermount3 -u``, SIGTERM/SIGINT):
-     flush, retire the grant, wipe the key, unmount, remove the run-time files.
+     flush, retire the grant, wipe the key, unmount, remove the run-time files, release the lock.
+Each resource's undo is pushed on one ExitStack as the resource is taken (``_start``), so a start
+that fails part-way undoes exactly what it took, in the same order.
 
 Run as ``python -m volumed.mount.daemon``: the configuration (a MountConfig as JSON, holding the grant
 token) arrives on stdin, the readiness line leaves on stdout (one JSON object), the log goes to
@@ -17,6 +19,7 @@ stderr. Callers: volumed.mount.client (background mounts) and ``volumed mount --
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -24,21 +27,45 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
+from typing import TypedDict
 
 import pyfuse3
 import trio
 
-from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock
-from volumed.errors import StateError, VolumedError
+from volumed.clock import SYSTEM_CLOCK, Clock, FakeClock, iso_utc
+from volumed.errors import StateError, VolumedError, aws_error_code
 from volumed.hardening import current_state, harden_process
-from volumed.mount import attach, control, engine, keyservice, paths
+from volumed.mount import attach, control, engine, faults, keyservice, paths
 from volumed.mount.fs import VolumeFS
 from volumed.mount.latch import DEFAULT_RECOVERY_WINDOW, AccessLatch
 from volumed.mount.monitor import DEFAULT_GRACE, KeyMonitor
+from volumed.mount.protocol import (Check, ClockReply, Done, ErrorCode, ErrorReply, Fault, GilReply,
+                                    Reply, Request, SetClock, Snapshot, SnapshotReply, Status,
+                                    StatusRecord, StatusReply, Unmount)
+from volumed.snapshot.mounted import daemon_snapshot
 from volumed.volume.device import Volume
 
 log = logging.getLogger("volumed.mount")
+
+# The answer to a test hook sent to a daemon started without --allow-faults.
+NEEDS_FAULTS = {
+    "set-clock": "set-clock needs a daemon started with --allow-faults",
+    "hold-gil": "hold-gil needs a daemon started with --allow-faults",
+    "fault": "fault injection needs a mount started with --allow-faults",
+}
+
+
+class ReadyLine(TypedDict, total=False):
+    """The daemon's one line to whoever started it: {"ok": true, "file": PATH} once serving, or
+    {"ok": false, "error": ONE LINE, "exit_code": N} when it could not start."""
+
+    ok: bool
+    file: str
+    error: str
+    exit_code: int
 
 
 @dataclasses.dataclass
@@ -48,7 +75,7 @@ class MountConfig:
     volume: str
     mountpoint: str
     kms: str
-    grant: dict
+    grant: dict[str, str]
     allow_faults: bool = False
     recovery_window: float = DEFAULT_RECOVERY_WINDOW
     grace: float = DEFAULT_GRACE
@@ -83,8 +110,8 @@ class LiveClock(Clock):
 class Daemon:
     """One mount being served. Built by ``serve``; its methods run on the trio loop."""
 
-    def __init__(self, cfg: MountConfig, volume, host_client, grant, clock: LiveClock,
-                 backing=None):
+    def __init__(self, cfg: MountConfig, volume: Volume, attachment: attach.Attachment,
+                 clock: LiveClock, backing: faults.FaultBacking | None = None):
         """Everything about the volume comes from ``volume.header``: the header Volume.open
         verified (MAC under the unwrapped key, context), never an earlier unverified read."""
         self.cfg = cfg
@@ -92,14 +119,13 @@ class Daemon:
         header = volume.header
         # Faults (--allow-faults only): the FUSE side sees the Volume through the fault layer.
         self.backing = backing
-        self.faults = None
+        self.faults: faults.FaultVolume | None = None
         if cfg.allow_faults and backing is not None:
-            from volumed.mount.faults import FaultVolume
-
-            self.faults = FaultVolume(volume, to_error=pyfuse3.FUSEError, backing=backing)
+            self.faults = faults.FaultVolume(volume, to_error=pyfuse3.FUSEError, backing=backing)
         self.header = header
-        self.host_client = host_client
-        self.grant = grant
+        self.attachment = attachment
+        self.host_client = host_client = attachment.host_client
+        self.grant = grant = attachment.grant
         self.clock = clock
         self.mid = paths.mount_id(cfg.mountpoint)
         self.uuid = header.uuid
@@ -110,7 +136,8 @@ class Daemon:
         # (a request to itself from the loop thread would deadlock).
         self.file = os.path.join(cfg.mountpoint, self.name)
         self.latch = AccessLatch(clock, paths.volume_state_path(self.uuid), grant.key_arn)
-        self.fs = None
+        self.fs: VolumeFS | None = None
+        self.engine: engine.Engine
         core = volume.native_core
         io_threads = cfg.io_threads or engine.default_io_threads()
         if engine.choose(cfg.engine, core) == "native":
@@ -124,7 +151,7 @@ class Daemon:
         self.monitor = KeyMonitor(
             check=self._check, counter=keyservice.change_counter(host_client), latch=self.latch,
             clock=clock, interval=cfg.interval, grace=cfg.grace, window=cfg.recovery_window)
-        self._nursery = None
+        self._nursery: trio.Nursery | None = None
         # True once a closed latch's actions finished: the key is wiped and the kernel's cached
         # pages are dropped, so no path (not even a cached read) reaches the data any more.
         self.cut_off = False
@@ -156,12 +183,12 @@ class Daemon:
         await self.engine.invalidate(log)
         self.cut_off = True
 
-    def status(self) -> dict:
+    def status(self) -> StatusRecord:
         """The status record of this mount (control op "status", ``volumed status``)."""
         latch = self.latch
 
-        def iso(t):
-            return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        def iso(t: float | None) -> str | None:
+            return None if t is None else iso_utc(t)
 
         return {
             "mountpoint": self.cfg.mountpoint,
@@ -187,60 +214,58 @@ class Daemon:
             "clock": self.clock.time(),
         }
 
-    async def handle(self, msg: dict) -> dict:
-        """Answer one control-channel request (see volumed.mount.control)."""
-        op = msg.get("op")
-        if op == "status":
-            return {"ok": True, "status": self.status()}
-        if op == "unmount":
+    async def handle(self, req: Request) -> Reply:
+        """Answer one control-channel request (volumed.mount.protocol)."""
+        if isinstance(req, Status):
+            return StatusReply(self.status())
+        if isinstance(req, Unmount):
             log.info("unmount requested over the control channel")
             self.engine.terminate()
-            return {"ok": True}
-        if op == "check":
+            return Done()
+        if isinstance(req, Check):
             self.monitor.request_check()
-            return {"ok": True}
-        if op == "set-clock":
-            if not self.cfg.allow_faults:
-                return {"ok": False, "error": "set-clock needs a daemon started with --allow-faults"}
-            if "time" in msg:
-                self.clock.set(float(msg["time"]))
-            if "advance" in msg:
-                self.clock.advance(float(msg["advance"]))
-            if msg.get("check"):
+            return Done()
+        if isinstance(req, Snapshot):  # volumed.snapshot.mounted: flush + capture under a short pause, copy
+            out = await trio.to_thread.run_sync(daemon_snapshot, self.volume, req.order,
+                                                self.cfg.allow_faults)
+            if out["ok"]:
+                return SnapshotReply(out["snapshot_id"])
+            return ErrorReply(ErrorCode.FAILED, out["error"])
+        if not self.cfg.allow_faults:  # the rest are test hooks
+            return ErrorReply(ErrorCode.FAULTS_NOT_ALLOWED, NEEDS_FAULTS[req.op])
+        if isinstance(req, SetClock):
+            if req.time is not None:
+                self.clock.set(req.time)
+            if req.advance is not None:
+                self.clock.advance(req.advance)
+            if req.check:
                 self.monitor.request_check()
-            return {"ok": True, "time": self.clock.time()}
-        if op == "fault":
-            return await self._fault(msg)
-        if op == "hold-gil":  # tests: the native engine serves while Python holds the GIL
-            if not self.cfg.allow_faults:
-                return {"ok": False, "error": "hold-gil needs a daemon started with --allow-faults"}
-            return {"ok": True, **hold_gil(min(float(msg.get("seconds", 1.0)), 10.0))}
-        if op == "snapshot":  # volumed.snapshot.mounted: flush + capture under a short pause, copy
-            from volumed.snapshot.mounted import daemon_snapshot
+            return ClockReply(self.clock.time())
+        if isinstance(req, Fault):
+            return await self._fault(req)
+        # HoldGil: tests show the native engine serves while Python holds the GIL.
+        return hold_gil(min(req.seconds, 10.0))
 
-            return await trio.to_thread.run_sync(daemon_snapshot, self.volume, msg, self.cfg.allow_faults)
-        return {"ok": False, "error": f"unknown op {op!r}"}
-
-    async def _fault(self, msg: dict) -> dict:
+    async def _fault(self, req: Fault) -> Reply:
         """The "fault" control op (volumed.mount.faults.handle), for --allow-faults daemons only."""
-        if self.faults is None:
-            return {"ok": False, "error": "fault injection needs a mount started with --allow-faults"}
-        from volumed.mount import faults
-
-        if msg.get("kind") in ("power-cut", "rollback"):
+        fvol = self.faults
+        if fvol is None or self.backing is None:
+            return ErrorReply(ErrorCode.FAULTS_NOT_ALLOWED, NEEDS_FAULTS[req.op])
+        disk_changes = req.kind in ("power-cut", "rollback")
+        if disk_changes:
             # No native request may touch the backing file meanwhile: route them through the gate
             # (which fails them once the power is off) and wait for those in flight.
-            self.engine.set_fault_hook(self.faults.gate)
+            self.engine.set_fault_hook(fvol.gate)
             await trio.to_thread.run_sync(self.engine.drain)
         try:
-            reply = await trio.to_thread.run_sync(faults.handle, msg, self.faults, self.backing,
-                                                  self.header)
+            reply = await trio.to_thread.run_sync(faults.handle, req.kind, req.params, fvol,
+                                                  self.backing, self.header)
         except VolumedError as exc:
-            return {"ok": False, "error": str(exc)}
+            return ErrorReply(ErrorCode.REFUSED, str(exc))
         finally:
-            self.engine.set_fault_hook(self.faults.gate if self.faults.active else None)
-        if msg.get("kind") in ("power-cut", "rollback"):
-            log.warning("fault injected: %s", json.dumps({k: v for k, v in msg.items() if k != "op"}))
+            self.engine.set_fault_hook(fvol.gate if fvol.active else None)
+        if disk_changes:
+            log.warning("fault injected: %s", json.dumps(req.fields()))
             await self.engine.invalidate(log)  # the kernel's cached pages no longer match the disk
         return reply
 
@@ -251,7 +276,7 @@ class Daemon:
                 log.info("signal %d: unmounting", sig)
                 self.engine.terminate()
 
-    async def run(self, ready) -> None:
+    async def run(self, ready: Callable[[], None]) -> None:
         """Serve until unmounted. ``ready()`` is called once the mount answers requests."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -263,36 +288,38 @@ class Daemon:
             await self.engine.serve()
             nursery.cancel_scope.cancel()
 
-    def shutdown(self) -> None:
-        """After the FUSE loop ended: flush (if still allowed), retire the grant, wipe the key."""
+    def finish(self) -> None:
+        """After the FUSE loop ended: flush (if still allowed), then retire the grant. (The key is
+        wiped and the volume closed next, by ``_close_volume``.)"""
         if self.latch.serving and not getattr(self.backing, "lost", False):
             try:
                 self.volume.flush()
             except Exception as exc:
                 log.error("final flush failed: %s", keyservice.error_message(exc))
-        why = attach.retire_grant(self.host_client, self.grant)
-        log.info("grant %s %s", self.grant.grant_id, "retired" if why is None else f"not retired: {why}")
+        self.attachment.retire()
+
+
+def _close_volume(volume: Volume) -> None:
+    """Wipe the key, then close the volume (a closed disk after a simulated power loss is only
+    logged)."""
+    try:
+        volume.wipe_key()
+    finally:
         try:
-            self.volume.wipe_key()
-        finally:
-            try:
-                self.volume.close()
-            except OSError as exc:  # a simulated power loss: the disk is gone
-                log.warning("closing the volume: %s", exc)
+            volume.close()
+        except OSError as exc:  # a simulated power loss: the disk is gone
+            log.warning("closing the volume: %s", exc)
 
 
-def hold_gil(seconds: float) -> dict:
+def hold_gil(seconds: float) -> GilReply:
     """Keep the GIL in this (the loop's) thread for ``seconds``: a pure-Python busy loop with the
     switch interval raised above it, so no other Python thread runs meanwhile. Returns the
     CLOCK_MONOTONIC interval held and how often another Python thread ran in between (0 unless
     something dropped the GIL)."""
-    import sys
-    import threading
-
     ran = [0]
     stop = threading.Event()
 
-    def other():
+    def other() -> None:
         while not stop.is_set():
             ran[0] += 1
             time.sleep(0.001)
@@ -313,132 +340,167 @@ def hold_gil(seconds: float) -> dict:
         sys.setswitchinterval(old)
         stop.set()
     t.join()
-    return {"held_from": t0, "held_until": t1, "other_python_ran": during}
+    return GilReply(t0, t1, during)
 
 
-async def _call_soon(fn) -> None:
+async def _call_soon(fn: Callable[[], None]) -> None:
     """Call ``fn()`` once the loop has run everything already scheduled (the FUSE workers)."""
     await trio.sleep(0)
     fn()
 
 
-def _lock_volume(uuid: str):
-    """Take the per-volume lock (held for the daemon's life; released by the kernel when it dies).
-    Raises StateError if another daemon on this host serves the volume."""
+class VolumeBusy(StateError):
+    """The per-volume lock is held: another daemon on this host serves the volume, under the grant
+    ``holder_grant`` (None when it did not say)."""
+
+    def __init__(self, uuid: str, holder_grant: str | None):
+        super().__init__(f"volume {uuid} is already mounted on this host (volumed status shows where)")
+        self.holder_grant = holder_grant
+
+
+def _lock_volume(uuid: str, grant_id: str) -> int:
+    """Take the per-volume lock (held for the daemon's life; released by the kernel when it dies)
+    and write the serving grant's id into it. Raises VolumeBusy, naming the holder's grant, if
+    another daemon on this host serves the volume."""
     fd = os.open(paths.volume_lock_path(uuid), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or None
         os.close(fd)
-        raise StateError(f"volume {uuid} is already mounted on this host (volumed status shows where)")
+        raise VolumeBusy(uuid, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, grant_id.encode() + b"\n", 0)
     return fd
 
 
-def _journal_path(cfg: MountConfig):
+def _journal_path(cfg: MountConfig) -> str:
     """The undo journal of a fault-enabled mount: --test-recording-journal (kept for the test that
     asked for it) or ``<run dir>/<mount id>.journal`` (removed at unmount)."""
     return cfg.recording_journal or str(paths.run_dir() / f"{paths.mount_id(cfg.mountpoint)}.journal")
 
 
-def _open_backing(cfg: MountConfig):
+def _open_backing(cfg: MountConfig) -> faults.FaultBacking | None:
     """For a mount started with --allow-faults, the fault-injecting backing file (a recording one:
     volumed.mount.faults.FaultBacking); otherwise None for the Volume's own."""
     if cfg.recording_journal and not cfg.allow_faults:
         raise VolumedError("--test-recording-journal needs --allow-faults")
     if not cfg.allow_faults:
         return None
-    from volumed.mount.faults import FaultBacking
-
-    return FaultBacking(cfg.volume, _journal_path(cfg), native=cfg.engine != "python")
+    return faults.FaultBacking(cfg.volume, _journal_path(cfg), native=cfg.engine != "python")
 
 
-def serve(cfg: MountConfig, ready) -> None:
-    """Open, mount and serve ``cfg.volume`` at ``cfg.mountpoint`` until unmounted.
+class RunFiles:
+    """The mount's run-time files (record, control socket, default fault journal): written once
+    the mount serves, removed at unmount. A start that failed never wrote them and removes nothing
+    (another mount's files may have the same names)."""
 
-    ``ready(result: dict)`` is called exactly once: {"ok": True, "file": path} when the mount serves,
-    or {"ok": False, "error": one line, "exit_code": n} when it could not start.
-    """
-    harden_process(lock_memory=True)  # the daemon always tries (and logs a failure)
-    clock = LiveClock(FakeClock(cfg.fake_time) if cfg.fake_time is not None else SYSTEM_CLOCK)
-    grant = attach.Grant.from_json(cfg.grant)
-    lock_fd = None
-    mounted = False
-    daemon = None
-    mid = paths.mount_id(cfg.mountpoint)
+    def __init__(self, cfg: MountConfig):
+        self.cfg = cfg
+        self.mid = paths.mount_id(cfg.mountpoint)
+        self.written = False
+
+    def write(self, file: str) -> None:
+        paths.record_path(self.mid).write_text(json.dumps({
+            "pid": os.getpid(), "mountpoint": self.cfg.mountpoint, "volume": self.cfg.volume,
+            "file": file}))
+        self.written = True
+
+    def remove(self) -> None:
+        if not self.written:
+            return
+        for p in (paths.socket_path(self.mid), paths.record_path(self.mid)):
+            p.unlink(missing_ok=True)
+        if self.cfg.allow_faults and not self.cfg.recording_journal:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_journal_path(self.cfg))
+
+
+def _start(cfg: MountConfig, grant: attach.Grant, clock: LiveClock,
+           stack: contextlib.ExitStack) -> Daemon:
+    """Lock, open and mount; every resource's undo goes on ``stack`` as it is taken, so that
+    closing the stack (after serving, or after a failed start) tears down in this order: flush
+    and retire the grant, wipe the key and close the volume, unmount, remove the run-time files,
+    release the lock (last: no other daemon serves the volume before this one is gone)."""
+    header = Volume.read_header(cfg.volume)  # unverified: only its uuid (shape-checked) to lock
+    host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock,
+                                     profile=cfg.host_profile)
+    attachment = attach.Attachment(host_client, grant)
     try:
-        header = Volume.read_header(cfg.volume)  # unverified: only its uuid (shape-checked) to lock
-        lock_fd = _lock_volume(header.uuid)
-        host_client = keyservice.connect(cfg.kms, principal=grant.host_principal, clock=clock,
-                                         profile=cfg.host_profile)
+        lock_fd = _lock_volume(header.uuid, grant.grant_id)
+    except VolumeBusy as busy:
+        # The grant is named after the volume and the host, so the serving daemon's grant is
+        # usually this very one (CreateGrant returned it again): retire only a grant of our own.
+        if busy.holder_grant is not None and busy.holder_grant != grant.grant_id:
+            attachment.retire()
+        raise
+    stack.callback(os.close, lock_fd)
+    stack.callback(attachment.retire)  # on any failure while the lock is held; once only
+    run_files = RunFiles(cfg)
+    stack.callback(run_files.remove)
+    unmount = stack.enter_context(contextlib.ExitStack())  # filled once the engine exists
+    with contextlib.ExitStack() as opening:
         backing = _open_backing(cfg)
+        if backing is not None:
+            opening.callback(backing.close)
         try:
             volume = Volume.open(cfg.volume, kms=host_client, grant_tokens=[grant.token],
                                  backing=backing)
         except Exception as exc:
-            if backing is not None:
-                backing.close()
-            attach.retire_grant(host_client, grant)
-            if keyservice.error_code(exc) is None:
+            code = aws_error_code(exc)
+            if code is None:
                 raise
             raise VolumedError(f"cannot open {cfg.volume} as the host: {keyservice.error_message(exc)}",
-                               code=keyservice.error_code(exc)) from None
-        if volume.header.uuid != header.uuid:  # the lock above was taken for the uuid read first
-            volume.close()
-            attach.retire_grant(host_client, grant)
-            raise StateError(f"the header of {cfg.volume} changed while it was being mounted: retry")
-        daemon = Daemon(cfg, volume, host_client, grant, clock, backing)
-        daemon.latch.mark_ok()
-        daemon.latch.clear_record()
-        daemon.engine.mount()
-        mounted = True
-        paths.record_path(mid).write_text(json.dumps({
-            "pid": os.getpid(), "mountpoint": cfg.mountpoint, "volume": cfg.volume,
-            "file": daemon.file}))
-        log.info("serving %s at %s (key %s, grant %s, %s engine, %d threads)", cfg.volume,
-                 daemon.file, grant.key_arn, grant.grant_id, daemon.engine.name,
-                 daemon.engine.threads)
-    except VolumedError as exc:
-        _abort(daemon, mounted, lock_fd)
-        ready({"ok": False, "error": str(exc), "exit_code": exc.exit_code})
-        return
-    except Exception as exc:
-        log.exception("mount failed")
-        _abort(daemon, mounted, lock_fd)
-        ready({"ok": False, "error": f"mount failed: {keyservice.error_message(exc)}", "exit_code": 1})
-        return
+                               code=code) from None
+        opening.pop_all()  # the volume owns the backing file now
+    stack.callback(_close_volume, volume)
+    if volume.header.uuid != header.uuid:  # the lock above was taken for the uuid read first
+        raise StateError(f"the header of {cfg.volume} changed while it was being mounted: retry")
+    daemon = Daemon(cfg, volume, attachment, clock, backing)
+    stack.callback(daemon.finish)
+    unmount.callback(daemon.engine.close)
+    daemon.latch.mark_ok()
+    daemon.latch.clear_record()
+    daemon.engine.mount()
+    run_files.write(daemon.file)
+    log.info("serving %s at %s (key %s, grant %s, %s engine, %d threads)", cfg.volume,
+             daemon.file, grant.key_arn, grant.grant_id, daemon.engine.name, daemon.engine.threads)
+    return daemon
+
+
+def serve(cfg: MountConfig, ready: Callable[[ReadyLine], None]) -> None:
+    """Open, mount and serve ``cfg.volume`` at ``cfg.mountpoint`` until unmounted.
+
+    ``ready(result)`` is called exactly once: {"ok": True, "file": path} when the mount serves,
+    or {"ok": False, "error": one line, "exit_code": n} when it could not start (after what it
+    had taken is undone).
+    """
+    harden_process(lock_memory=True)  # the daemon always tries (and logs a failure)
+    clock = LiveClock(FakeClock(cfg.fake_time) if cfg.fake_time is not None else SYSTEM_CLOCK)
+    grant = attach.Grant.from_json(cfg.grant)
+    failure: ReadyLine | None = None
+    served = False
     try:
-        trio.run(daemon.run, lambda: ready({"ok": True, "file": daemon.file}))
+        with contextlib.ExitStack() as stack:
+            try:
+                daemon = _start(cfg, grant, clock, stack)
+            except VolumedError as exc:
+                failure = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+            except Exception as exc:
+                log.exception("mount failed")
+                failure = {"ok": False, "error": f"mount failed: {keyservice.error_message(exc)}",
+                           "exit_code": 1}
+            else:
+                served = True
+                trio.run(daemon.run, lambda: ready({"ok": True, "file": daemon.file}))
     finally:
-        try:
-            daemon.shutdown()
-        finally:
-            daemon.engine.close()
-            for p in (paths.socket_path(mid), paths.record_path(mid)):
-                p.unlink(missing_ok=True)
-            if cfg.allow_faults and not cfg.recording_journal:
-                try:
-                    os.unlink(_journal_path(cfg))
-                except FileNotFoundError:
-                    pass
-            os.close(lock_fd)
+        if served:  # and torn down now, even if serving raised
             log.info("unmounted %s", cfg.mountpoint)
+    if failure is not None:
+        ready(failure)
 
 
-def _abort(daemon, mounted, lock_fd) -> None:
-    """Undo a start that failed: wipe the key, unmount, drop the lock."""
-    if daemon is not None:
-        try:
-            daemon.volume.wipe_key()
-            daemon.volume.close()
-        except Exception:
-            log.exception("while aborting")
-    if mounted:
-        daemon.engine.close()
-    if lock_fd is not None:
-        os.close(lock_fd)
-
-
-def _setup_logging() -> None:
+def setup_logging() -> None:
     """The daemon logs to stderr (the run directory's <id>.log for background daemons)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s volumed-mount[%(process)d] %(levelname)s %(message)s")
@@ -446,15 +508,15 @@ def _setup_logging() -> None:
 
 def main() -> int:
     """Entry point of ``python -m volumed.mount.daemon`` (started by volumed.mount.client)."""
-    _setup_logging()
+    setup_logging()
     cfg = MountConfig(**json.loads(sys.stdin.readline()))
     os.chdir("/")  # keep no file system busy
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     out = os.fdopen(os.dup(1), "w")
-    result = {}
+    result: ReadyLine = {}
 
-    def ready(res: dict) -> None:
+    def ready(res: ReadyLine) -> None:
         result.update(res)
         out.write(json.dumps(res) + "\n")
         out.flush()

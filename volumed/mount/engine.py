@@ -22,16 +22,27 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
+import pyfuse3
 import trio
 
 from volumed.errors import UsageError
+from volumed.mount.fs import VolumeFS, invalidate_file_cache
+from volumed.volume.cores import native_module
 
 ENGINES = ("native", "python")
 MOUNT_OPTIONS = ("fsname=volumed", "subtype=volumed", "allow_other", "default_permissions")
 EXIT_GRACE = 5.0  # seconds the native loop may keep serving open files after an unmount
 
 log = logging.getLogger("volumed.mount")
+
+# The native extension's objects (volumed._native: VolumeCore, FuseEngine) carry no static types.
+NativeObject = Any
+FaultHook = Callable[[int, int, int], int]  # (op, offset, length) -> errno or 0
+native_extension: Callable[[], Any] = native_module
 
 
 def default_io_threads() -> int:
@@ -42,7 +53,7 @@ def default_io_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def choose(requested: str | None, native_core) -> str:
+def choose(requested: str | None, native_core: NativeObject | None) -> str:
     """"native" or "python" for a volume whose native core is ``native_core`` (Volume.native_core:
     None when the Python reference core serves it). UsageError when the native engine is asked
     for a volume it cannot serve (one clear line)."""
@@ -91,21 +102,19 @@ class NativeEngine:
 
     name = "native"
 
-    def __init__(self, core, *, mountpoint: str, file_name: str, threads: int,
-                 options=MOUNT_OPTIONS):
+    def __init__(self, core: NativeObject, *, mountpoint: str, file_name: str, threads: int,
+                 options: Iterable[str] = MOUNT_OPTIONS):
         self.core = core
         self.mountpoint = mountpoint
         self.file_name = file_name
         self.threads = threads
         self.options = ",".join(sorted(options))
-        self.fe = None
-        self._minor = None
+        self.fe: NativeObject = None
+        self._minor: int | None = None
 
     def mount(self) -> None:
         """Mount (libfuse, as root: mount(2) directly). OSError if the kernel refuses."""
-        from volumed.volume.cores import native_module
-
-        self.fe = native_module().FuseEngine(self.core, self.mountpoint, self.file_name,
+        self.fe = native_extension().FuseEngine(self.core, self.mountpoint, self.file_name,
                                              self.threads, self.options)
         self._minor = connection_minor(self.mountpoint)
 
@@ -118,12 +127,10 @@ class NativeEngine:
         """End serving: detach the mount; if open files (a loop device) keep the connection
         serving for more than EXIT_GRACE seconds, abort it so the daemon can exit (from a thread:
         never blocks the loop)."""
-        import threading
-
         fe, minor = self.fe, self._minor
         fe.exit()
 
-        def reaper():
+        def reaper() -> None:
             if not fe.wait(EXIT_GRACE):
                 log.warning("open files still use the mount: aborting its FUSE connection")
                 abort_connection(minor)
@@ -138,17 +145,17 @@ class NativeEngine:
         """Wait for the requests in flight (blocking: from a worker thread)."""
         self.fe.drain()
 
-    async def invalidate(self, log=None) -> None:
+    async def invalidate(self, log: logging.Logger | None = None) -> None:
         """Drop the kernel's cached pages and attributes of the file (from a worker thread)."""
         err = await trio.to_thread.run_sync(self.fe.invalidate)
         if err and log is not None:
             log.warning("could not invalidate the kernel's cached pages: %s", os.strerror(err))
 
-    def set_fault_hook(self, hook) -> None:
+    def set_fault_hook(self, hook: FaultHook | None) -> None:
         """``hook(op, off, len) -> errno`` sees every read/write/flush first; None: no Python."""
         self.fe.set_hook(hook)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         s = self.fe.stats()
         return {"engine": self.name, "io_threads": self.threads, "requests": s["requests"],
                 "io_requests": s["io_requests"], "workers_used": s["workers"],
@@ -172,7 +179,8 @@ class PythonEngine:
 
     name = "python"
 
-    def __init__(self, fs, *, mountpoint: str, threads: int, options=MOUNT_OPTIONS):
+    def __init__(self, fs: VolumeFS, *, mountpoint: str, threads: int,
+                 options: Iterable[str] = MOUNT_OPTIONS):
         self.fs = fs
         self.mountpoint = mountpoint
         self.threads = threads
@@ -180,19 +188,13 @@ class PythonEngine:
         self._mounted = False
 
     def mount(self) -> None:
-        import pyfuse3
-
         pyfuse3.init(self.fs, self.mountpoint, self.options)
         self._mounted = True
 
     async def serve(self) -> None:
-        import pyfuse3
-
         await pyfuse3.main(min_tasks=2, max_tasks=64)
 
     def terminate(self) -> None:
-        import pyfuse3
-
         pyfuse3.terminate()
 
     def close_latch(self) -> None:
@@ -201,23 +203,36 @@ class PythonEngine:
     def drain(self) -> None:
         """Requests in flight finish inside Volume calls; wipe_key waits for them."""
 
-    async def invalidate(self, log=None) -> None:
-        from volumed.mount.fs import invalidate_file_cache
-
+    async def invalidate(self, log: logging.Logger | None = None) -> None:
         await invalidate_file_cache(log)
 
-    def set_fault_hook(self, hook) -> None:
+    def set_fault_hook(self, hook: FaultHook | None) -> None:
         """VolumeFS already serves through the FaultVolume."""
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         c = self.fs.counters
         return {"engine": self.name, "io_threads": self.threads, "requests": c.requests,
                 "io_requests": c.requests, "bytes_read": c.bytes_read,
                 "bytes_written": c.bytes_written}
 
     def close(self) -> None:
-        import pyfuse3
-
         if self._mounted:
             self._mounted = False
             pyfuse3.close(unmount=True)
+
+
+class Engine(Protocol):
+    """What the daemon needs of an engine (NativeEngine, PythonEngine)."""
+
+    name: str
+    threads: int
+
+    def mount(self) -> None: ...
+    async def serve(self) -> None: ...
+    def terminate(self) -> None: ...
+    def close_latch(self) -> None: ...
+    def drain(self) -> None: ...
+    async def invalidate(self, log: logging.Logger | None = None) -> None: ...
+    def set_fault_hook(self, hook: FaultHook | None) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...

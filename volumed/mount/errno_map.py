@@ -23,12 +23,16 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
 from volumed.errors import IntegrityError, KeyAccessError, StateError, UsageError
 
 log = logging.getLogger("volumed.mount")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Domain error -> errno (the native table is keyed by the core's codes: VC_E_KEY, VC_E_INTEGRITY,
 # VC_E_RANGE, VC_E_STATE, VC_E_NOMEM in that order).
@@ -59,37 +63,38 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
-def _log_os_error(where: str, exc: OSError) -> None:
-    n = _seen[exc.errno] = _seen.get(exc.errno, 0) + 1
+def _log_os_error(where: str, exc: OSError, code: int) -> None:
+    n = _seen[code] = _seen.get(code, 0) + 1
     if n & (n - 1) == 0:  # 1, 2, 4, 8, ...
         log.warning("%s: the backing file reported %s (%s; %d time(s) so far): returned to the "
-                    "caller as that errno", where, errno.errorcode.get(exc.errno, exc.errno),
+                    "caller as that errno", where, errno.errorcode.get(code, code),
                     exc.strerror, n)
 
 
-def fuse_errors(handler):
+def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Decorate an async pyfuse3 request handler so domain errors reach the kernel as errno."""
+    name = getattr(handler, "__name__", "a request")
 
     @functools.wraps(handler)
-    async def wrapper(*args, **kwargs):
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except IntegrityError as exc:
-            log.error("integrity failure in %s: %s", handler.__name__, exc)
+            log.error("integrity failure in %s: %s", name, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except (KeyAccessError, UsageError, StateError, MemoryError) as exc:
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except OSError as exc:
             code = os_errno(exc)
             if code is None:
-                log.exception("unexpected error in %s; returning EIO", handler.__name__)
+                log.exception("unexpected error in %s; returning EIO", name)
                 raise pyfuse3.FUSEError(errno.EIO) from None
-            _log_os_error(handler.__name__, exc)
+            _log_os_error(name, exc, code)
             raise pyfuse3.FUSEError(code) from None
         except Exception:
-            log.exception("unexpected error in %s; returning EIO", handler.__name__)
+            log.exception("unexpected error in %s; returning EIO", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper

@@ -29,15 +29,26 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from volumed.errors import UsageError
+from volumed.mount import throttle
+from volumed.mount.engine import NativeObject
+from volumed.mount.protocol import FaultReply
 from volumed.volume.backing import _REC, PAGE, RecordingBackingFile, simulate_power_cut
+from volumed.volume.formats import format_of
+from volumed.volume.device import Volume
+from volumed.volume.header import VolumeHeader
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 ROLLBACK_PAGES = 4096    # 16 MiB of remembered previous page images at most (locked memory)
 OPS = ("read", "write", "flush", "any")
 
 
-def errno_value(name) -> int:
+def errno_value(name: str | int) -> int:
     """``"EIO"``, ``"ENOSPC"`` or a number -> the errno number; UsageError for anything else."""
     if isinstance(name, int) or (isinstance(name, str) and name.isdigit()):
         return int(name)
@@ -50,28 +61,28 @@ def errno_value(name) -> int:
 class PowerLost(OSError):
     """Raised by FaultBacking after a simulated power cut: the disk is gone."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(_errno.EIO, "simulated power loss: the disk is gone until remounted")
 
 
 class FaultBacking(RecordingBackingFile):
     """The backing file of a fault-enabled mount (see the module docstring)."""
 
-    def __init__(self, path, journal_path, *, native: bool = False, **kw):
+    def __init__(self, path: str, journal_path: str, *, native: bool = False, **kw: bool):
         super().__init__(path, journal_path, **kw)
         os.ftruncate(self._jfd, 0)  # a journal left by a killed daemon: its writes all happened
         self._lock = threading.RLock()
         self._previous: dict[int, bytes] = {}
         self.lost = False
         self.native = native
-        self._core = None           # the native core serving the data area, once told
+        self._core: NativeObject = None  # the native core serving the data area, once told
         self.history_path = self.journal_path + ".history"
         self._hfd = -1
         if native:
             self._hfd = os.open(self.history_path,
                                 os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
-    def native_spec(self) -> dict | None:
+    def native_spec(self) -> dict[str, int] | None:
         """For a mount served by the native engine (``native``): the native core serves the file
         and writes the undo journal (the same records) and the history of previous page images
         (the journal's records, kept across flushes; rollback reads it) itself. A power cut first
@@ -83,7 +94,7 @@ class FaultBacking(RecordingBackingFile):
         return {"fd": self.fd, "journal_fd": self._jfd, "history_fd": self._hfd,
                 "history_max_bytes": 2 * ROLLBACK_PAGES * (PAGE + _REC.size)}
 
-    def served_by(self, core) -> None:
+    def served_by(self, core: NativeObject) -> None:
         self._core = core
 
     def _history(self) -> dict[int, bytes]:
@@ -119,11 +130,11 @@ class FaultBacking(RecordingBackingFile):
         if len(self._previous) > ROLLBACK_PAGES:
             self._previous.pop(next(iter(self._previous)))
 
-    def preadinto(self, offset: int, buf) -> None:
+    def preadinto(self, offset: int, buf: bytearray | memoryview) -> None:
         self._alive()
         super().preadinto(offset, buf)
 
-    def pwrite(self, offset: int, data) -> None:
+    def pwrite(self, offset: int, data: Buffer) -> None:
         with self._lock:
             self._alive()
             super().pwrite(offset, data)
@@ -133,7 +144,7 @@ class FaultBacking(RecordingBackingFile):
             self._alive()
             super().punch_hole(offset, length)
 
-    def pwrite_durable(self, offset: int, data) -> None:
+    def pwrite_durable(self, offset: int, data: Buffer) -> None:
         with self._lock:  # durable once it returns: a power cut after it keeps it
             self._alive()
             super().pwrite_durable(offset, data)
@@ -151,7 +162,7 @@ class FaultBacking(RecordingBackingFile):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.history_path)
 
-    def power_cut(self, mode: str = "all", seed=None) -> dict:
+    def power_cut(self, mode: str = "all", seed: int | None = None) -> dict[str, Any]:
         """Lose power now: later calls fail with EIO; the writes not yet fdatasync'ed are dropped
         by ``mode``. Returns the PowerCutReport as a dict. Only once per mount."""
         if mode not in ("all", "random", "torn"):
@@ -167,7 +178,7 @@ class FaultBacking(RecordingBackingFile):
         return {"writes": report.writes, "dropped": report.dropped, "torn": report.torn,
                 "pages_dropped": report.pages_dropped, "mode": report.mode}
 
-    def rollback(self, page_offsets) -> int:
+    def rollback(self, page_offsets: Iterable[int]) -> int:
         """Write back the remembered previous image of each backing page in ``page_offsets``
         (durably, bypassing the journal); returns how many pages were rolled back."""
         done = 0
@@ -189,8 +200,9 @@ class ErrorRule:
     the file; ``nth`` (fail only the Nth matching operation from now); ``probability``; ``count``
     (how many failures before the rule retires; None = unlimited)."""
 
-    def __init__(self, *, io="any", errno="EIO", start=None, end=None, nth=None, probability=None,
-                 count=None, seed=None):
+    def __init__(self, *, io: str = "any", errno: str | int = "EIO", start: int | None = None,
+                 end: int | None = None, nth: int | None = None, probability: float | None = None,
+                 count: int | None = None, seed: int | None = None):
         if io not in OPS:
             raise UsageError(f"unknown operation {io!r}: use one of {', '.join(OPS)}")
         if probability is not None and not 0.0 <= float(probability) <= 1.0:
@@ -225,7 +237,7 @@ class ErrorRule:
         self.failed += 1
         return True
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"io": self.op, "errno": _errno.errorcode.get(self.errno, self.errno),
                 "start": self.start, "end": self.end, "nth": self.nth,
                 "probability": self.probability, "count": self.count, "failed": self.failed}
@@ -235,7 +247,8 @@ class FaultVolume:
     """A Volume seen through the fault plan (see the module docstring). Other attributes pass
     through to the wrapped Volume. Thread-safe."""
 
-    def __init__(self, volume, *, to_error=None, sleep=time.sleep, backing=None):
+    def __init__(self, volume: Volume, *, to_error: Callable[[int], Exception] | None = None,
+                 sleep: Callable[[float], None] = time.sleep, backing: FaultBacking | None = None):
         self.volume = volume
         self.backing = backing  # the FaultBacking whose power cut ``gate`` reports
         self.to_error = to_error or (lambda e: OSError(e, os.strerror(e)))
@@ -244,10 +257,10 @@ class FaultVolume:
         self.rules: list[ErrorRule] = []
         self.bad: set[int] = set()
         self.latency = 0.0
-        self.throttle = None
+        self.throttle: throttle.Throttle | None = None
         self.injected = 0
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.volume, name)
 
     @property
@@ -304,11 +317,12 @@ class FaultVolume:
             return getattr(exc, "errno", None) or _errno.EIO
         return 0
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | bytearray:
         self._before("read", offset, length)
-        return self.volume.read(offset, length)
+        data: bytes | bytearray = self.volume.read(offset, length)
+        return data
 
-    def write(self, offset: int, data) -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         n = len(memoryview(data).cast("B"))
         self._before("write", offset, n)
         self.volume.write(offset, data)
@@ -332,28 +346,28 @@ class FaultVolume:
             for s in range(-(-offset // ss), (offset + length) // ss):
                 self.bad.discard(s)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         with self._lock:
             return {"errors": [r.to_json() for r in self.rules], "bad_sectors": sorted(self.bad),
                     "latency": self.latency, "injected": self.injected,
                     "throttle": None if self.throttle is None else self.throttle.status()}
 
 
-def backing_pages(header, sectors) -> list[int]:
+def backing_pages(header: VolumeHeader, sectors: Iterable[int]) -> list[int]:
     """Backing-file offsets of the 4 KiB pages holding the data of volume ``sectors`` (the
     format's rule: volumed.volume.formats)."""
-    from volumed.volume.formats import format_of
+    pages: list[int] = format_of(header.cipher).backing_pages(header, sectors)
+    return pages
 
-    return format_of(header.cipher).backing_pages(header, sectors)
 
-
-def handle(msg: dict, fvol: FaultVolume, backing: FaultBacking, header) -> dict:
-    """Answer a "fault" control request (blocking: the daemon runs it in a worker thread).
+def handle(kind: str, msg: Mapping[str, Any], fvol: FaultVolume, backing: FaultBacking,
+           header: VolumeHeader) -> FaultReply:
+    """Answer a "fault" control request of ``kind`` with parameters ``msg`` (blocking: the daemon
+    runs it in a worker thread).
 
     kinds: error {io, errno, start, end, nth, probability, count, seed}; bad-sector {sectors};
     latency {seconds}; throttle {volume_type, iops, throughput_mib} or {off: true}; clear;
     power-cut {mode, seed}; rollback {sectors}; status. Raises UsageError for bad requests."""
-    kind = msg.get("kind")
     if kind == "error":
         rule = ErrorRule(**{k: msg[k] for k in ("io", "errno", "start", "end", "nth", "probability",
                                                  "count", "seed") if msg.get(k) is not None})
@@ -372,8 +386,6 @@ def handle(msg: dict, fvol: FaultVolume, backing: FaultBacking, header) -> dict:
             raise UsageError(f"latency {seconds} s out of range: 0 to 10 seconds")
         fvol.latency = seconds
     elif kind == "throttle":
-        from volumed.mount import throttle
-
         if msg.get("off"):
             fvol.throttle = None
         else:
@@ -387,15 +399,15 @@ def handle(msg: dict, fvol: FaultVolume, backing: FaultBacking, header) -> dict:
         fvol.latency = 0.0
         fvol.throttle = None
     elif kind == "power-cut":
-        return {"ok": True, "report": backing.power_cut(msg.get("mode", "all"), msg.get("seed"))}
+        return FaultReply(report=backing.power_cut(msg.get("mode", "all"), msg.get("seed")))
     elif kind == "rollback":
         sectors = [int(s) for s in msg.get("sectors", [])]
         if not sectors:
             raise UsageError("rollback needs sector numbers")
-        return {"ok": True, "pages": backing.rollback(backing_pages(header, sectors))}
+        return FaultReply(pages=backing.rollback(backing_pages(header, sectors)))
     elif kind != "status":
         raise UsageError(f"unknown fault kind {kind!r}: use error, bad-sector, latency, throttle, "
                          "clear, power-cut, rollback or status")
     out = fvol.status()
     out["power_lost"] = backing.lost
-    return {"ok": True, "faults": out}
+    return FaultReply(faults=out)

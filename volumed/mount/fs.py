@@ -16,29 +16,32 @@ Tuned for throughput (docs/MOUNT.md, "Concurrency invariants"; docs/PERFORMANCE.
 - ``keep_cache`` and long entry/attribute timeouts: the file never changes behind the kernel's back
   (revocation and fault injection invalidate it explicitly);
 - requests of at most ``INLINE_BYTES`` (random 4 KiB I/O, small write-backs) run inline on the
-  loop: on two busy cores a thread hop costs ~300 us, far more than one sector's cipher and a
-  backing pread (measured: cold random 4 KiB reads 2.4k/s through threads, 7.5k/s inline; a
-  read that would wait for the disk waits on the loop too: sending such reads to a thread when
-  other requests were queued, so their disk waits overlap, halved random 4 KiB reads at queue
-  depth 16, A/B in one run, 2026-11-30). Larger reads and writes
-  run in worker threads behind a CapacityLimiter, so several are in flight at once; buffers go to
-  the Volume without copies. Large reads (the kernel's read-ahead, up to 1 MiB each) have their
-  own, wider limiter (``READ_THREADS``): they mostly wait for the disk with the GIL released, and
-  letting up to 16 overlap instead of 4 made cold sequential reads ~1.5x faster (A/B in one run,
-  4 interleaved rounds) without changing the random read/write mix;
-- a flush that is a plain ``fdatasync`` (XTS, the benchmark's null cipher) runs inline too: the
-  thread hop around it cost a database on ext4 over the mount (one FSYNC per commit) about a
-  quarter of its transactions (pgbench A/B, docs/PERFORMANCE.md). GCM's flush is a barrier that
-  waits for every request in flight (and a mounted snapshot's copy), so it stays in a thread, as
-  does every flush while the volume says it may block.
+  loop: on two busy cores a thread hop costs far more than one sector's cipher and a backing
+  pread, and a read that would wait for the disk waits on the loop too (overlapping such waits in
+  threads cost more than it saved). Larger reads and writes run in worker threads behind a
+  CapacityLimiter, so several are in flight at once; buffers go to the Volume without copies.
+  Large reads (the kernel's read-ahead, up to 1 MiB each) have their own, wider limiter
+  (``READ_THREADS``): they mostly wait for the disk with the GIL released, so more of them may
+  overlap without slowing the random read/write mix;
+- a flush that is a plain ``fdatasync`` (XTS, the benchmark's null cipher) runs inline too: a
+  database on ext4 over the mount sends one FSYNC per commit, and the thread hop around it was a
+  large share of each commit's cost. GCM's flush is a barrier that waits for every request in
+  flight (and a mounted snapshot's copy), so it stays in a thread, as does every flush while the
+  volume says it may block.
+
+The measurements behind each of these choices (A/B runs, dated) are in docs/PERFORMANCE.md
+("The tuned path" and "Changed").
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import pyfuse3
 import trio
@@ -47,14 +50,34 @@ from volumed.mount.errno_map import fuse_errors
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 FILE_INODE = ROOT_INODE + 1
-INLINE_BYTES = 32768  # requests up to this size run inline: under load a thread hop costs ~300 us
+INLINE_BYTES = 32768  # requests up to this size run inline (docs/PERFORMANCE.md: the thread hop's cost)
 THREAD = INLINE_BYTES + 1  # nbytes for _run that always means "in a worker thread"
 INLINE = 0  # nbytes for _run that means "inline unless the volume may block"
 READ_THREADS = 16  # large reads in flight at once (they share no limiter with the rest)
 ATTR_TIMEOUT = 60.0
+T = TypeVar("T")
 
 
-async def invalidate_file_cache(log=None) -> None:
+class ServedVolume(Protocol):
+    """What VolumeFS serves: a volumed.volume.device.Volume, the fault layer's FaultVolume, or the
+    benchmark's NullVolume (thread-safe read/write/flush)."""
+
+    @property
+    def may_block(self) -> bool: ...
+    @property
+    def flush_is_barrier(self) -> bool: ...
+    def read(self, offset: int, length: int) -> bytes | bytearray: ...
+    def write(self, offset: int, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+
+
+class Latch(Protocol):
+    """The access latch VolumeFS checks before every request (volumed.mount.latch.AccessLatch)."""
+
+    def check_serving(self) -> None: ...
+
+
+async def invalidate_file_cache(log: logging.Logger | None = None) -> None:
     """Drop the kernel's cached pages and attributes of the file, from a worker thread (never
     inside a request: the kernel may write dirty pages back to this loop and wait for the
     replies). A failure is logged on ``log`` if given. Callers: revocation (VolumeFS's latch
@@ -70,7 +93,7 @@ class IOCounters:
     """Requests served (reads, writes, fsyncs) and bytes read and written through the mount
     (reported by status)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requests = 0
         self.bytes_read = 0
         self.bytes_written = 0
@@ -87,7 +110,8 @@ class VolumeFS(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
 
-    def __init__(self, volume, *, name: str, size: int, latch, threads: int = 4):
+    def __init__(self, volume: ServedVolume, *, name: str, size: int, latch: Latch,
+                 threads: int = 4):
         super().__init__()
         self.volume = volume
         self.name = name.encode()
@@ -99,11 +123,12 @@ class VolumeFS(pyfuse3.Operations):
         self._mtime_ns = time.time_ns()
         self._next_fh = 1
         self._sync_fhs: set[int] = set()
-        self._token = None  # the trio loop's token, taken at the first open
+        self._token: trio.lowlevel.TrioToken | None = None  # the trio loop's, taken at the first open
         # A barrier flush (GCM) waits for other requests and must not hold up the loop.
         self._flush_size = THREAD if volume.flush_is_barrier else INLINE
-        if hasattr(latch, "on_close"):
-            latch.on_close(self._on_latch_closed)
+        on_close = getattr(latch, "on_close", None)
+        if on_close is not None:
+            on_close(self._on_latch_closed)
 
     def _on_latch_closed(self) -> None:
         """Revocation (latch callback, on the loop or in a worker thread): start invalidating the
@@ -123,7 +148,7 @@ class VolumeFS(pyfuse3.Operations):
         """Start ``invalidate_file_cache`` in a system task (the daemon logs a second failure)."""
         trio.lowlevel.spawn_system_task(invalidate_file_cache)
 
-    async def _run(self, nbytes: int, fn, *args):
+    async def _run(self, nbytes: int, fn: Callable[..., T], *args: Any) -> T:
         """Run a Volume call after checking the latch: inline when ``nbytes`` <= INLINE_BYTES and
         the volume does not say it may block (``may_block``: the fault layer while a latency or
         throttle is set), else in a worker thread behind the limiter (THREAD forces a thread)."""
@@ -132,7 +157,7 @@ class VolumeFS(pyfuse3.Operations):
             return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    async def _read(self, off: int, size: int):
+    async def _read(self, off: int, size: int) -> bytes | bytearray:
         """A read through ``_run``, except that reads larger than INLINE_BYTES (the kernel's
         read-ahead) go behind their own, wider ``read_limiter``."""
         if size <= INLINE_BYTES:
@@ -146,7 +171,7 @@ class VolumeFS(pyfuse3.Operations):
         volume's size through the mount. From a system task and a worker thread, never inside a
         request (the kernel sends the truncate to this loop)."""
 
-        async def truncate():
+        async def truncate() -> None:
             path = await trio.to_thread.run_sync(self._own_path)
             if path is not None:
                 try:
@@ -198,13 +223,14 @@ class VolumeFS(pyfuse3.Operations):
         return a
 
     @fuse_errors
-    async def getattr(self, inode, ctx=None):
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         if inode != ROOT_INODE:  # the directory stays listable after revocation; the file does not
             self.latch.check_serving()
         return self._attrs(inode)
 
     @fuse_errors
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         self.latch.check_serving()
         if parent_inode == ROOT_INODE and name == self.name:
             return self._attrs(FILE_INODE)
@@ -213,21 +239,21 @@ class VolumeFS(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     @fuse_errors
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if inode != ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     @fuse_errors
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         if start_id < 1:
             pyfuse3.readdir_reply(token, self.name, self._attrs(FILE_INODE), 1)
 
-    async def releasedir(self, fh):
+    async def releasedir(self, fh: int) -> None:
         pass
 
     @fuse_errors
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         self.latch.check_serving()
         if inode != FILE_INODE:
             raise pyfuse3.FUSEError(errno.EISDIR if inode == ROOT_INODE else errno.ENOENT)
@@ -241,7 +267,8 @@ class VolumeFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
 
     @fuse_errors
-    async def read(self, fh, off, size):
+    # pyfuse3 replies with any buffer; its stub says bytes, and copying a bytearray would cost.
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:  # type: ignore[override]
         self.counters.requests += 1
         if off >= self.size:
             self.latch.check_serving()
@@ -252,7 +279,7 @@ class VolumeFS(pyfuse3.Operations):
         return data
 
     @fuse_errors
-    async def write(self, fh, off, buf):
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
         self.counters.requests += 1
         if off + len(buf) > self.size:
             # Past the end. With the writeback cache this is a write-back of pages the kernel
@@ -266,7 +293,7 @@ class VolumeFS(pyfuse3.Operations):
         return len(buf)
 
     @fuse_errors
-    async def fsync(self, fh, datasync):
+    async def fsync(self, fh: int, datasync: bool) -> None:
         """The durability point: returns only when every earlier write is on stable storage."""
         self.counters.requests += 1
         await self._flush()
@@ -279,14 +306,15 @@ class VolumeFS(pyfuse3.Operations):
         self.latch.check_serving()
 
     @fuse_errors
-    async def flush(self, fh):
+    async def flush(self, fh: int) -> None:
         self.latch.check_serving()
 
-    async def release(self, fh):
+    async def release(self, fh: int) -> None:
         self._sync_fhs.discard(fh)
 
     @fuse_errors
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         """Only a truncate to the volume's own size and time updates are accepted (a volume's size is
         fixed here; with the writeback cache the kernel sends the mtime/ctime it kept at write-back)."""
         self.latch.check_serving()
@@ -300,7 +328,7 @@ class VolumeFS(pyfuse3.Operations):
         return self._attrs(inode)
 
     @fuse_errors
-    async def statfs(self, ctx):
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         s.f_blocks = self.size // 4096

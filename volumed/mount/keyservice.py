@@ -13,7 +13,14 @@ the embedded service and against AWS KMS alike.
 
 from __future__ import annotations
 
-from volumed.errors import VolumedError
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+from volumed import kms
+from volumed.clock import Clock
+from volumed.errors import VolumedError, aws_error_code, aws_error_message
+from volumed.kms.arn import Arn
+from volumed.kms.server.remote import change_counter_fn
 
 REVOKED_CODES = frozenset({
     "AccessDeniedException", "DisabledException", "KMSInvalidStateException",
@@ -22,44 +29,36 @@ REVOKED_CODES = frozenset({
 })
 DELETED_CODES = frozenset({"NotFoundException"})
 
+# A boto3 "kms" client or volumed's EmbeddedKMS: the same methods, parameters and response shapes
+# (boto3 clients carry no static types).
+KmsClient: TypeAlias = Any
+ChangeCounter: TypeAlias = Callable[[], int]
 
-def connect(spec, *, principal=None, via_service=None, clock=None, profile=None):
+
+def connect(spec: str | None, *, principal: str | None = None, via_service: str | None = None,
+            clock: Clock | None = None, profile: str | None = None) -> KmsClient:
     """A client of the key service named by ``spec`` (see volumed.kms.connect); ``clock`` drives
     the embedded service's deletion windows (the daemon passes its injectable clock); ``profile``
     is the AWS profile whose credentials sign calls to an endpoint (a host's access key)."""
-    from volumed import kms
-
     return kms.connect(spec, principal=principal, via_service=via_service, clock=clock, profile=profile)
 
 
-def default_spec():
-    from volumed import kms
-
+def default_spec() -> str:
     return kms.default_spec()
 
 
-def error_code(exc: BaseException) -> str | None:
-    """The AWS error code of a botocore ClientError or a VolumedError, else None."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return response.get("Error", {}).get("Code")
-    if isinstance(exc, VolumedError):
-        return exc.code
-    return None
-
-
 def error_message(exc: BaseException) -> str:
-    """A one-line description: "Code: message"."""
-    code = error_code(exc)
-    response = getattr(exc, "response", None)
-    msg = response.get("Error", {}).get("Message", "") if isinstance(response, dict) else str(exc)
+    """A one-line description: "Code: message" (volumed.errors.aws_error_code and
+    aws_error_message), or "ExceptionType: message" without a code."""
+    code = aws_error_code(exc)
+    msg = aws_error_message(exc)
     text = f"{code}: {msg}" if code else f"{type(exc).__name__}: {msg}"
     return text.rstrip(": ").replace("\n", " ")
 
 
 def classify(exc: BaseException) -> str:
     """"deleted", "revoked" or "transient" (see the module docstring)."""
-    code = error_code(exc)
+    code = aws_error_code(exc)
     if code in DELETED_CODES:
         return "deleted"
     if code in REVOKED_CODES:
@@ -67,20 +66,20 @@ def classify(exc: BaseException) -> str:
     return "transient"
 
 
-def arn_parts(key_arn: str) -> tuple[str, str]:
-    """(region, account) of a key ARN ``arn:aws:kms:<region>:<account>:key/<id>``."""
-    parts = key_arn.split(":")
-    if len(parts) < 6 or parts[2] != "kms":
-        raise VolumedError(f"not a KMS key ARN: {key_arn!r}", code="InvalidArnException")
-    return parts[3], parts[4]
+def key_arn(text: str) -> Arn:
+    """A KMS key ARN ``arn:<partition>:kms:<region>:<account>:key/<id>`` parsed
+    (volumed.kms.arn.Arn); VolumedError (InvalidArnException) for anything else."""
+    arn = Arn.try_parse(text)
+    if arn is None or arn.service != "kms":
+        raise VolumedError(f"not a KMS key ARN: {text!r}", code="InvalidArnException")
+    return arn
 
 
-def change_counter(client):
+def change_counter(client: KmsClient) -> ChangeCounter | None:
     """The keystore's change counter callable: the embedded service's, or a ``volumed kms serve``
     endpoint's (volumed.kms.server.remote); None for AWS KMS (no such thing)."""
     fn = getattr(client, "change_counter", None)
     if callable(fn):
-        return fn
-    from volumed.kms.server.remote import change_counter_fn
-
+        counter: ChangeCounter = fn
+        return counter
     return change_counter_fn(client)

@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from volumed.clock import Clock
 from volumed.errors import KeyAccessError
 from volumed.safefile import write_atomic
 
@@ -73,7 +75,7 @@ class AccessLatch:
     daemon registers wiping the key there); the kernel-cache invalidation is the daemon's job.
     """
 
-    clock: object
+    clock: Clock
     record_path: Path | None = None
     key_arn: str = ""
     state: str = AVAILABLE
@@ -83,9 +85,9 @@ class AccessLatch:
     unreachable_since: float | None = None
     revoked_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _on_close: list = field(default_factory=list, repr=False)
+    _on_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.since = self.clock.time()
 
     @property
@@ -97,7 +99,7 @@ class AccessLatch:
         if self.state in INACCESSIBLE:
             raise KeyAccessError(f"volume is {self.state}: {self.reason}")
 
-    def on_close(self, fn) -> None:
+    def on_close(self, fn: Callable[[], None]) -> None:
         self._on_close.append(fn)
 
     def mark_ok(self) -> None:

@@ -27,11 +27,14 @@ does the recovery window running out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
+from volumed.clock import Clock
 from volumed.mount import keyservice
-from volumed.mount.latch import RECOVERABLE, TERMINAL
+from volumed.mount.keyservice import ChangeCounter
+from volumed.mount.latch import RECOVERABLE, TERMINAL, AccessLatch
 
 log = logging.getLogger("volumed.mount")
 
@@ -45,7 +48,8 @@ class KeyMonitor:
     counter(): sync callable returning the keystore change counter, or None for AWS KMS.
     latch: volumed.mount.latch.AccessLatch; clock: volumed.clock.Clock (may be swapped live)."""
 
-    def __init__(self, *, check, counter, latch, clock, interval: float | None = None,
+    def __init__(self, *, check: Callable[[], None], counter: ChangeCounter | None,
+                 latch: AccessLatch, clock: Clock, interval: float | None = None,
                  grace: float = DEFAULT_GRACE, window: float, poll: float = 0.1,
                  backoff: float = 0.5, check_timeout: float = 10.0):
         self.check = check
@@ -60,7 +64,7 @@ class KeyMonitor:
         self.check_timeout = check_timeout
         self.failures = 0
         self.checks = 0
-        self._last_counter = None
+        self._last_counter: int | None = None
         self._next = clock.time() + self.interval
         self._wake = trio.Event()
 
@@ -100,9 +104,12 @@ class KeyMonitor:
         if due:
             await self.run_check()
 
-    async def _read_counter(self):
+    async def _read_counter(self) -> int | None:
+        counter = self.counter
+        if counter is None:
+            return None
         try:
-            return await trio.to_thread.run_sync(self.counter)
+            return await trio.to_thread.run_sync(counter)
         except Exception as exc:
             self._transient(exc)
             return None

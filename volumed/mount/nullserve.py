@@ -23,12 +23,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 import trio
 
-from volumed.errors import UsageError
+from volumed.errors import UsageError, VolumedError
+from volumed.mount.engine import (Engine, NativeEngine, NativeObject, PythonEngine,
+                                  default_io_threads, native_extension)
 from volumed.mount.fs import VolumeFS
 from volumed.mount.tuning import tune_mount
+from volumed.volume.device import Volume
 
 MARK = "user.volumed.bench-null"
 FILE_NAME = "bench-null"
@@ -50,12 +54,13 @@ class NullVolume:
         finally:
             os.close(fd)
 
-    def read(self, offset: int, length: int):
+    def read(self, offset: int, length: int) -> bytes | bytearray:
         """``length`` bytes at ``offset`` (short only at the end)."""
         length = min(length, self.size - offset)
-        return self.native_core.read(offset, length) if length > 0 else b""
+        data: bytes | bytearray = self.native_core.read(offset, length) if length > 0 else b""
+        return data
 
-    def write(self, offset: int, data) -> None:
+    def write(self, offset: int, data: bytes) -> None:
         """Write all of ``data`` at ``offset``."""
         self.native_core.write(offset, data)
 
@@ -70,11 +75,8 @@ class NullVolume:
         self.native_core = None
 
 
-def _native_module():
-    from volumed.errors import VolumedError
-    from volumed.volume.cores import native_module
-
-    native = native_module()
+def _native_module() -> NativeObject:
+    native = native_extension()
     if native is None:
         raise VolumedError("the null-cipher mount needs the native extension (volumed._native); "
                            "rebuild it with native/rebuild")
@@ -93,8 +95,6 @@ class OpenLatch:
 def prepare_file(path: str, size: int) -> None:
     """Create ``path`` as a sparse plain file of ``size`` bytes, or accept one this module created.
     Raises UsageError for a volume (any file with a volumed header) or any other non-empty file."""
-    from volumed.volume.device import Volume
-
     if size <= 0 or size % 4096:
         raise UsageError(f"--bench-null-cipher size {size} must be a positive multiple of 4096")
     if os.path.exists(path) and os.path.getsize(path) > 0:
@@ -124,27 +124,23 @@ def prepare_file(path: str, size: int) -> None:
     os.truncate(path, size)
 
 
-def serve(size: int, path: str, mountpoint: str, ready, *, engine: str = "native",
+def serve(size: int, path: str, mountpoint: str, ready: Callable[[str], None], *, engine: str = "native",
           io_threads: int = 0) -> None:
     """Serve ``path`` at ``mountpoint`` until unmounted; ``ready(file)`` once up. ``engine``:
     "native" (the native engine over the native core's null cipher, as XTS volumes are served) or
     "python" (VolumeFS over NullVolume on pyfuse3)."""
-    from volumed.mount.engine import NativeEngine, PythonEngine, default_io_threads
-
     prepare_file(path, size)
     options = ("fsname=volumed-bench-null", "subtype=volumed", "allow_other", "default_permissions")
     threads = io_threads or default_io_threads()
     if engine == "native":
-        from volumed.volume.cores import native_module
-
-        mod = native_module()
+        mod = native_extension()
         if mod is None:
             raise UsageError("the native engine needs the native extension (volumed._native)")
         fd = os.open(path, os.O_RDWR)
-        vol = None
-        core = mod.VolumeCore(fd, cipher="null", size=size, name=path)
+        vol: NullVolume | None = None
+        core: NativeObject | NullVolume = mod.VolumeCore(fd, cipher="null", size=size, name=path)
         os.close(fd)  # the core keeps its own descriptor
-        server = NativeEngine(core, mountpoint=mountpoint, file_name=FILE_NAME, threads=threads,
+        server: Engine = NativeEngine(core, mountpoint=mountpoint, file_name=FILE_NAME, threads=threads,
                               options=options)
     else:
         vol = core = NullVolume(path, size)
@@ -152,14 +148,14 @@ def serve(size: int, path: str, mountpoint: str, ready, *, engine: str = "native
         server = PythonEngine(fs, mountpoint=mountpoint, threads=4, options=options)
     server.mount()
 
-    async def run():
+    async def run() -> None:
         async with trio.open_nursery() as nursery:
-            async def signals():
+            async def signals() -> None:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
                     async for _ in sigs:
                         server.terminate()
 
-            async def announce():
+            async def announce() -> None:
                 await trio.sleep(0)
                 await trio.to_thread.run_sync(tune_mount, mountpoint)
                 ready(os.path.join(mountpoint, FILE_NAME))

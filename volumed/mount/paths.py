@@ -15,6 +15,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from volumed.errors import FormatError, UsageError
+from volumed.volume.ids import is_uuid
+
 
 def run_dir() -> Path:
     """The run directory, created 0700 (root-only) if missing."""
@@ -23,8 +26,6 @@ def run_dir() -> Path:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(d, 0o700)
     except PermissionError:
-        from volumed.errors import UsageError
-
         raise UsageError(f"mounts are managed by root ({d} is root-only); run as root") from None
     return d
 
@@ -36,7 +37,7 @@ def state_dir() -> Path:
     return d
 
 
-def mount_id(mountpoint: str | os.PathLike) -> str:
+def mount_id(mountpoint: str | os.PathLike[str]) -> str:
     """A short stable name for a mount point (its real path hashed). Only the parent directory is
     resolved: the mount point itself may be a FUSE mount whose daemon is hung or dead (or this
     very process)."""
@@ -44,7 +45,7 @@ def mount_id(mountpoint: str | os.PathLike) -> str:
     return hashlib.sha256(real.encode()).hexdigest()[:16]
 
 
-def real_mountpoint(mountpoint: str | os.PathLike) -> str:
+def real_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
     """The mount point's path with its parent resolved, without touching the mount point itself."""
     p = os.path.abspath(os.fspath(mountpoint)).rstrip("/") or "/"
     return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
@@ -65,9 +66,6 @@ def log_path(mid: str) -> Path:
 def _checked_uuid(volume_uuid: str) -> str:
     """``volume_uuid`` if it is a canonical UUID (the header parsers refuse any other, so this is
     a second line of defence: nothing outside these directories is ever named)."""
-    from volumed.errors import FormatError
-    from volumed.volume.ids import is_uuid
-
     if not is_uuid(volume_uuid):
         raise FormatError(f"malformed volume uuid {str(volume_uuid)[:80]!r}: refusing to name a file after it")
     return volume_uuid

@@ -23,6 +23,7 @@ import dataclasses
 import math
 import threading
 import time
+from typing import Any, Protocol
 
 from volumed.errors import UsageError
 
@@ -31,6 +32,12 @@ MIB = 1 << 20
 GIB = 1 << 30
 BURST_SECONDS = 0.05   # bucket depth of a rate limit: 50 ms of its rate (EBS smooths over ~ms)
 GP2_CREDITS = 5_400_000
+
+
+class TimeSource(Protocol):
+    """Anything with ``time()`` in seconds (a volumed.clock.Clock, MonotonicClock)."""
+
+    def time(self) -> float: ...
 
 
 class MonotonicClock:
@@ -43,7 +50,7 @@ class MonotonicClock:
 class TokenBucket:
     """``rate`` tokens per second, at most ``capacity`` banked, starting with ``initial`` (full)."""
 
-    def __init__(self, rate: float, capacity: float, clock, initial: float | None = None):
+    def __init__(self, rate: float, capacity: float, clock: TimeSource, initial: float | None = None):
         if rate <= 0 or capacity <= 0:
             raise UsageError(f"a token bucket needs a positive rate and capacity (got {rate}, {capacity})")
         self.rate, self.capacity, self.clock = float(rate), float(capacity), clock
@@ -71,7 +78,7 @@ class VolumeSpec:
     baseline_iops: int | None = None
     credits: int | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -116,15 +123,14 @@ def io_units(nbytes: int) -> int:
 class Throttle:
     """Enforces a VolumeSpec. ``acquire(nbytes)`` reserves the I/O and returns seconds to wait."""
 
-    def __init__(self, vspec: VolumeSpec, clock=None):
+    def __init__(self, vspec: VolumeSpec, clock: TimeSource | None = None):
         self.spec = vspec
-        clock = clock or MonotonicClock()
-        self.clock = clock
+        self.clock = clock = clock or MonotonicClock()
         self._lock = threading.Lock()
         self.iops = TokenBucket(vspec.iops, max(1.0, vspec.iops * BURST_SECONDS), clock)
         self.bytes = TokenBucket(vspec.throughput, max(IO_UNIT, vspec.throughput * BURST_SECONDS), clock)
-        self.credits = None
-        if vspec.credits is not None:
+        self.credits: TokenBucket | None = None
+        if vspec.credits is not None and vspec.baseline_iops is not None:
             self.credits = TokenBucket(vspec.baseline_iops, vspec.credits, clock)
         self.ops = 0
 
@@ -139,7 +145,7 @@ class Throttle:
                 wait = max(wait, self.credits.reserve(units, now))
             return wait
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """The spec and counters (reported by the daemon's fault status)."""
         out = self.spec.to_json()
         out["ops_counted"] = self.ops

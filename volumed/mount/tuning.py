@@ -16,7 +16,7 @@ MAX_BACKGROUND = 64
 
 
 def tune_mount(mountpoint: str, *, read_ahead_kb: int = READ_AHEAD_KB,
-               max_background: int = MAX_BACKGROUND) -> dict:
+               max_background: int = MAX_BACKGROUND) -> dict[str, int]:
     """Raise read-ahead and the background-request limit of the FUSE mount at ``mountpoint``.
 
     Returns what was set ({"read_ahead_kb": n, "max_background": n}; a key is missing when the
@@ -25,7 +25,7 @@ def tune_mount(mountpoint: str, *, read_ahead_kb: int = READ_AHEAD_KB,
     """
     dev = os.stat(mountpoint).st_dev
     major, minor = os.major(dev), os.minor(dev)
-    done = {}
+    done: dict[str, int] = {}
     for key, path, value in (
             ("read_ahead_kb", f"/sys/class/bdi/{major}:{minor}/read_ahead_kb", read_ahead_kb),
             ("max_background", f"/sys/fs/fuse/connections/{minor}/max_background", max_background),

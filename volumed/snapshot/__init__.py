@@ -10,7 +10,7 @@ Modules, one concern each (format and key handling in docs/SNAPSHOTS.md):
 - ``seal``     manifest MACs: the key derived from the snapshot's data key and id, verification
 - ``catalog``  listing, finding and loading (MAC-verified) manifests of a store
 - ``engine``   create, copy, share, delete, seal (migration) of snapshots; ``latest_snapshot_hint``
-- ``mounted``  snapshots of mounted volumes (the CLI side and the daemon side)
+- ``mounted``  snapshots of volumes that keep serving I/O (the holder's side; the mount sends the order)
 - ``restore``  a new volume from a snapshot
 - ``erase``    ``volumed delete``: retire the volume's grants, crypto-erase its header
 

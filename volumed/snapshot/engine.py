@@ -289,15 +289,17 @@ def snapshot_open_volume(vol: Volume, *, kms: KmsClient, store: Store, clock: Cl
 
 
 def create_snapshot(volume_path: str, *, kms, store, clock=None, description: str = "",
-                    progress=None) -> dict:
+                    progress=None, mounted=None) -> dict:
     """Snapshot the volume at ``volume_path``. Unmounted: opened (and so locked) for the duration.
-    Mounted: the key part here, the sectors by the daemon that holds it (volumed.snapshot.mounted)."""
+    Open in another process (mounted): ``mounted(volume_path, kms=, store=, description=)`` takes
+    it through the holder (volumed.snapshot.mounted.MountedSnapshot; the CLI passes the mount's
+    volumed.mount.snapshots.snapshot_through_daemon); without one the StateError stands."""
     try:
         vol = Volume.open(volume_path, kms=kms)
     except StateError:
-        from volumed.snapshot import mounted
-
-        return mounted.snapshot_through_daemon(volume_path, kms=kms, store=store, description=description)
+        if mounted is None:
+            raise
+        return mounted(volume_path, kms=kms, store=store, description=description)
     with vol:
         return snapshot_open_volume(vol, kms=kms, store=store, clock=clock, description=description,
                                     progress=progress)

@@ -1,104 +1,103 @@
-"""Snapshots of mounted volumes: the CLI prepares the key, the daemon copies the sectors.
+"""Snapshots of volumes that keep serving I/O: the copy, done by whoever holds the open Volume.
 
-The daemon holds the volume (its flock) and calls KMS as the host principal, whose grant allows
-Decrypt and GenerateDataKeyWithoutPlaintext only. So the user's CLI does phase 1
-(engine.snapshot_key: ReEncrypt to the snapshot's context) and sends the result over the daemon's
-control channel: ``{"op": "snapshot", "store": SPEC, "key": {...}, "description": TEXT,
-"max_preserved": BYTES}`` (the CLI's $VOLUMED_SNAPSHOT_MAX_PRESERVED, else 256 MiB). The
-daemon answers with ``daemon_snapshot(volume, msg)`` in a worker thread: under the store lock it
-takes the volume's I/O barrier only to flush and open a capture session (Volume.begin_capture),
-then copies the records while I/O goes on; a write to a sector not copied yet first preserves the
-sector's old record (volumed.volume.records). The snapshot holds exactly the writes acknowledged
-(fsync returned) before the barrier. Callers: engine.create_snapshot (client side), the mount
-daemon's control handler (server side).
+A mounted volume is held by its daemon (the flock) and the daemon calls KMS as the host principal,
+whose grant allows Decrypt and GenerateDataKeyWithoutPlaintext only. So the user's side does phase 1
+(engine.snapshot_key: ReEncrypt to the snapshot's context) and hands the daemon a
+``LiveSnapshotOrder`` (the store, that key, a description and the cap on preserved records: the
+CLI's $VOLUMED_SNAPSHOT_MAX_PRESERVED, else 256 MiB). The daemon answers with ``daemon_snapshot``
+in a worker thread: under the store lock it takes the volume's I/O barrier only to flush and open a
+capture session (Volume.begin_capture), then copies the records while I/O goes on; a write to a
+sector not copied yet first preserves the sector's old record (volumed.volume.records). The
+snapshot holds exactly the writes acknowledged (fsync returned) before the barrier.
 
-Test hook (daemons started with --allow-faults only): ``"hold": {"after_chunks": K, "dir": D}``
+This module knows nothing of mounts: the order travels over the mount's control channel
+(volumed.mount.snapshots sends it, volumed.mount.daemon answers it with ``daemon_snapshot``).
+
+Test hook (daemons started with --allow-faults only): ``hold = {"after_chunks": K, "dir": D}``
 makes the copier, after storing K chunks, create ``D/held`` and wait (no volume lock held) until
 ``D/release`` exists, so a test can write during the copy without racing it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from volumed.errors import KeyAccessError, StateError, VolumedError
+from volumed.clock import Clock
+from volumed.errors import KeyAccessError, StateError, UsageError, VolumedError
+from volumed.snapshot.engine import max_preserved, write_snapshot
+from volumed.snapshot.store import open_store
 
+HOLD_TIMEOUT = 60.0
 
-def find_mount(volume_path: str) -> dict | None:
-    """The ``volumed status`` entry of the mount serving ``volume_path``, if any."""
-    from volumed.mount import client
-
-    want = os.path.realpath(volume_path)
-    for st in client.status_all():
-        if st.get("volume") and os.path.realpath(st["volume"]) == want:
-            return st
-    return None
+Reply = dict[str, Any]  # {"ok": true, "snapshot_id": ID} or {"ok": false, "error": ONE LINE}
 
 
-def snapshot_through_daemon(volume_path: str, *, kms, store, description: str = "") -> dict:
-    """Snapshot a mounted volume through its daemon; returns the saved manifest."""
-    from volumed.mount import control, paths
-    from volumed.snapshot import catalog
-    from volumed.snapshot.engine import max_preserved, snapshot_key
-    from volumed.volume import Volume
+class MountedSnapshot(Protocol):
+    """Snapshot a volume another process holds open (engine.create_snapshot's ``mounted``);
+    returns the saved manifest. volumed.mount.snapshots.snapshot_through_daemon is one."""
 
-    st = find_mount(volume_path)
-    if st is None or not st.get("mountpoint"):
-        raise StateError(f"volume {volume_path} is open in another volumed process (not a mount on "
-                         "this host): close it first, then snapshot it")
-    header = Volume.read_header(volume_path)
-    cap = max_preserved()  # a malformed setting is refused before any KMS call
-    key = snapshot_key(kms, header)
-    msg = {"op": "snapshot", "store": store.spec, "key": key, "description": description,
-           "max_preserved": cap}
-    try:  # the reply comes when the copy is done: wait as long as a slow copy may take
-        reply = control.request(paths.socket_path(paths.mount_id(st["mountpoint"])), msg,
-                                timeout=reply_timeout(header.size))
-    except OSError as exc:
-        raise VolumedError(f"snapshot of mounted {volume_path} failed: no answer from its daemon "
-                           f"({exc.strerror or exc}); see volumed status") from None
-    if not reply.get("ok"):
-        error = reply.get("error", "control request failed")
-        if "unknown op" in error:
-            raise StateError(f"the daemon serving {volume_path} cannot take snapshots (older "
-                             "volumed): unmount the volume, then snapshot it")
-        raise VolumedError(f"snapshot of mounted {volume_path} failed: {error}")
-    return catalog.peek(store, key["snapshot_id"])  # to show: the daemon sealed it, nothing is used
+    def __call__(self, volume_path: str, *, kms: Any, store: Any, description: str = "") -> dict[str, Any]: ...
 
 
-def reply_timeout(size: int) -> float:
-    """Seconds to wait for the daemon's answer to a snapshot of a ``size``-byte volume: a minute
-    plus 1 s per 16 MiB (the copy runs at 100-170 MiB/s on the 2-core test machine)."""
-    return 60.0 + size / (16 << 20)
+@dataclasses.dataclass(frozen=True)
+class LiveSnapshotOrder:
+    """What the holder of an open volume needs to snapshot it: the store's spec, the snapshot key
+    (engine.snapshot_key's result), a description, the cap on preserved record bytes (None: the
+    default) and the test hook ``hold`` ({"after_chunks": K, "dir": D})."""
+
+    store: str
+    key: dict[str, Any]
+    description: str = ""
+    max_preserved: int | None = None
+    hold: dict[str, Any] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The fields as JSON values (None fields left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> "LiveSnapshotOrder":
+        """The order from its JSON fields; UsageError naming what is missing or malformed."""
+        store, key, hold = d.get("store"), d.get("key"), d.get("hold")
+        description, cap = d.get("description", ""), d.get("max_preserved")
+        if not isinstance(store, str) or not isinstance(key, dict):
+            raise UsageError("a snapshot request needs a store spec and a snapshot key")
+        if not isinstance(description, str) or not (cap is None or isinstance(cap, (int, str))):
+            raise UsageError("malformed snapshot request: description or max_preserved")
+        if hold is not None and not isinstance(hold, dict):
+            raise UsageError("malformed snapshot request: hold")
+        return cls(store, key, description, None if cap is None else max_preserved(cap), hold)
 
 
-def daemon_snapshot(volume, msg: dict, allow_faults: bool = False) -> dict:
-    """Server side (in the daemon, in a worker thread): the reply to a "snapshot" request.
-    ``allow_faults``: the daemon was started with --allow-faults (the "hold" test hook)."""
-    from volumed.snapshot.engine import max_preserved
-    from volumed.snapshot.store import open_store
-
-    hold = msg.get("hold")
-    if hold is not None and not allow_faults:
-        return {"ok": False, "error": "hold needs a daemon started with --allow-faults"}
+def daemon_snapshot(volume: Any, order: LiveSnapshotOrder | Mapping[str, Any],
+                    allow_faults: bool = False) -> Reply:
+    """The holder's side (the daemon, in a worker thread): carry out ``order`` (a
+    LiveSnapshotOrder or its wire fields) on the open ``volume``. ``allow_faults``: the daemon was
+    started with --allow-faults (the "hold" test hook). Returns snapshot_live's reply."""
     try:
-        return snapshot_live(volume, open_store(msg["store"]), msg["key"],
-                             description=msg.get("description", ""),
-                             progress=_hold(hold) if hold else None,
-                             max_kept_bytes=max_preserved(msg.get("max_preserved")))
+        if not isinstance(order, LiveSnapshotOrder):
+            order = LiveSnapshotOrder.from_wire(order)
+        if order.hold is not None and not allow_faults:
+            return {"ok": False, "error": "hold needs a daemon started with --allow-faults"}
+        return snapshot_live(volume, open_store(order.store), order.key,
+                             description=order.description,
+                             progress=_hold(order.hold) if order.hold else None,
+                             max_kept_bytes=max_preserved(order.max_preserved))
     except VolumedError as exc:
         return {"ok": False, "error": str(exc)}
 
 
-def snapshot_live(volume, store, key: dict, *, description: str = "", progress=None,
-                  max_kept_bytes: int | None = None, clock=None) -> dict:
+def snapshot_live(volume: Any, store: Any, key: dict[str, Any], *, description: str = "",
+                  progress: Callable[[int, int], None] | None = None,
+                  max_kept_bytes: int | None = None, clock: Clock | None = None) -> Reply:
     """Snapshot an open Volume that keeps serving I/O (engine.write_snapshot with live=True; at
     most ``max_kept_bytes`` of preserved records): the reply ``{"ok": true, "snapshot_id"}``, or
     ``{"ok": false, "error": ONE LINE}`` with nothing published (the capture session ended, the
     chunks stored for it removed)."""
-    from volumed.snapshot.engine import write_snapshot
-
     try:
         m = write_snapshot(volume, store, key, live=True, description=description, progress=progress,
                            max_kept_bytes=max_kept_bytes, clock=clock)
@@ -115,12 +114,9 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-HOLD_TIMEOUT = 60.0
-
-
-def _hold(spec: dict):
+def _hold(spec: Mapping[str, Any]) -> Callable[[int, int], None]:
     """The progress callback of the "hold" test hook (see the module docstring)."""
-    after, d = int(spec["after_chunks"]), spec["dir"]
+    after, d = int(spec["after_chunks"]), str(spec["dir"])
 
     def progress(done: int, total: int) -> None:
         if done != min(after, total):

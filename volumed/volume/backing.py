@@ -198,7 +198,7 @@ class RecordingBackingFile(BackingFile):
     """BackingFile that keeps an undo journal of everything written since the last fdatasync."""
 
     def __init__(self, path: StrPath, journal_path: StrPath, *, readonly: bool = False,
-                 create: bool = False):
+                 create: bool = False) -> None:
         super().__init__(path, readonly=readonly, create=create)
         self.journal_path = os.fspath(journal_path)
         self._jfd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)

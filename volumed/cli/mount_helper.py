@@ -1,15 +1,17 @@
 """The mount helper: ``mount -t fuse.volumed VOLUME MOUNTPOINT [-o OPTIONS]`` and /etc/fstab.
 
 mount(8) runs ``/sbin/mount.fuse.volumed VOLUME MOUNTPOINT [-sfnv] [-o OPTIONS]`` (install it as a
-symlink to scripts/mount.fuse.volumed). Options understood (others, e.g. rw, defaults, noauto,
-nofail, _netdev, are ignored): ``kms=SPEC``, ``principal=ARN``, ``recovery-window=DAYS``,
-``kms-grace=SECONDS``, ``check-interval=SECONDS``. It then does what ``volumed mount`` does.
+symlink to scripts/mount.fuse.volumed, which runs this module). Options understood (others, e.g.
+rw, defaults, noauto, nofail, _netdev, are ignored): ``kms=SPEC``, ``principal=ARN``,
+``recovery-window=DAYS``, ``kms-grace=SECONDS``, ``check-interval=SECONDS``. It then does what
+``volumed mount`` does: it translates the arguments and runs the CLI, beside which it lives.
 """
 
 from __future__ import annotations
 
 import sys
 
+from volumed.cli import main as cli_main
 from volumed.errors import UsageError
 
 OPTIONS = {"kms": "--kms", "principal": "--principal", "recovery-window": "--recovery-window",
@@ -40,8 +42,7 @@ def translate(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from volumed.cli import main as cli_main
-
+    """Entry point of ``python -m volumed.cli.mount_helper`` (scripts/mount.fuse.volumed)."""
     try:
         args = translate(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
