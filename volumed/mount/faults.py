@@ -130,7 +130,7 @@ class FaultBacking(RecordingBackingFile):
         if len(self._previous) > ROLLBACK_PAGES:
             self._previous.pop(next(iter(self._previous)))
 
-    def preadinto(self, offset: int, buf: bytearray | memoryview) -> None:
+    def preadinto(self, offset: int, buf: Buffer) -> None:
         self._alive()
         super().preadinto(offset, buf)
 

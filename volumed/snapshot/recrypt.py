@@ -38,7 +38,8 @@ def decrypt(c: SnapshotCipher, cipher: str, first: int, records: list[bytes | No
     mv = memoryview(out)
     for i, r in enumerate(records):
         if r is not None:
-            fmt.open_record(c, mv[i * PAGE:(i + 1) * PAGE], first + i, r, where)
+            # c was made by this format's snapshot_cipher (make_cipher), so it is the format's own cipher
+            fmt.open_record(c, mv[i * PAGE:(i + 1) * PAGE], first + i, r, where)  # type: ignore[arg-type]
     return out
 
 
@@ -49,5 +50,6 @@ def encrypt(c: SnapshotCipher, cipher: str, first: int, plain: bytearray, nonce_
     out: list[bytes | None] = []
     for i in range(len(plain) // PAGE):
         sec = mv[i * PAGE:(i + 1) * PAGE]
-        out.append(None if sec == _ZERO else fmt.seal_record(c, sec, first + i, nonce_base))
+        # c is the format's own cipher, as in decrypt
+        out.append(None if sec == _ZERO else fmt.seal_record(c, sec, first + i, nonce_base))  # type: ignore[arg-type]
     return out
