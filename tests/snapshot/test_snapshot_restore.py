@@ -104,10 +104,14 @@ def test_restore_refuses_an_existing_path_and_changes_nothing(kms, store, make_v
 
 def test_snapshot_of_an_open_volume_is_refused(kms, store, make_volume):
     from volumed.errors import StateError
+    from volumed.mount.snapshots import snapshot_through_daemon
 
     vol = make_volume("gcm")
     with Volume.open(vol, kms=kms):  # open in this process, not a mount: nobody to ask
+        # as `volumed snapshot create` calls it: an open volume goes to its mount's daemon
         with pytest.raises(StateError, match="open in another volumed process"):
+            create_snapshot(vol, kms=kms, store=store, mounted=snapshot_through_daemon)
+        with pytest.raises(StateError, match="already open"):  # no handler: the lock's refusal
             create_snapshot(vol, kms=kms, store=store)
     assert store.list("snapshots/") == []
 
