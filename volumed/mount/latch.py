@@ -121,7 +121,10 @@ class AccessLatch:
         """Enter an inaccessible state. Returns True if this call closed a serving latch.
 
         Recoverable after terminal is ignored; terminal after recoverable upgrades (keeping the
-        original revocation time). The record is persisted before returning.
+        original revocation time). The ``on_close`` callbacks (the native engine's latch, the key
+        wipe) run first, then the record is persisted, before returning: the record's fsync may
+        wait seconds behind heavy writes, and the cut-off may not. A record that cannot be written
+        (a full or failing state disk) is logged; the mount stays cut off all the same.
         """
         assert state in INACCESSIBLE
         with self._lock:
@@ -131,13 +134,19 @@ class AccessLatch:
             if self.revoked_at is None:
                 self.revoked_at = self.clock.time()
             self._set(state, reason)
-            self._persist()
         if was_serving:
             for fn in self._on_close:
                 try:
                     fn()
                 except Exception:
                     log.exception("while closing the latch")
+        with self._lock:
+            try:
+                self._persist()
+            except OSError as exc:
+                log.error("could not record the state %s in %s (%s): the mount is cut off, but "
+                          "after a reboot the revocation time is not known; free or repair that "
+                          "disk", self.state, self.record_path, exc)
         return was_serving
 
     def _set(self, state: str, reason: str) -> None:
