@@ -228,3 +228,82 @@ def test_write_past_the_end_after_unmount_truncates_nothing_else(kms_env, make_v
         time.sleep(0.05)
     os.unlink(os.path.join(m.mountpoint, name))
     assert victim.read_bytes() == b"precious\n"
+
+
+# ---- a failed fdatasync of the backing file is not forgotten -----------------------------------
+
+@pytest.fixture
+def failing_disk(tmp_path):
+    """An ext4 file system (no journal) on a loop device whose own backing file lives on a small
+    tmpfs: once the tmpfs is full, the loop device fails writes with EIO, so ext4's write-back of
+    the volume's blocks fails at fdatasync, as a failing disk's would. ``free()`` makes room again.
+    Unmounted and detached afterwards, even on failure."""
+    t = tmp_path / "tmpfs"
+    e = tmp_path / "ext4"
+    t.mkdir()
+    e.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m,mode=0700", "tmpfs", str(t)], check=True)
+    try:
+        img = t / "disk.img"
+        with open(img, "wb") as f:
+            f.truncate(64 * MiB)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E",
+                        "lazy_itable_init=0", str(img)], check=True, timeout=60)
+        subprocess.run(["mount", "-o", "loop", str(img), str(e)], check=True, timeout=60)
+
+        class Disk:
+            path = e
+
+            @staticmethod
+            def fill() -> None:
+                """Leave no room on the tmpfs under the loop device."""
+                with open(t / "filler", "wb") as f:
+                    try:
+                        while True:
+                            f.write(b"\xff" * MiB)
+                            f.flush()
+                    except OSError:
+                        pass
+
+            @staticmethod
+            def free() -> None:
+                (t / "filler").unlink()
+
+        yield Disk
+    finally:
+        subprocess.run(["umount", str(e)], capture_output=True, timeout=60)
+        subprocess.run(["umount", "-l", str(e)], capture_output=True, timeout=60)
+        subprocess.run(["umount", str(t)], capture_output=True, timeout=60)
+        subprocess.run(["umount", "-l", str(t)], capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_an_fsync_after_a_failed_backing_fdatasync_is_not_acknowledged(kms_env, failing_disk,
+                                                                         mounter, engine):
+    """fdatasync reports a write-back error once: the pages that failed are clean afterwards and
+    a second fdatasync succeeds although their data never reached the disk. An fsync through the
+    mount after a failed one must therefore fail too (until the volume is remounted), never
+    acknowledge writes that are lost."""
+    from tests.mount.conftest import rds_client
+    from volumed.volume.device import Volume
+
+    vol = failing_disk.path / "vol.img"
+    key = kms_client(kms_env).create_key(Description="failing disk")["KeyMetadata"]["Arn"]
+    Volume.create(vol, size=16 * MiB, kms=rds_client(kms_env), key_id=key, cipher="xts")
+    m = mounter(kms_env, vol, "--engine", engine)
+    fd = os.open(m.file, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"a" * MiB, 0)
+        os.fsync(fd)  # fits: acknowledged
+        failing_disk.fill()
+        os.pwrite(fd, random.Random(7).randbytes(4 * MiB), 2 * MiB)
+        with pytest.raises(OSError) as first:
+            os.fsync(fd)
+        assert first.value.errno in (errno.EIO, errno.ENOSPC), first.value
+        failing_disk.free()
+        with pytest.raises(OSError) as second:  # the lost writes are not acknowledged now either
+            os.fsync(fd)
+        assert second.value.errno == errno.EIO, second.value
+    finally:
+        os.close(fd)
+    kms_env.run("unmount", m.mountpoint)
