@@ -307,3 +307,32 @@ def test_an_fsync_after_a_failed_backing_fdatasync_is_not_acknowledged(kms_env, 
     finally:
         os.close(fd)
     kms_env.run("unmount", m.mountpoint)
+
+
+# ---- O_DIRECT turned on with fcntl is acknowledged like O_DIRECT at open -----------------------
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_o_direct_set_by_fcntl_is_acknowledged_on_return(kms_env, make_volume, mounter, engine):
+    """A write(2) on a file in O_DIRECT mode is acknowledged when it returns (docs/MOUNT.md), and
+    databases turn O_DIRECT on with fcntl(F_SETFL) after the open (InnoDB's O_DIRECT flush
+    method does). Such a write must survive a power cut as one on a file opened O_DIRECT does."""
+    import fcntl
+    import mmap
+
+    vol = make_volume(kms_env, size=16 * MiB)
+    m = mounter(kms_env, vol, "--engine", engine)
+    fd = os.open(m.file, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+        buf = mmap.mmap(-1, 65536)
+        buf[:] = b"d" * 65536
+        assert os.pwritev(fd, [buf], 8 * MiB) == 65536  # acknowledged
+        kms_env.run("fault", "power-cut", m.mountpoint)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    kms_env.run("unmount", m.mountpoint, check=False)
+    m = mounter(kms_env, vol, mountpoint=m.mountpoint)
+    assert direct_read(m.file, 8 * MiB, 65536) == b"d" * 65536
