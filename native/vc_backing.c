@@ -17,6 +17,7 @@ int vb_open(vc_backing *b, int fd, int journal_fd, int history_fd, uint64_t hist
     b->hbytes = 0;
     b->hmax = history_max;
     atomic_store(&b->dead, 0);
+    atomic_store(&b->lost, 0);
     b->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (b->fd < 0)
         return -errno;
@@ -171,8 +172,16 @@ int vb_sync(vc_backing *b)
 {
     if (dead(b))
         return dead(b);
-    if (fdatasync(b->fd) != 0)
-        return vc_fail(-errno, "backing fdatasync failed: %s", strerror(errno));
+    if (atomic_load(&b->lost))
+        return vc_fail(-EIO, "an earlier fdatasync of the backing file failed (%s): writes since "
+                       "the last successful flush may never have reached the disk, and no later "
+                       "fdatasync can tell; unmount and mount the volume again",
+                       strerror(atomic_load(&b->lost)));
+    if (fdatasync(b->fd) != 0) {
+        int err = errno;
+        atomic_store(&b->lost, err);
+        return vc_fail(-err, "backing fdatasync failed: %s", strerror(err));
+    }
     if (b->jfd >= 0) { /* everything before the sync is durable: the journal starts over */
         pthread_mutex_lock(&b->jmu);
         int rc = ftruncate(b->jfd, 0);
@@ -200,8 +209,11 @@ int vb_pwrite_durable(vc_backing *b, uint64_t off, size_t len, const unsigned ch
                        (unsigned long long)off, n < 0 ? strerror(errno) : "short write");
 #endif
     int rc = write_all(b->fd, buf, len, off);
-    if (rc == 0 && fdatasync(b->fd) != 0)
-        rc = vc_fail(-errno, "backing fdatasync failed: %s", strerror(errno));
+    if (rc == 0 && fdatasync(b->fd) != 0) {
+        int err = errno;
+        atomic_store(&b->lost, err); /* as in vb_sync: the error is reported once */
+        rc = vc_fail(-err, "backing fdatasync failed: %s", strerror(err));
+    }
     return rc;
 }
 

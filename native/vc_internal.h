@@ -35,6 +35,7 @@ typedef struct {
     int hfd;             /* history: the journal's records, never emptied by a flush; or -1 */
     uint64_t hbytes, hmax;
     _Atomic int dead;    /* errno every call fails with after a simulated power loss, or 0 */
+    _Atomic int lost;    /* an fdatasync failed: every later vb_sync fails (see vb_sync) */
     pthread_mutex_t jmu; /* one journal record at a time; flush's truncate */
 } vc_backing;
 
@@ -44,6 +45,9 @@ void vb_close(vc_backing *b);
 int vb_pread(vc_backing *b, uint64_t off, size_t len, unsigned char *buf); /* zeros past EOF */
 int vb_pwrite(vc_backing *b, uint64_t off, size_t len, const unsigned char *buf);
 int vb_punch(vc_backing *b, uint64_t off, uint64_t len);
+/* fdatasync (then the journal starts over). Once one failed, every later call fails with EIO
+ * until the core is closed: the kernel reports a write-back error once and leaves the failed
+ * pages clean, so a later fdatasync would succeed without their data ever reaching the disk. */
 int vb_sync(vc_backing *b);
 /* Durable once it returns (RWF_DSYNC; pwrite + fdatasync where the flag is missing); not
  * journalled, as RecordingBackingFile.pwrite_durable (the GCM nonce note). */

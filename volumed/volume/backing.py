@@ -67,6 +67,8 @@ _fallocate: Callable[[int, int, int, int], int] | None = None
 class BackingFile:
     """A volume's backing file opened read-write (or read-only with ``readonly=True``)."""
 
+    _sync_lost = 0  # the errno of a failed fdatasync: every later one fails (see fdatasync)
+
     def __init__(self, path: StrPath, *, readonly: bool = False, create: bool = False):
         flags = os.O_RDONLY if readonly else os.O_RDWR
         if create:
@@ -131,8 +133,19 @@ class BackingFile:
             _punch(self.fd, offset, length)
 
     def fdatasync(self) -> None:
-        """Make every completed write durable."""
-        os.fdatasync(self.fd)
+        """Make every completed write durable. Once an fdatasync failed, every later call fails
+        with EIO until the file is opened again: the kernel reports a write-back error once and
+        leaves the failed pages clean, so a later fdatasync would succeed without their data
+        (the native core's vb_sync keeps the same rule)."""
+        if self._sync_lost:
+            raise OSError(errno.EIO, "an earlier fdatasync of the backing file failed "
+                          f"({os.strerror(self._sync_lost)}): writes since the last successful "
+                          "flush may never have reached the disk; unmount and mount the volume again")
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            self._sync_lost = exc.errno or errno.EIO
+            raise
 
     def size(self) -> int:
         """Current file size in bytes."""
