@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,6 +25,7 @@
 #define ROOT_INODE FUSE_ROOT_ID
 #define FILE_INODE (FUSE_ROOT_ID + 1)
 #define ATTR_TIMEOUT 60.0
+#define FUSE_SUPER_MAGIC 0x65735546 /* linux/magic.h */
 #define READ_BUF_BYTES (1u << 20) /* the largest read the kernel sends (max_pages 256) */
 
 struct fe_worker {
@@ -40,13 +42,14 @@ struct fe_engine {
     char *name;
     char *path; /* mountpoint/name, for the truncate after a refused write past the end */
     struct fuse_session *se;
-    int mounted;
+    _Atomic int mounted; /* cleared by fe_exit before the lazy unmount: no restore_size after */
     int threads;
     fe_hook_fn hook;
     void *hook_ctx;
 
     pthread_t loop_thread;
     int started;
+    int joined; /* the loop thread was joined (fe_stop) */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int ended;
@@ -386,8 +389,21 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void *restore_size_thread(void *arg)
 {
     fe_engine *e = arg;
-    if (truncate(e->path, (off_t)e->size) != 0) {
-        /* nothing to do: the kernel keeps its grown size until the next truncate */
+    /* Only while this engine's mount is attached, and only on our own file: after an unmount
+     * the path names whatever the directory under it holds now (a symlink planted there would
+     * have this root daemon truncate its target), so no symlink is followed and the file must be
+     * this file system's (FUSE, our inode) before it is truncated through its descriptor. */
+    int fd = atomic_load(&e->mounted) ? open(e->path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
+                                      : -1;
+    if (fd >= 0) {
+        struct stat st;
+        struct statfs sf;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_ino == FILE_INODE &&
+            fstatfs(fd, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC && atomic_load(&e->mounted) &&
+            ftruncate(fd, (off_t)e->size) != 0) {
+            /* nothing to do: the kernel keeps its grown size until the next truncate */
+        }
+        close(fd);
     }
     atomic_store(&e->restoring, 0);
     return NULL;
@@ -608,7 +624,7 @@ int fe_create(const fe_config *cfg, fe_engine **out, char *err, size_t errlen)
         snprintf(err, errlen, "cannot mount at %s (see the daemon's log)", e->mountpoint);
         goto fail;
     }
-    e->mounted = 1;
+    atomic_store(&e->mounted, 1);
     *out = e;
     return 0;
 fail:
@@ -679,10 +695,8 @@ int fe_wait(fe_engine *e, long timeout_ms)
 void fe_exit(fe_engine *e)
 {
     fuse_session_exit(e->se);
-    if (e->mounted) {
-        e->mounted = 0;
+    if (atomic_exchange(&e->mounted, 0))
         fuse_session_unmount(e->se); /* lazy: the connection ends with the last open file */
-    }
 }
 
 void fe_close_latch(fe_engine *e)
@@ -736,23 +750,33 @@ void fe_get_stats(fe_engine *e, fe_stats *st)
     pthread_mutex_unlock(&e->mu);
 }
 
-int fe_destroy(fe_engine *e)
+int fe_stop(fe_engine *e)
 {
-    if (e == NULL)
-        return 0;
-    if (e->started) {
+    if (e->started && !e->joined) {
         fe_exit(e);
         if (!fe_wait(e, 2000))
             return -1; /* still serving an open file: the caller aborts the connection first */
         pthread_join(e->loop_thread, NULL);
-    } else if (e->mounted) {
+        e->joined = 1;
+    } else if (!e->started && atomic_exchange(&e->mounted, 0)) {
         fuse_session_unmount(e->se);
     }
-    /* a restore-size thread still running uses e->path: wait for it (it is short) */
+    return 0;
+}
+
+int fe_destroy(fe_engine *e)
+{
+    if (e == NULL)
+        return 0;
+    if (fe_stop(e) != 0)
+        return -1;
+    /* Close the session's descriptor first: with the loop ended it is the connection's last, so
+     * the kernel aborts the connection and a restore-size thread's truncate still waiting for a
+     * reply no worker will read returns (ENOTCONN). Then wait for that thread (it uses e). */
+    fuse_session_destroy(e->se);
     struct timespec ms = {0, 1000000L};
     while (atomic_load(&e->restoring))
         nanosleep(&ms, NULL);
-    fuse_session_destroy(e->se);
     vc_unref(e->core);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);

@@ -94,9 +94,14 @@ void fe_get_stats(fe_engine *e, fe_stats *st);
  * volumed/mount/errno_map.py holds the pyfuse3 path's and a test checks they agree). */
 int fe_errno_of(int rc);
 
-/* Unmount if still mounted, wait (2 s at most) for the loop to end, free everything, drop the core
- * reference. -1 (nothing freed) if the loop still serves: an open file holds the connection, so
- * abort it (/sys/fs/fuse/connections/N/abort) and call again. */
+/* Stop serving: unmount if still mounted and wait (2 s at most) for the loop to end (joining its
+ * thread). 0 once it ended (idempotent), -1 if it still serves: an open file holds the
+ * connection, so abort it (/sys/fs/fuse/connections/N/abort) and call again. Once it returned 0,
+ * every other call on e returns at once; the caller frees e only when no thread is inside one
+ * (the Python face counts them). */
+int fe_stop(fe_engine *e);
+
+/* fe_stop, then free everything and drop the core reference. -1 (nothing freed) as fe_stop. */
 int fe_destroy(fe_engine *e);
 
 #endif

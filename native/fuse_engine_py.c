@@ -8,14 +8,22 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <time.h>
 
 #include "fuse_engine.h"
 #include "vcore_py.h"
 
+/* Teardown against the other threads of the daemon (the unmount reaper blocked in wait(), a
+ * status request, the revocation's drain): every method takes the engine with use() under the
+ * GIL, and those that release the GIL count themselves in `users` until they have it back.
+ * close() refuses new callers (`closing`), stops the loop (after which every engine call returns
+ * at once), waits for `users` to reach 0, and only then frees the engine. */
 typedef struct {
     PyObject_HEAD
     fe_engine *e;
     PyObject *hook; /* a callable(op, off, len) -> errno or 0, or NULL; read under the GIL */
+    int users;      /* calls inside the engine with the GIL released */
+    int closing;    /* close() is stopping the engine: no new calls */
 } EngineObject;
 
 /* The engine's fault hook: take the GIL, call the Python hook, return its errno (EIO if it
@@ -83,11 +91,26 @@ static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
 
 static int need(EngineObject *self)
 {
-    if (self->e == NULL) {
+    if (self->e == NULL || self->closing) {
         PyErr_SetString(PyExc_ValueError, "the engine is closed");
         return -1;
     }
     return 0;
+}
+
+/* The engine for a call that releases the GIL (NULL with ValueError if closed or closing);
+ * unuse() once the GIL is held again. */
+static fe_engine *use(EngineObject *self)
+{
+    if (need(self) < 0)
+        return NULL;
+    self->users++;
+    return self->e;
+}
+
+static void unuse(EngineObject *self)
+{
+    self->users--;
 }
 
 static PyObject *engine_start(EngineObject *self, PyObject *unused)
@@ -115,10 +138,14 @@ static PyObject *engine_wait(EngineObject *self, PyObject *args)
             return NULL;
         ms = t <= 0 ? 0 : (long)(t * 1000.0);
     }
+    fe_engine *e = use(self);
+    if (e == NULL)
+        return NULL;
     int ended;
     Py_BEGIN_ALLOW_THREADS
-    ended = fe_wait(self->e, ms);
+    ended = fe_wait(e, ms);
     Py_END_ALLOW_THREADS
+    unuse(self);
     return PyBool_FromLong(ended);
 }
 
@@ -128,11 +155,13 @@ static PyObject *engine_wait(EngineObject *self, PyObject *args)
     static PyObject *method(EngineObject *self, PyObject *unused)                                  \
     {                                                                                              \
         (void)unused;                                                                              \
-        if (need(self) < 0)                                                                        \
+        fe_engine *e = use(self);                                                                  \
+        if (e == NULL)                                                                             \
             return NULL;                                                                           \
         Py_BEGIN_ALLOW_THREADS                                                                     \
-        fn(self->e);                                                                               \
+        fn(e);                                                                                     \
         Py_END_ALLOW_THREADS                                                                       \
+        unuse(self);                                                                               \
         Py_RETURN_NONE;                                                                            \
     }
 
@@ -143,12 +172,14 @@ NOGIL_METHOD(engine_drain, fe_drain)
 static PyObject *engine_invalidate(EngineObject *self, PyObject *unused)
 {
     (void)unused;
-    if (need(self) < 0)
+    fe_engine *e = use(self);
+    if (e == NULL)
         return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = fe_invalidate(self->e);
+    rc = fe_invalidate(e);
     Py_END_ALLOW_THREADS
+    unuse(self);
     return PyLong_FromLong(rc < 0 ? -rc : rc);
 }
 
@@ -206,14 +237,34 @@ static PyObject *engine_close(EngineObject *self, PyObject *unused)
     (void)unused;
     if (self->e == NULL)
         Py_RETURN_TRUE;
+    if (self->closing) {
+        PyErr_SetString(PyExc_RuntimeError, "another thread is closing the engine");
+        return NULL;
+    }
+    fe_engine *e = self->e;
+    self->closing = 1; /* from here on no new call enters e */
     int rc;
-    fe_set_hook_on(self->e, 0);
+    fe_set_hook_on(e, 0);
     Py_BEGIN_ALLOW_THREADS
-    rc = fe_destroy(self->e);
+    rc = fe_stop(e);
     Py_END_ALLOW_THREADS
-    if (rc != 0)
+    if (rc != 0) {
+        self->closing = 0;
         Py_RETURN_FALSE; /* still serving an open file: abort the connection, call again */
+    }
+    /* The loop has ended, so the calls still inside e return at once: wait for them. */
+    struct timespec ms = {0, 1000000L};
+    while (self->users > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        nanosleep(&ms, NULL);
+        Py_END_ALLOW_THREADS
+    }
     self->e = NULL;
+    self->closing = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fe_destroy(e); /* stopped already: frees */
+    Py_END_ALLOW_THREADS
+    (void)rc;
     Py_CLEAR(self->hook);
     Py_RETURN_TRUE;
 }
@@ -226,7 +277,10 @@ static void engine_dealloc(EngineObject *self)
         Py_BEGIN_ALLOW_THREADS
         rc = fe_destroy(self->e);
         Py_END_ALLOW_THREADS
-        (void)rc; /* on failure the engine is left running (and leaked) rather than freed in use */
+        /* On failure the engine is left running (and leaked) rather than freed in use, and so
+         * is this object: its workers hold it as the fault hook's context. */
+        if (rc != 0)
+            return;
     }
     Py_CLEAR(self->hook);
     Py_TYPE(self)->tp_free((PyObject *)self);

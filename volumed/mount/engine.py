@@ -131,7 +131,11 @@ class NativeEngine:
         fe.exit()
 
         def reaper() -> None:
-            if not fe.wait(EXIT_GRACE):
+            try:
+                ended = fe.wait(EXIT_GRACE)
+            except ValueError:  # closed (or being closed) by the daemon meanwhile: nothing to reap
+                return
+            if not ended:
                 log.warning("open files still use the mount: aborting its FUSE connection")
                 abort_connection(minor)
 
