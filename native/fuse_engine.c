@@ -322,7 +322,8 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 }
 
 /* File handles: a counter, shifted, with bit 0 set for O_DIRECT opens (every write on those is
- * acknowledged: flushed before the reply). O_SYNC/O_DSYNC writes go through the cache and the
+ * acknowledged: flushed before the reply; op_write also looks at the write's own flags, for
+ * O_DIRECT set with fcntl after the open). O_SYNC/O_DSYNC writes go through the cache and the
  * kernel's fsync. */
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -461,7 +462,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     }
     if (err == 0)
         hook(e, FE_OP_HEAL, (uint64_t)off, size);
-    if (err == 0 && (fi->fh & 1))
+    /* Acknowledged on return: a file opened O_DIRECT (fh bit 0), and one switched to O_DIRECT
+     * later with fcntl(F_SETFL) (InnoDB does): the kernel sends the file's flags with each write
+     * it does not write back from the cache. */
+    if (err == 0 && ((fi->fh & 1) || (fi->flags & O_DIRECT)))
         err = flush_checked(e);
     if (err != 0) {
         fuse_reply_err(req, err);
