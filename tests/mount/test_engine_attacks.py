@@ -295,16 +295,16 @@ def test_o_direct_set_by_fcntl_is_acknowledged_on_return(kms_env, make_volume, m
 
 # ---- revocation in the middle of heavy writes ----------------------------------------------------
 
-@pytest.mark.parametrize("io_threads", ["1", "4"])
+@pytest.mark.parametrize("cipher,io_threads", [("xts", "1"), ("xts", "4"), ("gcm", "4")])
 def test_revocation_under_heavy_writes_loses_nothing_acknowledged(kms_env, make_volume, mounter,
-                                                                   io_threads):
+                                                                   cipher, io_threads):
     """Eight writers (buffered + fsync, and O_DIRECT) each rewrite their own blocks with numbered
     versions while the key is disabled: the cut comes within a second, nothing succeeds after it,
     and once access is back every block holds its last acknowledged version or a later one."""
     import mmap
     import threading
 
-    vol = make_volume(kms_env, size=16 * MiB)
+    vol = make_volume(kms_env, size=16 * MiB, cipher=cipher)
     m = mounter(kms_env, vol, "--io-threads", io_threads)
     block = 65536
     acked: dict[int, int] = {}
