@@ -774,9 +774,9 @@ int fe_destroy(fe_engine *e)
         return 0;
     if (fe_stop(e) != 0)
         return -1;
-    /* Close the session's descriptor first: with the loop ended it is the connection's last, so
-     * the kernel aborts the connection and a restore-size thread's truncate still waiting for a
-     * reply no worker will read returns (ENOTCONN). Then wait for that thread (it uses e). */
+    /* The connection's descriptors are closed by now (the session's at fe_exit's unmount, the
+     * workers' clones as the loop ended), so the kernel has ended it and a restore-size thread's
+     * request still waiting for a reply returned; that thread still uses e: wait for it. */
     fuse_session_destroy(e->se);
     struct timespec ms = {0, 1000000L};
     while (atomic_load(&e->restoring))
