@@ -62,6 +62,58 @@ def test_latch_closes_even_when_the_record_cannot_be_written(tmp_path):
     assert seen == ["closed"] and not latch.serving
 
 
+def test_the_revocation_record_is_written_off_the_daemon_loop(tmp_path, monkeypatch):
+    """The record's fsync may wait seconds behind heavy writes on the state disk. It must not hold
+    the daemon's loop meanwhile: that loop runs the drain, the key wipe, the cached pages'
+    invalidation (due within a second) and the status requests. Here the write blocks until the
+    test, still running on the loop, has seen the latch closed and the loop turn."""
+    import threading
+
+    import trio
+    from botocore.exceptions import ClientError
+
+    from volumed.clock import FakeClock
+    from volumed.mount.latch import AccessLatch, VolumeRecord
+    from volumed.mount.monitor import KeyMonitor
+
+    release = threading.Event()
+    save = VolumeRecord.save
+
+    def slow_save(self, path):
+        if self.state == RECOVERABLE:
+            release.wait(10)
+        save(self, path)
+
+    monkeypatch.setattr(VolumeRecord, "save", slow_save)
+
+    def check():
+        raise ClientError({"Error": {"Code": "DisabledException", "Message": "no"}}, "Check")
+
+    rec = tmp_path / "rec.json"
+    clock = FakeClock(1000.0)
+    latch = AccessLatch(clock, rec, "k")
+    closed = []
+    latch.on_close(lambda: closed.append(latch.state))
+    mon = KeyMonitor(check=check, counter=None, latch=latch, clock=clock, window=86400.0)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            n.start_soon(mon.run_check)
+            with trio.fail_after(5):  # never fires while the loop itself is blocked
+                while not closed:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.05)  # the loop turns while the record is being written
+            release.set()
+        assert VolumeRecord.load(rec).state == RECOVERABLE
+
+    try:
+        t0 = time.monotonic()
+        trio.run(main)
+        assert time.monotonic() - t0 < 5, "the loop was held while the record was written"
+    finally:
+        release.set()
+
+
 @pytest.mark.parametrize("engine", ["native", "python"])
 def test_revocation_cuts_off_when_the_state_record_cannot_be_written(kms_env, make_volume, mounter,
                                                                      engine):
