@@ -117,14 +117,15 @@ class AccessLatch:
                 self.unreachable_since = self.clock.time()
                 self._set(KMS_UNREACHABLE, why)
 
-    def close(self, state: str, reason: str) -> bool:
+    def close(self, state: str, reason: str, *, persist: bool = True) -> bool:
         """Enter an inaccessible state. Returns True if this call closed a serving latch.
 
         Recoverable after terminal is ignored; terminal after recoverable upgrades (keeping the
         original revocation time). The ``on_close`` callbacks (the native engine's latch, the key
-        wipe) run first, then the record is persisted, before returning: the record's fsync may
-        wait seconds behind heavy writes, and the cut-off may not. A record that cannot be written
-        (a full or failing state disk) is logged; the mount stays cut off all the same.
+        wipe) run first, then the record is written (``persist``), before returning: the record's
+        fsync may wait seconds behind heavy writes, and the cut-off may not. The key monitor passes
+        ``persist=False`` and calls ``persist()`` from a worker thread, so that the fsync does not
+        hold the daemon's loop either (the drain, the wipe and the invalidation run there).
         """
         assert state in INACCESSIBLE
         with self._lock:
@@ -140,6 +141,13 @@ class AccessLatch:
                     fn()
                 except Exception:
                     log.exception("while closing the latch")
+        if persist:
+            self.persist()
+        return was_serving
+
+    def persist(self) -> None:
+        """Write the record of the current state (any thread). A record that cannot be written (a
+        full or failing state disk) is logged; the mount stays cut off all the same."""
         with self._lock:
             try:
                 self._persist()
@@ -147,7 +155,6 @@ class AccessLatch:
                 log.error("could not record the state %s in %s (%s): the mount is cut off, but "
                           "after a reboot the revocation time is not known; free or repair that "
                           "disk", self.state, self.record_path, exc)
-        return was_serving
 
     def _set(self, state: str, reason: str) -> None:
         """Change state (caller holds the lock) and log it: state changes go to the daemon's log."""

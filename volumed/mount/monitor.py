@@ -67,6 +67,7 @@ class KeyMonitor:
         self._last_counter: int | None = None
         self._next = clock.time() + self.interval
         self._wake = trio.Event()
+        self._record_due = False  # the latch closed: its record is still to be written
 
     def request_check(self) -> None:
         """Make the next loop iteration run the real check (control channel, tests)."""
@@ -84,14 +85,34 @@ class KeyMonitor:
             self._wake = trio.Event()
             await self.tick()
 
+    def _close(self, state: str, reason: str) -> None:
+        """Close the latch now (on the loop: the callbacks schedule the drain and the wipe); its
+        record is written by ``_write_record`` afterwards, off the loop."""
+        self.latch.close(state, reason, persist=False)
+        self._record_due = True
+
+    async def _write_record(self) -> None:
+        """Write the latch's record in a worker thread (its fsync may take seconds behind heavy
+        writes, and the loop runs the revocation's drain, wipe and invalidation meanwhile)."""
+        if self._record_due:
+            self._record_due = False
+            with trio.CancelScope(shield=True):  # an unmount meanwhile must not lose the record
+                await trio.to_thread.run_sync(self.latch.persist)
+
     async def tick(self) -> None:
         """One monitor step: read the counter, run the check if due, age the recovery window."""
+        try:
+            await self._tick()
+        finally:
+            await self._write_record()
+
+    async def _tick(self) -> None:
         now = self.clock.time()
         if self.latch.state == TERMINAL:
             return
         if self.latch.state == RECOVERABLE and self.latch.revoked_at is not None \
                 and now - self.latch.revoked_at > self.window:
-            self.latch.close(TERMINAL, "recovery window passed; restore from a backup")
+            self._close(TERMINAL, "recovery window passed; restore from a backup")
             return
         due = now >= self._next
         if self.counter is not None:
@@ -116,6 +137,12 @@ class KeyMonitor:
 
     async def run_check(self) -> None:
         """Run the real check once and act on its outcome."""
+        try:
+            await self._run_check()
+        finally:
+            await self._write_record()
+
+    async def _run_check(self) -> None:
         self.checks += 1
         try:
             with trio.fail_after(self.check_timeout):
@@ -128,9 +155,9 @@ class KeyMonitor:
             if kind == "transient":
                 self._transient(exc)
             elif kind == "deleted":
-                self.latch.close(TERMINAL, f"key deleted: {keyservice.error_message(exc)}")
+                self._close(TERMINAL, f"key deleted: {keyservice.error_message(exc)}")
             else:
-                self.latch.close(RECOVERABLE, keyservice.error_message(exc))
+                self._close(RECOVERABLE, keyservice.error_message(exc))
             return
         finally:
             if self.counter is not None:
@@ -157,4 +184,4 @@ class KeyMonitor:
         self.latch.mark_unreachable(why)
         last_ok = self.latch.last_ok if self.latch.last_ok is not None else self.latch.since
         if now - last_ok > self.grace:
-            self.latch.close(RECOVERABLE, f"no successful key check for {self.grace:.0f}s: {why}")
+            self._close(RECOVERABLE, f"no successful key check for {self.grace:.0f}s: {why}")
