@@ -436,3 +436,17 @@ def test_wipe_key_under_many_threads(make_volume, kms, cipher):
         assert not bad, bad[:5]
     finally:
         vol.close()
+
+
+def test_preserved_holes_count_against_the_capture_cap(any_pair):
+    """A sector never written is a hole: preserving one holds no record bytes, but an entry of
+    the session's map all the same. Writes over holes ahead of the copier must count against
+    max_kept_bytes, or a writer grows the daemon's memory with the volume's size, past the cap
+    meant to bound it (every core the same)."""
+    for core in ("native", "reference"):
+        v = any_pair(core)
+        with v.begin_capture(max_kept_bytes=1024) as session:
+            v.write(8 * SS, b"h" * 48 * SS)  # 48 holes ahead of the copier
+            assert v.read(8 * SS, 48 * SS) == b"h" * 48 * SS  # the write happened
+            with pytest.raises(StateError, match="more than 1024 bytes of preserved records"):
+                session.read_records(0, SIZE // SS)
