@@ -14,6 +14,10 @@
 #include "vc_internal.h"
 
 #define HOLE ((unsigned char *)1)
+/* What a preserved hole counts against max_kept_bytes: no record bytes, but an entry of the map
+ * (its slot, at most half the table used). Counting it as 0 let writes over never-written sectors
+ * grow the map with the volume's size, past the cap. Same as refcore.HOLE_COST. */
+#define HOLE_COST 64
 
 typedef struct {
     uint64_t sector; /* UINT64_MAX = empty slot */
@@ -155,7 +159,7 @@ void cap_before_write(vc_capture *c, vc_store *s, uint64_t first, uint64_t last)
         for (size_t i = 0; i < n; i++) {
             if (find(c, lo + i)->sector != UINT64_MAX)
                 continue; /* preserved by an earlier write: that is the barrier's version */
-            uint64_t size = present[i] ? ss : 0;
+            uint64_t size = present[i] ? ss : HOLE_COST;
             if (c->kept_bytes + size > c->max_kept_bytes) {
                 fail_locked(c, "writes during the copy needed more than %llu bytes of preserved "
                             "records in memory (the snapshot's limit, "
@@ -220,6 +224,7 @@ int cap_read(vc_capture *c, vc_store *s, uint64_t first, size_t n, unsigned char
         if (e->rec == HOLE) {
             present[i] = 0;
             memset(out + i * ss, 0, ss);
+            c->kept_bytes -= HOLE_COST;
         } else {
             present[i] = 1;
             memcpy(out + i * ss, e->rec, ss);

@@ -60,6 +60,7 @@ class SectorStore(Protocol):
     def discard_sectors(self, first: int, n: int) -> None: ...
     def flush(self) -> None: ...
 
+HOLE_COST = 64  # a preserved hole's share of max_kept_bytes: a map entry (vc_capture.c's HOLE_COST)
 KEPT_LIMIT_MESSAGE = ("writes during the copy needed more than {} bytes of preserved records in "
                       "memory (the snapshot's limit, $VOLUMED_SNAPSHOT_MAX_PRESERVED): retry when "
                       "writes are lighter, or raise the limit")
@@ -259,7 +260,7 @@ class RefCore:
         except Exception as exc:  # noqa: BLE001 - the write goes on; the snapshot fails
             cap.fail(f"sectors {lo}-{hi - 1} could not be preserved before a write: {exc}")
             return
-        size = sum(len(r) for r in got.values() if r is not None)
+        size = sum(HOLE_COST if r is None else len(r) for r in got.values())
         with cap.mutex:
             if cap.error:
                 return
@@ -285,7 +286,7 @@ class RefCore:
                 raise StateError(cap.error)
             with cap.mutex:
                 kept = {s: cap.kept.pop(s) for s in range(first, first + n) if s in cap.kept}
-                cap.kept_bytes -= sum(len(r) for r in kept.values() if r is not None)
+                cap.kept_bytes -= sum(HOLE_COST if r is None else len(r) for r in kept.values())
             recs: list[bytes | None] = self._records(first, n) if len(kept) < n else [None] * n
             for s, rec in kept.items():
                 recs[s - first] = rec
