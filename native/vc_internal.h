@@ -35,6 +35,7 @@ typedef struct {
     int hfd;             /* history: the journal's records, never emptied by a flush; or -1 */
     uint64_t hbytes, hmax;
     _Atomic int dead;    /* errno every call fails with after a simulated power loss, or 0 */
+    _Atomic int no_nowait; /* the file system refused RWF_NOWAIT once: read as before */
     pthread_mutex_t jmu; /* one journal record at a time; flush's truncate */
 } vc_backing;
 
