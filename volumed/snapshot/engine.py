@@ -487,7 +487,9 @@ def delete_snapshot(store: Store, snap_id: str, *, kms: KmsClient | None = None)
 
 def describe(m: Manifest, sealed: bool | None = None) -> dict[str, Any]:
     """The JSON view of a manifest for list/describe (no chunk list). ``sealed``: whether the
-    stored object carries a manifest MAC (present, not verified: list and describe need no key)."""
+    stored object carries a manifest MAC (present, not verified: list and describe need no key).
+    An unsealed manifest whose key context carries the manifest-MAC marker had its MAC removed in
+    the store: ``MacRemoved`` says so (seal and restore refuse it; it is not a legacy snapshot)."""
     present = sum(1 for c in m["chunks"] if c)
     return {
         "SnapshotId": m["snapshot_id"], "StartTime": m["created"], "State": m["state"],
@@ -499,6 +501,7 @@ def describe(m: Manifest, sealed: bool | None = None) -> dict[str, Any]:
         "Description": m.get("description", ""), "Chunks": len(m["chunks"]),
         "ChunksWithData": present, "StoredBytes": m.get("stored_bytes", 0),
         **({} if sealed is None else {"Sealed": sealed}),
+        **({"MacRemoved": True} if sealed is False and keys.has_mac_marker(m.get("context")) else {}),
     }
 
 
