@@ -377,8 +377,8 @@ def _copy_verified(store: Store, src: Manifest, src_root: bytearray, *, kms: Kms
             for ci in range(total):
                 recs = chunk_records(store, src, ci)
                 first = ci * CHUNK_SECTORS
-                plain = recrypt.decrypt(old, cipher, first, recs, snap_id)
-                digest, n = _put_chunk(store, cipher, recrypt.encrypt(new, cipher, first, plain), known)
+                plain = recrypt.decrypt(old, first, recs, snap_id)
+                digest, n = _put_chunk(store, cipher, recrypt.encrypt(new, first, plain), known)
                 wipe(plain)
                 chunks.append(digest)
                 stored += n
@@ -437,7 +437,7 @@ def _check_chunks(store: Store, m: Manifest, key: bytearray, progress: Progress)
         total = len(m["chunks"])
         for ci in range(total):
             if m["chunks"][ci] is not None:
-                plain = recrypt.decrypt(c, cipher, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
+                plain = recrypt.decrypt(c, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
                                         m["snapshot_id"])
                 wipe(plain)
             if progress:
