@@ -455,7 +455,8 @@ def volumed_kms(tmp_path_factory: pytest.TempPathFactory) -> VolumedKMS:
 @pytest.fixture
 def encrypted_volume_factory(volumed_kms: VolumedKMS,
                              tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeVolume]:
-    """make(cipher="xts", size="64M", volume_type=None, iops=None, throughput_mib=None, key_arn=None)
+    """make(cipher="xts", size="64M", volume_type=None, iops=None, throughput_mib=None, key_arn=None,
+    engine=None)
     -> a mounted EncryptedVolume; all torn down after the test."""
     made: list[EncryptedVolume] = []
 
