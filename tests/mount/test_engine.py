@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.mount.conftest import direct_read
+from tests.mount.conftest import direct_read, write_fsynced
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(240)]
 
@@ -22,6 +22,13 @@ MiB = 1 << 20
 
 def _status(m) -> dict:
     return m.status()
+
+
+def _run_all(threads: list) -> None:
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _fuse_fds(pid: int) -> int:
@@ -232,11 +239,7 @@ def test_sixteen_threads_of_random_io_with_fsync_match_a_model(kms_env, make_vol
         finally:
             os.close(fd)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_all([threading.Thread(target=worker, args=(t,)) for t in range(16)])
     assert not errors, errors[:5]
     st = _status(m)
     assert st["engine"] == "native" and st["requests"] > 0
@@ -280,12 +283,7 @@ def test_requests_waiting_for_the_disk_give_their_cpu_slot_up(kms_env, make_volu
     st = _status(m)
     assert st["io_threads"] == 1 and st["io_depth"] == 8 and st["disk_waits"] == 0
     model = bytearray(os.urandom(size))
-    fd = os.open(m.file, os.O_RDWR)
-    try:
-        os.pwrite(fd, model, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_fsynced(m.file, 0, model)
     bfd = os.open(vol, os.O_RDONLY)  # the daemon's writes are durable, so its pages are clean
     try:
         os.posix_fadvise(bfd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -319,12 +317,8 @@ def test_requests_waiting_for_the_disk_give_their_cpu_slot_up(kms_env, make_volu
         finally:
             os.close(fd)
 
-    threads = [threading.Thread(target=reader, args=(t,)) for t in range(6)]
-    threads += [threading.Thread(target=writer, args=(t,)) for t in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_all([threading.Thread(target=reader, args=(t,)) for t in range(6)]
+             + [threading.Thread(target=writer, args=(t,)) for t in range(2)])
     assert not errors, errors[:5]
     st = _status(m)
     assert st["disk_waits"] > 0, st
@@ -396,12 +390,7 @@ def test_gcm_volumes_are_served_by_the_native_engine(kms_env, make_volume, mount
     st = _status(m)
     assert st["engine"] == "native" and st["io_threads"] == len(os.sched_getaffinity(0))
     data = os.urandom(3 * MiB)
-    fd = os.open(m.file, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, 12345)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_fsynced(m.file, 12345, data)
     kms_env.run("unmount", m.mountpoint)
     m = mounter(kms_env, vol, "--engine", "python")
     assert _status(m)["engine"] == "python"
