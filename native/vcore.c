@@ -217,6 +217,20 @@ static void unlock(vcore *c, uint64_t first, uint64_t last)
     rl_unlock(&c->locks, first / u * u, (last + u - 1) / u * u);
 }
 
+/* Reads share their units with other reads: a store's read changes nothing the next read sees
+ * (the GCM store's metadata cache has its own slot mutexes). */
+static int lock_shared(vcore *c, uint64_t first, uint64_t last)
+{
+    uint64_t u = c->store.unit;
+    return rl_lock_shared(&c->locks, first / u * u, (last + u - 1) / u * u);
+}
+
+static void unlock_shared(vcore *c, uint64_t first, uint64_t last)
+{
+    uint64_t u = c->store.unit;
+    rl_unlock_shared(&c->locks, first / u * u, (last + u - 1) / u * u);
+}
+
 /* Before a write or discard changes sectors [first, last) (their lock held). */
 static void before_change(vcore *c, uint64_t first, uint64_t last)
 {
@@ -241,10 +255,10 @@ int vc_read(vcore *c, uint64_t off, size_t len, unsigned char *out)
             return vc_fail(VC_E_NOMEM, "no memory for a %zu-sector read", n);
         }
     }
-    rc = lock(c, first, last);
+    rc = lock_shared(c, first, last);
     if (rc == 0) {
         rc = c->store.ops->read(&c->store, first, n, buf);
-        unlock(c, first, last);
+        unlock_shared(c, first, last);
     }
     if (buf != out) {
         if (rc == 0)
