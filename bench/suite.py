@@ -35,7 +35,8 @@ def parse_args(argv):
     p.add_argument("--runtime", type=float, default=None, help="seconds per fio run (default 5; quick 0.3)")
     p.add_argument("--repeats", type=int, default=None, help="runs per configuration (default 3; quick 1)")
     p.add_argument("--targets", default=",".join(t.name for t in targets.ALL),
-                   help="comma-separated subset of xts,gcm,null,gocryptfs,raw")
+                   help="comma-separated subset of xts,gcm,null,gocryptfs,raw; xts-tN, gcm-tN, null-tN: "
+                        "that target with --io-threads N (thread sweeps)")
     p.add_argument("--jobs", default=",".join(fio.JOBS), help="comma-separated subset of the fio jobs")
     p.add_argument("--io-threads-ab", action="store_true",
                    help="also run random reads at QD16 on volumed XTS with --io-threads 1 and 2")
@@ -127,8 +128,13 @@ def main(argv=None) -> int:
     names = args.targets.split(",")
     if args.io_threads_ab:
         names += [t.name for t in targets.EXTRA if t.name not in names]
+    by_name.update({n: v for n in names if n not in by_name and (v := targets.variant(n)) is not None})
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"bench: unknown target(s) {','.join(unknown)}: choose from "
+                         f"{','.join(t.name for t in targets.ALL + targets.EXTRA)} or xts-tN/gcm-tN/null-tN")
     chosen = [by_name[n](work) for n in names]
-    labels = {t.name: t.label for t in targets.ALL + targets.EXTRA}
+    labels = {t.name: t.label for t in chosen}
     steps = len(chosen) + sum(1 for j in args.jobs.split(",") for t in chosen
                               if t.jobs is None or j in t.jobs) * args.repeats
     if args.pgbench:

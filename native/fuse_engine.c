@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +44,11 @@ struct fe_engine {
     char *path; /* mountpoint/name, for the truncate after a refused write past the end */
     struct fuse_session *se;
     _Atomic int mounted; /* cleared by fe_exit before the lazy unmount: no restore_size after */
-    int threads;
+    int threads; /* CPU slots */
+    int depth;   /* worker threads at most */
+    int gated;   /* depth > threads: requests take CPU slots (below) */
+    sem_t slots;
+    _Atomic uint64_t disk_waits;
     fe_hook_fn hook;
     void *hook_ctx;
 
@@ -82,12 +87,15 @@ static void read_buf_key_init(void)
     pthread_key_create(&read_buf_key, read_buf_free);
 }
 
+static void on_disk_wait(void *ctx);
+
 static struct fe_worker *worker(fe_engine *e)
 {
     if (slot_engine != e) {
         int i = atomic_fetch_add(&e->nworkers, 1);
         slot = &e->w[i < FE_MAX_WORKERS ? i : FE_MAX_WORKERS - 1];
         slot_engine = e;
+        vc_set_wait_hook(e->gated ? on_disk_wait : NULL, e);
     }
     return slot;
 }
@@ -188,6 +196,49 @@ static int hook(fe_engine *e, int op, uint64_t off, uint64_t len)
     if (e->hook == NULL || !atomic_load_explicit(&e->hook_on, memory_order_acquire))
         return 0;
     return e->hook(e->hook_ctx, op, off, len);
+}
+
+/* ---- CPU slots and I/O depth ----------------------------------------------------------------
+ * `threads` (--io-threads) bounds the requests served on the CPU at once, `depth` (--io-depth) the
+ * worker threads, so the requests in flight. With depth > threads a volume request takes one of the
+ * CPU slots just before the core (slot_take) and gives it back once answered, or earlier: when
+ * the core is about to wait for the backing disk (its wait hook, vcore.h: a read the page cache
+ * cannot answer, an fdatasync), so up to depth requests wait for the disk at once while at most
+ * `threads` run on the CPU, and libfuse (which starts a worker whenever all are busy) has a thread
+ * to read the next request. A request whose core call gave its slot up finishes that call (its
+ * cipher and reply) without one: a thread waits for a slot only outside the core, never holding a
+ * range lock, a store lock or the barrier, so the slots add no lock-order cycle (a slot holder
+ * waiting for a range lock waits for a thread that needs no slot to go on). Revocation is
+ * unchanged: a request is counted in flight (enter) before it waits for a slot, so fe_drain waits
+ * for it too, and it checks the latch again after its I/O (leave). */
+
+static __thread fe_engine *slot_of; /* the engine whose CPU slot this thread holds, or NULL */
+
+static void slot_take(fe_engine *e)
+{
+    if (!e->gated || slot_of == e)
+        return;
+    while (sem_wait(&e->slots) != 0)
+        ; /* EINTR only */
+    slot_of = e;
+}
+
+static void slot_give(fe_engine *e)
+{
+    if (slot_of != e)
+        return;
+    slot_of = NULL;
+    sem_post(&e->slots);
+}
+
+/* The core's wait hook on a gated engine's workers: about to wait for the disk. */
+static void on_disk_wait(void *ctx)
+{
+    fe_engine *e = ctx;
+    if (slot_of == e) {
+        atomic_fetch_add_explicit(&e->disk_waits, 1, memory_order_relaxed);
+        slot_give(e);
+    }
 }
 
 static void count(fe_engine *e)
@@ -375,16 +426,19 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     int err = enter(e);
     if (err == 0) {
         err = hook(e, FE_OP_READ, (uint64_t)off, n);
-        if (err == 0)
+        if (err == 0) {
+            slot_take(e);
             err = request_errno(vc_read(e->core, (uint64_t)off, n, buf));
+        }
         err = leave(e, err);
     }
     if (err != 0) {
         fuse_reply_err(req, err);
-        return;
+    } else {
+        atomic_fetch_add_explicit(&w->bytes_read, n, memory_order_relaxed);
+        fuse_reply_buf(req, (const char *)buf, n);
     }
-    atomic_fetch_add_explicit(&w->bytes_read, n, memory_order_relaxed);
-    fuse_reply_buf(req, (const char *)buf, n);
+    slot_give(e);
 }
 
 static void *restore_size_thread(void *arg)
@@ -433,8 +487,10 @@ static int flush_checked(fe_engine *e)
     if (err != 0)
         return err;
     err = hook(e, FE_OP_FLUSH, 0, 0);
-    if (err == 0)
+    if (err == 0) {
+        slot_take(e);
         err = request_errno(vc_flush(e->core));
+    }
     return leave(e, err);
 }
 
@@ -456,8 +512,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     int err = enter(e);
     if (err == 0) {
         err = hook(e, FE_OP_WRITE, (uint64_t)off, size);
-        if (err == 0)
+        if (err == 0) {
+            slot_take(e);
             err = request_errno(vc_write(e->core, (uint64_t)off, (const unsigned char *)buf, size));
+        }
         err = leave(e, err);
     }
     if (err == 0)
@@ -469,10 +527,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         err = flush_checked(e);
     if (err != 0) {
         fuse_reply_err(req, err);
-        return;
+    } else {
+        atomic_fetch_add_explicit(&w->bytes_written, size, memory_order_relaxed);
+        fuse_reply_write(req, size);
     }
-    atomic_fetch_add_explicit(&w->bytes_written, size, memory_order_relaxed);
-    fuse_reply_write(req, size);
+    slot_give(e);
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
@@ -485,6 +544,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
     atomic_fetch_add_explicit(&w->requests, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&w->io_requests, 1, memory_order_relaxed);
     fuse_reply_err(req, flush_checked(e));
+    slot_give(e);
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -587,13 +647,19 @@ int fe_create(const fe_config *cfg, fe_engine **out, char *err, size_t errlen)
 {
     *out = NULL;
     if (cfg->core == NULL || cfg->mountpoint == NULL || cfg->name == NULL || cfg->threads < 1 ||
-        cfg->threads > FE_MAX_WORKERS) {
-        snprintf(err, errlen, "bad engine configuration (threads must be 1 to %d)", FE_MAX_WORKERS);
+        cfg->threads > FE_MAX_WORKERS || cfg->depth > FE_MAX_WORKERS) {
+        snprintf(err, errlen, "bad engine configuration (threads and depth must be 1 to %d)",
+                 FE_MAX_WORKERS);
         return -1;
     }
     fe_engine *e = calloc(1, sizeof *e);
     if (e == NULL) {
         snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (sem_init(&e->slots, 0, (unsigned)cfg->threads) != 0) {
+        snprintf(err, errlen, "cannot create the CPU slots: %s", strerror(errno));
+        free(e);
         return -1;
     }
     e->mountpoint = strdup(cfg->mountpoint);
@@ -608,6 +674,8 @@ int fe_create(const fe_config *cfg, fe_engine **out, char *err, size_t errlen)
     vc_ref(e->core);
     e->size = vc_size(e->core);
     e->threads = cfg->threads;
+    e->depth = cfg->depth > cfg->threads ? cfg->depth : cfg->threads;
+    e->gated = e->depth > e->threads;
     e->hook = cfg->hook;
     e->hook_ctx = cfg->hook_ctx;
     atomic_store(&e->latch_open, 1);
@@ -636,6 +704,7 @@ fail:
         fuse_session_destroy(e->se);
     if (e->core != NULL)
         vc_unref(e->core);
+    sem_destroy(&e->slots);
     free(e->mountpoint);
     free(e->name);
     free(e->path);
@@ -649,8 +718,10 @@ static void *loop_main(void *arg)
     struct fuse_loop_config *lc = fuse_loop_cfg_create();
     if (lc != NULL) {
         fuse_loop_cfg_set_clone_fd(lc, 1);
-        fuse_loop_cfg_set_max_threads(lc, (unsigned)e->threads);
-        fuse_loop_cfg_set_idle_threads(lc, (unsigned)e->threads);
+        /* libfuse starts a worker whenever all are busy, up to max_threads; idle ones are kept
+         * (idle_threads = max_threads: no thread is ever ended and started again) */
+        fuse_loop_cfg_set_max_threads(lc, (unsigned)e->depth);
+        fuse_loop_cfg_set_idle_threads(lc, (unsigned)e->depth);
         fuse_session_loop_mt(e->se, lc);
         fuse_loop_cfg_destroy(lc);
     }
@@ -747,6 +818,8 @@ void fe_get_stats(fe_engine *e, fe_stats *st)
             st->workers++;
     }
     st->threads = e->threads;
+    st->depth = e->depth;
+    st->disk_waits = atomic_load_explicit(&e->disk_waits, memory_order_relaxed);
     st->latch_open = atomic_load(&e->latch_open);
     st->hook_on = atomic_load(&e->hook_on);
     pthread_mutex_lock(&e->mu);
@@ -784,6 +857,7 @@ int fe_destroy(fe_engine *e)
     vc_unref(e->core);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
+    sem_destroy(&e->slots);
     free(e->mountpoint);
     free(e->name);
     free(e->path);

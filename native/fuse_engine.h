@@ -10,6 +10,10 @@
  * before and after its I/O; fe_close_latch closes it (requests from then on fail with EIO) and
  * fe_drain waits for the requests in flight. The key wipe is the core's (vc_wipe_key).
  *
+ * Threads: up to `depth` workers (libfuse starts one whenever all are busy), of which at most
+ * `threads` serve requests on the CPU at once; the others are requests waiting for the backing
+ * disk (fuse_engine.c, "CPU slots and I/O depth"). depth == threads: every worker serves end to end.
+ *
  * Faults: an optional hook (fe_set_hook_on) sees every read/write/flush first and may fail it with
  * an errno or delay it; the Python face points it at volumed.mount.faults (taking the GIL only
  * while a fault is set). With no hook set no request takes the GIL. */
@@ -36,7 +40,10 @@ typedef struct {
     const char *mountpoint;  /* an empty directory */
     const char *name;        /* the file's name (the volume's EBS id) */
     const char *options;     /* mount options, comma separated ("fsname=volumed,allow_other,...") */
-    int threads;             /* worker threads at most (1..FE_MAX_WORKERS) */
+    int threads;             /* CPU slots: requests served on the CPU at once (1..FE_MAX_WORKERS) */
+    int depth;               /* worker threads at most (threads..FE_MAX_WORKERS; below threads, or
+                                0: threads): with depth > threads a request gives its CPU slot up
+                                while it waits for the backing disk (fuse_engine.c) */
     fe_hook_fn hook;         /* may be NULL */
     void *hook_ctx;
 } fe_config;
@@ -47,8 +54,10 @@ typedef struct {
     uint64_t bytes_read;
     uint64_t bytes_written;
     uint64_t per_worker[FE_MAX_WORKERS]; /* requests answered by each worker thread */
+    uint64_t disk_waits;     /* requests that gave their CPU slot up to wait for the disk */
     int workers;             /* worker threads that answered at least one request */
-    int threads;             /* the configured maximum */
+    int threads;             /* CPU slots (the configured threads) */
+    int depth;               /* worker threads at most */
     int latch_open;
     int hook_on;
     int running;

@@ -58,12 +58,12 @@ static int call_hook(void *ctx, int op, uint64_t off, uint64_t len)
 
 static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"core", "mountpoint", "name", "threads", "options", NULL};
+    static char *kwlist[] = {"core", "mountpoint", "name", "threads", "options", "depth", NULL};
     PyObject *core_obj;
     const char *mountpoint, *name, *options = "";
-    int threads;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ossi|s", kwlist, &core_obj, &mountpoint, &name,
-                                     &threads, &options))
+    int threads, depth = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ossi|si", kwlist, &core_obj, &mountpoint, &name,
+                                     &threads, &options, &depth))
         return -1;
     if (self->e != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "FuseEngine already initialised");
@@ -73,7 +73,7 @@ static int engine_init(EngineObject *self, PyObject *args, PyObject *kw)
     if (core == NULL)
         return -1;
     fe_config cfg = {.core = core, .mountpoint = mountpoint, .name = name, .options = options,
-                     .threads = threads, .hook = call_hook, .hook_ctx = self};
+                     .threads = threads, .depth = depth, .hook = call_hook, .hook_ctx = self};
     char err[256] = "";
     fe_engine *e = NULL;
     int rc;
@@ -221,12 +221,14 @@ static PyObject *engine_stats(EngineObject *self, PyObject *unused)
         }
         Py_DECREF(v);
     }
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:N,s:i,s:i,s:O,s:O,s:O}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:N,s:i,s:i,s:i,s:O,s:O,s:O}",
                          "requests", (unsigned long long)st.requests,
+                         "disk_waits", (unsigned long long)st.disk_waits,
                          "io_requests", (unsigned long long)st.io_requests,
                          "bytes_read", (unsigned long long)st.bytes_read,
                          "bytes_written", (unsigned long long)st.bytes_written,
                          "per_worker", per, "workers", st.workers, "threads", st.threads,
+                         "depth", st.depth,
                          "latch_open", st.latch_open ? Py_True : Py_False,
                          "hook_on", st.hook_on ? Py_True : Py_False,
                          "running", st.running ? Py_True : Py_False);
@@ -311,8 +313,9 @@ static PyTypeObject EngineType = {
     .tp_name = "volumed._native.FuseEngine",
     .tp_basicsize = sizeof(EngineObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "FuseEngine(core, mountpoint, name, threads, options=''): mount core's volume as one "
-              "file named name at mountpoint, served by up to threads native workers.",
+    .tp_doc = "FuseEngine(core, mountpoint, name, threads, options='', depth=0): mount core's volume "
+              "as one file named name at mountpoint, served by up to max(depth, threads) native "
+              "workers, at most threads of them on the CPU at once (the others wait for the disk).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)engine_init,
     .tp_dealloc = (destructor)engine_dealloc,

@@ -18,6 +18,7 @@ int vb_open(vc_backing *b, int fd, int journal_fd, int history_fd, uint64_t hist
     b->hmax = history_max;
     atomic_store(&b->dead, 0);
     atomic_store(&b->lost, 0);
+    atomic_store(&b->no_nowait, 0);
     b->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (b->fd < 0)
         return -errno;
@@ -53,11 +54,58 @@ void vb_close(vc_backing *b)
     pthread_mutex_destroy(&b->jmu);
 }
 
+/* The calling thread's wait hook (vcore.h vc_set_wait_hook). */
+static __thread void (*wait_fn)(void *);
+static __thread void *wait_ctx;
+
+void vc_set_wait_hook(void (*fn)(void *ctx), void *ctx)
+{
+    wait_fn = fn;
+    wait_ctx = ctx;
+}
+
+static void about_to_wait(void)
+{
+    if (wait_fn != NULL)
+        wait_fn(wait_ctx);
+}
+
+/* With a wait hook: read what the page cache holds without waiting (RWF_NOWAIT); 1 when the rest
+ * must wait for the disk (the hook was told), 0 when [done, len) was read or hit the end of file. */
+static int read_cached(vc_backing *b, uint64_t off, size_t len, unsigned char *buf, size_t *done)
+{
+#ifdef RWF_NOWAIT
+    while (*done < len && !atomic_load_explicit(&b->no_nowait, memory_order_relaxed)) {
+        struct iovec iov = {buf + *done, len - *done};
+        ssize_t n = preadv2(b->fd, &iov, 1, (off_t)(off + *done), RWF_NOWAIT);
+        if (n > 0) {
+            *done += (size_t)n;
+            continue; /* a short read: the next page is not cached (or the end of file) */
+        }
+        if (n == 0)
+            return 0; /* end of file: the caller's pread sees it too */
+        if (errno == EINTR)
+            continue;
+        if (errno == EOPNOTSUPP || errno == EINVAL)
+            atomic_store(&b->no_nowait, 1); /* this file system cannot: always read as before */
+        break; /* EAGAIN (not cached), or any error: the blocking pread says what it is */
+    }
+    if (*done >= len)
+        return 0;
+#else
+    (void)b, (void)off, (void)buf;
+#endif
+    about_to_wait();
+    return 1;
+}
+
 int vb_pread(vc_backing *b, uint64_t off, size_t len, unsigned char *buf)
 {
     if (dead(b))
         return dead(b);
     size_t done = 0;
+    if (wait_fn != NULL && read_cached(b, off, len, buf, &done) == 0 && done >= len)
+        return 0;
     while (done < len) {
         ssize_t n = pread(b->fd, buf + done, len - done, (off_t)(off + done));
         if (n < 0) {
@@ -177,6 +225,7 @@ int vb_sync(vc_backing *b)
                        "the last successful flush may never have reached the disk, and no later "
                        "fdatasync can tell; unmount and mount the volume again",
                        strerror(atomic_load(&b->lost)));
+    about_to_wait();
     if (fdatasync(b->fd) != 0) {
         int err = errno;
         atomic_store(&b->lost, err);
@@ -196,6 +245,7 @@ int vb_pwrite_durable(vc_backing *b, uint64_t off, size_t len, const unsigned ch
 {
     if (dead(b))
         return dead(b);
+    about_to_wait();
 #ifdef RWF_DSYNC
     struct iovec iov = {(void *)buf, len};
     ssize_t n;

@@ -55,6 +55,7 @@
 #include <openssl/sha.h>
 
 #include "vc_internal.h"
+#include "workpool.h"
 
 #define PAGE 4096u
 #define G 50u
@@ -281,22 +282,61 @@ static subkey *subkey_get(gcm_state *st, const unsigned char *salt)
     return k;
 }
 
-/* GCM open or seal of n consecutive sectors (first = the first's number) under one subkey. */
+/* One GCM batch: consecutive sectors under one subkey (workpool job, like vc_xtsstore.c's). */
+typedef struct {
+    gcm_state *st;
+    subkey *k;
+    int seal;
+    const unsigned char *in;
+    unsigned char *out;
+    uint64_t first;
+    const unsigned char *nonces;
+    unsigned char *tags, *failed;
+} gcm_job;
+
+static void *gjob_enter(void *arg)
+{
+    return sc_ctx_get(&((gcm_job *)arg)->k->key);
+}
+
+static void gjob_leave(void *arg, void *state)
+{
+    sc_ctx_put(&((gcm_job *)arg)->k->key, state);
+}
+
+static int gjob_run(void *arg, void *state, size_t begin, size_t end)
+{
+    gcm_job *j = arg;
+    unsigned char aad[PREFIX_LEN + 8]; /* private to this thread (sc_gcm_seal/open) */
+    memcpy(aad, j->st->prefix, PREFIX_LEN);
+    return j->seal ? sc_gcm_seal(&j->k->key, state, j->in, j->out, PAGE, j->first, j->nonces,
+                                 j->tags, aad, PREFIX_LEN, begin, end)
+                   : sc_gcm_open(&j->k->key, state, j->in, j->out, PAGE, j->first, j->nonces,
+                                 j->tags, aad, PREFIX_LEN, j->failed, begin, end);
+}
+
+/* GCM open or seal of n consecutive sectors (first = the first's number) under one subkey; a
+ * batch of VC_PAR_MIN_BYTES or more is split across the workpool (each sector is sealed or opened
+ * alone, with its own nonce: the split changes no byte). */
 static int gcm_run(gcm_state *st, subkey *k, int seal, const unsigned char *in, unsigned char *out,
                    uint64_t first, const unsigned char *nonces, unsigned char *tags,
                    unsigned char *failed, size_t n)
 {
-    sc_ctx *ctx = sc_ctx_get(&k->key);
-    if (ctx == NULL)
-        return vc_fail(VC_E_NOMEM, "no memory for a cipher context");
-    unsigned char aad[PREFIX_LEN + 8];
-    memcpy(aad, st->prefix, PREFIX_LEN);
-    int rc = seal ? sc_gcm_seal(&k->key, ctx, in, out, PAGE, first, nonces, tags, aad, PREFIX_LEN,
-                                0, n)
-                  : sc_gcm_open(&k->key, ctx, in, out, PAGE, first, nonces, tags, aad, PREFIX_LEN,
-                                failed, 0, n);
-    sc_ctx_put(&k->key, ctx);
-    return rc ? vc_fail(VC_E_NOMEM, "the GCM cipher failed (OpenSSL error)") : 0;
+    gcm_job j = {st, k, seal, in, out, first, nonces, tags, failed};
+    int threads = n * PAGE >= VC_PAR_MIN_BYTES ? native_pool_threads() : 1;
+    int rc;
+    if (threads <= 1) {
+        sc_ctx *ctx = sc_ctx_get(&k->key);
+        if (ctx == NULL)
+            return vc_fail(VC_E_NOMEM, "no memory for a cipher context");
+        rc = gjob_run(&j, ctx, 0, n);
+        sc_ctx_put(&k->key, ctx);
+    } else {
+        wp_batch b = {.n = n, .chunk = VC_PAR_CHUNK_BYTES / PAGE, .arg = &j, .enter = gjob_enter,
+                      .run = gjob_run, .leave = gjob_leave};
+        rc = wp_run(&b, threads);
+    }
+    return rc ? vc_fail(VC_E_NOMEM, "the GCM cipher failed (OpenSSL error or no memory)") : 0;
 }
 
 static void nonce_of(unsigned char nonce[12], uint64_t ctr)
@@ -466,25 +506,6 @@ static int write_back(vc_store *s, cache_slot *c)
     return rc;
 }
 
-/* Cache page as group g's (dirty: changed since it was read or written, not yet on disk). A dirty
- * page of another group in the slot is written out first; if that fails, page is not cached and
- * the code is returned. */
-static int cache_put(vc_store *s, uint64_t g, const unsigned char *page, int dirty)
-{
-    cache_slot *c = &ST(s)->cache[g % META_CACHE];
-    pthread_mutex_lock(&c->mu);
-    int rc = c->group != g ? write_back(s, c) : 0;
-    if (rc == 0 && c->page == NULL && (c->page = malloc(PAGE)) == NULL)
-        rc = vc_fail(VC_E_NOMEM, "no memory for a metadata page");
-    if (rc == 0) {
-        memcpy(c->page, page, PAGE);
-        c->group = g;
-        c->dirty = dirty;
-    }
-    pthread_mutex_unlock(&c->mu);
-    return rc;
-}
-
 /* Every dirty metadata page out (flush, under the barrier). */
 static int write_back_all(vc_store *s)
 {
@@ -498,18 +519,11 @@ static int write_back_all(vc_store *s)
     return rc;
 }
 
-/* The verified metadata page of group g into page (the caller holds the group's lock). */
-static int meta(vc_store *s, uint64_t g, unsigned char *page)
+/* Group g's metadata page from disk into page, verified; a counter in it at or above the next
+ * one makes the session count on from above it (the header is older than the data). */
+static int meta_load(vc_store *s, uint64_t g, unsigned char *page)
 {
     gcm_state *st = ST(s);
-    cache_slot *c = &st->cache[g % META_CACHE];
-    pthread_mutex_lock(&c->mu);
-    int hit = c->group == g;
-    if (hit)
-        memcpy(page, c->page, PAGE);
-    pthread_mutex_unlock(&c->mu);
-    if (hit)
-        return 0;
     int rc = vb_pread(s->b, meta_offset(g), PAGE, page);
     if (rc)
         return rc;
@@ -533,8 +547,74 @@ static int meta(vc_store *s, uint64_t g, unsigned char *page)
         st->next = top == UINT64_MAX ? top : top + 1; /* past the limit: alloc refuses */
     }
     pthread_mutex_unlock(&st->ctr_mu);
-    cache_put(s, g, page, 0); /* not cached if a dirty page could not make room: loaded again */
     return 0;
+}
+
+/* Lock group g's cache slot and make it hold g's verified page, loading it (and writing out a
+ * dirty page of another group first). Returns the slot, locked, or NULL (unlocked) with *rc: a
+ * code, or 0 when the page is sound but cannot be cached (that dirty page could not be written,
+ * or no memory): then it is in full, loaded from disk. */
+static cache_slot *meta_hold(vc_store *s, uint64_t g, unsigned char *full, int *rc)
+{
+    cache_slot *c = &ST(s)->cache[g % META_CACHE];
+    pthread_mutex_lock(&c->mu);
+    *rc = 0;
+    if (c->group == g)
+        return c;
+    int room = write_back(s, c) == 0 && (c->page != NULL || (c->page = malloc(PAGE)) != NULL);
+    if (room) {
+        c->group = UINT64_MAX; /* the slot's page is overwritten: hold no group until it verifies */
+        *rc = meta_load(s, g, c->page);
+        if (*rc == 0) {
+            c->group = g;
+            c->dirty = 0;
+            return c;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (!room)
+        *rc = meta_load(s, g, full);
+    return NULL;
+}
+
+/* Bytes [lo, hi) of group g's verified metadata page into page (at the same offsets): a request
+ * copies the entries of its own sectors, not the whole page. The caller holds g's range lock. */
+static int meta_range(vc_store *s, uint64_t g, size_t lo, size_t hi, unsigned char *page)
+{
+    int rc;
+    cache_slot *c = meta_hold(s, g, page, &rc);
+    if (c != NULL) {
+        memcpy(page + lo, c->page + lo, hi - lo);
+        pthread_mutex_unlock(&c->mu);
+    }
+    return rc;
+}
+
+/* The whole verified metadata page of group g into page (the caller holds the group's lock). */
+static int meta(vc_store *s, uint64_t g, unsigned char *page)
+{
+    return meta_range(s, g, 0, PAGE, page);
+}
+
+/* Bytes [lo, hi) of page become those of group g's page (the caller holds g's lock and changed
+ * only these): in the cache, dirty, sealed and written by the next flush or when its slot is
+ * needed; where the page cannot be cached, sealed and written now. */
+static int meta_patch(vc_store *s, uint64_t g, size_t lo, size_t hi, const unsigned char *page)
+{
+    unsigned char full[PAGE];
+    int rc;
+    cache_slot *c = meta_hold(s, g, full, &rc);
+    if (c != NULL) {
+        memcpy(c->page + lo, page + lo, hi - lo);
+        c->dirty = 1;
+        pthread_mutex_unlock(&c->mu);
+        return 0;
+    }
+    if (rc)
+        return rc;
+    memcpy(full + lo, page + lo, hi - lo);
+    seal_meta(ST(s), g, full);
+    return vb_pwrite(s->b, meta_offset(g), PAGE, full);
 }
 
 /* ---- the dirty map ----------------------------------------------------------------------------- */
@@ -670,10 +750,14 @@ static unsigned newest(unsigned char *page, unsigned i)
         _s += cnt;                                                                                \
     }
 
+/* The bytes of a metadata page that hold the entries of sector indexes [i0, i0 + cnt). */
+#define ENTRIES_LO(i0) ((size_t)2 * (i0) * SLOT_BYTES)
+#define ENTRIES_HI(i0, cnt) ((size_t)2 * ((i0) + (cnt)) * SLOT_BYTES)
+
 static int read_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, unsigned char *dst)
 {
-    unsigned char page[PAGE];
-    int rc = meta(s, g, page);
+    unsigned char page[PAGE]; /* only the entries of [i0, i0 + cnt) are filled in */
+    int rc = meta_range(s, g, ENTRIES_LO(i0), ENTRIES_HI(i0, cnt), page);
     if (rc)
         return rc;
     unsigned char prim[G], real[G];
@@ -740,8 +824,9 @@ static void forget_targets(vc_store *s, uint64_t g, unsigned i0, unsigned cnt,
 static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const unsigned char *in)
 {
     gcm_state *st = ST(s);
-    unsigned char page[PAGE], probe[PAGE];
-    int rc = meta(s, g, page);
+    unsigned char page[PAGE], probe[PAGE]; /* page: only the entries of [i0, i0 + cnt) */
+    size_t lo = ENTRIES_LO(i0), hi = ENTRIES_HI(i0, cnt);
+    int rc = meta_range(s, g, lo, hi, page), probed = 0;
     if (rc)
         return rc;
     uint64_t dirty = dirty_of(st, g), written = 0, zeroed = 0;
@@ -756,8 +841,11 @@ static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const
             uint64_t pc = ctr_of(page, i, prim);
             if (pc && is_doubtful(st, pc)) { /* crash residue must not become the kept version */
                 int ok = decrypt_slot(s, g, i, prim, page, probe);
-                if (ok < 0)
+                probed = 1;
+                if (ok < 0) {
+                    OPENSSL_cleanse(probe, sizeof probe);
                     return ok;
+                }
                 if (!ok)
                     cur = 1 - prim;
             }
@@ -769,7 +857,8 @@ static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const
         if (zero[j])
             zeroed |= 1ull << i;
     }
-    OPENSSL_cleanse(probe, sizeof probe);
+    if (probed) /* plaintext of a doubtful slot */
+        OPENSSL_cleanse(probe, sizeof probe);
     uint64_t c0;
     rc = alloc(s, cnt, &c0);
     if (rc)
@@ -777,7 +866,8 @@ static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const
     unsigned char nonces[G * 12], tags[G * 16] = {0};
     for (unsigned j = 0; j < cnt; j++)
         nonce_of(nonces + 12 * j, c0 + j);
-    unsigned char *buf = nz ? malloc((size_t)cnt * PAGE) : NULL;
+    unsigned char small[4 * PAGE]; /* the ciphertext of a small write: no allocation */
+    unsigned char *buf = !nz ? NULL : cnt <= 4 ? small : malloc((size_t)cnt * PAGE);
     if (nz && buf == NULL)
         return vc_fail(VC_E_NOMEM, "no memory for %u sectors of ciphertext", cnt);
     for (unsigned j = 0; j < cnt && rc == 0;) {
@@ -814,21 +904,17 @@ static int write_group(vc_store *s, uint64_t g, unsigned i0, unsigned cnt, const
             }
         }
     }
-    /* The page goes to the cache, dirty: it is sealed and written by the next flush (or earlier,
-     * when its cache slot is needed); where it cannot be cached, it is written now. On failure the
-     * cache keeps the page as it was before this write. */
-    if (rc == 0 && cache_put(s, g, page, 1) != 0) {
-        seal_meta(st, g, page);
-        rc = vb_pwrite(s->b, meta_offset(g), PAGE, page);
-    }
+    /* The new entries go to the cached page, dirty: it is sealed and written by the next flush
+     * (or earlier, when its cache slot is needed); where it cannot be cached, it is written now.
+     * On failure the page keeps its entries as they were before this write. */
+    if (rc == 0)
+        rc = meta_patch(s, g, lo, hi, page);
     if (rc == 0)
         rc = mark(st, g, written, zeroed);
     else if (landing)
         forget_targets(s, g, i0, cnt, target, written);
-    if (buf) {
-        OPENSSL_cleanse(buf, (size_t)cnt * PAGE);
+    if (buf != small) /* ciphertext only: nothing to wipe */
         free(buf);
-    }
     return rc;
 }
 
@@ -842,14 +928,12 @@ static void forget_targets(vc_store *s, uint64_t g, unsigned i0, unsigned cnt,
 {
     gcm_state *st = ST(s);
     unsigned char page[PAGE];
-    if (meta(s, g, page) != 0)
+    size_t lo = ENTRIES_LO(i0), hi = ENTRIES_HI(i0, cnt);
+    if (meta_range(s, g, lo, hi, page) != 0)
         return; /* the page cannot be had: its sectors fail to read anyway */
     for (unsigned j = 0; j < cnt; j++)
         memset(entry(page, i0 + j, target[j]), 0, SLOT_BYTES);
-    if (cache_put(s, g, page, 1) != 0) {
-        seal_meta(st, g, page);
-        vb_pwrite(s->b, meta_offset(g), PAGE, page);
-    }
+    meta_patch(s, g, lo, hi, page);
     pthread_mutex_lock(&st->dmu);
     if (st->dcap) {
         size_t d = dfind(st, g);

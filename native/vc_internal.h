@@ -6,7 +6,8 @@
  *                 caller's), with the optional power-loss recorder: before each write or hole punch
  *                 the pre-image goes to an undo journal, and fdatasync empties the journal (the
  *                 semantics of volumed.volume.backing.RecordingBackingFile, same record format).
- *   vc_rangelock  exclusive locks on half-open sector ranges plus a whole-space barrier.
+ *   vc_rangelock  exclusive (write) and shared (read) locks on half-open sector ranges plus a
+ *                 whole-space barrier.
  *   vc_store      whole-sector read/write/discard/flush of one format: XTS (LUKS2 aes-xts-plain64,
  *                 all-zero on-disk sector = hole), GCM format 2 (vc_gcmstore.c: two slots per
  *                 sector, session subkeys, metadata groups as lock units, a barrier flush) and
@@ -36,6 +37,7 @@ typedef struct {
     uint64_t hbytes, hmax;
     _Atomic int dead;    /* errno every call fails with after a simulated power loss, or 0 */
     _Atomic int lost;    /* an fdatasync failed: every later vb_sync fails (see vb_sync) */
+    _Atomic int no_nowait; /* the file system refused RWF_NOWAIT once: read as before */
     pthread_mutex_t jmu; /* one journal record at a time; flush's truncate */
 } vc_backing;
 
@@ -57,20 +59,26 @@ int vb_truncate_up(vc_backing *b, uint64_t size); /* grow the file to at least s
 /* ---- range locks ----------------------------------------------------------------------- */
 typedef struct {
     uint64_t lo, hi;
+    int shared;
 } vc_range;
 
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    vc_range *held;
-    size_t nheld, cap;
+    vc_range *held;     /* granted */
+    vc_range *wait;     /* exclusive requests waiting for their turn */
+    size_t nheld, cap, nwait, wcap;
     int barrier;
 } vc_rangelock;
 
 int rl_init(vc_rangelock *rl);
 void rl_destroy(vc_rangelock *rl);
-int rl_lock(vc_rangelock *rl, uint64_t lo, uint64_t hi); /* 0 or VC_E_NOMEM */
+/* Exclusive (writes) or shared (reads: exclude only exclusive holders) on [lo, hi); 0 or
+ * VC_E_NOMEM. Unlock with the same range and mode. */
+int rl_lock(vc_rangelock *rl, uint64_t lo, uint64_t hi);
 void rl_unlock(vc_rangelock *rl, uint64_t lo, uint64_t hi);
+int rl_lock_shared(vc_rangelock *rl, uint64_t lo, uint64_t hi);
+void rl_unlock_shared(vc_rangelock *rl, uint64_t lo, uint64_t hi);
 void rl_exclusive(vc_rangelock *rl);
 void rl_exclusive_end(vc_rangelock *rl);
 
@@ -115,7 +123,11 @@ int vc_gcm_open(vc_store *s, const unsigned char *key, size_t key_len, const vc_
 int vc_gcm_grow_store(vc_store *s, uint64_t old_size, uint64_t size, const char *mac_tmpl,
                       const char *hdr_tmpl);
 void vc_gcm_state_get(vc_store *s, uint64_t out[4]);
-/* Threads for one large cipher batch (volumed._native.set_threads; sector_cipher.c). */
+/* Threads for one large cipher batch (volumed._native.set_threads; sector_cipher.c). A store
+ * splits a batch of at least VC_PAR_MIN_BYTES across the workpool in chunks of
+ * VC_PAR_CHUNK_BYTES. */
+#define VC_PAR_MIN_BYTES (128 * 1024)
+#define VC_PAR_CHUNK_BYTES (32 * 1024)
 int native_pool_threads(void);
 int vc_is_zero(const unsigned char *p, size_t len);
 /* Raw records (what a snapshot keeps): n records (rec_size each), present[i] = 0 for none. */

@@ -2,15 +2,12 @@
  * the tweak n*(ss/512). An all-zero on-disk sector is a hole and reads as zeros without decryption
  * (an XTS ciphertext of all zeros has probability 2^-32768); a whole-sector write of zeros punches
  * the hole. The same rules as volumed/volume/xtsstore.py (the reference). Large batches are split
- * across the workpool like the Python cipher's (PAR_MIN_BYTES). */
+ * across the workpool like the Python cipher's (VC_PAR_MIN_BYTES). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "vc_internal.h"
 #include "workpool.h"
-
-#define PAR_MIN_BYTES (128 * 1024)
-#define PAR_CHUNK_BYTES (32 * 1024)
 
 int vc_is_zero(const unsigned char *p, size_t len)
 {
@@ -64,7 +61,7 @@ static int job_run(void *arg, void *state, size_t begin, size_t end)
 static int run_job(xts_job *j, size_t n)
 {
     size_t bytes = n * j->s->ss;
-    int threads = bytes >= PAR_MIN_BYTES ? native_pool_threads() : 1;
+    int threads = bytes >= VC_PAR_MIN_BYTES ? native_pool_threads() : 1;
     if (threads <= 1) { /* the common small request: no pool bookkeeping */
         sc_ctx *ctx = sc_ctx_get(&j->s->key);
         if (ctx == NULL)
@@ -73,7 +70,7 @@ static int run_job(xts_job *j, size_t n)
         sc_ctx_put(&j->s->key, ctx);
         return rc ? vc_fail(VC_E_NOMEM, "the XTS cipher failed (OpenSSL error)") : 0;
     }
-    size_t chunk = threads > 1 ? PAR_CHUNK_BYTES / j->s->ss : n;
+    size_t chunk = threads > 1 ? VC_PAR_CHUNK_BYTES / j->s->ss : n;
     wp_batch b = {.n = n, .chunk = chunk ? chunk : 1, .arg = j, .enter = job_enter,
                   .run = job_run, .leave = job_leave};
     if (wp_run(&b, threads) != 0)

@@ -204,18 +204,26 @@ static int begin_io(vcore *c, const char *what, uint64_t off, uint64_t len)
     return len == 0 ? 1 : enter(c);
 }
 
-/* Range locks on whole lock units (a GCM write rewrites its group's metadata page). */
-static int lock(vcore *c, uint64_t first, uint64_t last)
+/* Range locks on whole lock units (a GCM write rewrites its group's metadata page). Reads take
+ * theirs shared: a store's read changes nothing the next read sees (the GCM store's metadata
+ * cache has its own slot mutexes). */
+static int lock_mode(vcore *c, uint64_t first, uint64_t last, int shared)
 {
-    uint64_t u = c->store.unit;
-    return rl_lock(&c->locks, first / u * u, (last + u - 1) / u * u);
+    uint64_t u = c->store.unit, lo = first / u * u, hi = (last + u - 1) / u * u;
+    return shared ? rl_lock_shared(&c->locks, lo, hi) : rl_lock(&c->locks, lo, hi);
 }
 
-static void unlock(vcore *c, uint64_t first, uint64_t last)
+static void unlock_mode(vcore *c, uint64_t first, uint64_t last, int shared)
 {
-    uint64_t u = c->store.unit;
-    rl_unlock(&c->locks, first / u * u, (last + u - 1) / u * u);
+    uint64_t u = c->store.unit, lo = first / u * u, hi = (last + u - 1) / u * u;
+    if (shared)
+        rl_unlock_shared(&c->locks, lo, hi);
+    else
+        rl_unlock(&c->locks, lo, hi);
 }
+
+#define lock(c, first, last) lock_mode(c, first, last, 0)
+#define unlock(c, first, last) unlock_mode(c, first, last, 0)
 
 /* Before a write or discard changes sectors [first, last) (their lock held). */
 static void before_change(vcore *c, uint64_t first, uint64_t last)
@@ -241,10 +249,10 @@ int vc_read(vcore *c, uint64_t off, size_t len, unsigned char *out)
             return vc_fail(VC_E_NOMEM, "no memory for a %zu-sector read", n);
         }
     }
-    rc = lock(c, first, last);
+    rc = lock_mode(c, first, last, 1);
     if (rc == 0) {
         rc = c->store.ops->read(&c->store, first, n, buf);
-        unlock(c, first, last);
+        unlock_mode(c, first, last, 1);
     }
     if (buf != out) {
         if (rc == 0)

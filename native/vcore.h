@@ -174,4 +174,11 @@ int vc_capture_read(vcore *c, uint64_t first, size_t n, unsigned char *out, unsi
 int vc_capture_stats_get(vcore *c, vc_capture_stats *st); /* VC_E_STATE if no session */
 void vc_capture_end(vcore *c);
 
+/* The calling thread's wait hook (the FUSE engine's CPU slots, fuse_engine.c "CPU slots and I/O
+ * depth"): while one is set on a thread, that thread's backing reads first try the page cache
+ * alone (preadv2 RWF_NOWAIT) and call fn(ctx) only before a read that must wait for the disk; a
+ * backing fdatasync or durable write calls it first always. fn must not block and must not call
+ * the core. NULL clears it. Threads with no hook (the Python face, the tests) read as before. */
+void vc_set_wait_hook(void (*fn)(void *ctx), void *ctx);
+
 #endif

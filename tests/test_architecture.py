@@ -7,8 +7,8 @@
   dependency) on the import's line or the line above it.
 - Every module imports on its own in a fresh interpreter (a cycle shows up as an ImportError of a
   partly initialised module), and all of them import together in any order.
-- mypy, configured in pyproject.toml ([tool.mypy]: strict on volumed.volume, volumed.kms and
-  volumed.mount), reports nothing.
+- mypy, configured in pyproject.toml ([tool.mypy]: strict on the whole volumed package),
+  reports nothing.
 """
 
 from __future__ import annotations

@@ -43,6 +43,13 @@ class IntegrityError(VolumedError, exit_code=4, code="IntegrityError"):
 class KeyAccessError(VolumedError, exit_code=5, code="AccessDeniedException"):
     """The key service refused or could not provide the volume's key (carries the AWS code)."""
 
+    @classmethod
+    def wiped(cls, path: str) -> KeyAccessError:
+        """The volume at ``path`` no longer holds its key: revoked or closed (the native core
+        words its own VC_E_KEY the same way, native/vcore.c key_gone)."""
+        return cls(f"the key of volume {path} has been wiped (access revoked or volume closed); "
+                   "reopen it once access is restored")
+
 
 class StateError(VolumedError, exit_code=6, code="InvalidStateException"):
     """The operation does not fit the object's state (mounted volume, terminal volume, ...)."""

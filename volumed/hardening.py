@@ -20,7 +20,7 @@ import logging
 import os
 import resource
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 log = logging.getLogger("volumed.hardening")
 
@@ -30,6 +30,22 @@ ENV_TEST_LOG = "VOLUMED_TEST_HARDENING_LOG"
 F = TypeVar("F", bound=Callable[..., Any])  # a decorated function keeps its signature
 
 
+class Hardened(TypedDict):
+    """What harden_process made take effect."""
+
+    dumpable: bool    # True: the process is still dumpable (PR_SET_DUMPABLE failed)
+    core_limit: int
+    mlockall: bool    # memory locked as it is faulted in
+
+
+class HardeningState(TypedDict):
+    """The process's state read back from the kernel (current_state)."""
+
+    dumpable: bool    # PR_GET_DUMPABLE
+    locked_kib: int   # VmLck of /proc/self/status
+    core_limit: int   # soft RLIMIT_CORE
+
+
 def _can_lock_all() -> bool:
     """True if mlockall(MCL_FUTURE) cannot make later allocations fail: root (CAP_IPC_LOCK) or an
     unlimited RLIMIT_MEMLOCK. Otherwise a command that maps more than the (often 8 MiB) limit
@@ -37,30 +53,26 @@ def _can_lock_all() -> bool:
     return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] == resource.RLIM_INFINITY
 
 
-def harden_process(lock_memory: bool | None = None) -> dict:
+def harden_process(lock_memory: bool | None = None) -> Hardened:
     """Not dumpable, core limit 0, and (``lock_memory``; None = where it is safe, see
     _can_lock_all) all memory locked as it is faulted in. Returns what took effect; a lock that
     fails is logged, not fatal (mlockall needs CAP_IPC_LOCK or a large enough limit)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    done = {}
-    done["dumpable"] = libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+    dumpable = libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    done["core_limit"] = 0
     if lock_memory is None:
         lock_memory = _can_lock_all()
-    done["mlockall"] = False
+    locked = False
     if lock_memory:
         rc = libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)
-        done["mlockall"] = rc == 0
+        locked = rc == 0
         if rc != 0:
             log.warning("mlockall failed (errno %d): key memory may be swapped", ctypes.get_errno())
-    return done
+    return {"dumpable": dumpable, "core_limit": 0, "mlockall": locked}
 
 
-def current_state() -> dict:
-    """What is in effect now, read back from the kernel (the daemon's status shows it):
-    {"dumpable": bool (PR_GET_DUMPABLE), "locked_kib": VmLck of /proc/self/status,
-    "core_limit": soft RLIMIT_CORE}."""
+def current_state() -> HardeningState:
+    """What is in effect now, read back from the kernel (the daemon's status shows it)."""
     libc = ctypes.CDLL(None, use_errno=True)
     locked = 0
     with open("/proc/self/status") as f:

@@ -2,7 +2,8 @@
 
 Fixtures (see docs/TESTING.md and README "Testing your database on volumed"):
   volumed_kms               a temporary embedded keystore with a customer managed key
-  encrypted_volume_factory  make(cipher=, size=, volume_type=, iops=, throughput_mib=, kms=) -> EncryptedVolume
+  encrypted_volume_factory  make(cipher=, size=, volume_type=, iops=, throughput_mib=, key_arn=, engine=)
+                            -> EncryptedVolume
   encrypted_volume          one mounted volume, configured by ``@pytest.mark.volumed(...)``
   encrypted_fs              ext4 on a loop device over ``encrypted_volume``, mounted at a private
                             ``/tmp/volumed-fs-*`` (0755); ``.path`` is an empty directory on it
@@ -28,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol, TypedDict, Unpack
 
 import pytest
 
@@ -37,15 +39,45 @@ from volumed.kms.principals import rds_via
 from volumed.errors import VolumedError
 from volumed.mount import client, keyservice, paths
 from volumed.mount.control import ControlClient
-from volumed.mount.protocol import Fault, ReplyT, RequestOf, Status, encode_reply
+from volumed.mount.keyservice import KmsClient
+from volumed.mount.protocol import Fault, ReplyT, RequestOf, Status, StatusRecord, Wire, encode_reply
 from volumed.volume.device import Volume, parse_size
 
 CLI_TIMEOUT = 60
 REVOKE_HOW = ("disable", "schedule-deletion", "revoke-grant", "deny-policy")
 RECOVERABLE = "inaccessible-encryption-credentials-recoverable"
 
+StrPath = str | os.PathLike[str]
+Report = dict[str, Any]  # a fault reply's JSON object (a power cut's report, the fault state)
 
-def pytest_configure(config):
+
+class VolumeOptions(TypedDict, total=False):
+    """The keywords of ``encrypted_volume_factory``'s make() and of ``@pytest.mark.volumed``."""
+
+    cipher: str
+    size: str | int
+    key_arn: str | None
+    volume_type: str | None
+    iops: int | None
+    throughput_mib: float | None
+    engine: str | None
+
+
+class ThrottleArgs(TypedDict):
+    """A volume type's throttle as the "throttle" fault takes it."""
+
+    volume_type: str
+    iops: int | None
+    throughput_mib: float | None
+
+
+class MakeVolume(Protocol):
+    """``encrypted_volume_factory``: a mounted EncryptedVolume made with ``options``."""
+
+    def __call__(self, **options: Unpack[VolumeOptions]) -> EncryptedVolume: ...
+
+
+def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "volumed(cipher='xts', size='64M', volume_type=None, iops=None, throughput_mib=None, "
         "engine=None): how the encrypted_volume / encrypted_fs fixtures create, throttle and serve "
@@ -61,76 +93,83 @@ def skip_reason() -> str | None:
     return None
 
 
-def _run(cmd, *, env=None, timeout=CLI_TIMEOUT, check=True) -> subprocess.CompletedProcess:
+def _run(cmd: Sequence[StrPath], *, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT,
+         check: bool = True) -> subprocess.CompletedProcess[str]:
     p = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} -> exit {p.returncode}: {p.stderr.strip()}")
     return p
 
 
-def _pid_alive(pid) -> bool:
-    return bool(pid) and client.pid_alive(int(pid))
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    return client.pid_alive(pid)
 
 
 class VolumedKMS:
     """A temporary embedded keystore (``spec``, a directory) with a customer managed key (``key_arn``)."""
 
-    def __init__(self, spec: Path):
+    def __init__(self, spec: Path) -> None:
         self.spec = str(spec)
         self.admin = self.client()
         self.key_arn = self.admin.create_key(Description="volumed pytest key")["KeyMetadata"]["Arn"]
 
-    def client(self, principal: str | None = None, via_service: str | None = None):
+    def client(self, principal: str | None = None, via_service: str | None = None) -> KmsClient:
         """A key-service client as ``principal`` (default: the keystore's administrator)."""
         return keyservice.connect(self.spec, principal=principal, via_service=via_service)
 
     def create_key(self, description: str = "volumed pytest key") -> str:
-        return self.admin.create_key(Description=description)["KeyMetadata"]["Arn"]
+        arn: str = self.admin.create_key(Description=description)["KeyMetadata"]["Arn"]
+        return arn
 
 
 class Faults:
     """Fault injection on a mounted volume (the "fault" control op; see volumed.mount.faults).
     Offsets are the decrypted file's; sectors are 4 KiB."""
 
-    def __init__(self, vol: "EncryptedVolume"):
+    def __init__(self, vol: EncryptedVolume) -> None:
         self.vol = vol
 
-    def _send(self, kind: str, **kw) -> dict:
+    def _send(self, kind: str, **kw: object) -> Wire:
         """The daemon's reply as JSON ({"ok": true, ...})."""
         return encode_reply(self.vol.call(Fault(kind, kw)))
 
-    def error(self, *, io="any", errno="EIO", start=None, end=None, nth=None, probability=None,
-              count=None, seed=None) -> dict:
+    def error(self, *, io: str = "any", errno: str | int = "EIO", start: int | None = None,
+              end: int | None = None, nth: int | None = None, probability: float | None = None,
+              count: int | None = None, seed: int | None = None) -> Wire:
         """Fail matching reads/writes/flushes with ``errno`` (range, Nth op, probability)."""
         return self._send("error", io=io, errno=errno, start=start, end=end, nth=nth,
                           probability=probability, count=count, seed=seed)
 
-    def bad_sectors(self, *sectors: int) -> dict:
+    def bad_sectors(self, *sectors: int) -> Wire:
         """Reads touching these sectors fail with EIO until a write rewrites the whole sector."""
         return self._send("bad-sector", sectors=list(sectors))
 
-    def latency(self, seconds: float) -> dict:
+    def latency(self, seconds: float) -> Wire:
         return self._send("latency", seconds=seconds)
 
-    def throttle(self, volume_type="gp3", *, iops=None, throughput_mib=None) -> dict:
+    def throttle(self, volume_type: str = "gp3", *, iops: int | None = None,
+                 throughput_mib: float | None = None) -> Wire:
         return self._send("throttle", volume_type=volume_type, iops=iops, throughput_mib=throughput_mib)
 
     def rollback(self, *sectors: int) -> int:
         """Put the previous on-disk version of these sectors back; returns pages rolled back."""
         return self.vol.call(Fault("rollback", {"sectors": list(sectors)})).pages or 0
 
-    def clear(self) -> dict:
+    def clear(self) -> Wire:
         return self._send("clear")
 
-    def status(self) -> dict:
+    def status(self) -> Report:
         return self.vol.call(Fault("status")).faults or {}
 
 
 class EncryptedVolume:
     """A volume mounted by a background daemon. ``path`` is the decrypted file."""
 
-    def __init__(self, root: Path, kms: VolumedKMS, *, cipher="xts", size="64M", key_arn=None,
-                 volume_type=None, iops=None, throughput_mib=None, engine=None):
+    def __init__(self, root: Path, kms: VolumedKMS, *, cipher: str = "xts", size: str | int = "64M",
+                 key_arn: str | None = None, volume_type: str | None = None, iops: int | None = None,
+                 throughput_mib: float | None = None, engine: str | None = None) -> None:
         self.root, self.kms = root, kms
         self.image = root / "volume.img"
         self.mountpoint = root / "mnt"
@@ -144,7 +183,7 @@ class EncryptedVolume:
         self.run_dir = tempfile.mkdtemp(prefix="volumed-run-")
         self.env = dict(os.environ, VOLUMED_RUN_DIR=self.run_dir, VOLUMED_STATE_DIR=str(root / "state"),
                         VOLUMED_KMS=kms.spec, PYTHONWARNINGS="ignore")
-        self.throttle_args = None if volume_type is None else dict(
+        self.throttle_args = None if volume_type is None else ThrottleArgs(
             volume_type=volume_type, iops=iops, throughput_mib=throughput_mib)
         self.fault = Faults(self)
         self.engine = engine  # None: the daemon's default (native for XTS, python for GCM)
@@ -154,7 +193,8 @@ class EncryptedVolume:
 
     # ---- mount lifecycle ----------------------------------------------------------------------
 
-    def cli(self, *args, check=True, timeout=CLI_TIMEOUT) -> subprocess.CompletedProcess:
+    def cli(self, *args: StrPath, check: bool = True,
+            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """Run ``volumed ARGS`` in this volume's environment (its own run, state and keystore)."""
         return _run([sys.executable, "-m", "volumed", *args], env=self.env, check=check, timeout=timeout)
 
@@ -174,7 +214,7 @@ class EncryptedVolume:
             self.fault.throttle(**self.throttle_args)
         return self.path
 
-    def unmount(self, *, force=True) -> None:
+    def unmount(self, *, force: bool = True) -> None:
         """``volumed unmount`` (with --force: a file system above must be unmounted first)."""
         self.cli("unmount", self.mountpoint, *(["--force"] if force else []))
 
@@ -182,6 +222,12 @@ class EncryptedVolume:
         """Unmount and mount again (the daemon re-attaches: a new grant, the key unwrapped again)."""
         self.unmount()
         return self.mount()
+
+    def _mounted_path(self) -> str:
+        """``path``, which the first mount() sets; RuntimeError before it."""
+        if self.path is None:
+            raise RuntimeError(f"volume {self.image} was never mounted: call mount() first")
+        return self.path
 
     def _sock(self) -> Path:
         return Path(self.env["VOLUMED_RUN_DIR"]) / f"{paths.mount_id(self.mountpoint)}.sock"
@@ -200,7 +246,7 @@ class EncryptedVolume:
             kind = getattr(req, "kind", "")
             raise RuntimeError(f"volumed {req.op} {kind}: {exc}") from None
 
-    def control(self, msg: dict) -> dict:
+    def control(self, msg: Wire) -> Wire:
         """One control-channel request in its JSON form ({"op": ...}), answered in JSON; raises
         RuntimeError with the daemon's error line."""
         try:
@@ -208,7 +254,7 @@ class EncryptedVolume:
         except VolumedError as exc:
             raise RuntimeError(f"volumed {msg.get('op')} {msg.get('kind', '')}: {exc}") from None
 
-    def status(self) -> dict:
+    def status(self) -> StatusRecord:
         return self.call(Status()).status
 
     def pid(self) -> int | None:
@@ -219,7 +265,7 @@ class EncryptedVolume:
         except (OSError, ValueError, KeyError):
             return None
 
-    def wait_state(self, state: str, timeout: float = 5.0) -> dict:
+    def wait_state(self, state: str, timeout: float = 5.0) -> StatusRecord:
         """Wait until the daemon reports ``state``; returns the status (AssertionError on timeout)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -270,7 +316,7 @@ class EncryptedVolume:
 
     # ---- power loss and teardown ----------------------------------------------------------------
 
-    def power_cut(self, mode: str = "all", seed=None, *, remount: bool = True) -> dict:
+    def power_cut(self, mode: str = "all", seed: int | None = None, *, remount: bool = True) -> Report:
         """Lose power: writes not yet flushed are dropped (``mode`` all/random/torn); then, with
         ``remount``, unmount and mount again. Returns the report (writes, dropped, torn, pages_dropped).
 
@@ -278,7 +324,7 @@ class EncryptedVolume:
         (sync_file_range), as a host's writeback would have sent them: the disk received them, but
         they are not durable, so the crash model decides their fate. Dirty pages the kernel still
         holds after that (written in the meantime) are lost with the power."""
-        _write_back(self.path)
+        _write_back(self._mounted_path())
         report = self.call(Fault("power-cut", {"mode": mode, "seed": seed})).report or {}
         if remount:
             self.remount()
@@ -301,14 +347,14 @@ class EncryptedVolume:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def _mounted_at(path) -> bool:
+def _mounted_at(path: StrPath) -> bool:
     """True while something is mounted at ``path`` (from mountinfo, without touching it)."""
     target = str(path).replace(" ", "\\040")
     with open("/proc/self/mountinfo") as f:
         return any(line.split(" ", 5)[4] == target for line in f)
 
 
-def _write_back(path) -> None:
+def _write_back(path: StrPath) -> None:
     """sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER) over the whole file: write dirty pages back
     without asking for durability (no FSYNC reaches the daemon)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -325,7 +371,7 @@ def _write_back(path) -> None:
 class EncryptedFS:
     """ext4 on a loop device over an EncryptedVolume's file. ``path``: an empty directory on it."""
 
-    def __init__(self, volume: EncryptedVolume):
+    def __init__(self, volume: EncryptedVolume) -> None:
         self.volume = volume
         # Its own short directory outside pytest's root-only tmp tree, so a database server running
         # as another user (PostgreSQL as postgres) can reach its data directory.
@@ -334,7 +380,7 @@ class EncryptedFS:
         self.path = self.root / "data"
         self.dev: str | None = None
         try:
-            _run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", volume.path])
+            _run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", volume._mounted_path()])
             self.mount()
             self.path.mkdir()
         except BaseException:
@@ -343,7 +389,7 @@ class EncryptedFS:
 
     def mount(self) -> None:
         """Attach a loop device (``losetup -f --show``) and mount the ext4 on it."""
-        self.dev = _run(["losetup", "-f", "--show", self.volume.path]).stdout.strip()
+        self.dev = _run(["losetup", "-f", "--show", self.volume._mounted_path()]).stdout.strip()
         _run(["mount", "-t", "ext4", self.dev, self.root])
 
     def unmount(self) -> None:
@@ -367,8 +413,8 @@ class EncryptedFS:
         self.volume.remount()
         self.mount()
 
-    def revoke(self, how: str = "disable", **kw) -> None:
-        self.volume.revoke(how, **kw)
+    def revoke(self, how: str = "disable", *, wait: bool = True) -> None:
+        self.volume.revoke(how, wait=wait)
 
     def restore(self) -> None:
         """Undo the revocation, then unmount everything and mount it again."""
@@ -376,7 +422,7 @@ class EncryptedFS:
         self.volume.restore(remount=True)
         self.mount()
 
-    def power_cut(self, mode: str = "all", seed=None) -> dict:
+    def power_cut(self, mode: str = "all", seed: int | None = None) -> Report:
         """Lose power under the file system, then bring it back (ext4 replays its journal)."""
         report = self.volume.power_cut(mode, seed, remount=False)
         self.unmount()
@@ -392,13 +438,13 @@ class EncryptedFS:
                 os.rmdir(self.root)   # never rmtree: a file system still attached would be emptied
 
 
-def _marker_options(request) -> dict:
+def _marker_options(request: pytest.FixtureRequest) -> dict[str, Any]:
     marker = request.node.get_closest_marker("volumed")
     return dict(marker.kwargs) if marker else {}
 
 
 @pytest.fixture
-def volumed_kms(tmp_path_factory):
+def volumed_kms(tmp_path_factory: pytest.TempPathFactory) -> VolumedKMS:
     """A temporary embedded keystore with a customer managed key."""
     reason = skip_reason()
     if reason:
@@ -407,12 +453,14 @@ def volumed_kms(tmp_path_factory):
 
 
 @pytest.fixture
-def encrypted_volume_factory(volumed_kms, tmp_path_factory):
-    """make(cipher="xts", size="64M", volume_type=None, iops=None, throughput_mib=None, key_arn=None)
+def encrypted_volume_factory(volumed_kms: VolumedKMS,
+                             tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeVolume]:
+    """make(cipher="xts", size="64M", volume_type=None, iops=None, throughput_mib=None, key_arn=None,
+    engine=None)
     -> a mounted EncryptedVolume; all torn down after the test."""
     made: list[EncryptedVolume] = []
 
-    def make(**options) -> EncryptedVolume:
+    def make(**options: Unpack[VolumeOptions]) -> EncryptedVolume:
         vol = EncryptedVolume(tmp_path_factory.mktemp("volumed"), volumed_kms, **options)
         made.append(vol)
         vol.mount()
@@ -424,13 +472,13 @@ def encrypted_volume_factory(volumed_kms, tmp_path_factory):
 
 
 @pytest.fixture
-def encrypted_volume(encrypted_volume_factory, request):
+def encrypted_volume(encrypted_volume_factory: MakeVolume, request: pytest.FixtureRequest) -> EncryptedVolume:
     """A mounted volume as ``@pytest.mark.volumed(...)`` says (default: XTS, 64 MiB, no throttle)."""
     return encrypted_volume_factory(**_marker_options(request))
 
 
 @pytest.fixture
-def encrypted_fs(encrypted_volume):
+def encrypted_fs(encrypted_volume: EncryptedVolume) -> Iterator[EncryptedFS]:
     """ext4 on a loop device over ``encrypted_volume``; ``.path`` is an empty directory on it."""
     fs = EncryptedFS(encrypted_volume)
     yield fs

@@ -18,6 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 _MARK = ".tmp-"
 
@@ -43,7 +47,7 @@ def fsync_dir(directory: str) -> None:
         os.close(dfd)
 
 
-def write_atomic(path, data, *, mode: int = 0o600, durable: bool = True) -> None:
+def write_atomic(path: str | os.PathLike[str], data: Buffer, *, mode: int = 0o600, durable: bool = True) -> None:
     """Replace ``path`` with a file holding exactly ``data`` (see the module docstring)."""
     path = os.fspath(path)
     tmp = temp_name(path)

@@ -4,6 +4,7 @@ fsync end byte for byte as a model says; several workers on cloned /dev/fuse des
 requests are answered while a Python thread in the daemon holds the GIL; both errno tables agree."""
 
 import errno
+import mmap
 import os
 import random
 import shutil
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from tests.mount.conftest import direct_read
+from tests.mount.conftest import direct_read, write_fsynced
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(240)]
 
@@ -21,6 +22,13 @@ MiB = 1 << 20
 
 def _status(m) -> dict:
     return m.status()
+
+
+def _run_all(threads: list) -> None:
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _fuse_fds(pid: int) -> int:
@@ -231,11 +239,7 @@ def test_sixteen_threads_of_random_io_with_fsync_match_a_model(kms_env, make_vol
         finally:
             os.close(fd)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_all([threading.Thread(target=worker, args=(t,)) for t in range(16)])
     assert not errors, errors[:5]
     st = _status(m)
     assert st["engine"] == "native" and st["requests"] > 0
@@ -266,6 +270,77 @@ def test_several_workers_on_cloned_descriptors_serve(kms_env, make_volume, mount
     assert sum(st["requests_per_worker"]) == st["requests"]
     # The master descriptor and a clone per worker started (FUSE_DEV_IOC_CLONE).
     assert _fuse_fds(m.pid()) >= 1 + st["workers_used"]
+
+
+def test_requests_waiting_for_the_disk_give_their_cpu_slot_up(kms_env, make_volume, mounter):
+    """--io-threads 1 --io-depth 8: one request at a time on the CPU, up to 8 workers. With the
+    backing file's pages evicted, reads wait for the disk and give their CPU slot up meanwhile
+    (status: disk_waits); concurrent O_DIRECT writes (a flush each) and fsyncs go through the same
+    slots; every reply is right and the file ends as a model says."""
+    size = 16 * MiB
+    vol = make_volume(kms_env, size=size)
+    m = mounter(kms_env, vol, "--engine", "native", "--io-threads", "1", "--io-depth", "8")
+    st = _status(m)
+    assert st["io_threads"] == 1 and st["io_depth"] == 8 and st["disk_waits"] == 0
+    model = bytearray(os.urandom(size))
+    write_fsynced(m.file, 0, model)
+    bfd = os.open(vol, os.O_RDONLY)  # the daemon's writes are durable, so its pages are clean
+    try:
+        os.posix_fadvise(bfd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(bfd)
+    sectors = size // 4096
+    errors = []
+
+    def reader(t: int):
+        rng = random.Random(t)
+        for _ in range(64):
+            s = rng.randrange(sectors // 2)  # the writers own the upper half
+            if direct_read(m.file, s * 4096, 4096) != bytes(model[s * 4096:(s + 1) * 4096]):
+                errors.append(("read", t, s))
+
+    def writer(t: int):
+        rng = random.Random(100 + t)
+        fd = os.open(m.file, os.O_RDWR | os.O_DIRECT)
+        buf = mmap.mmap(-1, 4096)
+        try:
+            for i in range(32):
+                s = sectors // 2 + t + 2 * rng.randrange(sectors // 4)
+                data = rng.randbytes(4096)
+                buf[:] = data
+                assert os.pwritev(fd, [buf], s * 4096) == 4096
+                model[s * 4096:(s + 1) * 4096] = data
+                if i % 8 == 7:
+                    os.fsync(fd)
+        except Exception as exc:  # reported below
+            errors.append(("write", t, repr(exc)))
+        finally:
+            os.close(fd)
+
+    _run_all([threading.Thread(target=reader, args=(t,)) for t in range(6)]
+             + [threading.Thread(target=writer, args=(t,)) for t in range(2)])
+    assert not errors, errors[:5]
+    st = _status(m)
+    assert st["disk_waits"] > 0, st
+    assert sum(st["requests_per_worker"]) == st["requests"]
+    assert direct_read(m.file, 0, size) == bytes(model)
+
+
+def test_default_io_depth_and_a_depth_below_the_threads(kms_env, make_volume, mounter):
+    """The default depth is 16 worker threads (never fewer than --io-threads); a depth below an
+    explicit --io-threads is refused with one line before anything is attached."""
+    vol = make_volume(kms_env, size=16 * MiB)
+    p = mounter(kms_env, vol, "--io-threads", "4", "--io-depth", "2", check=False)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()]
+    assert "--io-depth 2 is below --io-threads 4" in p.stderr
+    m = mounter(kms_env, vol, "--io-threads", "20")
+    assert _status(m)["io_depth"] == 20
+    kms_env.run("unmount", m.mountpoint)
+    m = mounter(kms_env, vol, mountpoint=m.mountpoint)
+    st = _status(m)
+    assert st["io_threads"] == len(os.sched_getaffinity(0))
+    assert st["io_depth"] == max(16, st["io_threads"])
 
 
 def test_requests_are_served_while_python_holds_the_gil(kms_env, make_volume, mounter):
@@ -315,12 +390,7 @@ def test_gcm_volumes_are_served_by_the_native_engine(kms_env, make_volume, mount
     st = _status(m)
     assert st["engine"] == "native" and st["io_threads"] == len(os.sched_getaffinity(0))
     data = os.urandom(3 * MiB)
-    fd = os.open(m.file, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, 12345)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_fsynced(m.file, 12345, data)
     kms_env.run("unmount", m.mountpoint)
     m = mounter(kms_env, vol, "--engine", "python")
     assert _status(m)["engine"] == "python"

@@ -81,6 +81,12 @@ def test_seal_refuses_a_manifest_whose_mac_was_stripped(cipher, cli, kms, make_v
         share_snapshot(store, sid, "111122223333", kms=kms)
     assert obj(store, sid) == before
     assert [m["snapshot_id"] for m in catalog.all_manifests(store)] == [old["snapshot_id"], sid]
+    # list and describe say what it is, not "unsealed (run seal)", which would only be refused
+    rc, out, _ = cli("snapshot", "list")
+    line = next(ln for ln in out.splitlines() if ln.startswith(sid))
+    assert "MAC REMOVED" in line and "UNSEALED" not in line
+    rc, out, _ = cli("snapshot", "describe", sid, "--json")
+    assert json.loads(out)["Sealed"] is False and json.loads(out)["MacRemoved"] is True
 
 
 def test_stripping_the_marker_from_the_manifest_too_does_not_get_it_sealed(kms, store, make_volume, tmp_path):

@@ -141,7 +141,7 @@ def test_snapshot_records_of_both_gcm_formats_decrypt():
     key, vol_uuid = os.urandom(32), str(uuid.uuid4())
     plain = os.urandom(2 * SS)
     enc = recrypt.make_cipher("gcm", bytearray(key), vol_uuid)
-    v2 = recrypt.encrypt(enc, "gcm", 10, bytearray(plain))
+    v2 = recrypt.encrypt(enc, 10, bytearray(plain))
     enc.close()
     assert [len(r) for r in v2] == [objects.RECORD_SIZE["gcm"]] * 2
     nonce = bytes(4) + (7).to_bytes(8, "big")
@@ -152,9 +152,9 @@ def test_snapshot_records_of_both_gcm_formats_decrypt():
         digest, data = objects.encode_chunk("gcm", recs)
         assert objects.decode_chunk(digest, data, "gcm", "test") == recs
     dec = recrypt.make_cipher("gcm", bytearray(key), vol_uuid)
-    assert recrypt.decrypt(dec, "gcm", 10, [v1, v2[1]]) == plain
+    assert recrypt.decrypt(dec, 10, [v1, v2[1]]) == plain
     bad = bytearray(v2[0])
     bad[0] ^= 1  # another salt: another subkey
     with pytest.raises(IntegrityError, match="sector 10 "):
-        recrypt.decrypt(dec, "gcm", 10, [bytes(bad), None])
+        recrypt.decrypt(dec, 10, [bytes(bad), None])
     dec.close()

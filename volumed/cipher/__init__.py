@@ -121,8 +121,9 @@ def _select() -> tuple[ModuleType, str]:
 
 _impl, _impl_name = _select()
 if TYPE_CHECKING:
-    # The typed contract (volumed/_native.pyi); the reference implements the same API.
-    from volumed._native import GcmCipher, XtsCipher
+    # The typed contract (volumed/_native.pyi); the reference implements the same API. The
+    # redundant aliases mark them as this package's exports (strict mypy: no implicit re-export).
+    from volumed._native import GcmCipher as GcmCipher, XtsCipher as XtsCipher
 else:
     XtsCipher = _impl.XtsCipher
     GcmCipher = _impl.GcmCipher

@@ -34,8 +34,12 @@ def register(sub: Subparsers) -> None:
                    help="who serves the FUSE requests: native worker threads (the default for XTS "
                         "volumes) or pyfuse3 on the daemon's event loop (GCM volumes' only engine)")
     p.add_argument("--io-threads", type=int, default=None, metavar="N",
-                   help="native engine: worker threads, each on its own /dev/fuse clone "
-                        "(default: the number of CPUs)")
+                   help="native engine: requests served on the CPU at once, each by a worker thread "
+                        "on its own /dev/fuse clone (default: the number of CPUs)")
+    p.add_argument("--io-depth", type=int, default=None, metavar="D",
+                   help="native engine: worker threads at most, so requests in flight; those beyond "
+                        "--io-threads are requests waiting for the backing disk (default: 16, and "
+                        "at least --io-threads)")
     p.add_argument("--host-profile", default=os.environ.get("VOLUMED_HOST_PROFILE"), metavar="PROFILE",
                    help="with --kms https://SERVER: the AWS profile holding this host's access key, "
                         "which the daemon signs with (default: $VOLUMED_HOST_PROFILE, else the same "
@@ -73,7 +77,7 @@ def _mount(args: argparse.Namespace) -> int:
         allow_faults=args.allow_faults, recovery_window=args.recovery_window * 86400.0,
         grace=args.kms_grace, interval=args.check_interval, fake_time=args.fake_time,
         recording_journal=args.test_recording_journal, host_profile=args.host_profile,
-        engine=args.engine, io_threads=args.io_threads)
+        engine=args.engine, io_threads=args.io_threads, io_depth=args.io_depth)
     if rc == 0 and not args.foreground:
         from volumed.mount.tuning import tune_mount  # deferred: CLI start-up cost
 
@@ -87,7 +91,7 @@ def _mount_null(args: argparse.Namespace) -> int:
 
     size = parse_size(args.bench_null_cipher)
     cmd = [sys.executable, "-m", "volumed.mount.nullserve", str(size), args.volume, args.mountpoint,
-           args.engine or "native", str(args.io_threads or 0)]
+           args.engine or "native", str(args.io_threads or 0), str(args.io_depth or 0)]
     if args.foreground:
         os.execv(sys.executable, cmd)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -123,7 +127,7 @@ def _status(args: argparse.Namespace) -> int:
     for m in mounts:
         print(f"{m.get('file')}  {m.get('state')}")
         for key in ("volume", "key_arn", "encryption_context", "grant_id", "state_since", "reason",
-                    "kms_unreachable_since", "last_successful_check", "engine", "io_threads",
+                    "kms_unreachable_since", "last_successful_check", "engine", "io_threads", "io_depth",
                     "requests", "bytes_read", "bytes_written", "pid"):
             if m.get(key) not in (None, ""):
                 print(f"    {key}: {m[key]}")

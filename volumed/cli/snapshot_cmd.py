@@ -117,7 +117,8 @@ def cmd_list(args: argparse.Namespace) -> int:
               f"{d['VolumeSize']} bytes  stored {d['StoredBytes']}"
               + (f"  copy of {d['SourceSnapshotId']}" if d["SourceSnapshotId"] else "")
               + (f"  shared with {','.join(d['SharedWith'])}" if d["SharedWith"] else "")
-              + ("" if d["Sealed"] else "  UNSEALED (volumed snapshot seal)"))
+              + ("" if d["Sealed"] else "  MAC REMOVED in the store: altered, do not use"
+                 if d.get("MacRemoved") else "  UNSEALED (volumed snapshot seal)"))
     return 0
 
 

@@ -108,13 +108,19 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
           recovery_window: float, grace: float, interval: float | None,
           fake_time: float | None = None, recording_journal: str | None = None,
           host_profile: str | None = None, engine: str | None = None,
-          io_threads: int | None = None, out: TextIO = sys.stdout) -> int:
+          io_threads: int | None = None, io_depth: int | None = None,
+          out: TextIO = sys.stdout) -> int:
     """``volumed mount``: check the record, attach (grant to the host), start the daemon, wait
     until it serves, print the file's path. Raises VolumedError with one line on failure."""
     if (fake_time is not None or recording_journal) and not allow_faults:
         raise UsageError("test options need --allow-faults")
     if io_threads is not None and not 1 <= io_threads <= 64:
         raise UsageError(f"--io-threads {io_threads} out of range: 1 to 64")
+    if io_depth is not None and not 1 <= io_depth <= 64:
+        raise UsageError(f"--io-depth {io_depth} out of range: 1 to 64")
+    if io_depth is not None and io_threads is not None and io_depth < io_threads:
+        raise UsageError(f"--io-depth {io_depth} is below --io-threads {io_threads}: the depth "
+                         "counts every worker thread, so give at least as many")
     if not os.path.exists(volume):
         raise UsageError(f"volume {volume} does not exist")
     header = Volume.read_header(volume)
@@ -146,7 +152,8 @@ def mount(*, volume: str, mountpoint: str, kms_spec: str, principal: str | None,
                       kms=kms_spec, grant=grant.to_json(), allow_faults=allow_faults,
                       recovery_window=recovery_window, grace=grace, interval=interval,
                       fake_time=fake_time, recording_journal=recording_journal,
-                      host_profile=host_profile, engine=engine, io_threads=io_threads)
+                      host_profile=host_profile, engine=engine, io_threads=io_threads,
+                      io_depth=io_depth)
     if foreground:
         return _foreground(cfg, out)
     return _background(cfg, out)

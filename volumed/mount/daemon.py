@@ -84,7 +84,8 @@ class MountConfig:
     recording_journal: str | None = None
     threads: int = 4
     engine: str | None = None       # "native", "python" or None (native where the core allows)
-    io_threads: int | None = None   # native worker threads (default: the CPUs)
+    io_threads: int | None = None   # native: requests served on the CPU at once (default: the CPUs)
+    io_depth: int | None = None     # native: worker threads at most (default: engine.default_io_depth)
     host_profile: str | None = None  # AWS profile of the host's key-server access key
 
 
@@ -142,7 +143,8 @@ class Daemon:
         io_threads = cfg.io_threads or engine.default_io_threads()
         if engine.choose(cfg.engine, core) == "native":
             self.engine = engine.NativeEngine(core, mountpoint=cfg.mountpoint,
-                                              file_name=self.name, threads=io_threads)
+                                              file_name=self.name, threads=io_threads,
+                                              depth=cfg.io_depth)
         else:
             self.fs = VolumeFS(self.faults or volume, name=self.name, size=self.size,
                                latch=self.latch, threads=cfg.threads)

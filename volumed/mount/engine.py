@@ -1,9 +1,11 @@
 """Which request engine serves a mount's FUSE requests, and the two engines behind one interface.
 
 - ``native`` (the default for XTS, GCM and null-cipher volumes): volumed._native.FuseEngine
-  (native/fuse_engine.c) mounts with libfuse and serves every request in up to ``--io-threads``
-  native worker threads, each reading its own clone of /dev/fuse, straight into the volume's
-  native core (native/vcore.h); the GIL is never taken on the request path. The access latch is
+  (native/fuse_engine.c) mounts with libfuse and serves every request in native worker threads,
+  each reading its own clone of /dev/fuse, straight into the volume's native core
+  (native/vcore.h); the GIL is never taken on the request path. At most ``--io-threads`` of them
+  serve on the CPU at once; up to ``--io-depth`` exist, so requests waiting for the backing disk
+  do not hold the CPU's threads (docs/MOUNT.md, "Concurrency invariants"). The access latch is
   the engine's (native memory), closed by ``close_latch`` at revocation.
 - ``python``: pyfuse3 on the daemon's trio loop, volumed.mount.fs.VolumeFS over the Volume (any
   volume on request with ``--engine python``, through the same native core; and volumes served by
@@ -51,6 +53,14 @@ def default_io_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except OSError:
         return max(1, os.cpu_count() or 1)
+
+
+IO_DEPTH = 16  # default --io-depth: see docs/PERFORMANCE.md, "I/O depth" (2026-12-05)
+
+
+def default_io_depth(io_threads: int) -> int:
+    """The default ``--io-depth``: IO_DEPTH worker threads, and never fewer than ``io_threads``."""
+    return max(IO_DEPTH, io_threads)
 
 
 def choose(requested: str | None, native_core: NativeObject | None) -> str:
@@ -103,11 +113,12 @@ class NativeEngine:
     name = "native"
 
     def __init__(self, core: NativeObject, *, mountpoint: str, file_name: str, threads: int,
-                 options: Iterable[str] = MOUNT_OPTIONS):
+                 depth: int | None = None, options: Iterable[str] = MOUNT_OPTIONS):
         self.core = core
         self.mountpoint = mountpoint
         self.file_name = file_name
         self.threads = threads
+        self.depth = max(threads, depth if depth is not None else default_io_depth(threads))
         self.options = ",".join(sorted(options))
         self.fe: NativeObject = None
         self._minor: int | None = None
@@ -115,7 +126,7 @@ class NativeEngine:
     def mount(self) -> None:
         """Mount (libfuse, as root: mount(2) directly). OSError if the kernel refuses."""
         self.fe = native_extension().FuseEngine(self.core, self.mountpoint, self.file_name,
-                                             self.threads, self.options)
+                                             self.threads, self.options, self.depth)
         self._minor = connection_minor(self.mountpoint)
 
     async def serve(self) -> None:
@@ -161,8 +172,9 @@ class NativeEngine:
 
     def stats(self) -> dict[str, Any]:
         s = self.fe.stats()
-        return {"engine": self.name, "io_threads": self.threads, "requests": s["requests"],
-                "io_requests": s["io_requests"], "workers_used": s["workers"],
+        return {"engine": self.name, "io_threads": self.threads, "io_depth": self.depth,
+                "requests": s["requests"], "io_requests": s["io_requests"],
+                "disk_waits": s["disk_waits"], "workers_used": s["workers"],
                 "requests_per_worker": s["per_worker"], "bytes_read": s["bytes_read"],
                 "bytes_written": s["bytes_written"]}
 

@@ -125,7 +125,7 @@ def prepare_file(path: str, size: int) -> None:
 
 
 def serve(size: int, path: str, mountpoint: str, ready: Callable[[str], None], *, engine: str = "native",
-          io_threads: int = 0) -> None:
+          io_threads: int = 0, io_depth: int = 0) -> None:
     """Serve ``path`` at ``mountpoint`` until unmounted; ``ready(file)`` once up. ``engine``:
     "native" (the native engine over the native core's null cipher, as XTS volumes are served) or
     "python" (VolumeFS over NullVolume on pyfuse3)."""
@@ -141,7 +141,7 @@ def serve(size: int, path: str, mountpoint: str, ready: Callable[[str], None], *
         core: NativeObject | NullVolume = mod.VolumeCore(fd, cipher="null", size=size, name=path)
         os.close(fd)  # the core keeps its own descriptor
         server: Engine = NativeEngine(core, mountpoint=mountpoint, file_name=FILE_NAME, threads=threads,
-                              options=options)
+                              depth=io_depth or None, options=options)
     else:
         vol = core = NullVolume(path, size)
         fs = VolumeFS(vol, name=FILE_NAME, size=size, latch=OpenLatch())
@@ -175,10 +175,11 @@ def serve(size: int, path: str, mountpoint: str, ready: Callable[[str], None], *
 
 
 def main(argv: list[str]) -> int:
-    """``python -m volumed.mount.nullserve SIZE FILE MOUNTPOINT [ENGINE [IO_THREADS]]``."""
+    """``python -m volumed.mount.nullserve SIZE FILE MOUNTPOINT [ENGINE [IO_THREADS [IO_DEPTH]]]``."""
     size, path, mountpoint = int(argv[0]), os.path.abspath(argv[1]), os.path.realpath(argv[2])
     engine = argv[3] if len(argv) > 3 else "native"
     io_threads = int(argv[4]) if len(argv) > 4 else 0
+    io_depth = int(argv[5]) if len(argv) > 5 else 0
     out = os.fdopen(os.dup(1), "w")
 
     def ready(file: str) -> None:
@@ -186,7 +187,7 @@ def main(argv: list[str]) -> int:
         out.flush()
 
     try:
-        serve(size, path, mountpoint, ready, engine=engine, io_threads=io_threads)
+        serve(size, path, mountpoint, ready, engine=engine, io_threads=io_threads, io_depth=io_depth)
     except (UsageError, RuntimeError, OSError) as exc:  # one line for the CLI, no traceback
         out.write(f"error {exc}\n")
         out.flush()

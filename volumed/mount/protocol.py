@@ -85,28 +85,26 @@ class ProtocolError(UsageError):
 
 # ---- replies ------------------------------------------------------------------------------------
 
+class _AsFields:
+    """A reply whose wire fields are its dataclass fields, as they are."""
+
+    def fields(self) -> Wire:
+        return dict(vars(self))
+
+
 @dataclasses.dataclass(frozen=True)
-class Done:
+class Done(_AsFields):
     """A request that needs no answer but success (unmount, check)."""
 
-    def fields(self) -> Wire:
-        return {}
-
 
 @dataclasses.dataclass(frozen=True)
-class StatusReply:
+class StatusReply(_AsFields):
     status: StatusRecord
 
-    def fields(self) -> Wire:
-        return {"status": self.status}
-
 
 @dataclasses.dataclass(frozen=True)
-class ClockReply:
+class ClockReply(_AsFields):
     time: float
-
-    def fields(self) -> Wire:
-        return {"time": self.time}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,21 +121,15 @@ class FaultReply:
 
 
 @dataclasses.dataclass(frozen=True)
-class GilReply:
+class GilReply(_AsFields):
     held_from: float
     held_until: float
     other_python_ran: int
 
-    def fields(self) -> Wire:
-        return dataclasses.asdict(self)
-
 
 @dataclasses.dataclass(frozen=True)
-class SnapshotReply:
+class SnapshotReply(_AsFields):
     snapshot_id: str
-
-    def fields(self) -> Wire:
-        return {"snapshot_id": self.snapshot_id}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,6 +64,13 @@ class RecordSource(Protocol):
     def read_records(self, first: int, n: int) -> list[bytes | None]: ...
 
 
+class MountedSnapshot(Protocol):
+    """Snapshot a volume another process holds open (create_snapshot's ``mounted``); returns the
+    saved manifest. volumed.mount.snapshots.snapshot_through_daemon is one."""
+
+    def __call__(self, volume_path: str, *, kms: KmsClient, store: Store, description: str = "") -> Manifest: ...
+
+
 def _stamp(when: _dt.datetime) -> str:
     return iso_utc(when, micros=True)
 
@@ -92,7 +99,8 @@ def caller_account(kms: KmsClient) -> str:
         return Arn.parse(principal).account
     import boto3
 
-    return boto3.client("sts").get_caller_identity()["Account"]
+    account: str = boto3.client("sts").get_caller_identity()["Account"]
+    return account
 
 
 def chunk_count(sectors: int) -> int:
@@ -288,11 +296,12 @@ def snapshot_open_volume(vol: Volume, *, kms: KmsClient, store: Store, clock: Cl
                           description=description, progress=progress)
 
 
-def create_snapshot(volume_path: str, *, kms, store, clock=None, description: str = "",
-                    progress=None, mounted=None) -> dict:
+def create_snapshot(volume_path: str, *, kms: KmsClient, store: Store, clock: Clock | None = None,
+                    description: str = "", progress: Progress = None,
+                    mounted: MountedSnapshot | None = None) -> Manifest:
     """Snapshot the volume at ``volume_path``. Unmounted: opened (and so locked) for the duration.
     Open in another process (mounted): ``mounted(volume_path, kms=, store=, description=)`` takes
-    it through the holder (volumed.snapshot.mounted.MountedSnapshot; the CLI passes the mount's
+    it through the holder (a MountedSnapshot; the CLI passes the mount's
     volumed.mount.snapshots.snapshot_through_daemon); without one the StateError stands."""
     try:
         vol = Volume.open(volume_path, kms=kms)
@@ -368,8 +377,8 @@ def _copy_verified(store: Store, src: Manifest, src_root: bytearray, *, kms: Kms
             for ci in range(total):
                 recs = chunk_records(store, src, ci)
                 first = ci * CHUNK_SECTORS
-                plain = recrypt.decrypt(old, cipher, first, recs, snap_id)
-                digest, n = _put_chunk(store, cipher, recrypt.encrypt(new, cipher, first, plain), known)
+                plain = recrypt.decrypt(old, first, recs, snap_id)
+                digest, n = _put_chunk(store, cipher, recrypt.encrypt(new, first, plain), known)
                 wipe(plain)
                 chunks.append(digest)
                 stored += n
@@ -428,7 +437,7 @@ def _check_chunks(store: Store, m: Manifest, key: bytearray, progress: Progress)
         total = len(m["chunks"])
         for ci in range(total):
             if m["chunks"][ci] is not None:
-                plain = recrypt.decrypt(c, cipher, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
+                plain = recrypt.decrypt(c, ci * CHUNK_SECTORS, chunk_records(store, m, ci),
                                         m["snapshot_id"])
                 wipe(plain)
             if progress:
@@ -487,7 +496,9 @@ def delete_snapshot(store: Store, snap_id: str, *, kms: KmsClient | None = None)
 
 def describe(m: Manifest, sealed: bool | None = None) -> dict[str, Any]:
     """The JSON view of a manifest for list/describe (no chunk list). ``sealed``: whether the
-    stored object carries a manifest MAC (present, not verified: list and describe need no key)."""
+    stored object carries a manifest MAC (present, not verified: list and describe need no key).
+    An unsealed manifest whose key context carries the manifest-MAC marker had its MAC removed in
+    the store: ``MacRemoved`` says so (seal and restore refuse it; it is not a legacy snapshot)."""
     present = sum(1 for c in m["chunks"] if c)
     return {
         "SnapshotId": m["snapshot_id"], "StartTime": m["created"], "State": m["state"],
@@ -499,6 +510,7 @@ def describe(m: Manifest, sealed: bool | None = None) -> dict[str, Any]:
         "Description": m.get("description", ""), "Chunks": len(m["chunks"]),
         "ChunksWithData": present, "StoredBytes": m.get("stored_bytes", 0),
         **({} if sealed is None else {"Sealed": sealed}),
+        **({"MacRemoved": True} if sealed is False and keys.has_mac_marker(m.get("context")) else {}),
     }
 
 

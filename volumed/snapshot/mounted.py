@@ -24,7 +24,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from volumed.clock import Clock
 from volumed.errors import KeyAccessError, StateError, UsageError, VolumedError
@@ -34,13 +34,6 @@ from volumed.snapshot.store import open_store
 HOLD_TIMEOUT = 60.0
 
 Reply = dict[str, Any]  # {"ok": true, "snapshot_id": ID} or {"ok": false, "error": ONE LINE}
-
-
-class MountedSnapshot(Protocol):
-    """Snapshot a volume another process holds open (engine.create_snapshot's ``mounted``);
-    returns the saved manifest. volumed.mount.snapshots.snapshot_through_daemon is one."""
-
-    def __call__(self, volume_path: str, *, kms: Any, store: Any, description: str = "") -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass(frozen=True)

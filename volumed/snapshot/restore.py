@@ -74,7 +74,7 @@ def _restore_new_key(store: Store, m: Manifest, path: str, kms: KmsClient, targe
             for ci in range(total):
                 if m["chunks"][ci] is not None:
                     first = ci * CHUNK_SECTORS
-                    plain = recrypt.decrypt(c, cipher, first, chunk_records(store, m, ci), m["snapshot_id"])
+                    plain = recrypt.decrypt(c, first, chunk_records(store, m, ci), m["snapshot_id"])
                     vol.write(first * PAGE, plain)
                     wipe(plain)
                 if progress:

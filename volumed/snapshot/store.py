@@ -188,7 +188,8 @@ class S3Store:
 
     def get(self, name: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+            data: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+            return data
         except Exception as exc:
             code = aws_error_code(exc)
             if code in ("NoSuchKey", "404"):

@@ -269,8 +269,7 @@ class Volume:
     def _live(self) -> VolumeCore:
         core = self._core
         if core is None:
-            raise KeyAccessError(f"the key of volume {self.path} has been wiped (access revoked or "
-                                 "volume closed); reopen it once access is restored")
+            raise KeyAccessError.wiped(self.path)
         return core
 
     @property
@@ -341,8 +340,7 @@ class Volume:
         verify its parent)."""
         root = self._snap_root
         if root is None:
-            raise KeyAccessError(f"the key of volume {self.path} has been wiped (access revoked or "
-                                 "volume closed)")
+            raise KeyAccessError.wiped(self.path)
         return bytearray(root)
 
     def _end_capture(self, session: CaptureSession) -> None:

@@ -20,11 +20,12 @@ callers; Opened reads the Volume's header and backing file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import uuid as _uuid
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -52,6 +53,35 @@ LuksExtras: TypeAlias = tuple[bytes, bytes]
 """What a LUKS2 header holds besides the VolumeHeader: the volume key digest's salt and digest."""
 Extras: TypeAlias = LuksExtras | None
 """A format's extras (load_header's second value): LuksExtras for XTS, None for GCM."""
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+CipherT = TypeVar("CipherT", bound=_Closable)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordCipher(Generic[CipherT]):
+    """A format's sector cipher under a snapshot's data key (``cipher``: XtsCipher, SectorKeys)
+    bound to that format's rules for the snapshot records it opens and seals, so a caller never
+    pairs a cipher with another format's rules. close() wipes the key."""
+
+    cipher: CipherT
+    open_with: Callable[[CipherT, memoryview, int, bytes, str], None]
+    seal_with: Callable[[CipherT, Buffer, int, int], bytes]
+
+    def open_record(self, out: memoryview, sector: int, rec: bytes, where: str) -> None:
+        """Decrypt one record into ``out`` (one sector); IntegrityError if it fails to verify."""
+        self.open_with(self.cipher, out, sector, rec, where)
+
+    def seal_record(self, plain: Buffer, sector: int, nonce_base: int) -> bytes:
+        """The record of one plaintext sector."""
+        return self.seal_with(self.cipher, plain, sector, nonce_base)
+
+    def close(self) -> None:
+        self.cipher.close()
 
 
 class Opened:
@@ -213,8 +243,8 @@ class XtsFormat:
     records_are_sectors = True
 
     @staticmethod
-    def snapshot_cipher(key: bytearray, aad_uuid: str) -> XtsCipher:
-        return XtsCipher(key)
+    def snapshot_cipher(key: bytearray, aad_uuid: str) -> RecordCipher[XtsCipher]:
+        return RecordCipher(XtsCipher(key), XtsFormat.open_record, XtsFormat.seal_record)
 
     @staticmethod
     def open_record(c: XtsCipher, out: memoryview, sector: int, rec: bytes, where: str) -> None:
@@ -428,8 +458,9 @@ class GcmFormat:
     records_are_sectors = False
 
     @staticmethod
-    def snapshot_cipher(key: bytearray, aad_uuid: str) -> SectorKeys:
-        return SectorKeys(key, aad_uuid)  # a fresh salt for the records this object seals
+    def snapshot_cipher(key: bytearray, aad_uuid: str) -> RecordCipher[SectorKeys]:
+        # a fresh salt for the records this object seals
+        return RecordCipher(SectorKeys(key, aad_uuid), GcmFormat.open_record, GcmFormat.seal_record)
 
     @staticmethod
     def open_record(c: SectorKeys, out: memoryview, sector: int, rec: bytes, where: str) -> None:

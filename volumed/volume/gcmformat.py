@@ -32,7 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from volumed.errors import FormatError
-from volumed.volume.header import HeaderCopy as Copy, HeaderReader, JsonObject, VolumeHeader, require
+from volumed.volume.header import (HeaderCopy as Copy, HeaderReader, JsonObject, VolumeHeader,
+                                    header_from_fields, require)
 from volumed.volume.ids import check_header_ids
 
 if TYPE_CHECKING:
@@ -232,15 +233,9 @@ def _parse_copy(read: HeaderReader, which: int) -> Copy:
 
 def _header_from_json(j: JsonObject, seqid: int) -> VolumeHeader:
     try:
-        h = VolumeHeader(
-            uuid=str(j["uuid"]), cipher=str(j["cipher"]), size=int(j["size"]),
-            sector_size=int(j["sector_size"]), data_offset=int(j["data_offset"]),
-            key_arn=str(j["key_arn"]), wrapped_key=base64.b64decode(j["wrapped_key"], validate=True),
-            context={str(k): str(v) for k, v in dict(j["context"]).items()},
-            db_id=str(j["db_id"]), ebs_id=str(j["ebs_id"]), created=str(j.get("created", "")),
-            mac=base64.b64decode(j["mac"], validate=True), seqid=seqid, format=str(j["format"]),
-            format_version=int(j["format_version"]), nonce_reserved=int(j["nonce_reserved"]),
-            nonce_flushed=int(j["nonce_flushed"]),
+        h = header_from_fields(
+            j, seqid=seqid, format=str(j["format"]), format_version=int(j["format_version"]),
+            nonce_reserved=int(j["nonce_reserved"]), nonce_flushed=int(j["nonce_flushed"]),
             doubtful=[(int(a), int(b)) for a, b in list(j["doubtful"])[:4096]])
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise FormatError(f"GCM volume header is malformed ({type(exc).__name__})")

@@ -180,3 +180,19 @@ def require(cond: bool, what: str) -> None:
     """Parser helper: raise FormatError(what) unless cond."""
     if not cond:
         raise FormatError(what)
+
+
+def header_from_fields(j: JsonObject, *, seqid: int, format: str, format_version: int,
+                       **extra: Any) -> VolumeHeader:
+    """A VolumeHeader from the fields every format's JSON stores alike (luks2's token,
+    gcmformat's header object); ``extra`` adds a format's own. Raises what the conversions raise
+    (KeyError, TypeError, ValueError, AttributeError, OverflowError, binascii.Error, a ValueError): each parser
+    turns those into its own FormatError."""
+    return VolumeHeader(
+        uuid=str(j["uuid"]), cipher=str(j["cipher"]), size=int(j["size"]),
+        sector_size=int(j["sector_size"]), data_offset=int(j["data_offset"]),
+        key_arn=str(j["key_arn"]), wrapped_key=base64.b64decode(j["wrapped_key"], validate=True),
+        context={str(k): str(v) for k, v in dict(j["context"]).items()},
+        db_id=str(j["db_id"]), ebs_id=str(j["ebs_id"]), created=str(j.get("created", "")),
+        mac=base64.b64decode(j["mac"], validate=True), seqid=seqid, format=format,
+        format_version=format_version, **extra)

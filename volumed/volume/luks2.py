@@ -19,7 +19,8 @@ import os
 import struct
 
 from volumed.errors import FormatError
-from volumed.volume.header import HeaderCopy as Copy, HeaderReader, JsonObject, VolumeHeader, require
+from volumed.volume.header import (HeaderCopy as Copy, HeaderReader, JsonObject, VolumeHeader,
+                                    header_from_fields, require)
 from volumed.volume.ids import check_header_ids
 
 HDR_SIZE = 16384
@@ -123,14 +124,7 @@ def _header_from_json(j: JsonObject, seqid: int) -> tuple[VolumeHeader, bytes, b
         if ver > 1:
             raise FormatError(f"volume format version {ver} is newer than this volumed supports (1); "
                               "upgrade volumed")
-        h = VolumeHeader(
-            uuid=str(tok["uuid"]), cipher=str(tok["cipher"]), size=int(tok["size"]),
-            sector_size=int(tok["sector_size"]), data_offset=int(tok["data_offset"]),
-            key_arn=str(tok["key_arn"]), wrapped_key=base64.b64decode(tok["wrapped_key"], validate=True),
-            context={str(k): str(v) for k, v in dict(tok["context"]).items()},
-            db_id=str(tok["db_id"]), ebs_id=str(tok["ebs_id"]), created=str(tok.get("created", "")),
-            mac=base64.b64decode(tok["mac"], validate=True), seqid=seqid, format="luks2",
-            format_version=ver)
+        h = header_from_fields(tok, seqid=seqid, format="luks2", format_version=ver)
         seg = j["segments"]["0"]
         dig = next(d for d in j["digests"].values() if "0" in d.get("segments", []))
         salt = base64.b64decode(dig["salt"], validate=True)

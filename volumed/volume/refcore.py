@@ -109,8 +109,7 @@ class RefCore:
     def _live(self) -> SectorStore:
         store = self._store
         if store is None:
-            raise KeyAccessError(f"the key of volume {self.path} has been wiped (access revoked or "
-                                 "volume closed); reopen it once access is restored")
+            raise KeyAccessError.wiped(self.path)
         return store
 
     def _units(self, first: int, last: int) -> tuple[int, int]:
