@@ -79,9 +79,11 @@ def test_the_revocation_record_is_written_off_the_daemon_loop(tmp_path, monkeypa
     release = threading.Event()
     save = VolumeRecord.save
 
+    released_by_loop: list[bool] = []
+
     def slow_save(self, path):
-        if self.state == RECOVERABLE:
-            release.wait(10)
+        if self.state == RECOVERABLE:  # True only if the loop ran on while this write waited
+            released_by_loop.append(release.wait(10))
         save(self, path)
 
     monkeypatch.setattr(VolumeRecord, "save", slow_save)
@@ -110,6 +112,7 @@ def test_the_revocation_record_is_written_off_the_daemon_loop(tmp_path, monkeypa
         t0 = time.monotonic()
         trio.run(main)
         assert time.monotonic() - t0 < 5, "the loop was held while the record was written"
+        assert released_by_loop == [True], "the loop was held while the record was written"
     finally:
         release.set()
 
@@ -404,7 +407,12 @@ def test_revocation_under_heavy_writes_loses_nothing_acknowledged(kms_env, make_
     for t in ts:
         t.start()
     try:
-        time.sleep(1.0)
+        # the cut comes once every writer has two acknowledged versions (a fixed pause would
+        # leave a slow machine short of the assertion below)
+        deadline = time.monotonic() + 30
+        while len(acked) < 8 or min(acked.values()) < 2:
+            assert time.monotonic() < deadline, acked
+            time.sleep(0.02)
         st = m.status()
         kms_client(kms_env).disable_key(KeyId=st["key_arn"])
         m.wait_state(RECOVERABLE, timeout=1.0)
